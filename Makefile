@@ -1,0 +1,42 @@
+# Skiff: `make up` starts a local 3-member store cluster; `make test` runs the suite.
+# Both install the Debian packages they need first (as root, with apt-get).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+UP_DIR ?= $(CURDIR)/.skiff
+SKIFF := target/release/skiff
+DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server
+
+.PHONY: deps build up down test test-quick fmt clippy
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
+
+build: deps
+	$(CARGO) build --release --bin skiff
+
+up: build
+	@scripts/up.sh "$(UP_DIR)" "$(SKIFF)"
+
+down:
+	@scripts/down.sh "$(UP_DIR)"
+
+# The whole suite: unit tests of every crate and the end-to-end tests in tests/,
+# which start real members and drive them with etcdctl, etcd-client and etcd 3.4.
+# It uses the dev profile (dependencies optimized, see Cargo.toml) so CI builds rocksdb once.
+test: deps
+	$(CARGO) build --bin skiff
+	SKIFF_BIN=$(CURDIR)/target/debug/skiff $(CARGO) nextest run --workspace --no-fail-fast
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,162 @@
+//! `skiff`: one binary, one subcommand per component. This file only parses flags and
+//! hands plain values to the library crates.
+
+mod endpoint;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use skiff_store::{ClusterState, MemberConfig};
+
+#[derive(Parser)]
+#[command(name = "skiff", version, about = "Skiff: an etcd-compatible store and Kubernetes-compatible orchestrator")]
+struct Cli {
+    /// Log filter, e.g. `info` or `skiff_store=debug,openraft=warn`.
+    #[arg(long, global = true, env = "SKIFF_LOG", default_value = "info,openraft=warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one member of a store cluster (speaks the etcd v3 API).
+    Store(StoreArgs),
+    /// Inspect store endpoints: `status` or `health`.
+    Endpoint {
+        #[command(subcommand)]
+        command: endpoint::EndpointCommand,
+    },
+}
+
+/// Flags mirror etcd's; lists are comma-separated.
+#[derive(Args)]
+struct StoreArgs {
+    /// Human-readable name of this member; must match an entry of --initial-cluster.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Directory for the member's data (created if missing). Default: `<name>.skiff`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (etcd v3 gRPC).
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    listen_client_urls: Vec<String>,
+    /// Client URLs this member announces to the cluster (`member list`). Default: the listen URLs.
+    #[arg(long, value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
+    /// URLs to listen on for traffic from other members.
+    #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    listen_peer_urls: Vec<String>,
+    /// Peer URLs of this member as the other members reach them. Default: the listen peer URLs.
+    #[arg(long, value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+    /// The bootstrap membership, `name=peer-url,...`. Default: this member alone.
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// `new` to bootstrap a cluster from --initial-cluster; `existing` to join one
+    /// (the member must have been added first). Ignored once the data dir holds data.
+    #[arg(long, default_value = "new")]
+    initial_cluster_state: ClusterState,
+    /// Token that makes the ids of one bootstrap unique among clusters with equal flags.
+    #[arg(long, default_value = "skiff-cluster")]
+    initial_cluster_token: String,
+    /// Largest client request accepted, in bytes (etcd's default: 1.5 MiB).
+    #[arg(long, default_value_t = 1572864)]
+    max_request_bytes: usize,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds (at least 5 heartbeats).
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
+    /// Applied entries between raft snapshots; older log entries are then purged.
+    #[arg(long, default_value_t = 10000)]
+    snapshot_count: u64,
+    /// Seconds between progress notifications for watchers that asked for them.
+    #[arg(long, default_value_t = 600)]
+    watch_progress_notify_interval: u64,
+}
+
+impl StoreArgs {
+    fn into_config(self) -> Result<MemberConfig, String> {
+        let advertise_client_urls =
+            if self.advertise_client_urls.is_empty() { self.listen_client_urls.clone() } else { self.advertise_client_urls };
+        let initial_advertise_peer_urls = if self.initial_advertise_peer_urls.is_empty() {
+            self.listen_peer_urls.clone()
+        } else {
+            self.initial_advertise_peer_urls
+        };
+        let initial_cluster = self.initial_cluster.unwrap_or_else(|| {
+            initial_advertise_peer_urls.iter().map(|u| format!("{}={u}", self.name)).collect::<Vec<_>>().join(",")
+        });
+        if self.watch_progress_notify_interval == 0 {
+            return Err("--watch-progress-notify-interval must be at least 1 second".into());
+        }
+        Ok(MemberConfig {
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.skiff", self.name))),
+            name: self.name,
+            listen_client_urls: self.listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls: self.listen_peer_urls,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state: self.initial_cluster_state,
+            initial_cluster_token: self.initial_cluster_token,
+            max_request_bytes: self.max_request_bytes,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
+            election_timeout: Duration::from_millis(self.election_timeout),
+            snapshot_count: self.snapshot_count.max(1),
+            watch_progress_notify_interval: Duration::from_secs(self.watch_progress_notify_interval),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Store(args) => run_store(args).await,
+            Command::Endpoint { command } => endpoint::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
+    let config = args.into_config().map_err(anyhow::Error::msg)?;
+    let member = skiff_store::start(config.clone()).await?;
+    tracing::info!(
+        "member {} ({:x}) serving clients on {} and peers on {}",
+        config.name,
+        member.id,
+        config.listen_client_urls.join(","),
+        config.listen_peer_urls.join(",")
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(5), member.raft.shutdown()).await;
+    Ok(())
+}

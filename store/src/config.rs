@@ -1,0 +1,195 @@
+//! A member's configuration, from etcd-style flags, and the identities derived from it.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+impl std::str::FromStr for ClusterState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "new" => Ok(ClusterState::New),
+            "existing" => Ok(ClusterState::Existing),
+            other => Err(format!("invalid --initial-cluster-state {other:?}: expected \"new\" or \"existing\"")),
+        }
+    }
+}
+
+/// Everything `skiff store` needs to run one member.
+#[derive(Clone, Debug)]
+pub struct MemberConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `name=url[,name=url...]`, one entry per peer URL.
+    pub initial_cluster: String,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    /// Largest client request accepted (etcd `--max-request-bytes`).
+    pub max_request_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    /// Applied entries between raft snapshots (etcd `--snapshot-count`).
+    pub snapshot_count: u64,
+    /// How often watchers that asked for progress notifications get one.
+    pub watch_progress_notify_interval: Duration,
+}
+
+impl MemberConfig {
+    /// A single-member configuration on the given ports of 127.0.0.1 (tests, `make up`).
+    pub fn local(name: &str, data_dir: PathBuf, client_port: u16, peer_port: u16) -> MemberConfig {
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        MemberConfig {
+            name: name.to_string(),
+            data_dir,
+            listen_client_urls: vec![client.clone()],
+            advertise_client_urls: vec![client],
+            listen_peer_urls: vec![peer.clone()],
+            initial_advertise_peer_urls: vec![peer.clone()],
+            initial_cluster: format!("{name}={peer}"),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "skiff-cluster".into(),
+            max_request_bytes: 1572864,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_count: 10000,
+            watch_progress_notify_interval: Duration::from_secs(600),
+        }
+    }
+
+    /// The initial cluster as (name, peer URLs), members in flag order.
+    pub fn initial_members(&self) -> Result<Vec<(String, Vec<String>)>, String> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for part in self.initial_cluster.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, url) = part
+                .split_once('=')
+                .ok_or_else(|| format!("invalid --initial-cluster entry {part:?}: expected name=url"))?;
+            parse_url(url)?;
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, urls)) => urls.push(url.to_string()),
+                None => out.push((name.to_string(), vec![url.to_string()])),
+            }
+        }
+        if out.is_empty() {
+            return Err("--initial-cluster is empty".into());
+        }
+        Ok(out)
+    }
+
+    /// Checks the flags against each other the way etcd does before touching the disk.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("--name must not be empty".into());
+        }
+        for u in self.listen_client_urls.iter().chain(&self.listen_peer_urls).chain(&self.advertise_client_urls) {
+            parse_url(u)?;
+        }
+        let members = self.initial_members()?;
+        if self.initial_cluster_state == ClusterState::New {
+            let mine = members.iter().find(|(n, _)| *n == self.name).ok_or_else(|| {
+                format!("--initial-cluster has no entry for this member's --name {:?}", self.name)
+            })?;
+            let mut want = mine.1.clone();
+            let mut have = self.initial_advertise_peer_urls.clone();
+            want.sort();
+            have.sort();
+            if want != have {
+                return Err(format!(
+                    "--initial-cluster must include {}={} (--initial-advertise-peer-urls), but has {}={}",
+                    self.name,
+                    have.join(","),
+                    self.name,
+                    want.join(",")
+                ));
+            }
+        }
+        if self.max_request_bytes == 0 {
+            return Err("--max-request-bytes must be positive".into());
+        }
+        if self.election_timeout < self.heartbeat_interval * 5 {
+            return Err("--election-timeout must be at least 5 times --heartbeat-interval".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `http://host:port` into a socket address.
+pub fn parse_url(url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("invalid URL {url:?}: only http://host:port is supported"))?;
+    let hostport = rest.trim_end_matches('/');
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("invalid URL {url:?}: host has no address"))
+}
+
+fn hash64(parts: &[&[u8]]) -> u64 {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+        h.update([0]);
+    }
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().unwrap())
+}
+
+/// A member's id, from its peer URLs and the cluster token (as etcd derives it), so
+/// every member computes the same ids from the same `--initial-cluster`.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let joined = urls.join(",");
+    // 0 is not a valid member id anywhere in etcd's API.
+    hash64(&[joined.as_bytes(), token.as_bytes()]).max(1)
+}
+
+/// The cluster id, from the initial members' ids and the token.
+pub fn cluster_id(member_ids: &[u64], token: &str) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort();
+    let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_be_bytes()).collect();
+    hash64(&[&bytes, token.as_bytes()]).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_depend_on_urls_and_token_only() {
+        let a = member_id(&["http://127.0.0.1:2380".into()], "t");
+        assert_eq!(a, member_id(&["http://127.0.0.1:2380".into()], "t"));
+        assert_ne!(a, member_id(&["http://127.0.0.1:2381".into()], "t"));
+        assert_ne!(a, member_id(&["http://127.0.0.1:2380".into()], "u"));
+        assert_eq!(cluster_id(&[1, 2, 3], "t"), cluster_id(&[3, 1, 2], "t"));
+    }
+
+    #[test]
+    fn validation_explains_bad_flags() {
+        let mut c = MemberConfig::local("a", "/tmp/x".into(), 2379, 2380);
+        assert!(c.validate().is_ok());
+        c.initial_cluster = "b=http://127.0.0.1:2380".into();
+        assert!(c.validate().unwrap_err().contains("no entry for this member"));
+        c.initial_cluster = "a=http://127.0.0.1:9999".into();
+        assert!(c.validate().unwrap_err().contains("--initial-advertise-peer-urls"));
+        c.initial_cluster = "a".into();
+        assert!(c.validate().unwrap_err().contains("expected name=url"));
+        assert!(parse_url("127.0.0.1:80").unwrap_err().contains("only http://"));
+        assert!("old".parse::<ClusterState>().is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! skiff-store: a raft-replicated key-value store that speaks the etcd v3 API.
+//!
+//! A member ([`member::start`]) keeps everything in one rocksdb database
+//! ([`db`]): the raft log and vote ([`log_store`]), and the MVCC keyspace the state
+//! machine ([`state_machine`]) applies committed commands to ([`mvcc`]). Clients reach
+//! it through the etcd gRPC services ([`server`], [`watch`]); members reach each other
+//! through the peer service ([`peer`]). See the crate README for the on-disk layout and
+//! the durability argument.
+
+pub mod config;
+pub mod db;
+pub mod errors;
+pub mod keys;
+pub mod log_store;
+pub mod member;
+pub mod mvcc;
+pub mod peer;
+pub mod server;
+pub mod state_machine;
+pub mod types;
+pub mod watch;
+
+pub use config::{ClusterState, MemberConfig};
+pub use member::{start, Member};

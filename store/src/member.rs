@@ -1,0 +1,361 @@
+//! A running store member: opens the data dir, starts raft, serves peers and clients.
+//!
+//! [`Member`] is what the etcd services hold. It knows how to get a write committed
+//! (locally on the leader, forwarded from a follower) and how to make a read
+//! linearizable (a read index confirmed by the leader, shared by every read that
+//! arrived before the confirmation round started).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::proto::PbResponseHeader;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Mutex};
+
+use crate::config::{self, ClusterState, MemberConfig};
+use crate::db::{self, Db};
+use crate::errors::{EtcdError, EtcdResult};
+use crate::log_store::LogStore;
+use crate::peer::{ForwardRequest, ForwardResponse, Network, PeerPool};
+use crate::state_machine::{Shared, StateMachine};
+use crate::types::{Command, CommandResponse, MemberNode, Raft};
+
+/// How long a client request may wait for raft before "request timed out".
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// What a member remembers about itself across restarts (`member/identity.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Identity {
+    pub name: String,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// False until the initial membership is in the raft log.
+    pub bootstrapped: bool,
+}
+
+pub struct Member {
+    pub config: MemberConfig,
+    pub id: u64,
+    pub cluster_id: u64,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub pool: PeerPool,
+    reads: ReadCoalescer,
+}
+
+impl Member {
+    pub fn db(&self) -> &Db {
+        &self.shared.db
+    }
+
+    /// A response header as etcd fills it.
+    pub fn header(&self, revision: i64) -> PbResponseHeader {
+        PbResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.id,
+            revision,
+            raft_term: self.raft.metrics().borrow().current_term,
+        }
+    }
+
+    pub fn current_rev(&self) -> i64 {
+        self.shared.current_rev.load(Ordering::SeqCst)
+    }
+
+    /// The leader's id and address, if this member knows of one.
+    pub fn leader(&self) -> Option<(u64, MemberNode)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader).cloned()?;
+        Some((leader, node))
+    }
+
+    /// Commits `cmd` through raft, from whichever member this is.
+    pub async fn propose(&self, cmd: Command) -> EtcdResult<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let attempt = async {
+                match self.raft.client_write(cmd.clone()).await {
+                    Ok(resp) => Ok(resp.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
+                        Some(node) if f.leader_id != Some(self.id) => {
+                            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                            match self.pool.forward(&node, &ForwardRequest::Write(cmd.clone()), left).await? {
+                                ForwardResponse::Write(r) => Ok(r),
+                                ForwardResponse::Error(e) => Err(e),
+                                other => Err(EtcdError::internal(format!("unexpected forward answer {other:?}"))),
+                            }
+                        }
+                        _ => Err(EtcdError::no_leader()),
+                    },
+                    Err(RaftError::APIError(e)) => Err(EtcdError::internal(e)),
+                    Err(RaftError::Fatal(_)) => Err(EtcdError::stopped()),
+                }
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => return Err(EtcdError::timeout()),
+                Ok(Ok(CommandResponse::Encoded(b))) => return Ok(b),
+                Ok(Ok(CommandResponse::Empty)) => return Ok(Vec::new()),
+                Ok(Ok(CommandResponse::Error(e))) => return Err(e),
+                Ok(Err(e)) if retryable(&e) => {
+                    if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Answers a forwarded request on the leader.
+    pub async fn serve_forward(&self, req: ForwardRequest) -> ForwardResponse {
+        match req {
+            ForwardRequest::Write(cmd) => match self.raft.client_write(cmd).await {
+                Ok(r) => ForwardResponse::Write(r.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    ForwardResponse::Error(EtcdError::leader_changed())
+                }
+                Err(e) => ForwardResponse::Error(EtcdError::internal(e)),
+            },
+            ForwardRequest::ReadIndex => match self.local_read_index().await {
+                Ok(i) => ForwardResponse::ReadIndex(i),
+                Err(e) => ForwardResponse::Error(e),
+            },
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the index reads
+    /// must wait for.
+    async fn local_read_index(&self) -> EtcdResult<u64> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(EtcdError::leader_changed())
+            }
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(EtcdError::timeout())
+            }
+            Err(RaftError::Fatal(_)) => Err(EtcdError::stopped()),
+        }
+    }
+
+    /// One read-index round: ask the leader (maybe ourselves).
+    async fn read_index_round(&self) -> EtcdResult<u64> {
+        match self.leader() {
+            Some((id, _)) if id == self.id => self.local_read_index().await,
+            Some((_, node)) => match self.pool.forward(&node, &ForwardRequest::ReadIndex, REQUEST_TIMEOUT).await? {
+                ForwardResponse::ReadIndex(i) => Ok(i),
+                ForwardResponse::Error(e) => Err(e),
+                other => Err(EtcdError::internal(format!("unexpected forward answer {other:?}"))),
+            },
+            None => Err(EtcdError::no_leader()),
+        }
+    }
+
+    /// Waits until a read served locally reflects every write committed before the call.
+    pub async fn linearizable_barrier(self: &Arc<Self>) -> EtcdResult<()> {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let index = match self.reads.wait(self).await {
+                Ok(i) => i,
+                Err(e) if retryable(&e) && tokio::time::Instant::now() + Duration::from_millis(100) < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            return match self.raft.wait(Some(left)).applied_index_at_least(Some(index), "linearizable read").await {
+                Ok(_) => Ok(()),
+                Err(openraft::metrics::WaitError::Timeout(..)) => Err(EtcdError::timeout()),
+                Err(openraft::metrics::WaitError::ShuttingDown) => Err(EtcdError::stopped()),
+            };
+        }
+    }
+
+    pub fn is_learner(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == ServerState::Learner
+    }
+}
+
+/// Errors worth another try inside one client request: the cluster is between leaders.
+fn retryable(e: &EtcdError) -> bool {
+    *e == EtcdError::no_leader() || *e == EtcdError::leader_changed()
+}
+
+/// Coalesces concurrent read-index requests: every waiter that arrives while a round is
+/// in flight joins the next round, so one round of heartbeats serves them all, and no
+/// waiter is served by a round that started before it arrived.
+#[derive(Default)]
+struct ReadCoalescer {
+    state: Mutex<ReadState>,
+}
+
+#[derive(Default)]
+struct ReadState {
+    running: bool,
+    next: Vec<oneshot::Sender<EtcdResult<u64>>>,
+}
+
+impl ReadCoalescer {
+    async fn wait(&self, member: &Arc<Member>) -> EtcdResult<u64> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut s = self.state.lock().await;
+            s.next.push(tx);
+            !std::mem::replace(&mut s.running, true)
+        };
+        if start {
+            let member = member.clone();
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut s = member.reads.state.lock().await;
+                        if s.next.is_empty() {
+                            s.running = false;
+                            break;
+                        }
+                        std::mem::take(&mut s.next)
+                    };
+                    let result = member.read_index_round().await;
+                    for w in batch {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            });
+        }
+        rx.await.unwrap_or_else(|_| Err(EtcdError::stopped()))
+    }
+}
+
+fn identity_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("member").join("identity.json")
+}
+
+fn write_identity(data_dir: &Path, id: &Identity) -> anyhow::Result<()> {
+    let path = identity_path(data_dir);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(id)?)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// Starts a member and returns once its servers listen. Bootstraps a new cluster only
+/// on a data dir that never held one.
+pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let members = config.initial_members().map_err(anyhow::Error::msg)?;
+    let token = config.initial_cluster_token.clone();
+    let member_dir = config.data_dir.join("member");
+    std::fs::create_dir_all(&member_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", member_dir.display()))?;
+
+    let identity = match std::fs::read(identity_path(&config.data_dir)) {
+        Ok(bytes) => {
+            let id: Identity = serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", identity_path(&config.data_dir).display()))?;
+            if id.name != config.name {
+                anyhow::bail!(
+                    "data dir {} belongs to member {:?}, not {:?}",
+                    config.data_dir.display(),
+                    id.name,
+                    config.name
+                );
+            }
+            tracing::info!("restarting member {} ({:x}) of cluster {:x} from its data dir", id.name, id.member_id, id.cluster_id);
+            id
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if member_dir.join("db").exists() {
+                anyhow::bail!(
+                    "data dir {} holds a database but no identity.json; refusing to bootstrap over it",
+                    config.data_dir.display()
+                );
+            }
+            let ids: Vec<u64> = members.iter().map(|(_, urls)| config::member_id(urls, &token)).collect();
+            let id = Identity {
+                name: config.name.clone(),
+                member_id: config::member_id(&config.initial_advertise_peer_urls, &token),
+                cluster_id: config::cluster_id(&ids, &token),
+                bootstrapped: config.initial_cluster_state == ClusterState::Existing,
+            };
+            write_identity(&config.data_dir, &id)?;
+            id
+        }
+        Err(e) => anyhow::bail!("cannot read {}: {e}", identity_path(&config.data_dir).display()),
+    };
+
+    let db = db::open(&member_dir.join("db")).map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
+    let shared = Shared::new(db.clone(), member_dir.join("snap")).map_err(anyhow::Error::msg)?;
+    let sm = StateMachine::open(shared.clone()).map_err(|e| anyhow::anyhow!("cannot open the state machine: {e}"))?;
+    let log = LogStore::new(db.clone());
+    let raft_config = openraft::Config {
+        cluster_name: "skiff".into(),
+        heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: config.election_timeout.as_millis() as u64,
+        election_timeout_max: config.election_timeout.as_millis() as u64 * 2,
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: 256,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+        max_in_snapshot_log_to_keep: 1000,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+    .validate()?;
+    let pool = PeerPool::default();
+    let raft = Raft::new(identity.member_id, Arc::new(raft_config), Network { pool: pool.clone() }, log, sm).await?;
+
+    let member = Arc::new(Member {
+        config: config.clone(),
+        id: identity.member_id,
+        cluster_id: identity.cluster_id,
+        raft: raft.clone(),
+        shared,
+        pool,
+        reads: ReadCoalescer::default(),
+    });
+
+    crate::server::serve_peers(member.clone()).await?;
+
+    if !identity.bootstrapped {
+        let nodes: BTreeMap<u64, MemberNode> = members
+            .iter()
+            .map(|(name, urls)| (config::member_id(urls, &token), MemberNode { name: name.clone(), peer_urls: urls.clone() }))
+            .collect();
+        match raft.initialize(nodes).await {
+            Ok(()) => tracing::info!("bootstrapped a new cluster {:x} with {} member(s)", identity.cluster_id, members.len()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+            Err(e) => anyhow::bail!("cannot bootstrap the cluster: {e}"),
+        }
+        write_identity(&config.data_dir, &Identity { bootstrapped: true, ..identity.clone() })?;
+    }
+
+    crate::server::serve_clients(member.clone()).await?;
+    tokio::spawn(publish_attributes(member.clone()));
+    Ok(member)
+}
+
+/// Announces this member's name and client URLs through raft (what `member list`
+/// shows), retrying until a leader takes it.
+async fn publish_attributes(member: Arc<Member>) {
+    let cmd = Command::Publish {
+        member_id: member.id,
+        name: member.config.name.clone(),
+        client_urls: member.config.advertise_client_urls.clone(),
+    };
+    loop {
+        match member.propose(cmd.clone()).await {
+            Ok(_) => return,
+            Err(e) if e == EtcdError::stopped() => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The gRPC servers a member runs: the etcd v3 API on the client URLs and the peer
+//! service on the peer URLs. The etcd services live here, each a thin adapter from
+//! protobuf to [`Member`] and [`mvcc`]; watch has its own module.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::proto::*;
+use futures::Stream;
+use prost::Message;
+use rocksdb::WriteBatch;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::config::parse_url;
+use crate::errors::{EtcdError, EtcdResult};
+use crate::member::Member;
+use crate::mvcc::{self, View, Writer};
+use crate::peer::{self, pb, MAX_PEER_MESSAGE};
+use crate::types::Command;
+use crate::watch::WatchService;
+
+/// Extra room gRPC decoding allows beyond `--max-request-bytes`, as etcd does, so an
+/// oversized request reaches the handler and gets etcd's own error.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+type TonicResult<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn bind(url: &str) -> anyhow::Result<TcpIncoming> {
+    let addr = parse_url(url).map_err(anyhow::Error::msg)?;
+    let incoming = TcpIncoming::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {url}: {e}"))?;
+    Ok(incoming.with_nodelay(Some(true)))
+}
+
+pub async fn serve_peers(member: Arc<Member>) -> anyhow::Result<()> {
+    for url in &member.config.listen_peer_urls {
+        let incoming = bind(url)?;
+        let svc = pb::peer_server::PeerServer::new(PeerService { m: member.clone() })
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let url = url.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await {
+                tracing::error!("peer server on {url} stopped: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+pub async fn serve_clients(member: Arc<Member>) -> anyhow::Result<()> {
+    let limit = member.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    for url in &member.config.listen_client_urls {
+        let incoming = bind(url)?;
+        let m = member.clone();
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(PbKvServer::new(KvService { m: m.clone() }).max_decoding_message_size(limit))
+            .add_service(PbWatchServer::new(WatchService::new(m.clone())).max_decoding_message_size(limit))
+            .add_service(PbMaintenanceServer::new(MaintenanceService { m: m.clone() }).max_decoding_message_size(limit))
+            .add_service(PbClusterServer::new(ClusterService { m: m.clone() }).max_decoding_message_size(limit));
+        let url = url.clone();
+        tokio::spawn(async move {
+            if let Err(e) = router.serve_with_incoming(incoming).await {
+                tracing::error!("client server on {url} stopped: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+struct PeerService {
+    m: Arc<Member>,
+}
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for PeerService {
+    async fn append_entries(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
+        let r = self.m.raft.append_entries(peer::decode(req.get_ref())?).await;
+        Ok(Response::new(peer::encode(&r)))
+    }
+    async fn vote(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
+        let r = self.m.raft.vote(peer::decode(req.get_ref())?).await;
+        Ok(Response::new(peer::encode(&r)))
+    }
+    async fn install_snapshot(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
+        let r = self.m.raft.install_snapshot(peer::decode(req.get_ref())?).await;
+        Ok(Response::new(peer::encode(&r)))
+    }
+    async fn forward(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
+        let r = self.m.serve_forward(peer::decode(req.get_ref())?).await;
+        Ok(Response::new(peer::encode(&r)))
+    }
+}
+
+impl Member {
+    fn check_size<M: Message>(&self, req: &M) -> EtcdResult<()> {
+        if req.encoded_len() > self.config.max_request_bytes {
+            return Err(EtcdError::request_too_large());
+        }
+        Ok(())
+    }
+
+    /// Learners serve only serializable reads and status, as in etcd.
+    fn check_not_learner(&self) -> EtcdResult<()> {
+        if self.is_learner() {
+            return Err(EtcdError::new(tonic::Code::Unavailable, "etcdserver: rpc not supported for learner"));
+        }
+        Ok(())
+    }
+
+    /// Replaces the revision-only header the store produced with a full one.
+    fn fill(&self, h: &mut Option<PbResponseHeader>) {
+        let rev = h.as_ref().map_or(self.current_rev(), |h| h.revision);
+        *h = Some(self.header(rev));
+    }
+
+    async fn range(self: &Arc<Self>, r: &PbRangeRequest) -> EtcdResult<PbRangeResponse> {
+        self.check_size(r)?;
+        if !r.serializable {
+            self.check_not_learner()?;
+            self.linearizable_barrier().await?;
+        }
+        let mut resp = View::new(self.db()).range(r)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+}
+
+fn decode_reply<M: Message + Default>(b: &[u8]) -> EtcdResult<M> {
+    M::decode(b).map_err(EtcdError::internal)
+}
+
+struct KvService {
+    m: Arc<Member>,
+}
+
+#[tonic::async_trait]
+impl PbKvService for KvService {
+    async fn range(&self, req: Request<PbRangeRequest>) -> TonicResult<PbRangeResponse> {
+        Ok(Response::new(self.m.range(req.get_ref()).await?))
+    }
+
+    type RangeStreamStream = BoxStream<PbRangeStreamResponse>;
+
+    /// Range, answered in chunks of at most 1000 keys; the last chunk carries the header,
+    /// `more` and `count`.
+    async fn range_stream(&self, req: Request<PbRangeRequest>) -> TonicResult<Self::RangeStreamStream> {
+        let full = self.m.range(req.get_ref()).await?;
+        let mut chunks: Vec<Vec<PbKeyValue>> = full.kvs.chunks(1000).map(|c| c.to_vec()).collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let last = chunks.len() - 1;
+        let responses: Vec<Result<PbRangeStreamResponse, Status>> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, kvs)| {
+                let done = i == last;
+                Ok(PbRangeStreamResponse {
+                    range_response: Some(PbRangeResponse {
+                        header: if done { full.header } else { None },
+                        kvs,
+                        more: done && full.more,
+                        count: if done { full.count } else { 0 },
+                    }),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(responses))))
+    }
+
+    async fn put(&self, req: Request<PbPutRequest>) -> TonicResult<PbPutResponse> {
+        let r = req.into_inner();
+        self.m.check_size(&r)?;
+        self.m.check_not_learner()?;
+        mvcc::check_put(&r)?;
+        let mut resp: PbPutResponse = decode_reply(&self.m.propose(Command::Put(r.encode_to_vec())).await?)?;
+        self.m.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_range(&self, req: Request<PbDeleteRequest>) -> TonicResult<PbDeleteResponse> {
+        let r = req.into_inner();
+        self.m.check_size(&r)?;
+        self.m.check_not_learner()?;
+        mvcc::check_delete(&r)?;
+        let mut resp: PbDeleteResponse = decode_reply(&self.m.propose(Command::DeleteRange(r.encode_to_vec())).await?)?;
+        self.m.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn txn(&self, req: Request<PbTxnRequest>) -> TonicResult<PbTxnResponse> {
+        let r = req.into_inner();
+        self.m.check_size(&r)?;
+        mvcc::check_txn(&r)?;
+        let mut resp = if mvcc::txn_is_read_only(&r) {
+            // A txn that writes nothing is a read: no log entry, no revision.
+            if !mvcc::txn_is_serializable(&r) {
+                self.m.check_not_learner()?;
+                self.m.linearizable_barrier().await?;
+            }
+            let no_leases = |_: i64| false;
+            Writer::new(self.m.db(), WriteBatch::default())?.txn(&r, &no_leases)?
+        } else {
+            self.m.check_not_learner()?;
+            decode_reply(&self.m.propose(Command::Txn(r.encode_to_vec())).await?)?
+        };
+        self.m.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(&self, req: Request<PbCompactionRequest>) -> TonicResult<PbCompactionResponse> {
+        let r = req.into_inner();
+        self.m.check_not_learner()?;
+        // Compaction is applied as part of the raft entry, so `physical` holds on return.
+        let mut resp: PbCompactionResponse = decode_reply(&self.m.propose(Command::Compact(r.encode_to_vec())).await?)?;
+        self.m.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+}
+
+/// The etcd version whose API Skiff implements; clients compare against it.
+pub const ETCD_API_VERSION: &str = "3.4.23";
+
+struct MaintenanceService {
+    m: Arc<Member>,
+}
+
+impl Member {
+    pub fn db_size(&self) -> i64 {
+        let db = self.db();
+        let mut total = 0u64;
+        for name in crate::db::ALL_CFS {
+            let h = crate::db::cf(db, name);
+            for prop in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
+                total += db.property_int_value_cf(h, prop).ok().flatten().unwrap_or(0);
+            }
+        }
+        total as i64
+    }
+
+    pub fn status(&self) -> PbStatusResponse {
+        let m = self.raft.metrics().borrow().clone();
+        let mut errors = Vec::new();
+        if m.current_leader.is_none() {
+            errors.push("etcdserver: no leader".to_string());
+        }
+        let size = self.db_size();
+        PbStatusResponse {
+            header: Some(self.header(self.current_rev())),
+            version: ETCD_API_VERSION.into(),
+            db_size: size,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: m.last_log_index.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied_index: m.last_applied.map_or(0, |l| l.index),
+            errors,
+            db_size_in_use: size,
+            is_learner: m.state == openraft::ServerState::Learner,
+            ..Default::default()
+        }
+    }
+
+    /// A hash of every version at or below `rev` that compaction kept; equal on every
+    /// member that applied the same log (the corruption check).
+    pub fn hash_kv(&self, rev: i64) -> EtcdResult<PbHashKvResponse> {
+        let db = self.db();
+        let view = View::new(db);
+        let current = view.current_rev()?;
+        let rev = if rev <= 0 { current } else { rev };
+        if rev > current {
+            return Err(EtcdError::future_rev());
+        }
+        let compact = view.compact_rev()?;
+        if rev < compact {
+            return Err(EtcdError::compacted());
+        }
+        let mut h = crc32fast::Hasher::new();
+        let snap = db.snapshot();
+        for item in snap.iterator_cf(crate::db::cf(db, crate::db::CF_KV), rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(EtcdError::internal)?;
+            if let Some((_, r)) = crate::keys::split_version_key(&k) {
+                if r <= rev {
+                    h.update(&k);
+                    h.update(&v);
+                }
+            }
+        }
+        Ok(PbHashKvResponse {
+            header: Some(self.header(current)),
+            hash: h.finalize(),
+            compact_revision: if compact == 0 { -1 } else { compact },
+            hash_revision: rev,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl PbMaintenanceService for MaintenanceService {
+    async fn alarm(&self, req: Request<PbAlarmRequest>) -> TonicResult<PbAlarmResponse> {
+        // No quota is enforced yet, so no alarm can be raised: listing answers none.
+        if req.get_ref().action == 0 {
+            return Ok(Response::new(PbAlarmResponse { header: Some(self.m.header(self.m.current_rev())), alarms: vec![] }));
+        }
+        Err(EtcdError::not_supported("raising or clearing alarms").into())
+    }
+
+    async fn status(&self, _req: Request<PbStatusRequest>) -> TonicResult<PbStatusResponse> {
+        Ok(Response::new(self.m.status()))
+    }
+
+    async fn defragment(&self, _req: Request<PbDefragmentRequest>) -> TonicResult<PbDefragmentResponse> {
+        let m = self.m.clone();
+        tokio::task::spawn_blocking(move || {
+            for name in crate::db::ALL_CFS {
+                m.db().compact_range_cf(crate::db::cf(m.db(), name), None::<&[u8]>, None::<&[u8]>);
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(PbDefragmentResponse { header: Some(self.m.header(self.m.current_rev())) }))
+    }
+
+    async fn hash(&self, _req: Request<PbHashRequest>) -> TonicResult<PbHashResponse> {
+        let r = self.m.hash_kv(0)?;
+        Ok(Response::new(PbHashResponse { header: r.header, hash: r.hash }))
+    }
+
+    async fn hash_kv(&self, req: Request<PbHashKvRequest>) -> TonicResult<PbHashKvResponse> {
+        Ok(Response::new(self.m.hash_kv(req.get_ref().revision)?))
+    }
+
+    type SnapshotStream = BoxStream<PbSnapshotResponse>;
+
+    async fn snapshot(&self, _req: Request<PbSnapshotRequest>) -> TonicResult<Self::SnapshotStream> {
+        Err(EtcdError::not_supported("Maintenance.Snapshot").into())
+    }
+
+    async fn move_leader(&self, _req: Request<PbMoveLeaderRequest>) -> TonicResult<PbMoveLeaderResponse> {
+        Err(EtcdError::not_supported("Maintenance.MoveLeader").into())
+    }
+
+    async fn downgrade(&self, _req: Request<PbDowngradeRequest>) -> TonicResult<PbDowngradeResponse> {
+        Err(EtcdError::not_supported("Maintenance.Downgrade").into())
+    }
+}
+
+struct ClusterService {
+    m: Arc<Member>,
+}
+
+impl Member {
+    pub fn members(&self) -> Vec<PbMember> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let attrs = self.shared.member_attrs();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let published = attrs.iter().find(|(a, _)| a == id).map(|(_, a)| a.clone());
+                PbMember {
+                    id: *id,
+                    // etcd shows no name until the member has started and published it.
+                    name: published.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+                    peer_ur_ls: node.peer_urls.clone(),
+                    client_ur_ls: published.map(|a| a.client_urls).unwrap_or_default(),
+                    is_learner: !voters.contains(id),
+                }
+            })
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl PbClusterService for ClusterService {
+    async fn member_add(&self, _req: Request<PbMemberAddRequest>) -> TonicResult<PbMemberAddResponse> {
+        Err(EtcdError::not_supported("Cluster.MemberAdd").into())
+    }
+    async fn member_remove(&self, _req: Request<PbMemberRemoveRequest>) -> TonicResult<PbMemberRemoveResponse> {
+        Err(EtcdError::not_supported("Cluster.MemberRemove").into())
+    }
+    async fn member_update(&self, _req: Request<PbMemberUpdateRequest>) -> TonicResult<PbMemberUpdateResponse> {
+        Err(EtcdError::not_supported("Cluster.MemberUpdate").into())
+    }
+    async fn member_list(&self, _req: Request<PbMemberListRequest>) -> TonicResult<PbMemberListResponse> {
+        Ok(Response::new(PbMemberListResponse { header: Some(self.m.header(0)), members: self.m.members() }))
+    }
+    async fn member_promote(&self, _req: Request<PbMemberPromoteRequest>) -> TonicResult<PbMemberPromoteResponse> {
+        Err(EtcdError::not_supported("Cluster.MemberPromote").into())
+    }
+}

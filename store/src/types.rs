@@ -1,0 +1,70 @@
+//! The raft type configuration: what a member is, what a log entry carries and what
+//! applying it answers.
+//!
+//! Client requests travel through the log as the etcd protobuf bytes they arrived as
+//! (`Command`), so the state machine decodes exactly what the client sent and a
+//! follower can forward a request to the leader without a second schema.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::errors::EtcdError;
+
+/// A member of the store cluster as raft knows it. The peer URLs are what the other
+/// members dial; the name is the `--name` flag.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberNode {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+impl fmt::Display for MemberNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.peer_urls.join(","))
+    }
+}
+
+/// One state-machine command. Request payloads are prost-encoded etcd messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put(Vec<u8>),
+    DeleteRange(Vec<u8>),
+    Txn(Vec<u8>),
+    Compact(Vec<u8>),
+    /// A member announces its name and client URLs (what `member list` shows).
+    Publish {
+        member_id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
+}
+
+/// What applying one command answers: the prost-encoded etcd response (without the
+/// cluster/member/term part of the header, which the answering member fills in), or
+/// the etcd error the request earned. `Empty` answers blank and membership entries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    Empty,
+    Encoded(Vec<u8>),
+    Error(EtcdError),
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = MemberNode,
+        // Snapshots live in files and stream in chunks; never whole in memory.
+        SnapshotData = tokio::fs::File,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type Vote = openraft::Vote<u64>;
+pub type StorageError = openraft::StorageError<u64>;
+pub type StoredMembership = openraft::StoredMembership<u64, MemberNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, MemberNode>;
+pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;

@@ -1,0 +1,10 @@
+//! End-to-end tests of the built `skiff` binary with real clients. All modules compile
+//! into this one test binary (cheap to build on 2 cores).
+
+mod common;
+
+mod client;
+mod crash;
+mod differential;
+mod kv;
+mod watch;
