@@ -15,7 +15,10 @@ pub struct EtcdError {
 
 impl EtcdError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        EtcdError { code: code as i32, message: message.into() }
+        EtcdError {
+            code: code as i32,
+            message: message.into(),
+        }
     }
     pub fn code(&self) -> Code {
         Code::from_i32(self.code)
@@ -37,19 +40,31 @@ impl EtcdError {
         Self::new(Code::InvalidArgument, "etcdserver: lease is provided")
     }
     pub fn too_many_ops() -> Self {
-        Self::new(Code::InvalidArgument, "etcdserver: too many operations in txn request")
+        Self::new(
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        )
     }
     pub fn duplicate_key() -> Self {
-        Self::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request")
+        Self::new(
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+        )
     }
     pub fn request_too_large() -> Self {
         Self::new(Code::InvalidArgument, "etcdserver: request is too large")
     }
     pub fn compacted() -> Self {
-        Self::new(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+        Self::new(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        )
     }
     pub fn future_rev() -> Self {
-        Self::new(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
+        Self::new(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+        )
     }
     pub fn lease_not_found() -> Self {
         Self::new(Code::NotFound, "etcdserver: requested lease not found")
@@ -67,7 +82,10 @@ impl EtcdError {
         Self::new(Code::Unavailable, "etcdserver: server stopped")
     }
     pub fn not_supported(what: &str) -> Self {
-        Self::new(Code::Unimplemented, format!("skiff: {what} is not supported yet"))
+        Self::new(
+            Code::Unimplemented,
+            format!("skiff: {what} is not supported yet"),
+        )
     }
     pub fn internal(what: impl std::fmt::Display) -> Self {
         Self::new(Code::Internal, format!("skiff: internal error: {what}"))
@@ -93,7 +111,10 @@ mod tests {
     fn status_carries_etcd_code_and_text() {
         let s: Status = EtcdError::compacted().into();
         assert_eq!(s.code(), Code::OutOfRange);
-        assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
         let s: Status = EtcdError::no_leader().into();
         assert_eq!(s.code(), Code::Unavailable);
     }

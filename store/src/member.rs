@@ -71,7 +71,11 @@ impl Member {
     pub fn leader(&self) -> Option<(u64, MemberNode)> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
-        let node = m.membership_config.membership().get_node(&leader).cloned()?;
+        let node = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()?;
         Some((leader, node))
     }
 
@@ -82,17 +86,26 @@ impl Member {
             let attempt = async {
                 match self.raft.client_write(cmd.clone()).await {
                     Ok(resp) => Ok(resp.data),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
-                        Some(node) if f.leader_id != Some(self.id) => {
-                            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                            match self.pool.forward(&node, &ForwardRequest::Write(cmd.clone()), left).await? {
-                                ForwardResponse::Write(r) => Ok(r),
-                                ForwardResponse::Error(e) => Err(e),
-                                other => Err(EtcdError::internal(format!("unexpected forward answer {other:?}"))),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        match f.leader_node {
+                            Some(node) if f.leader_id != Some(self.id) => {
+                                let left =
+                                    deadline.saturating_duration_since(tokio::time::Instant::now());
+                                match self
+                                    .pool
+                                    .forward(&node, &ForwardRequest::Write(cmd.clone()), left)
+                                    .await?
+                                {
+                                    ForwardResponse::Write(r) => Ok(r),
+                                    ForwardResponse::Error(e) => Err(e),
+                                    other => Err(EtcdError::internal(format!(
+                                        "unexpected forward answer {other:?}"
+                                    ))),
+                                }
                             }
+                            _ => Err(EtcdError::no_leader()),
                         }
-                        _ => Err(EtcdError::no_leader()),
-                    },
+                    }
                     Err(RaftError::APIError(e)) => Err(EtcdError::internal(e)),
                     Err(RaftError::Fatal(_)) => Err(EtcdError::stopped()),
                 }
@@ -149,10 +162,16 @@ impl Member {
     async fn read_index_round(&self) -> EtcdResult<u64> {
         match self.leader() {
             Some((id, _)) if id == self.id => self.local_read_index().await,
-            Some((_, node)) => match self.pool.forward(&node, &ForwardRequest::ReadIndex, REQUEST_TIMEOUT).await? {
+            Some((_, node)) => match self
+                .pool
+                .forward(&node, &ForwardRequest::ReadIndex, REQUEST_TIMEOUT)
+                .await?
+            {
                 ForwardResponse::ReadIndex(i) => Ok(i),
                 ForwardResponse::Error(e) => Err(e),
-                other => Err(EtcdError::internal(format!("unexpected forward answer {other:?}"))),
+                other => Err(EtcdError::internal(format!(
+                    "unexpected forward answer {other:?}"
+                ))),
             },
             None => Err(EtcdError::no_leader()),
         }
@@ -164,14 +183,22 @@ impl Member {
         loop {
             let index = match self.reads.wait(self).await {
                 Ok(i) => i,
-                Err(e) if retryable(&e) && tokio::time::Instant::now() + Duration::from_millis(100) < deadline => {
+                Err(e)
+                    if retryable(&e)
+                        && tokio::time::Instant::now() + Duration::from_millis(100) < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            return match self.raft.wait(Some(left)).applied_index_at_least(Some(index), "linearizable read").await {
+            return match self
+                .raft
+                .wait(Some(left))
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(openraft::metrics::WaitError::Timeout(..)) => Err(EtcdError::timeout()),
                 Err(openraft::metrics::WaitError::ShuttingDown) => Err(EtcdError::stopped()),
@@ -260,8 +287,12 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
 
     let identity = match std::fs::read(identity_path(&config.data_dir)) {
         Ok(bytes) => {
-            let id: Identity = serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", identity_path(&config.data_dir).display()))?;
+            let id: Identity = serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is damaged: {e}",
+                    identity_path(&config.data_dir).display()
+                )
+            })?;
             if id.name != config.name {
                 anyhow::bail!(
                     "data dir {} belongs to member {:?}, not {:?}",
@@ -270,7 +301,12 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
                     config.name
                 );
             }
-            tracing::info!("restarting member {} ({:x}) of cluster {:x} from its data dir", id.name, id.member_id, id.cluster_id);
+            tracing::info!(
+                "restarting member {} ({:x}) of cluster {:x} from its data dir",
+                id.name,
+                id.member_id,
+                id.cluster_id
+            );
             id
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -280,7 +316,10 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
                     config.data_dir.display()
                 );
             }
-            let ids: Vec<u64> = members.iter().map(|(_, urls)| config::member_id(urls, &token)).collect();
+            let ids: Vec<u64> = members
+                .iter()
+                .map(|(_, urls)| config::member_id(urls, &token))
+                .collect();
             let id = Identity {
                 name: config.name.clone(),
                 member_id: config::member_id(&config.initial_advertise_peer_urls, &token),
@@ -290,12 +329,17 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
             write_identity(&config.data_dir, &id)?;
             id
         }
-        Err(e) => anyhow::bail!("cannot read {}: {e}", identity_path(&config.data_dir).display()),
+        Err(e) => anyhow::bail!(
+            "cannot read {}: {e}",
+            identity_path(&config.data_dir).display()
+        ),
     };
 
-    let db = db::open(&member_dir.join("db")).map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
+    let db = db::open(&member_dir.join("db"))
+        .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
     let shared = Shared::new(db.clone(), member_dir.join("snap")).map_err(anyhow::Error::msg)?;
-    let sm = StateMachine::open(shared.clone()).map_err(|e| anyhow::anyhow!("cannot open the state machine: {e}"))?;
+    let sm = StateMachine::open(shared.clone())
+        .map_err(|e| anyhow::anyhow!("cannot open the state machine: {e}"))?;
     let log = LogStore::new(db.clone());
     let raft_config = openraft::Config {
         cluster_name: "skiff".into(),
@@ -311,7 +355,14 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
     }
     .validate()?;
     let pool = PeerPool::default();
-    let raft = Raft::new(identity.member_id, Arc::new(raft_config), Network { pool: pool.clone() }, log, sm).await?;
+    let raft = Raft::new(
+        identity.member_id,
+        Arc::new(raft_config),
+        Network { pool: pool.clone() },
+        log,
+        sm,
+    )
+    .await?;
 
     let member = Arc::new(Member {
         config: config.clone(),
@@ -328,14 +379,32 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
     if !identity.bootstrapped {
         let nodes: BTreeMap<u64, MemberNode> = members
             .iter()
-            .map(|(name, urls)| (config::member_id(urls, &token), MemberNode { name: name.clone(), peer_urls: urls.clone() }))
+            .map(|(name, urls)| {
+                (
+                    config::member_id(urls, &token),
+                    MemberNode {
+                        name: name.clone(),
+                        peer_urls: urls.clone(),
+                    },
+                )
+            })
             .collect();
         match raft.initialize(nodes).await {
-            Ok(()) => tracing::info!("bootstrapped a new cluster {:x} with {} member(s)", identity.cluster_id, members.len()),
+            Ok(()) => tracing::info!(
+                "bootstrapped a new cluster {:x} with {} member(s)",
+                identity.cluster_id,
+                members.len()
+            ),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
             Err(e) => anyhow::bail!("cannot bootstrap the cluster: {e}"),
         }
-        write_identity(&config.data_dir, &Identity { bootstrapped: true, ..identity.clone() })?;
+        write_identity(
+            &config.data_dir,
+            &Identity {
+                bootstrapped: true,
+                ..identity.clone()
+            },
+        )?;
     }
 
     crate::server::serve_clients(member.clone()).await?;

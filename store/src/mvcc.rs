@@ -68,7 +68,13 @@ impl Record {
     }
 
     fn tombstone() -> Record {
-        Record { tombstone: true, create_rev: 0, version: 0, lease: 0, value: Vec::new() }
+        Record {
+            tombstone: true,
+            create_rev: 0,
+            version: 0,
+            lease: 0,
+            value: Vec::new(),
+        }
     }
 
     fn to_kv(&self, key: &[u8], mod_rev: i64, keys_only: bool) -> PbKeyValue {
@@ -77,7 +83,11 @@ impl Record {
             create_revision: self.create_rev,
             mod_revision: mod_rev,
             version: self.version,
-            value: if keys_only { Vec::new() } else { self.value.clone() },
+            value: if keys_only {
+                Vec::new()
+            } else {
+                self.value.clone()
+            },
             lease: self.lease,
         }
     }
@@ -140,7 +150,10 @@ pub struct View<'a> {
 
 impl<'a> View<'a> {
     pub fn new(db: &'a DB) -> View<'a> {
-        View { db, snap: db.snapshot() }
+        View {
+            db,
+            snap: db.snapshot(),
+        }
     }
 
     fn opts(&self) -> ReadOptions {
@@ -223,7 +236,9 @@ impl<'a> View<'a> {
                 None => (Vec::new(), 0),
             });
         }
-        let KeyRange::Span(start, end) = range else { unreachable!() };
+        let KeyRange::Span(start, end) = range else {
+            unreachable!()
+        };
         let mut o = self.opts();
         if let Some(end) = end {
             o.set_iterate_upper_bound(keys::escape(end));
@@ -234,7 +249,8 @@ impl<'a> View<'a> {
         let mut count = 0i64;
         while it.valid() {
             let k = it.key().unwrap();
-            let (esc, r) = keys::split_version_key(k).ok_or_else(|| EtcdError::internal("bad kv key"))?;
+            let (esc, r) =
+                keys::split_version_key(k).ok_or_else(|| EtcdError::internal("bad kv key"))?;
             let esc = esc.to_vec();
             if r > rev {
                 let mut target = esc.clone();
@@ -242,18 +258,23 @@ impl<'a> View<'a> {
                 it.seek(target);
                 continue;
             }
-            let rec = Record::decode(it.value().unwrap()).ok_or_else(|| EtcdError::internal("bad record"))?;
+            let rec = Record::decode(it.value().unwrap())
+                .ok_or_else(|| EtcdError::internal("bad record"))?;
             if !rec.tombstone {
                 count += 1;
                 if !count_only && (limit == 0 || kvs.len() < limit) {
-                    let (user, _) = keys::unescape(&esc).ok_or_else(|| EtcdError::internal("bad key"))?;
+                    let (user, _) =
+                        keys::unescape(&esc).ok_or_else(|| EtcdError::internal("bad key"))?;
                     kvs.push(rec.to_kv(&user, r, keys_only));
                 }
             }
             // Skip the older versions of this key: usually there are none and `next`
             // already stands on the next key.
             it.next();
-            if it.valid() && it.key().unwrap().starts_with(&esc) && it.key().unwrap().len() == esc.len() + 8 {
+            if it.valid()
+                && it.key().unwrap().starts_with(&esc)
+                && it.key().unwrap().len() == esc.len() + 8
+            {
                 it.seek(keys::after_all_versions(&esc));
             }
         }
@@ -281,8 +302,8 @@ impl<'a> View<'a> {
         check_range(req)?;
         let rev = self.resolve_rev(req.revision)?;
         let current = self.current_rev()?;
-        range_with(req, |range, fetch_limit| {
-            self.scan(range, rev, fetch_limit, req.keys_only, req.count_only)
+        range_with(req, |range, fetch_limit, keys_only| {
+            self.scan(range, rev, fetch_limit, keys_only, req.count_only)
         })
         .map(|mut resp| {
             resp.header = Some(header(current));
@@ -308,7 +329,8 @@ impl<'a> View<'a> {
         let mut it = self.db.raw_iterator_cf_opt(cf(self.db, CF_REVS), o);
         it.seek(keys::rev_key(from));
         while it.valid() && out.len() < max_revs {
-            let rev = keys::parse_rev_key(it.key().unwrap()).ok_or_else(|| EtcdError::internal("bad rev key"))?;
+            let rev = keys::parse_rev_key(it.key().unwrap())
+                .ok_or_else(|| EtcdError::internal("bad rev key"))?;
             let mut changes = Vec::new();
             for (delete, key) in decode_rev_log(it.value().unwrap())? {
                 if !range.contains(&key) {
@@ -327,11 +349,19 @@ impl<'a> View<'a> {
 
     fn change_at(&self, key: &[u8], rev: i64, delete: bool) -> EtcdResult<Change> {
         let kv = if delete {
-            PbKeyValue { key: key.to_vec(), mod_revision: rev, ..Default::default() }
+            PbKeyValue {
+                key: key.to_vec(),
+                mod_revision: rev,
+                ..Default::default()
+            }
         } else {
             match self.version_at(key, rev)? {
                 Some((r, rec)) if r == rev => rec.to_kv(key, rev, false),
-                _ => return Err(EtcdError::internal(format!("revision {rev} lost its version of a key"))),
+                _ => {
+                    return Err(EtcdError::internal(format!(
+                        "revision {rev} lost its version of a key"
+                    )))
+                }
             }
         };
         let prev = self.get(key, rev - 1)?;
@@ -340,7 +370,10 @@ impl<'a> View<'a> {
 }
 
 pub fn header(rev: i64) -> PbResponseHeader {
-    PbResponseHeader { revision: rev, ..Default::default() }
+    PbResponseHeader {
+        revision: rev,
+        ..Default::default()
+    }
 }
 
 fn check_range(req: &PbRangeRequest) -> EtcdResult<()> {
@@ -354,8 +387,9 @@ fn check_range(req: &PbRangeRequest) -> EtcdResult<()> {
 /// fetching, filtering by revision, sorting and truncating to the limit.
 fn range_with(
     req: &PbRangeRequest,
-    fetch: impl FnOnce(&KeyRange, usize) -> EtcdResult<(Vec<PbKeyValue>, i64)>,
+    fetch: impl FnOnce(&KeyRange, usize, bool) -> EtcdResult<(Vec<PbKeyValue>, i64)>,
 ) -> EtcdResult<PbRangeResponse> {
+    const SORT_BY_VALUE: i32 = 4;
     let range = KeyRange::new(&req.key, &req.range_end);
     let filtered = req.min_mod_revision != 0
         || req.max_mod_revision != 0
@@ -368,7 +402,9 @@ fn range_with(
     } else {
         req.limit as usize + 1
     };
-    let (mut kvs, count) = fetch(&range, fetch_limit)?;
+    // Values are needed to sort by value; otherwise keys_only skips reading them.
+    let sorts_by_value = req.sort_target == SORT_BY_VALUE;
+    let (mut kvs, count) = fetch(&range, fetch_limit, req.keys_only && !sorts_by_value)?;
     if filtered {
         kvs.retain(|kv| {
             (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
@@ -383,7 +419,15 @@ fn range_with(
         kvs.truncate(req.limit as usize);
         more = true;
     }
-    Ok(PbRangeResponse { header: None, kvs, more, count })
+    if req.keys_only && sorts_by_value {
+        kvs.iter_mut().for_each(|kv| kv.value.clear());
+    }
+    Ok(PbRangeResponse {
+        header: None,
+        kvs,
+        more,
+        count,
+    })
 }
 
 /// etcd sorts ascending when a target other than the key is given without an order.
@@ -391,7 +435,11 @@ fn sort_kvs(kvs: &mut [PbKeyValue], order: i32, target: i32) {
     const NONE: i32 = 0;
     const DESCEND: i32 = 2;
     const KEY: i32 = 0;
-    let order = if order == NONE && target != KEY { 1 } else { order };
+    let order = if order == NONE && target != KEY {
+        1
+    } else {
+        order
+    };
     if order == NONE {
         return;
     }
@@ -486,14 +534,18 @@ fn check_intervals(ops: &[PbTxnRequestOp]) -> EtcdResult<(HashSet<Vec<u8>>, Vec<
     let mut dels: Vec<KeyRange> = ops
         .iter()
         .filter_map(|op| match &op.request {
-            Some(PbTxnOpRequest::RequestDeleteRange(d)) => Some(KeyRange::new(&d.key, &d.range_end)),
+            Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
+                Some(KeyRange::new(&d.key, &d.range_end))
+            }
             _ => None,
         })
         .collect();
     let mut puts: HashSet<Vec<u8>> = HashSet::new();
     let hits = |dels: &[KeyRange], k: &[u8]| dels.iter().any(|d| d.contains(k));
     for op in ops {
-        let Some(PbTxnOpRequest::RequestTxn(t)) = &op.request else { continue };
+        let Some(PbTxnOpRequest::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
@@ -512,7 +564,9 @@ fn check_intervals(ops: &[PbTxnRequestOp]) -> EtcdResult<(HashSet<Vec<u8>>, Vec<
         dels.extend(dels_else);
     }
     for op in ops {
-        let Some(PbTxnOpRequest::RequestPut(p)) = &op.request else { continue };
+        let Some(PbTxnOpRequest::RequestPut(p)) = &op.request else {
+            continue;
+        };
         if puts.contains(&p.key) || hits(&dels, &p.key) {
             return Err(EtcdError::duplicate_key());
         }
@@ -523,20 +577,28 @@ fn check_intervals(ops: &[PbTxnRequestOp]) -> EtcdResult<(HashSet<Vec<u8>>, Vec<
 
 /// True when a txn writes nothing on either branch, so it can be served like a read.
 pub fn txn_is_read_only(req: &PbTxnRequest) -> bool {
-    req.success.iter().chain(&req.failure).all(|op| match &op.request {
-        Some(PbTxnOpRequest::RequestPut(_)) | Some(PbTxnOpRequest::RequestDeleteRange(_)) => false,
-        Some(PbTxnOpRequest::RequestTxn(t)) => txn_is_read_only(t),
-        _ => true,
-    })
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(PbTxnOpRequest::RequestPut(_)) | Some(PbTxnOpRequest::RequestDeleteRange(_)) => {
+                false
+            }
+            Some(PbTxnOpRequest::RequestTxn(t)) => txn_is_read_only(t),
+            _ => true,
+        })
 }
 
 /// Whether a txn's ranges all ask for serializable reads (no read barrier needed).
 pub fn txn_is_serializable(req: &PbTxnRequest) -> bool {
-    req.success.iter().chain(&req.failure).all(|op| match &op.request {
-        Some(PbTxnOpRequest::RequestRange(r)) => r.serializable,
-        Some(PbTxnOpRequest::RequestTxn(t)) => txn_is_serializable(t),
-        _ => true,
-    })
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(PbTxnOpRequest::RequestRange(r)) => r.serializable,
+            Some(PbTxnOpRequest::RequestTxn(t)) => txn_is_serializable(t),
+            _ => true,
+        })
 }
 
 /// Turns requests into one write batch and at most one new revision. A writer belongs
@@ -557,7 +619,15 @@ impl<'a> Writer<'a> {
     pub fn new(db: &'a DB, batch: WriteBatch) -> EtcdResult<Writer<'a>> {
         let view = View::new(db);
         let base_rev = view.current_rev()?;
-        Ok(Writer { view, db, batch, base_rev, overlay: BTreeMap::new(), changes: Vec::new(), rev_log: Vec::new() })
+        Ok(Writer {
+            view,
+            db,
+            batch,
+            base_rev,
+            overlay: BTreeMap::new(),
+            changes: Vec::new(),
+            rev_log: Vec::new(),
+        })
     }
 
     fn new_rev(&self) -> i64 {
@@ -581,13 +651,21 @@ impl<'a> Writer<'a> {
         }
     }
 
-    pub fn put(&mut self, req: &PbPutRequest, lease_exists: &dyn Fn(i64) -> bool) -> EtcdResult<PbPutResponse> {
+    pub fn put(
+        &mut self,
+        req: &PbPutRequest,
+        lease_exists: &dyn Fn(i64) -> bool,
+    ) -> EtcdResult<PbPutResponse> {
         check_put(req)?;
         let prev = self.current(&req.key)?;
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(EtcdError::key_not_found());
         }
-        let lease = if req.ignore_lease { prev.as_ref().map_or(0, |p| p.lease) } else { req.lease };
+        let lease = if req.ignore_lease {
+            prev.as_ref().map_or(0, |p| p.lease)
+        } else {
+            req.lease
+        };
         if lease != 0 && !lease_exists(lease) {
             return Err(EtcdError::lease_not_found());
         }
@@ -597,14 +675,29 @@ impl<'a> Writer<'a> {
             create_rev: prev.as_ref().map_or(rev, |p| p.create_revision),
             version: prev.as_ref().map_or(1, |p| p.version + 1),
             lease,
-            value: if req.ignore_value { prev.as_ref().map(|p| p.value.clone()).unwrap_or_default() } else { req.value.clone() },
+            value: if req.ignore_value {
+                prev.as_ref().map(|p| p.value.clone()).unwrap_or_default()
+            } else {
+                req.value.clone()
+            },
         };
-        self.batch.put_cf(cf(self.db, CF_KV), keys::version_key(&req.key, rev), rec.encode());
+        self.batch.put_cf(
+            cf(self.db, CF_KV),
+            keys::version_key(&req.key, rev),
+            rec.encode(),
+        );
         let kv = rec.to_kv(&req.key, rev, false);
         self.overlay.insert(req.key.clone(), Some(kv.clone()));
         self.rev_log.push((false, req.key.clone()));
-        self.changes.push(Change { delete: false, kv, prev: prev.clone() });
-        Ok(PbPutResponse { header: Some(header(rev)), prev_kv: if req.prev_kv { prev } else { None } })
+        self.changes.push(Change {
+            delete: false,
+            kv,
+            prev: prev.clone(),
+        });
+        Ok(PbPutResponse {
+            header: Some(header(rev)),
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
     }
 
     pub fn delete_range(&mut self, req: &PbDeleteRequest) -> EtcdResult<PbDeleteResponse> {
@@ -613,12 +706,20 @@ impl<'a> Writer<'a> {
         let victims = self.live_in(&range)?;
         let rev = self.new_rev();
         for prev in &victims {
-            self.batch.put_cf(cf(self.db, CF_KV), keys::version_key(&prev.key, rev), Record::tombstone().encode());
+            self.batch.put_cf(
+                cf(self.db, CF_KV),
+                keys::version_key(&prev.key, rev),
+                Record::tombstone().encode(),
+            );
             self.overlay.insert(prev.key.clone(), None);
             self.rev_log.push((true, prev.key.clone()));
             self.changes.push(Change {
                 delete: true,
-                kv: PbKeyValue { key: prev.key.clone(), mod_revision: rev, ..Default::default() },
+                kv: PbKeyValue {
+                    key: prev.key.clone(),
+                    mod_revision: rev,
+                    ..Default::default()
+                },
                 prev: Some(prev.clone()),
             });
         }
@@ -635,7 +736,8 @@ impl<'a> Writer<'a> {
         if self.overlay.is_empty() {
             return Ok(stored);
         }
-        let mut merged: BTreeMap<Vec<u8>, PbKeyValue> = stored.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        let mut merged: BTreeMap<Vec<u8>, PbKeyValue> =
+            stored.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         for (k, v) in &self.overlay {
             if range.contains(k) {
                 match v {
@@ -649,7 +751,11 @@ impl<'a> Writer<'a> {
 
     fn range(&self, req: &PbRangeRequest) -> EtcdResult<PbRangeResponse> {
         check_range(req)?;
-        let rev = if req.revision <= 0 { self.visible_rev() } else { req.revision };
+        let rev = if req.revision <= 0 {
+            self.visible_rev()
+        } else {
+            req.revision
+        };
         if rev > self.visible_rev() {
             return Err(EtcdError::future_rev());
         }
@@ -657,20 +763,23 @@ impl<'a> Writer<'a> {
             return Err(EtcdError::compacted());
         }
         let mut resp = if rev == self.visible_rev() && !self.overlay.is_empty() {
-            range_with(req, |range, _| {
+            range_with(req, |range, _, keys_only| {
                 let mut kvs = self.live_in(range)?;
                 let count = kvs.len() as i64;
                 if req.count_only {
                     kvs.clear();
                 }
-                if req.keys_only {
+                if keys_only {
                     kvs.iter_mut().for_each(|kv| kv.value.clear());
                 }
                 Ok((kvs, count))
             })?
         } else {
             let read_rev = rev.min(self.base_rev);
-            range_with(req, |range, limit| self.view.scan(range, read_rev, limit, req.keys_only, req.count_only))?
+            range_with(req, |range, limit, keys_only| {
+                self.view
+                    .scan(range, read_rev, limit, keys_only, req.count_only)
+            })?
         };
         resp.header = Some(header(self.visible_rev()));
         Ok(resp)
@@ -714,7 +823,11 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    pub fn txn(&mut self, req: &PbTxnRequest, lease_exists: &dyn Fn(i64) -> bool) -> EtcdResult<PbTxnResponse> {
+    pub fn txn(
+        &mut self,
+        req: &PbTxnRequest,
+        lease_exists: &dyn Fn(i64) -> bool,
+    ) -> EtcdResult<PbTxnResponse> {
         check_txn(req)?;
         let mut path = Vec::new();
         self.txn_path(req, &mut path)?;
@@ -730,23 +843,35 @@ impl<'a> Writer<'a> {
         lease_exists: &dyn Fn(i64) -> bool,
     ) -> EtcdResult<PbTxnResponse> {
         let succeeded = path.next().unwrap_or(false);
-        let ops = if succeeded { &req.success } else { &req.failure };
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
-                Some(PbTxnOpRequest::RequestRange(r)) => Some(PbTxnOpResponse::ResponseRange(self.range(r)?)),
-                Some(PbTxnOpRequest::RequestPut(r)) => Some(PbTxnOpResponse::ResponsePut(self.put(r, lease_exists)?)),
+                Some(PbTxnOpRequest::RequestRange(r)) => {
+                    Some(PbTxnOpResponse::ResponseRange(self.range(r)?))
+                }
+                Some(PbTxnOpRequest::RequestPut(r)) => {
+                    Some(PbTxnOpResponse::ResponsePut(self.put(r, lease_exists)?))
+                }
                 Some(PbTxnOpRequest::RequestDeleteRange(r)) => {
                     Some(PbTxnOpResponse::ResponseDeleteRange(self.delete_range(r)?))
                 }
-                Some(PbTxnOpRequest::RequestTxn(t)) => {
-                    Some(PbTxnOpResponse::ResponseTxn(self.run_txn(t, path, lease_exists)?))
-                }
+                Some(PbTxnOpRequest::RequestTxn(t)) => Some(PbTxnOpResponse::ResponseTxn(
+                    self.run_txn(t, path, lease_exists)?,
+                )),
                 None => None,
             };
             responses.push(PbResponseOp { response });
         }
-        Ok(PbTxnResponse { header: Some(header(self.visible_rev())), succeeded, responses })
+        Ok(PbTxnResponse {
+            header: Some(header(self.visible_rev())),
+            succeeded,
+            responses,
+        })
     }
 
     /// Removes every version superseded at or before `rev`, and the revision log
@@ -787,7 +912,8 @@ impl<'a> Writer<'a> {
             let mut newest = true;
             while it.valid() {
                 let k = it.key().unwrap();
-                let keep = newest && !Record::decode(it.value().unwrap()).is_some_and(|r| r.tombstone);
+                let keep =
+                    newest && !Record::decode(it.value().unwrap()).is_some_and(|r| r.tombstone);
                 if !keep {
                     self.batch.delete_cf(kv_cf, k);
                 }
@@ -796,8 +922,10 @@ impl<'a> Writer<'a> {
             }
             it.status().map_err(EtcdError::internal)?;
         }
-        self.batch.delete_range_cf(cf(self.db, CF_REVS), keys::rev_key(0), keys::rev_key(rev));
-        self.batch.put_cf(cf(self.db, CF_META), META_COMPACT, rev.to_be_bytes());
+        self.batch
+            .delete_range_cf(cf(self.db, CF_REVS), keys::rev_key(0), keys::rev_key(rev));
+        self.batch
+            .put_cf(cf(self.db, CF_META), META_COMPACT, rev.to_be_bytes());
         Ok(())
     }
 
@@ -808,9 +936,20 @@ impl<'a> Writer<'a> {
             return (self.batch, None);
         }
         let rev = self.new_rev();
-        self.batch.put_cf(cf(self.db, CF_REVS), keys::rev_key(rev), encode_rev_log(&self.rev_log));
-        self.batch.put_cf(cf(self.db, CF_META), META_REV, rev.to_be_bytes());
-        (self.batch, Some(RevisionChanges { rev, changes: self.changes }))
+        self.batch.put_cf(
+            cf(self.db, CF_REVS),
+            keys::rev_key(rev),
+            encode_rev_log(&self.rev_log),
+        );
+        self.batch
+            .put_cf(cf(self.db, CF_META), META_REV, rev.to_be_bytes());
+        (
+            self.batch,
+            Some(RevisionChanges {
+                rev,
+                changes: self.changes,
+            }),
+        )
     }
 
     pub fn base_rev(&self) -> i64 {
@@ -821,9 +960,13 @@ impl<'a> Writer<'a> {
 fn compare_kv(c: &PbCompare, target: PbCompareTarget, kv: &PbKeyValue) -> bool {
     use std::cmp::Ordering;
     let ord: Ordering = match (target, &c.target_union) {
-        (PbCompareTarget::Value, Some(PbTargetUnion::Value(v))) => kv.value.as_slice().cmp(v.as_slice()),
+        (PbCompareTarget::Value, Some(PbTargetUnion::Value(v))) => {
+            kv.value.as_slice().cmp(v.as_slice())
+        }
         (PbCompareTarget::Version, Some(PbTargetUnion::Version(v))) => kv.version.cmp(v),
-        (PbCompareTarget::Create, Some(PbTargetUnion::CreateRevision(v))) => kv.create_revision.cmp(v),
+        (PbCompareTarget::Create, Some(PbTargetUnion::CreateRevision(v))) => {
+            kv.create_revision.cmp(v)
+        }
         (PbCompareTarget::Mod, Some(PbTargetUnion::ModRevision(v))) => kv.mod_revision.cmp(v),
         (PbCompareTarget::Lease, Some(PbTargetUnion::Lease(v))) => kv.lease.cmp(v),
         // A target with no value set compares against the zero value of its type.

@@ -10,11 +10,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
@@ -47,11 +49,14 @@ pub enum ForwardResponse {
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Blob {
-    Blob { data: bincode::serialize(v).expect("peer messages serialize") }
+    Blob {
+        data: bincode::serialize(v).expect("peer messages serialize"),
+    }
 }
 
 pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, tonic::Status> {
-    bincode::deserialize(&b.data).map_err(|e| tonic::Status::invalid_argument(format!("bad peer message: {e}")))
+    bincode::deserialize(&b.data)
+        .map_err(|e| tonic::Status::invalid_argument(format!("bad peer message: {e}")))
 }
 
 /// Shared HTTP/2 channels to peers, keyed by peer URL.
@@ -77,18 +82,30 @@ impl PeerPool {
                 c
             }
         };
-        Ok(PeerClient::new(channel).max_decoding_message_size(MAX_PEER_MESSAGE).max_encoding_message_size(MAX_PEER_MESSAGE))
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE))
     }
 
     /// Sends a forwarded client request to `node`.
-    pub async fn forward(&self, node: &MemberNode, req: &ForwardRequest, timeout: Duration) -> Result<ForwardResponse, EtcdError> {
+    pub async fn forward(
+        &self,
+        node: &MemberNode,
+        req: &ForwardRequest,
+        timeout: Duration,
+    ) -> Result<ForwardResponse, EtcdError> {
         let url = node.peer_urls.first().ok_or_else(EtcdError::no_leader)?;
         let mut client = self.client(url).map_err(EtcdError::internal)?;
         let mut request = tonic::Request::new(encode(req));
         request.set_timeout(timeout);
         match client.forward(request).await {
             Ok(resp) => decode(resp.get_ref()).map_err(|e| EtcdError::internal(e.message())),
-            Err(s) if s.code() == tonic::Code::DeadlineExceeded || s.code() == tonic::Code::Cancelled => Err(EtcdError::timeout()),
+            Err(s)
+                if s.code() == tonic::Code::DeadlineExceeded
+                    || s.code() == tonic::Code::Cancelled =>
+            {
+                Err(EtcdError::timeout())
+            }
             Err(s) => {
                 tracing::debug!("forwarding to {url} failed: {s}");
                 Err(EtcdError::leader_changed())
@@ -123,7 +140,12 @@ pub struct PeerConn {
 type RpcResult<T, E> = Result<T, RPCError<u64, MemberNode, E>>;
 
 impl PeerConn {
-    async fn call<Req, Resp, E>(&mut self, method: Method, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -131,7 +153,11 @@ impl PeerConn {
     {
         let client = match &mut self.client {
             Ok(c) => c,
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone())))),
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(e.clone()),
+                )))
+            }
         };
         let mut request = tonic::Request::new(encode(req));
         request.set_timeout(option.hard_ttl());
@@ -147,8 +173,8 @@ impl PeerConn {
             }
             Err(s) => return Err(RPCError::Network(NetworkError::new(&s))),
         };
-        let result: Result<Resp, E> =
-            bincode::deserialize(&blob.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, E> = bincode::deserialize(&blob.data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -176,7 +202,11 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         self.call(Method::Snapshot, &rpc, &option).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>, RaftError<u64>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>, RaftError<u64>> {
         self.call(Method::Vote, &rpc, &option).await
     }
 

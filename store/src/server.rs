@@ -30,7 +30,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 fn bind(url: &str) -> anyhow::Result<TcpIncoming> {
     let addr = parse_url(url).map_err(anyhow::Error::msg)?;
-    let incoming = TcpIncoming::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {url}: {e}"))?;
+    let incoming =
+        TcpIncoming::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {url}: {e}"))?;
     Ok(incoming.with_nodelay(Some(true)))
 }
 
@@ -42,7 +43,11 @@ pub async fn serve_peers(member: Arc<Member>) -> anyhow::Result<()> {
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         let url = url.clone();
         tokio::spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await
+            {
                 tracing::error!("peer server on {url} stopped: {e}");
             }
         });
@@ -57,10 +62,20 @@ pub async fn serve_clients(member: Arc<Member>) -> anyhow::Result<()> {
         let m = member.clone();
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(PbKvServer::new(KvService { m: m.clone() }).max_decoding_message_size(limit))
-            .add_service(PbWatchServer::new(WatchService::new(m.clone())).max_decoding_message_size(limit))
-            .add_service(PbMaintenanceServer::new(MaintenanceService { m: m.clone() }).max_decoding_message_size(limit))
-            .add_service(PbClusterServer::new(ClusterService { m: m.clone() }).max_decoding_message_size(limit));
+            .add_service(
+                PbKvServer::new(KvService { m: m.clone() }).max_decoding_message_size(limit),
+            )
+            .add_service(
+                PbWatchServer::new(WatchService::new(m.clone())).max_decoding_message_size(limit),
+            )
+            .add_service(
+                PbMaintenanceServer::new(MaintenanceService { m: m.clone() })
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                PbClusterServer::new(ClusterService { m: m.clone() })
+                    .max_decoding_message_size(limit),
+            );
         let url = url.clone();
         tokio::spawn(async move {
             if let Err(e) = router.serve_with_incoming(incoming).await {
@@ -78,7 +93,11 @@ struct PeerService {
 #[tonic::async_trait]
 impl pb::peer_server::Peer for PeerService {
     async fn append_entries(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
-        let r = self.m.raft.append_entries(peer::decode(req.get_ref())?).await;
+        let r = self
+            .m
+            .raft
+            .append_entries(peer::decode(req.get_ref())?)
+            .await;
         Ok(Response::new(peer::encode(&r)))
     }
     async fn vote(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
@@ -86,7 +105,11 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(peer::encode(&r)))
     }
     async fn install_snapshot(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
-        let r = self.m.raft.install_snapshot(peer::decode(req.get_ref())?).await;
+        let r = self
+            .m
+            .raft
+            .install_snapshot(peer::decode(req.get_ref())?)
+            .await;
         Ok(Response::new(peer::encode(&r)))
     }
     async fn forward(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
@@ -106,7 +129,10 @@ impl Member {
     /// Learners serve only serializable reads and status, as in etcd.
     fn check_not_learner(&self) -> EtcdResult<()> {
         if self.is_learner() {
-            return Err(EtcdError::new(tonic::Code::Unavailable, "etcdserver: rpc not supported for learner"));
+            return Err(EtcdError::new(
+                tonic::Code::Unavailable,
+                "etcdserver: rpc not supported for learner",
+            ));
         }
         Ok(())
     }
@@ -147,7 +173,10 @@ impl PbKvService for KvService {
 
     /// Range, answered in chunks of at most 1000 keys; the last chunk carries the header,
     /// `more` and `count`.
-    async fn range_stream(&self, req: Request<PbRangeRequest>) -> TonicResult<Self::RangeStreamStream> {
+    async fn range_stream(
+        &self,
+        req: Request<PbRangeRequest>,
+    ) -> TonicResult<Self::RangeStreamStream> {
         let full = self.m.range(req.get_ref()).await?;
         let mut chunks: Vec<Vec<PbKeyValue>> = full.kvs.chunks(1000).map(|c| c.to_vec()).collect();
         if chunks.is_empty() {
@@ -177,7 +206,8 @@ impl PbKvService for KvService {
         self.m.check_size(&r)?;
         self.m.check_not_learner()?;
         mvcc::check_put(&r)?;
-        let mut resp: PbPutResponse = decode_reply(&self.m.propose(Command::Put(r.encode_to_vec())).await?)?;
+        let mut resp: PbPutResponse =
+            decode_reply(&self.m.propose(Command::Put(r.encode_to_vec())).await?)?;
         self.m.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -187,7 +217,12 @@ impl PbKvService for KvService {
         self.m.check_size(&r)?;
         self.m.check_not_learner()?;
         mvcc::check_delete(&r)?;
-        let mut resp: PbDeleteResponse = decode_reply(&self.m.propose(Command::DeleteRange(r.encode_to_vec())).await?)?;
+        let mut resp: PbDeleteResponse = decode_reply(
+            &self
+                .m
+                .propose(Command::DeleteRange(r.encode_to_vec()))
+                .await?,
+        )?;
         self.m.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -212,11 +247,15 @@ impl PbKvService for KvService {
         Ok(Response::new(resp))
     }
 
-    async fn compact(&self, req: Request<PbCompactionRequest>) -> TonicResult<PbCompactionResponse> {
+    async fn compact(
+        &self,
+        req: Request<PbCompactionRequest>,
+    ) -> TonicResult<PbCompactionResponse> {
         let r = req.into_inner();
         self.m.check_not_learner()?;
         // Compaction is applied as part of the raft entry, so `physical` holds on return.
-        let mut resp: PbCompactionResponse = decode_reply(&self.m.propose(Command::Compact(r.encode_to_vec())).await?)?;
+        let mut resp: PbCompactionResponse =
+            decode_reply(&self.m.propose(Command::Compact(r.encode_to_vec())).await?)?;
         self.m.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -235,8 +274,15 @@ impl Member {
         let mut total = 0u64;
         for name in crate::db::ALL_CFS {
             let h = crate::db::cf(db, name);
-            for prop in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
-                total += db.property_int_value_cf(h, prop).ok().flatten().unwrap_or(0);
+            for prop in [
+                "rocksdb.total-sst-files-size",
+                "rocksdb.cur-size-all-mem-tables",
+            ] {
+                total += db
+                    .property_int_value_cf(h, prop)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
             }
         }
         total as i64
@@ -280,7 +326,10 @@ impl Member {
         }
         let mut h = crc32fast::Hasher::new();
         let snap = db.snapshot();
-        for item in snap.iterator_cf(crate::db::cf(db, crate::db::CF_KV), rocksdb::IteratorMode::Start) {
+        for item in snap.iterator_cf(
+            crate::db::cf(db, crate::db::CF_KV),
+            rocksdb::IteratorMode::Start,
+        ) {
             let (k, v) = item.map_err(EtcdError::internal)?;
             if let Some((_, r)) = crate::keys::split_version_key(&k) {
                 if r <= rev {
@@ -303,7 +352,10 @@ impl PbMaintenanceService for MaintenanceService {
     async fn alarm(&self, req: Request<PbAlarmRequest>) -> TonicResult<PbAlarmResponse> {
         // No quota is enforced yet, so no alarm can be raised: listing answers none.
         if req.get_ref().action == 0 {
-            return Ok(Response::new(PbAlarmResponse { header: Some(self.m.header(self.m.current_rev())), alarms: vec![] }));
+            return Ok(Response::new(PbAlarmResponse {
+                header: Some(self.m.header(self.m.current_rev())),
+                alarms: vec![],
+            }));
         }
         Err(EtcdError::not_supported("raising or clearing alarms").into())
     }
@@ -312,21 +364,30 @@ impl PbMaintenanceService for MaintenanceService {
         Ok(Response::new(self.m.status()))
     }
 
-    async fn defragment(&self, _req: Request<PbDefragmentRequest>) -> TonicResult<PbDefragmentResponse> {
+    async fn defragment(
+        &self,
+        _req: Request<PbDefragmentRequest>,
+    ) -> TonicResult<PbDefragmentResponse> {
         let m = self.m.clone();
         tokio::task::spawn_blocking(move || {
             for name in crate::db::ALL_CFS {
-                m.db().compact_range_cf(crate::db::cf(m.db(), name), None::<&[u8]>, None::<&[u8]>);
+                m.db()
+                    .compact_range_cf(crate::db::cf(m.db(), name), None::<&[u8]>, None::<&[u8]>);
             }
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(PbDefragmentResponse { header: Some(self.m.header(self.m.current_rev())) }))
+        Ok(Response::new(PbDefragmentResponse {
+            header: Some(self.m.header(self.m.current_rev())),
+        }))
     }
 
     async fn hash(&self, _req: Request<PbHashRequest>) -> TonicResult<PbHashResponse> {
         let r = self.m.hash_kv(0)?;
-        Ok(Response::new(PbHashResponse { header: r.header, hash: r.hash }))
+        Ok(Response::new(PbHashResponse {
+            header: r.header,
+            hash: r.hash,
+        }))
     }
 
     async fn hash_kv(&self, req: Request<PbHashKvRequest>) -> TonicResult<PbHashKvResponse> {
@@ -335,15 +396,24 @@ impl PbMaintenanceService for MaintenanceService {
 
     type SnapshotStream = BoxStream<PbSnapshotResponse>;
 
-    async fn snapshot(&self, _req: Request<PbSnapshotRequest>) -> TonicResult<Self::SnapshotStream> {
+    async fn snapshot(
+        &self,
+        _req: Request<PbSnapshotRequest>,
+    ) -> TonicResult<Self::SnapshotStream> {
         Err(EtcdError::not_supported("Maintenance.Snapshot").into())
     }
 
-    async fn move_leader(&self, _req: Request<PbMoveLeaderRequest>) -> TonicResult<PbMoveLeaderResponse> {
+    async fn move_leader(
+        &self,
+        _req: Request<PbMoveLeaderRequest>,
+    ) -> TonicResult<PbMoveLeaderResponse> {
         Err(EtcdError::not_supported("Maintenance.MoveLeader").into())
     }
 
-    async fn downgrade(&self, _req: Request<PbDowngradeRequest>) -> TonicResult<PbDowngradeResponse> {
+    async fn downgrade(
+        &self,
+        _req: Request<PbDowngradeRequest>,
+    ) -> TonicResult<PbDowngradeResponse> {
         Err(EtcdError::not_supported("Maintenance.Downgrade").into())
     }
 }
@@ -365,7 +435,10 @@ impl Member {
                 PbMember {
                     id: *id,
                     // etcd shows no name until the member has started and published it.
-                    name: published.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+                    name: published
+                        .as_ref()
+                        .map(|a| a.name.clone())
+                        .unwrap_or_default(),
                     peer_ur_ls: node.peer_urls.clone(),
                     client_ur_ls: published.map(|a| a.client_urls).unwrap_or_default(),
                     is_learner: !voters.contains(id),
@@ -377,19 +450,37 @@ impl Member {
 
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
-    async fn member_add(&self, _req: Request<PbMemberAddRequest>) -> TonicResult<PbMemberAddResponse> {
+    async fn member_add(
+        &self,
+        _req: Request<PbMemberAddRequest>,
+    ) -> TonicResult<PbMemberAddResponse> {
         Err(EtcdError::not_supported("Cluster.MemberAdd").into())
     }
-    async fn member_remove(&self, _req: Request<PbMemberRemoveRequest>) -> TonicResult<PbMemberRemoveResponse> {
+    async fn member_remove(
+        &self,
+        _req: Request<PbMemberRemoveRequest>,
+    ) -> TonicResult<PbMemberRemoveResponse> {
         Err(EtcdError::not_supported("Cluster.MemberRemove").into())
     }
-    async fn member_update(&self, _req: Request<PbMemberUpdateRequest>) -> TonicResult<PbMemberUpdateResponse> {
+    async fn member_update(
+        &self,
+        _req: Request<PbMemberUpdateRequest>,
+    ) -> TonicResult<PbMemberUpdateResponse> {
         Err(EtcdError::not_supported("Cluster.MemberUpdate").into())
     }
-    async fn member_list(&self, _req: Request<PbMemberListRequest>) -> TonicResult<PbMemberListResponse> {
-        Ok(Response::new(PbMemberListResponse { header: Some(self.m.header(0)), members: self.m.members() }))
+    async fn member_list(
+        &self,
+        _req: Request<PbMemberListRequest>,
+    ) -> TonicResult<PbMemberListResponse> {
+        Ok(Response::new(PbMemberListResponse {
+            header: Some(self.m.header(0)),
+            members: self.m.members(),
+        }))
     }
-    async fn member_promote(&self, _req: Request<PbMemberPromoteRequest>) -> TonicResult<PbMemberPromoteResponse> {
+    async fn member_promote(
+        &self,
+        _req: Request<PbMemberPromoteRequest>,
+    ) -> TonicResult<PbMemberPromoteResponse> {
         Err(EtcdError::not_supported("Cluster.MemberPromote").into())
     }
 }
