@@ -349,7 +349,8 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
         install_snapshot_timeout: 10_000,
         max_payload_entries: 256,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-        max_in_snapshot_log_to_keep: 1000,
+        // A follower further behind than this many entries catches up from a snapshot.
+        max_in_snapshot_log_to_keep: config.snapshot_count.min(5000),
         purge_batch_size: 256,
         ..Default::default()
     }

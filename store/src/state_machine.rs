@@ -319,6 +319,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| sm_err(ErrorVerb::Read, e))?;
             shared.current_rev.store(rev, Ordering::SeqCst);
             let _ = shared.hub.send(Arc::new(HubMsg::Reset));
+            tracing::info!("installed snapshot {} (revision {rev})", meta.snapshot_id);
             Ok(())
         })
         .await
