@@ -39,12 +39,8 @@ enum Format {
 }
 
 async fn connect(endpoint: &str, timeout: Duration) -> anyhow::Result<Client> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(timeout)
-        .with_timeout(timeout);
-    Client::connect([endpoint], Some(opts))
-        .await
-        .with_context(|| format!("cannot connect to {endpoint}"))
+    let opts = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
+    Client::connect([endpoint], Some(opts)).await.with_context(|| format!("cannot connect to {endpoint}"))
 }
 
 async fn endpoints(args: &EndpointArgs) -> anyhow::Result<Vec<String>> {
@@ -53,15 +49,8 @@ async fn endpoints(args: &EndpointArgs) -> anyhow::Result<Vec<String>> {
     }
     let first = args.endpoints.first().context("--endpoints is empty")?;
     let mut c = connect(first, Duration::from_secs(args.timeout)).await?;
-    let list = c
-        .member_list()
-        .await
-        .with_context(|| format!("member list from {first}"))?;
-    Ok(list
-        .members()
-        .iter()
-        .flat_map(|m| m.client_urls().to_vec())
-        .collect())
+    let list = c.member_list().await.with_context(|| format!("member list from {first}"))?;
+    Ok(list.members().iter().flat_map(|m| m.client_urls().to_vec()).collect())
 }
 
 fn human_size(bytes: i64) -> String {
@@ -90,14 +79,7 @@ async fn status(args: &EndpointArgs) -> anyhow::Result<()> {
     let mut json = Vec::new();
     let mut failed = false;
     for ep in endpoints(args).await? {
-        let result = async {
-            connect(&ep, timeout)
-                .await?
-                .status()
-                .await
-                .context("status")
-        }
-        .await;
+        let result = async { connect(&ep, timeout).await?.status().await.context("status") }.await;
         match result {
             Ok(s) => {
                 let id = s.header().map_or(0, |h| h.member_id());
@@ -173,14 +155,8 @@ async fn health(args: &EndpointArgs) -> anyhow::Result<()> {
     for ep in endpoints(args).await? {
         let start = Instant::now();
         // Like etcdctl: a linearizable read needs a leader and a quorum.
-        let result = async {
-            connect(&ep, timeout)
-                .await?
-                .get("health", None)
-                .await
-                .context("failed to commit proposal")
-        }
-        .await;
+        let result =
+            async { connect(&ep, timeout).await?.get("health", None).await.context("failed to commit proposal") }.await;
         let took = start.elapsed();
         match result {
             Ok(_) => {
@@ -215,11 +191,7 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
         println!("+{}+", parts.join("+"));
     };
     let row = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!(" {:^w$} ", c, w = widths[i]))
-            .collect();
+        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!(" {:^w$} ", c, w = widths[i])).collect();
         println!("|{}|", parts.join("|"));
     };
     line();

@@ -11,19 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use skiff_store::{ClusterState, MemberConfig};
 
 #[derive(Parser)]
-#[command(
-    name = "skiff",
-    version,
-    about = "Skiff: an etcd-compatible store and Kubernetes-compatible orchestrator"
-)]
+#[command(name = "skiff", version, about = "Skiff: an etcd-compatible store and Kubernetes-compatible orchestrator")]
 struct Cli {
     /// Log filter, e.g. `info` or `skiff_store=debug,openraft=warn`.
-    #[arg(
-        long,
-        global = true,
-        env = "SKIFF_LOG",
-        default_value = "info,openraft=warn"
-    )]
+    #[arg(long, global = true, env = "SKIFF_LOG", default_value = "info,openraft=warn")]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -101,19 +92,13 @@ impl StoreArgs {
             self.initial_advertise_peer_urls
         };
         let initial_cluster = self.initial_cluster.unwrap_or_else(|| {
-            initial_advertise_peer_urls
-                .iter()
-                .map(|u| format!("{}={u}", self.name))
-                .collect::<Vec<_>>()
-                .join(",")
+            initial_advertise_peer_urls.iter().map(|u| format!("{}={u}", self.name)).collect::<Vec<_>>().join(",")
         });
         if self.watch_progress_notify_interval == 0 {
             return Err("--watch-progress-notify-interval must be at least 1 second".into());
         }
         Ok(MemberConfig {
-            data_dir: self
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(format!("{}.skiff", self.name))),
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.skiff", self.name))),
             name: self.name,
             listen_client_urls: self.listen_client_urls,
             advertise_client_urls,
@@ -126,9 +111,7 @@ impl StoreArgs {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count.max(1),
-            watch_progress_notify_interval: Duration::from_secs(
-                self.watch_progress_notify_interval,
-            ),
+            watch_progress_notify_interval: Duration::from_secs(self.watch_progress_notify_interval),
         })
     }
 }
@@ -136,16 +119,10 @@ impl StoreArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");

@@ -4,18 +4,14 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchResponse, WatchStream,
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    WatchFilterType, WatchOptions, WatchResponse, WatchStream,
 };
 
 use crate::common::*;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 async fn next(stream: &mut WatchStream) -> WatchResponse {
@@ -36,37 +32,17 @@ fn revision_filters_sorting_and_nested_txn() {
         }
         // f/a created at 2, modified at 5; f/b at 3; f/c at 4.
         let keys = |r: &etcd_client::GetResponse| {
-            r.kvs()
-                .iter()
-                .map(|kv| kv.key_str().unwrap().to_string())
-                .collect::<Vec<_>>()
+            r.kvs().iter().map(|kv| kv.key_str().unwrap().to_string()).collect::<Vec<_>>()
         };
-        let r = cl
-            .get(
-                "f/",
-                Some(GetOptions::new().with_prefix().with_min_mod_revision(4)),
-            )
-            .await
-            .unwrap();
+        let r = cl.get("f/", Some(GetOptions::new().with_prefix().with_min_mod_revision(4))).await.unwrap();
         assert_eq!(keys(&r), ["f/a", "f/c"]);
         assert_eq!(r.count(), 3, "count is taken before the filters");
-        let r = cl
-            .get(
-                "f/",
-                Some(GetOptions::new().with_prefix().with_max_create_revision(3)),
-            )
-            .await
-            .unwrap();
+        let r = cl.get("f/", Some(GetOptions::new().with_prefix().with_max_create_revision(3))).await.unwrap();
         assert_eq!(keys(&r), ["f/a", "f/b"]);
         let r = cl
             .get(
                 "f/",
-                Some(
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_sort(SortTarget::Mod, SortOrder::Descend)
-                        .with_limit(2),
-                ),
+                Some(GetOptions::new().with_prefix().with_sort(SortTarget::Mod, SortOrder::Descend).with_limit(2)),
             )
             .await
             .unwrap();
@@ -78,23 +54,19 @@ fn revision_filters_sorting_and_nested_txn() {
             .when([Compare::value("f/b", CompareOp::Equal, "2")])
             .and_then([TxnOp::put("n/inner", "then", None)])
             .or_else([TxnOp::put("n/inner", "else", None)]);
-        let outer = Txn::new()
-            .when([Compare::version("f/a", CompareOp::Equal, 2)])
-            .and_then([
-                TxnOp::put("f/b", "changed", None),
-                TxnOp::txn(inner),
-                TxnOp::get("f/b", None),
-            ]);
+        let outer = Txn::new().when([Compare::version("f/a", CompareOp::Equal, 2)]).and_then([
+            TxnOp::put("f/b", "changed", None),
+            TxnOp::txn(inner),
+            TxnOp::get("f/b", None),
+        ]);
         let resp = cl.txn(outer).await.unwrap();
         assert!(resp.succeeded());
         let rev = resp.header().unwrap().revision();
         assert_eq!(rev, 6, "one revision for the whole txn");
         match &resp.op_responses()[2] {
-            TxnOpResponse::Get(g) => assert_eq!(
-                g.kvs()[0].value_str().unwrap(),
-                "changed",
-                "a get sees the txn's own put"
-            ),
+            TxnOpResponse::Get(g) => {
+                assert_eq!(g.kvs()[0].value_str().unwrap(), "changed", "a get sees the txn's own put")
+            }
             other => panic!("unexpected {other:?}"),
         }
         let inner = cl.get("n/inner", None).await.unwrap();
@@ -102,10 +74,7 @@ fn revision_filters_sorting_and_nested_txn() {
         assert_eq!(inner.kvs()[0].mod_revision(), 6);
 
         // Put with prev_kv through the crate.
-        let p = cl
-            .put("f/c", "5", Some(PutOptions::new().with_prev_key()))
-            .await
-            .unwrap();
+        let p = cl.put("f/c", "5", Some(PutOptions::new().with_prev_key())).await.unwrap();
         assert_eq!(p.prev_key().unwrap().value_str().unwrap(), "3");
     });
 }
@@ -115,23 +84,12 @@ fn watchers_share_a_stream_with_filters_progress_and_cancel() {
     let c = Cluster::start(1);
     rt().block_on(async {
         let mut cl = Client::connect([c.endpoints()], None).await.unwrap();
-        let mut stream = cl
-            .watch("w/", Some(WatchOptions::new().with_prefix()))
-            .await
-            .unwrap();
+        let mut stream = cl.watch("w/", Some(WatchOptions::new().with_prefix())).await.unwrap();
         let created = next(&mut stream).await;
         assert!(created.created());
         let all_id = created.watch_id();
         stream
-            .watch(
-                "w/",
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_filters([WatchFilterType::NoPut])
-                        .with_prev_key(),
-                ),
-            )
+            .watch("w/", Some(WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoPut]).with_prev_key()))
             .await
             .unwrap();
         let created = next(&mut stream).await;
@@ -171,11 +129,7 @@ fn watchers_share_a_stream_with_filters_progress_and_cancel() {
         cl.put("w/2", "b", None).await.unwrap();
         cl.delete("w/2", None).await.unwrap();
         let r = next(&mut stream).await;
-        assert_eq!(
-            r.watch_id(),
-            deletes_id,
-            "the cancelled watcher sends nothing more"
-        );
+        assert_eq!(r.watch_id(), deletes_id, "the cancelled watcher sends nothing more");
         assert_eq!(r.events()[0].event_type(), EventType::Delete);
     });
 }
@@ -185,36 +139,14 @@ fn a_big_txn_is_one_atomic_watch_response() {
     let c = Cluster::start(1);
     rt().block_on(async {
         let mut cl = Client::connect([c.endpoints()], None).await.unwrap();
-        let mut stream = cl
-            .watch("t/", Some(WatchOptions::new().with_prefix()))
-            .await
-            .unwrap();
+        let mut stream = cl.watch("t/", Some(WatchOptions::new().with_prefix())).await.unwrap();
         assert!(next(&mut stream).await.created());
-        let ops: Vec<TxnOp> = (0..100)
-            .map(|i| TxnOp::put(format!("t/{i:03}"), vec![b'x'; 100], None))
-            .collect();
-        let rev = cl
-            .txn(Txn::new().and_then(ops))
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        let ops: Vec<TxnOp> = (0..100).map(|i| TxnOp::put(format!("t/{i:03}"), vec![b'x'; 100], None)).collect();
+        let rev = cl.txn(Txn::new().and_then(ops)).await.unwrap().header().unwrap().revision();
         let r = next(&mut stream).await;
-        assert_eq!(
-            r.events().len(),
-            100,
-            "all events of one revision arrive in one response"
-        );
-        assert!(r
-            .events()
-            .iter()
-            .all(|e| e.kv().unwrap().mod_revision() == rev));
-        let keys: Vec<String> = r
-            .events()
-            .iter()
-            .map(|e| e.kv().unwrap().key_str().unwrap().to_string())
-            .collect();
+        assert_eq!(r.events().len(), 100, "all events of one revision arrive in one response");
+        assert!(r.events().iter().all(|e| e.kv().unwrap().mod_revision() == rev));
+        let keys: Vec<String> = r.events().iter().map(|e| e.kv().unwrap().key_str().unwrap().to_string()).collect();
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted, "events come in the txn's op order");
@@ -226,21 +158,16 @@ fn slow_watcher_catches_up_from_storage() {
     let c = Cluster::start(1);
     rt().block_on(async {
         let mut cl = Client::connect([c.endpoints()], None).await.unwrap();
-        let mut slow = cl
-            .watch("s/", Some(WatchOptions::new().with_prefix()))
-            .await
-            .unwrap();
+        let mut slow = cl.watch("s/", Some(WatchOptions::new().with_prefix())).await.unwrap();
         assert!(next(&mut slow).await.created());
         // Far more revisions than the live broadcast buffers while the watcher reads nothing.
         let writes = 6000;
         let mut futs = Vec::new();
         for i in 0..writes {
             let mut c2 = cl.clone();
-            futs.push(tokio::spawn(async move {
-                c2.put(format!("s/{}", i % 50), format!("{i}"), None)
-                    .await
-                    .unwrap()
-            }));
+            futs.push(tokio::spawn(
+                async move { c2.put(format!("s/{}", i % 50), format!("{i}"), None).await.unwrap() },
+            ));
             if futs.len() >= 64 {
                 for f in futs.drain(..) {
                     f.await.unwrap();

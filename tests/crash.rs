@@ -22,10 +22,7 @@ fn acknowledged_writes_survive_sigkill_of_any_member() {
         .map(|w| {
             let (acked, stop, endpoints) = (acked.clone(), stop.clone(), endpoints.clone());
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(async move {
                     let opts = ConnectOptions::new()
                         .with_timeout(Duration::from_secs(3))
@@ -34,11 +31,7 @@ fn acknowledged_writes_survive_sigkill_of_any_member() {
                     // One client per member, used in turn, so writes land on followers too.
                     let mut clients = Vec::new();
                     for ep in &endpoints {
-                        clients.push(
-                            Client::connect([ep.as_str()], Some(opts.clone()))
-                                .await
-                                .unwrap(),
-                        );
+                        clients.push(Client::connect([ep.as_str()], Some(opts.clone())).await.unwrap());
                     }
                     while !stop.load(Ordering::SeqCst) {
                         let key = format!("crash/{w}/{n:06}");
@@ -60,11 +53,7 @@ fn acknowledged_writes_survive_sigkill_of_any_member() {
 
     for round in 0..6 {
         std::thread::sleep(Duration::from_millis(1500));
-        let victim = if round % 2 == 0 {
-            c.leader().unwrap_or(round % 3)
-        } else {
-            round % 3
-        };
+        let victim = if round % 2 == 0 { c.leader().unwrap_or(round % 3) } else { round % 3 };
         c.kill(victim);
         std::thread::sleep(Duration::from_millis(1000));
         c.start_member(victim);
@@ -76,60 +65,30 @@ fn acknowledged_writes_survive_sigkill_of_any_member() {
         w.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > 50,
-        "the workload made too little progress to prove anything: {} writes",
-        acked.len()
-    );
+    assert!(acked.len() > 50, "the workload made too little progress to prove anything: {} writes", acked.len());
 
     // Bring every member up to date, then check each one's own copy.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut first = Client::connect([endpoints[0].as_str()], None)
-            .await
-            .unwrap();
-        let rev = first
-            .put("crash-barrier", "x", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        let mut first = Client::connect([endpoints[0].as_str()], None).await.unwrap();
+        let rev = first.put("crash-barrier", "x", None).await.unwrap().header().unwrap().revision();
         let mut hashes = Vec::new();
         for ep in &endpoints {
             let mut cl = Client::connect([ep.as_str()], None).await.unwrap();
             // A linearizable read makes the member apply everything up to now.
             cl.get("crash-barrier", None).await.unwrap();
-            let got = cl
-                .get(
-                    "crash/",
-                    Some(GetOptions::new().with_prefix().with_serializable()),
-                )
-                .await
-                .unwrap();
+            let got = cl.get("crash/", Some(GetOptions::new().with_prefix().with_serializable())).await.unwrap();
             let stored: BTreeMap<String, String> = got
                 .kvs()
                 .iter()
-                .map(|kv| {
-                    (
-                        kv.key_str().unwrap().to_string(),
-                        kv.value_str().unwrap().to_string(),
-                    )
-                })
+                .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()))
                 .collect();
             for (k, v) in &acked {
-                assert_eq!(
-                    stored.get(k),
-                    Some(v),
-                    "member {ep} lost acknowledged write {k}"
-                );
+                assert_eq!(stored.get(k), Some(v), "member {ep} lost acknowledged write {k}");
             }
             let h = cl.hash_kv(rev).await.unwrap();
             hashes.push(h.hash());
         }
-        assert!(
-            hashes.windows(2).all(|w| w[0] == w[1]),
-            "members disagree at revision {rev}: {hashes:?}"
-        );
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]), "members disagree at revision {rev}: {hashes:?}");
     });
 }

@@ -39,12 +39,7 @@ fn scrub(v: &mut serde_json::Value) {
             for (k, val) in map.iter_mut() {
                 if matches!(
                     k.as_str(),
-                    "cluster_id"
-                        | "member_id"
-                        | "raft_term"
-                        | "ClusterID"
-                        | "MemberID"
-                        | "RaftTerm"
+                    "cluster_id" | "member_id" | "raft_term" | "ClusterID" | "MemberID" | "RaftTerm"
                 ) {
                     *val = serde_json::Value::from("<id>");
                 } else {
@@ -63,12 +58,7 @@ fn run_both(steps: &[Step]) {
     for (args, stdin) in steps {
         let a = normalise(&etcdctl_stdin(&etcd.endpoints(), args, *stdin));
         let b = normalise(&etcdctl_stdin(&skiff.endpoints(), args, *stdin));
-        assert_eq!(
-            a,
-            b,
-            "etcd 3.4 and Skiff differ on `etcdctl {}`",
-            args.join(" ")
-        );
+        assert_eq!(a, b, "etcd 3.4 and Skiff differ on `etcdctl {}`", args.join(" "));
     }
 }
 
@@ -87,46 +77,11 @@ fn kv_commands_match_etcd() {
         (&["get", "a", "--prefix", "-w", "json"], None),
         (&["get", "a", "--prefix", "--limit=2", "-w", "json"], None),
         (&["get", "a", "--prefix", "--keys-only"], None),
-        (
-            &["get", "a", "--prefix", "--sort-by=VALUE", "--order=DESCEND"],
-            None,
-        ),
-        (
-            &[
-                "get",
-                "a",
-                "--prefix",
-                "--sort-by=VALUE",
-                "--order=ASCEND",
-                "--keys-only",
-            ],
-            None,
-        ),
-        (
-            &[
-                "get",
-                "a",
-                "--prefix",
-                "--order=DESCEND",
-                "--limit=2",
-                "-w",
-                "json",
-            ],
-            None,
-        ),
+        (&["get", "a", "--prefix", "--sort-by=VALUE", "--order=DESCEND"], None),
+        (&["get", "a", "--prefix", "--sort-by=VALUE", "--order=ASCEND", "--keys-only"], None),
+        (&["get", "a", "--prefix", "--order=DESCEND", "--limit=2", "-w", "json"], None),
         (&["endpoint", "health"], None),
-        (
-            &[
-                "get",
-                "a",
-                "--prefix",
-                "--sort-by=CREATE",
-                "--order=ASCEND",
-                "-w",
-                "json",
-            ],
-            None,
-        ),
+        (&["get", "a", "--prefix", "--sort-by=CREATE", "--order=ASCEND", "-w", "json"], None),
         (&["get", "a2", "--from-key"], None),
         (&["get", "a1", "a3", "-w", "json"], None),
         (&["get", "foo", "--rev=2", "-w", "json"], None),
@@ -146,22 +101,10 @@ fn txn_and_compaction_match_etcd() {
     run_both(&[
         (&["put", "k1", "v1"], None),
         (&["put", "k2", "v2"], None),
-        (
-            &["txn", "-w", "json"],
-            Some("value(\"k1\") = \"v1\"\n\nput k1 v11\nget k2\ndel k2\n\nget k1\n\n"),
-        ),
-        (
-            &["txn"],
-            Some("version(\"k1\") > \"5\"\n\nput k1 x\n\nget k1\nget nothing\n\n"),
-        ),
-        (
-            &["txn"],
-            Some("create(\"k1\") = \"2\"\nmod(\"k1\") < \"100\"\n\nput k3 v3\n\n\n"),
-        ),
-        (
-            &["txn", "-w", "json"],
-            Some("value(\"absent\") != \"x\"\n\nput k4 v4\n\nput k5 v5\n\n"),
-        ),
+        (&["txn", "-w", "json"], Some("value(\"k1\") = \"v1\"\n\nput k1 v11\nget k2\ndel k2\n\nget k1\n\n")),
+        (&["txn"], Some("version(\"k1\") > \"5\"\n\nput k1 x\n\nget k1\nget nothing\n\n")),
+        (&["txn"], Some("create(\"k1\") = \"2\"\nmod(\"k1\") < \"100\"\n\nput k3 v3\n\n\n")),
+        (&["txn", "-w", "json"], Some("value(\"absent\") != \"x\"\n\nput k4 v4\n\nput k5 v5\n\n")),
         (&["txn"], Some("\nput d 1\nput d 2\n\n\n")),
         (&["txn"], Some("\ndel k --prefix\nput k9 9\n\n\n")),
         (&["get", "k", "--prefix", "-w", "json"], None),
@@ -188,13 +131,7 @@ fn historical_watch_matches_etcd() {
         // `watch --rev` replays history and then blocks; read what it printed by then.
         let mut child = std::process::Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args([
-                format!("--endpoints={ep}"),
-                "watch".into(),
-                "w".into(),
-                "--rev=2".into(),
-                "--prev-kv".into(),
-            ])
+            .args([format!("--endpoints={ep}"), "watch".into(), "w".into(), "--rev=2".into(), "--prev-kv".into()])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();

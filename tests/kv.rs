@@ -56,109 +56,43 @@ fn revisions_versions_and_put_flags() {
     // A historical read sees the old value.
     let old = json(ep, &["get", "foo", "--rev=3"]);
     assert_eq!(old["kvs"][0]["value"], b64("bar2"));
-    assert_eq!(
-        old["header"]["revision"], 7,
-        "header carries the current revision"
-    );
-    assert_eq!(
-        ok(ep, &["get", "foo", "--rev=6"]),
-        "",
-        "deleted at revision 6"
-    );
+    assert_eq!(old["header"]["revision"], 7, "header carries the current revision");
+    assert_eq!(ok(ep, &["get", "foo", "--rev=6"]), "", "deleted at revision 6");
     let err = fails(ep, &["get", "foo", "--rev=100"]);
-    assert!(
-        err.contains("required revision is a future revision"),
-        "{err}"
-    );
+    assert!(err.contains("required revision is a future revision"), "{err}");
 }
 
 #[test]
 fn range_options() {
     let c = Cluster::start(1);
     let ep = &c.endpoints();
-    for (k, v) in [
-        ("a1", "z"),
-        ("a2", "y"),
-        ("a3", "x"),
-        ("b1", "w"),
-        ("a2", "yy"),
-    ] {
+    for (k, v) in [("a1", "z"), ("a2", "y"), ("a3", "x"), ("b1", "w"), ("a2", "yy")] {
         ok(ep, &["put", k, v]);
     }
-    assert_eq!(
-        ok(ep, &["get", "a", "--prefix", "--keys-only"]),
-        "a1\n\na2\n\na3\n\n"
-    );
+    assert_eq!(ok(ep, &["get", "a", "--prefix", "--keys-only"]), "a1\n\na2\n\na3\n\n");
     let g = json(ep, &["get", "a", "--prefix", "--limit=2"]);
     assert_eq!(g["kvs"].as_array().unwrap().len(), 2);
     assert_eq!(g["more"], true);
     assert_eq!(g["count"], 3, "count ignores the limit");
-    assert_eq!(
-        ok(ep, &["get", "a2", "--from-key", "--keys-only"]),
-        "a2\n\na3\n\nb1\n\n"
-    );
+    assert_eq!(ok(ep, &["get", "a2", "--from-key", "--keys-only"]), "a2\n\na3\n\nb1\n\n");
     assert_eq!(ok(ep, &["get", "a1", "a3", "--keys-only"]), "a1\n\na2\n\n");
     assert_eq!(
-        ok(
-            ep,
-            &[
-                "get",
-                "a",
-                "--prefix",
-                "--sort-by=VALUE",
-                "--order=ASCEND",
-                "--keys-only"
-            ]
-        ),
+        ok(ep, &["get", "a", "--prefix", "--sort-by=VALUE", "--order=ASCEND", "--keys-only"]),
         "a3\n\na2\n\na1\n\n"
     );
+    assert_eq!(ok(ep, &["get", "a", "--prefix", "--order=DESCEND", "--keys-only"]), "a3\n\na2\n\na1\n\n");
     assert_eq!(
-        ok(
-            ep,
-            &["get", "a", "--prefix", "--order=DESCEND", "--keys-only"]
-        ),
-        "a3\n\na2\n\na1\n\n"
-    );
-    assert_eq!(
-        ok(
-            ep,
-            &[
-                "get",
-                "a",
-                "--prefix",
-                "--sort-by=MODIFY",
-                "--order=DESCEND",
-                "--keys-only",
-                "--limit=1"
-            ]
-        ),
+        ok(ep, &["get", "a", "--prefix", "--sort-by=MODIFY", "--order=DESCEND", "--keys-only", "--limit=1"]),
         "a2\n\n"
     );
     assert_eq!(
-        ok(
-            ep,
-            &[
-                "get",
-                "a",
-                "--prefix",
-                "--sort-by=VERSION",
-                "--order=DESCEND",
-                "--keys-only",
-                "--limit=1"
-            ]
-        ),
+        ok(ep, &["get", "a", "--prefix", "--sort-by=VERSION", "--order=DESCEND", "--keys-only", "--limit=1"]),
         "a2\n\n"
     );
     // Serializable reads are served locally and see the same data.
-    assert_eq!(
-        ok(ep, &["get", "a1", "--consistency=s", "--print-value-only"]),
-        "z\n"
-    );
+    assert_eq!(ok(ep, &["get", "a1", "--consistency=s", "--print-value-only"]), "z\n");
     // Revision filters (etcdctl has no flags for them; the etcd-client tests cover those).
-    assert_eq!(
-        ok(ep, &["del", "a", "--prefix", "--prev-kv"]),
-        "3\na1\nz\na2\nyy\na3\nx\n"
-    );
+    assert_eq!(ok(ep, &["del", "a", "--prefix", "--prev-kv"]), "3\na1\nz\na2\nyy\na3\nx\n");
     assert_eq!(ok(ep, &["get", "", "--from-key", "--keys-only"]), "b1\n\n");
 }
 
@@ -170,19 +104,10 @@ fn compaction_removes_history() {
         ok(ep, &["put", "k", &format!("v{i}")]);
     }
     // revisions 2..=6 hold v0..v4
-    assert_eq!(
-        ok(ep, &["get", "k", "--rev=3", "--print-value-only"]),
-        "v1\n"
-    );
-    assert_eq!(
-        ok(ep, &["compaction", "5", "--physical"]),
-        "compacted revision 5\n"
-    );
+    assert_eq!(ok(ep, &["get", "k", "--rev=3", "--print-value-only"]), "v1\n");
+    assert_eq!(ok(ep, &["compaction", "5", "--physical"]), "compacted revision 5\n");
     let err = fails(ep, &["get", "k", "--rev=4"]);
-    assert!(
-        err.contains("required revision has been compacted"),
-        "{err}"
-    );
+    assert!(err.contains("required revision has been compacted"), "{err}");
     assert_eq!(
         ok(ep, &["get", "k", "--rev=5", "--print-value-only"]),
         "v3\n",
@@ -190,21 +115,13 @@ fn compaction_removes_history() {
     );
     assert_eq!(ok(ep, &["get", "k", "--print-value-only"]), "v4\n");
     let err = fails(ep, &["compaction", "5"]);
-    assert!(
-        err.contains("required revision has been compacted"),
-        "{err}"
-    );
+    assert!(err.contains("required revision has been compacted"), "{err}");
     let err = fails(ep, &["compaction", "50"]);
-    assert!(
-        err.contains("required revision is a future revision"),
-        "{err}"
-    );
+    assert!(err.contains("required revision is a future revision"), "{err}");
     // A key deleted before the compaction revision disappears from history entirely.
     ok(ep, &["put", "gone", "x"]);
     ok(ep, &["del", "gone"]);
-    let rev = json(ep, &["get", "k"])["header"]["revision"]
-        .as_i64()
-        .unwrap();
+    let rev = json(ep, &["get", "k"])["header"]["revision"].as_i64().unwrap();
     ok(ep, &["compaction", &rev.to_string()]);
     assert_eq!(ok(ep, &["get", "gone", "--rev", &rev.to_string()]), "");
     assert_eq!(ok(ep, &["get", "k", "--print-value-only"]), "v4\n");
@@ -219,10 +136,7 @@ fn txn_compare_branches_and_errors() {
     let script = "value(\"key1\") = \"v1\"\nmod(\"counter\") > \"0\"\n\nput key1 v2\nget counter\n\nput key1 bad\n\n";
     let o = etcdctl_stdin(ep, &["txn"], Some(script));
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
-        "SUCCESS\n\nOK\n\ncounter\n1\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "SUCCESS\n\nOK\n\ncounter\n1\n");
     assert_eq!(ok(ep, &["get", "key1", "--print-value-only"]), "v2\n");
     // The failure branch runs when a compare fails; compares on a missing key's value fail.
     let script = "value(\"missing\") = \"\"\n\nput x 1\n\nput y 2\n\n";
@@ -231,50 +145,27 @@ fn txn_compare_branches_and_errors() {
     assert_eq!(ok(ep, &["get", "y", "--print-value-only"]), "2\n");
     assert_eq!(ok(ep, &["get", "x"]), "");
     // version("missing") = "0" succeeds: a missing key compares as zero.
-    let o = etcdctl_stdin(
-        ep,
-        &["txn"],
-        Some("version(\"missing\") = \"0\"\n\nput x 1\n\n\n"),
-    );
+    let o = etcdctl_stdin(ep, &["txn"], Some("version(\"missing\") = \"0\"\n\nput x 1\n\n\n"));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "SUCCESS\n\nOK\n");
     // One revision per txn, whatever it writes.
-    let before = json(ep, &["get", "x"])["header"]["revision"]
-        .as_i64()
-        .unwrap();
+    let before = json(ep, &["get", "x"])["header"]["revision"].as_i64().unwrap();
     let o = etcdctl_stdin(ep, &["txn"], Some("\nput a 1\nput b 2\ndel x\n\n\n"));
     assert!(o.status.success(), "{}", text(&o));
     let g = json(ep, &["get", "a"]);
     assert_eq!(g["header"]["revision"], before + 1);
-    assert_eq!(
-        json(ep, &["get", "b"])["kvs"][0]["mod_revision"],
-        before + 1
-    );
+    assert_eq!(json(ep, &["get", "b"])["kvs"][0]["mod_revision"], before + 1);
     // Writing one key twice is refused.
     let o = etcdctl_stdin(ep, &["txn"], Some("\nput a 1\nput a 2\n\n\n"));
     assert!(!o.status.success());
-    assert!(
-        text(&o).contains("duplicate key given in txn request"),
-        "{}",
-        text(&o)
-    );
+    assert!(text(&o).contains("duplicate key given in txn request"), "{}", text(&o));
     let o = etcdctl_stdin(ep, &["txn"], Some("\ndel a --prefix\nput ab 2\n\n\n"));
-    assert!(
-        text(&o).contains("duplicate key given in txn request"),
-        "{}",
-        text(&o)
-    );
+    assert!(text(&o).contains("duplicate key given in txn request"), "{}", text(&o));
     // More than 128 operations are refused.
     let many: String = (0..129).map(|i| format!("put k{i} v\n")).collect();
     let o = etcdctl_stdin(ep, &["txn"], Some(&format!("\n{many}\n\n")));
-    assert!(
-        text(&o).contains("too many operations in txn request"),
-        "{}",
-        text(&o)
-    );
+    assert!(text(&o).contains("too many operations in txn request"), "{}", text(&o));
     // A read-only txn costs no revision.
-    let before = json(ep, &["get", "a"])["header"]["revision"]
-        .as_i64()
-        .unwrap();
+    let before = json(ep, &["get", "a"])["header"]["revision"].as_i64().unwrap();
     let o = etcdctl_stdin(ep, &["txn", "-w", "json"], Some("\nget a\n\n\n"));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["header"]["revision"], before);
@@ -300,10 +191,7 @@ fn three_members_every_member_serves_every_request() {
     // A write sent to a follower is forwarded; the revision is the cluster's.
     let r = json(f, &["put", "via-follower", "1"]);
     let rev = r["header"]["revision"].as_i64().unwrap();
-    assert_eq!(
-        r["header"]["member_id"],
-        json(f, &["endpoint", "status"])[0]["Status"]["header"]["member_id"]
-    );
+    assert_eq!(r["header"]["member_id"], json(f, &["endpoint", "status"])[0]["Status"]["header"]["member_id"]);
     // A linearizable read on any member sees it at once.
     for m in &c.members {
         let g = json(&m.endpoint(), &["get", "via-follower"]);
@@ -311,21 +199,14 @@ fn three_members_every_member_serves_every_request() {
     }
     ok(l, &["put", "via-leader", "2"]);
     assert_eq!(ok(f, &["get", "via-leader", "--print-value-only"]), "2\n");
-    let o = etcdctl_stdin(
-        f,
-        &["txn"],
-        Some("value(\"via-leader\") = \"2\"\n\nput t ok\n\n\n"),
-    );
+    let o = etcdctl_stdin(f, &["txn"], Some("value(\"via-leader\") = \"2\"\n\nput t ok\n\n\n"));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "SUCCESS\n\nOK\n");
     // Every member reports the same cluster id and leader.
     let st = json(&c.endpoints(), &["endpoint", "status"]);
     let arr = st.as_array().unwrap();
     assert_eq!(arr.len(), 3);
     for s in arr {
-        assert_eq!(
-            s["Status"]["header"]["cluster_id"],
-            arr[0]["Status"]["header"]["cluster_id"]
-        );
+        assert_eq!(s["Status"]["header"]["cluster_id"], arr[0]["Status"]["header"]["cluster_id"]);
         assert_eq!(s["Status"]["leader"], arr[0]["Status"]["leader"]);
     }
     // etcdctl 3.4 prints health lines on stderr.
@@ -334,13 +215,7 @@ fn three_members_every_member_serves_every_request() {
     // member list shows names and client URLs once members published them.
     let list = ok(l, &["member", "list"]);
     for m in &c.members {
-        assert!(
-            list.contains(&format!(
-                "started, {}, http://127.0.0.1:{}",
-                m.name, m.peer_port
-            )),
-            "{list}"
-        );
+        assert!(list.contains(&format!("started, {}, http://127.0.0.1:{}", m.name, m.peer_port)), "{list}");
     }
 }
 
@@ -355,22 +230,13 @@ fn leader_failure_loses_nothing_and_restart_rejoins() {
     // The survivors elect a new leader and keep serving, with every acknowledged write.
     let eps = c.running_endpoints();
     ok(&eps, &["put", "after", "kill"]);
-    assert_eq!(
-        json(&eps, &["get", "k", "--prefix", "--limit=1"])["count"],
-        20
-    );
+    assert_eq!(json(&eps, &["get", "k", "--prefix", "--limit=1"])["count"], 20);
     // The killed member rejoins from its data dir and catches up.
     c.start_member(leader);
     c.wait_ready();
     let ep = c.members[leader].endpoint();
     assert_eq!(ok(&ep, &["get", "after", "--print-value-only"]), "kill\n");
-    assert_eq!(
-        ok(
-            &ep,
-            &["get", "k19", "--consistency=s", "--print-value-only"]
-        ),
-        "v19\n"
-    );
+    assert_eq!(ok(&ep, &["get", "k19", "--consistency=s", "--print-value-only"]), "v19\n");
 }
 
 #[test]
@@ -381,15 +247,8 @@ fn quorum_loss_refuses_writes_but_serves_serializable_reads() {
     c.kill(2);
     let ep = c.members[0].endpoint();
     let o = etcdctl(&ep, &["put", "k", "v2", "--command-timeout=3s"]);
-    assert!(
-        !o.status.success(),
-        "a write without quorum must fail: {}",
-        text(&o)
-    );
-    assert_eq!(
-        ok(&ep, &["get", "k", "--consistency=s", "--print-value-only"]),
-        "v\n"
-    );
+    assert!(!o.status.success(), "a write without quorum must fail: {}", text(&o));
+    assert_eq!(ok(&ep, &["get", "k", "--consistency=s", "--print-value-only"]), "v\n");
     c.start_member(1);
     c.wait_ready();
     ok(&c.running_endpoints(), &["put", "k", "v3"]);
@@ -407,14 +266,8 @@ fn restarted_single_member_keeps_data_and_identity() {
     c.wait_ready();
     assert_eq!(ok(&ep, &["get", "durable", "--print-value-only"]), "yes\n");
     let after = json(&ep, &["endpoint", "status"]);
-    assert_eq!(
-        before[0]["Status"]["header"]["cluster_id"],
-        after[0]["Status"]["header"]["cluster_id"]
-    );
-    assert_eq!(
-        before[0]["Status"]["header"]["member_id"],
-        after[0]["Status"]["header"]["member_id"]
-    );
+    assert_eq!(before[0]["Status"]["header"]["cluster_id"], after[0]["Status"]["header"]["cluster_id"]);
+    assert_eq!(before[0]["Status"]["header"]["member_id"], after[0]["Status"]["header"]["member_id"]);
 }
 
 #[test]
@@ -426,17 +279,13 @@ fn a_member_far_behind_catches_up_from_a_snapshot() {
     let eps = c.running_endpoints();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let cl = etcd_client::Client::connect(eps.split(',').collect::<Vec<_>>(), None)
-            .await
-            .unwrap();
+        let cl = etcd_client::Client::connect(eps.split(',').collect::<Vec<_>>(), None).await.unwrap();
         let mut tasks = Vec::new();
         for t in 0..16 {
             let mut cl = cl.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..40 {
-                    cl.put(format!("snap/{t:02}/{i:03}"), format!("{t}-{i}"), None)
-                        .await
-                        .unwrap();
+                    cl.put(format!("snap/{t:02}/{i:03}"), format!("{t}-{i}"), None).await.unwrap();
                 }
             }));
         }
@@ -447,67 +296,22 @@ fn a_member_far_behind_catches_up_from_a_snapshot() {
     c.start_member(lagger);
     c.wait_ready();
     let ep = c.members[lagger].endpoint();
-    let g = json(
-        &ep,
-        &["get", "snap/", "--prefix", "--limit=1", "--consistency=s"],
-    );
+    let g = json(&ep, &["get", "snap/", "--prefix", "--limit=1", "--consistency=s"]);
     assert_eq!(g["count"], 640);
-    assert_eq!(
-        ok(
-            &ep,
-            &[
-                "get",
-                "snap/15/039",
-                "--consistency=s",
-                "--print-value-only"
-            ]
-        ),
-        "15-39\n"
-    );
+    assert_eq!(ok(&ep, &["get", "snap/15/039", "--consistency=s", "--print-value-only"]), "15-39\n");
     let log = std::fs::read_to_string(&c.members[lagger].log).unwrap();
-    assert!(
-        log.contains("installed snapshot"),
-        "the member should have caught up from a snapshot:\n{log}"
-    );
+    assert!(log.contains("installed snapshot"), "the member should have caught up from a snapshot:\n{log}");
     // History came along: an old revision reads the same on this member as elsewhere,
     // and every member hashes to the same value.
-    let created = json(&ep, &["get", "snap/00/000"])["kvs"][0]["create_revision"]
-        .as_i64()
-        .unwrap();
-    let old = json(
-        &ep,
-        &[
-            "get",
-            "snap/",
-            "--prefix",
-            "--limit=1",
-            &format!("--rev={created}"),
-            "--consistency=s",
-        ],
-    );
+    let created = json(&ep, &["get", "snap/00/000"])["kvs"][0]["create_revision"].as_i64().unwrap();
+    let old = json(&ep, &["get", "snap/", "--prefix", "--limit=1", &format!("--rev={created}"), "--consistency=s"]);
     assert!(old["count"].as_i64().unwrap() >= 1);
-    let rev = json(&ep, &["get", "x"])["header"]["revision"]
-        .as_i64()
-        .unwrap();
-    let hashes = json(
-        &c.endpoints(),
-        &["endpoint", "hashkv", &format!("--rev={rev}")],
-    );
-    let hashes: Vec<_> = hashes
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["HashKV"]["hash"].clone())
-        .collect();
+    let rev = json(&ep, &["get", "x"])["header"]["revision"].as_i64().unwrap();
+    let hashes = json(&c.endpoints(), &["endpoint", "hashkv", &format!("--rev={rev}")]);
+    let hashes: Vec<_> = hashes.as_array().unwrap().iter().map(|h| h["HashKV"]["hash"].clone()).collect();
     assert_eq!(hashes.len(), 3);
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
     // The member also keeps serving writes afterwards.
     ok(&ep, &["put", "after-snapshot", "1"]);
-    assert_eq!(
-        ok(
-            &c.endpoints(),
-            &["get", "after-snapshot", "--print-value-only"]
-        ),
-        "1\n"
-    );
+    assert_eq!(ok(&c.endpoints(), &["get", "after-snapshot", "--print-value-only"]), "1\n");
 }

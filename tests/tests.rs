@@ -7,4 +7,5 @@ mod client;
 mod crash;
 mod differential;
 mod kv;
+mod lease;
 mod watch;

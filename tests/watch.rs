@@ -66,10 +66,7 @@ impl Watch {
             if o.contains(want) {
                 return o;
             }
-            assert!(
-                Instant::now() < deadline,
-                "watch output never contained {want:?}:\n{o}"
-            );
+            assert!(Instant::now() < deadline, "watch output never contained {want:?}:\n{o}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -105,15 +102,9 @@ fn live_events_in_order_with_prefix_and_prev_kv() {
     ok(ep, &["put", "other", "x"]);
     ok(ep, &["del", "foo"]);
     ok(ep, &["del", "dir/", "--prefix"]);
-    assert_eq!(
-        w.wait_for("DELETE\nfoo\n\n"),
-        "PUT\nfoo\nw1\nDELETE\nfoo\n\n"
-    );
+    assert_eq!(w.wait_for("DELETE\nfoo\n\n"), "PUT\nfoo\nw1\nDELETE\nfoo\n\n");
     let out = wp.wait_for("DELETE\ndir/a\n2\ndir/a\n");
-    assert_eq!(
-        out,
-        "PUT\ndir/a\n1\nPUT\ndir/a\n1\ndir/a\n2\nDELETE\ndir/a\n2\ndir/a\n\n"
-    );
+    assert_eq!(out, "PUT\ndir/a\n1\nPUT\ndir/a\n1\ndir/a\n2\nDELETE\ndir/a\n2\ndir/a\n\n");
 }
 
 #[test]
@@ -127,22 +118,12 @@ fn history_from_a_revision_and_compacted_start() {
     let w = Watch::start(ep, &["h", "--rev=3"]);
     w.wait_for("PUT\nh\nv3\n");
     ok(ep, &["put", "h", "v4"]);
-    assert_eq!(
-        w.wait_for("v4\n"),
-        "PUT\nh\nv1\nPUT\nh\nv2\nPUT\nh\nv3\nPUT\nh\nv4\n"
-    );
+    assert_eq!(w.wait_for("v4\n"), "PUT\nh\nv1\nPUT\nh\nv2\nPUT\nh\nv3\nPUT\nh\nv4\n");
     ok(ep, &["compaction", "4"]);
     let mut w = Watch::start(ep, &["h", "--rev=2"]);
     let out = w.wait_for("compacted");
-    assert!(
-        out.contains("watch was canceled (etcdserver: mvcc: required revision has been compacted)"),
-        "{out}"
-    );
-    assert_eq!(
-        w.exit_code(),
-        Some(5),
-        "etcdctl exits 5 when the server cancels a watch"
-    );
+    assert!(out.contains("watch was canceled (etcdserver: mvcc: required revision has been compacted)"), "{out}");
+    assert_eq!(w.exit_code(), Some(5), "etcdctl exits 5 when the server cancels a watch");
     // The compaction revision itself is still watchable.
     let w = Watch::start(ep, &["h", "--rev=4"]);
     w.wait_for("PUT\nh\nv2\nPUT\nh\nv3\nPUT\nh\nv4\n");
@@ -173,9 +154,7 @@ fn watch_on_a_follower_and_resume_after_restart() {
     let w = Watch::start(&fe, &["r", "--prefix"]);
     ok(&le, &["put", "r1", "a"]);
     w.wait_for("PUT\nr1\na\n");
-    let rev = json(&le, &["get", "r1"])["header"]["revision"]
-        .as_i64()
-        .unwrap();
+    let rev = json(&le, &["get", "r1"])["header"]["revision"].as_i64().unwrap();
     drop(w);
     // Writes while the follower is down, then a restart: a watch resumed from the last
     // seen revision + 1 gets exactly what it missed.

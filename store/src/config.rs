@@ -18,9 +18,7 @@ impl std::str::FromStr for ClusterState {
         match s {
             "new" => Ok(ClusterState::New),
             "existing" => Ok(ClusterState::Existing),
-            other => Err(format!(
-                "invalid --initial-cluster-state {other:?}: expected \"new\" or \"existing\""
-            )),
+            other => Err(format!("invalid --initial-cluster-state {other:?}: expected \"new\" or \"existing\"")),
         }
     }
 }
@@ -74,15 +72,10 @@ impl MemberConfig {
     /// The initial cluster as (name, peer URLs), members in flag order.
     pub fn initial_members(&self) -> Result<Vec<(String, Vec<String>)>, String> {
         let mut out: Vec<(String, Vec<String>)> = Vec::new();
-        for part in self
-            .initial_cluster
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            let (name, url) = part.split_once('=').ok_or_else(|| {
-                format!("invalid --initial-cluster entry {part:?}: expected name=url")
-            })?;
+        for part in self.initial_cluster.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, url) = part
+                .split_once('=')
+                .ok_or_else(|| format!("invalid --initial-cluster entry {part:?}: expected name=url"))?;
             parse_url(url)?;
             match out.iter_mut().find(|(n, _)| n == name) {
                 Some((_, urls)) => urls.push(url.to_string()),
@@ -100,12 +93,7 @@ impl MemberConfig {
         if self.name.is_empty() {
             return Err("--name must not be empty".into());
         }
-        for u in self
-            .listen_client_urls
-            .iter()
-            .chain(&self.listen_peer_urls)
-            .chain(&self.advertise_client_urls)
-        {
+        for u in self.listen_client_urls.iter().chain(&self.listen_peer_urls).chain(&self.advertise_client_urls) {
             parse_url(u)?;
         }
         let members = self.initial_members()?;
@@ -113,12 +101,7 @@ impl MemberConfig {
             let mine = members
                 .iter()
                 .find(|(n, _)| *n == self.name)
-                .ok_or_else(|| {
-                    format!(
-                        "--initial-cluster has no entry for this member's --name {:?}",
-                        self.name
-                    )
-                })?;
+                .ok_or_else(|| format!("--initial-cluster has no entry for this member's --name {:?}", self.name))?;
             let mut want = mine.1.clone();
             let mut have = self.initial_advertise_peer_urls.clone();
             want.sort();
@@ -202,20 +185,12 @@ mod tests {
         let mut c = MemberConfig::local("a", "/tmp/x".into(), 2379, 2380);
         assert!(c.validate().is_ok());
         c.initial_cluster = "b=http://127.0.0.1:2380".into();
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .contains("no entry for this member"));
+        assert!(c.validate().unwrap_err().contains("no entry for this member"));
         c.initial_cluster = "a=http://127.0.0.1:9999".into();
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .contains("--initial-advertise-peer-urls"));
+        assert!(c.validate().unwrap_err().contains("--initial-advertise-peer-urls"));
         c.initial_cluster = "a".into();
         assert!(c.validate().unwrap_err().contains("expected name=url"));
-        assert!(parse_url("127.0.0.1:80")
-            .unwrap_err()
-            .contains("only http://"));
+        assert!(parse_url("127.0.0.1:80").unwrap_err().contains("only http://"));
         assert!("old".parse::<ClusterState>().is_err());
     }
 }

@@ -45,6 +45,5 @@ pub fn open(path: &Path) -> Result<Db, rocksdb::Error> {
 
 /// The handle of a column family every open database has.
 pub fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
-    db.cf_handle(name)
-        .expect("column family is created when the database opens")
+    db.cf_handle(name).expect("column family is created when the database opens")
 }

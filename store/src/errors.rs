@@ -15,10 +15,7 @@ pub struct EtcdError {
 
 impl EtcdError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        EtcdError {
-            code: code as i32,
-            message: message.into(),
-        }
+        EtcdError { code: code as i32, message: message.into() }
     }
     pub fn code(&self) -> Code {
         Code::from_i32(self.code)
@@ -40,31 +37,19 @@ impl EtcdError {
         Self::new(Code::InvalidArgument, "etcdserver: lease is provided")
     }
     pub fn too_many_ops() -> Self {
-        Self::new(
-            Code::InvalidArgument,
-            "etcdserver: too many operations in txn request",
-        )
+        Self::new(Code::InvalidArgument, "etcdserver: too many operations in txn request")
     }
     pub fn duplicate_key() -> Self {
-        Self::new(
-            Code::InvalidArgument,
-            "etcdserver: duplicate key given in txn request",
-        )
+        Self::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request")
     }
     pub fn request_too_large() -> Self {
         Self::new(Code::InvalidArgument, "etcdserver: request is too large")
     }
     pub fn compacted() -> Self {
-        Self::new(
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision has been compacted",
-        )
+        Self::new(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
     }
     pub fn future_rev() -> Self {
-        Self::new(
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision is a future revision",
-        )
+        Self::new(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
     }
     pub fn lease_not_found() -> Self {
         Self::new(Code::NotFound, "etcdserver: requested lease not found")
@@ -78,14 +63,15 @@ impl EtcdError {
     pub fn timeout() -> Self {
         Self::new(Code::Unavailable, "etcdserver: request timed out")
     }
+    /// The forwarded request may or may not have reached the leader: never retried.
+    pub fn connection_lost() -> Self {
+        Self::new(Code::Unavailable, "etcdserver: request timed out, possibly due to connection lost")
+    }
     pub fn stopped() -> Self {
         Self::new(Code::Unavailable, "etcdserver: server stopped")
     }
     pub fn not_supported(what: &str) -> Self {
-        Self::new(
-            Code::Unimplemented,
-            format!("skiff: {what} is not supported yet"),
-        )
+        Self::new(Code::Unimplemented, format!("skiff: {what} is not supported yet"))
     }
     pub fn internal(what: impl std::fmt::Display) -> Self {
         Self::new(Code::Internal, format!("skiff: internal error: {what}"))
@@ -111,10 +97,7 @@ mod tests {
     fn status_carries_etcd_code_and_text() {
         let s: Status = EtcdError::compacted().into();
         assert_eq!(s.code(), Code::OutOfRange);
-        assert_eq!(
-            s.message(),
-            "etcdserver: mvcc: required revision has been compacted"
-        );
+        assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
         let s: Status = EtcdError::no_leader().into();
         assert_eq!(s.code(), Code::Unavailable);
     }

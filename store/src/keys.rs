@@ -109,9 +109,7 @@ mod tests {
 
     #[test]
     fn escaping_preserves_order_and_is_prefix_free() {
-        let keys: Vec<&[u8]> = vec![
-            b"", b"\0", b"\0\0", b"\0\x01", b"a", b"a\0", b"a\0b", b"ab", b"b", b"\xff",
-        ];
+        let keys: Vec<&[u8]> = vec![b"", b"\0", b"\0\0", b"\0\x01", b"a", b"a\0", b"a\0b", b"ab", b"b", b"\xff"];
         for w in keys.windows(2) {
             assert!(w[0] < w[1]);
             assert!(escape(w[0]) < escape(w[1]), "{:?} vs {:?}", w[0], w[1]);

@@ -15,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod errors;
 pub mod keys;
+pub mod lease;
 pub mod log_store;
 pub mod member;
 pub mod mvcc;

@@ -29,11 +29,7 @@ pub struct LogStore {
     syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
-fn io_err(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    e: impl std::error::Error + 'static,
-) -> StorageError {
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
 }
 
@@ -48,15 +44,10 @@ impl LogStore {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
-                    let result = sync_db
-                        .flush_wal(true)
-                        .map_err(|e| std::io::Error::other(e.to_string()));
+                    let result = sync_db.flush_wal(true).map_err(|e| std::io::Error::other(e.to_string()));
                     for cb in waiting {
                         cb.log_io_completed(
-                            result
-                                .as_ref()
-                                .map(|_| ())
-                                .map_err(|e| std::io::Error::other(e.to_string())),
+                            result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())),
                         );
                     }
                 }
@@ -65,19 +56,14 @@ impl LogStore {
         LogStore { db, syncer: tx }
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let v = self
             .db
             .get_pinned_cf(cf(&self.db, CF_RAFT), key)
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
         match v {
             None => Ok(None),
-            Some(b) => bincode::deserialize(&b)
-                .map(Some)
-                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e)),
+            Some(b) => bincode::deserialize(&b).map(Some).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e)),
         }
     }
 
@@ -87,8 +73,7 @@ impl LogStore {
             None => Ok(None),
             Some(Err(e)) => Err(io_err(ErrorSubject::Logs, ErrorVerb::Read, e)),
             Some(Ok((_, v))) => {
-                let e: Entry = bincode::deserialize(&v)
-                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let e: Entry = bincode::deserialize(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 Ok(Some(e.log_id))
             }
         }
@@ -113,20 +98,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            cf(&self.db, CF_LOG),
-            IteratorMode::From(&keys::log_key(start), Direction::Forward),
-        );
+        let it =
+            self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&keys::log_key(start), Direction::Forward));
         for item in it {
             let (k, v) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             let idx = keys::parse_log_key(&k).unwrap_or(u64::MAX);
             if !range.contains(&idx) {
                 break;
             }
-            out.push(
-                bincode::deserialize(&v)
-                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?,
-            );
+            out.push(bincode::deserialize(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?);
         }
         Ok(out)
     }
@@ -138,10 +118,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
         let last_log_id = self.last_log_id()?.or(last_purged_log_id);
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -150,13 +127,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let mut b = WriteBatch::default();
-        b.put_cf(
-            cf(&self.db, CF_RAFT),
-            KEY_VOTE,
-            bincode::serialize(vote).expect("a vote serializes"),
-        );
-        self.write(b, true)
-            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+        b.put_cf(cf(&self.db, CF_RAFT), KEY_VOTE, bincode::serialize(vote).expect("a vote serializes"));
+        self.write(b, true).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -165,24 +137,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut b = WriteBatch::default();
-        b.put_cf(
-            cf(&self.db, CF_RAFT),
-            KEY_COMMITTED,
-            bincode::serialize(&committed).expect("a log id serializes"),
-        );
-        self.write(b, false)
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+        b.put_cf(cf(&self.db, CF_RAFT), KEY_COMMITTED, bincode::serialize(&committed).expect("a log id serializes"));
+        self.write(b, false).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -190,47 +153,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = WriteBatch::default();
         let log_cf = cf(&self.db, CF_LOG);
         for e in entries {
-            let bytes = bincode::serialize(&e)
-                .map_err(|err| io_err(ErrorSubject::Log(e.log_id), ErrorVerb::Write, err))?;
+            let bytes =
+                bincode::serialize(&e).map_err(|err| io_err(ErrorSubject::Log(e.log_id), ErrorVerb::Write, err))?;
             b.put_cf(log_cf, keys::log_key(e.log_id.index), bytes);
         }
-        self.write(b, false)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.write(b, false).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // Durable once the syncer's next flush_wal(sync) returns; see the module docs.
-        self.syncer.send(callback).map_err(|_| {
-            io_err(
-                ErrorSubject::Logs,
-                ErrorVerb::Write,
-                std::io::Error::other("WAL sync thread stopped"),
-            )
-        })
+        self.syncer
+            .send(callback)
+            .map_err(|_| io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other("WAL sync thread stopped")))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut b = WriteBatch::default();
-        b.delete_range_cf(
-            cf(&self.db, CF_LOG),
-            keys::log_key(log_id.index),
-            keys::log_key(u64::MAX),
-        );
-        self.write(b, false)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        b.delete_range_cf(cf(&self.db, CF_LOG), keys::log_key(log_id.index), keys::log_key(u64::MAX));
+        self.write(b, false).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // One batch records the purge point and deletes up to it, so no hole can appear.
         let mut b = WriteBatch::default();
-        b.put_cf(
-            cf(&self.db, CF_RAFT),
-            KEY_PURGED,
-            bincode::serialize(&log_id).expect("a log id serializes"),
-        );
-        b.delete_range_cf(
-            cf(&self.db, CF_LOG),
-            keys::log_key(0),
-            keys::log_key(log_id.index + 1),
-        );
-        self.write(b, false)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        b.put_cf(cf(&self.db, CF_RAFT), KEY_PURGED, bincode::serialize(&log_id).expect("a log id serializes"));
+        b.delete_range_cf(cf(&self.db, CF_LOG), keys::log_key(0), keys::log_key(log_id.index + 1));
+        self.write(b, false).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }

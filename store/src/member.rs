@@ -71,11 +71,7 @@ impl Member {
     pub fn leader(&self) -> Option<(u64, MemberNode)> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
-        let node = m
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .cloned()?;
+        let node = m.membership_config.membership().get_node(&leader).cloned()?;
         Some((leader, node))
     }
 
@@ -86,26 +82,17 @@ impl Member {
             let attempt = async {
                 match self.raft.client_write(cmd.clone()).await {
                     Ok(resp) => Ok(resp.data),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                        match f.leader_node {
-                            Some(node) if f.leader_id != Some(self.id) => {
-                                let left =
-                                    deadline.saturating_duration_since(tokio::time::Instant::now());
-                                match self
-                                    .pool
-                                    .forward(&node, &ForwardRequest::Write(cmd.clone()), left)
-                                    .await?
-                                {
-                                    ForwardResponse::Write(r) => Ok(r),
-                                    ForwardResponse::Error(e) => Err(e),
-                                    other => Err(EtcdError::internal(format!(
-                                        "unexpected forward answer {other:?}"
-                                    ))),
-                                }
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
+                        Some(node) if f.leader_id != Some(self.id) => {
+                            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                            match self.pool.forward(&node, &ForwardRequest::Write(cmd.clone()), left).await? {
+                                ForwardResponse::Write(r) => Ok(r),
+                                ForwardResponse::Error(e) => Err(e),
+                                other => Err(EtcdError::internal(format!("unexpected forward answer {other:?}"))),
                             }
-                            _ => Err(EtcdError::no_leader()),
                         }
-                    }
+                        _ => Err(EtcdError::no_leader()),
+                    },
                     Err(RaftError::APIError(e)) => Err(EtcdError::internal(e)),
                     Err(RaftError::Fatal(_)) => Err(EtcdError::stopped()),
                 }
@@ -140,6 +127,17 @@ impl Member {
                 Ok(i) => ForwardResponse::ReadIndex(i),
                 Err(e) => ForwardResponse::Error(e),
             },
+            lease @ (ForwardRequest::LeaseKeepAlive(_) | ForwardRequest::LeaseTimeToLive(_)) => {
+                self.serve_lease_forward(&lease)
+            }
+        }
+    }
+
+    /// Sends a request that only the leader can answer to the leader.
+    pub async fn forward_to_leader(&self, req: ForwardRequest) -> EtcdResult<ForwardResponse> {
+        match self.leader() {
+            Some((id, node)) if id != self.id => self.pool.forward(&node, &req, REQUEST_TIMEOUT).await,
+            _ => Err(EtcdError::no_leader()),
         }
     }
 
@@ -162,16 +160,10 @@ impl Member {
     async fn read_index_round(&self) -> EtcdResult<u64> {
         match self.leader() {
             Some((id, _)) if id == self.id => self.local_read_index().await,
-            Some((_, node)) => match self
-                .pool
-                .forward(&node, &ForwardRequest::ReadIndex, REQUEST_TIMEOUT)
-                .await?
-            {
+            Some((_, node)) => match self.pool.forward(&node, &ForwardRequest::ReadIndex, REQUEST_TIMEOUT).await? {
                 ForwardResponse::ReadIndex(i) => Ok(i),
                 ForwardResponse::Error(e) => Err(e),
-                other => Err(EtcdError::internal(format!(
-                    "unexpected forward answer {other:?}"
-                ))),
+                other => Err(EtcdError::internal(format!("unexpected forward answer {other:?}"))),
             },
             None => Err(EtcdError::no_leader()),
         }
@@ -183,22 +175,14 @@ impl Member {
         loop {
             let index = match self.reads.wait(self).await {
                 Ok(i) => i,
-                Err(e)
-                    if retryable(&e)
-                        && tokio::time::Instant::now() + Duration::from_millis(100) < deadline =>
-                {
+                Err(e) if retryable(&e) && tokio::time::Instant::now() + Duration::from_millis(100) < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            return match self
-                .raft
-                .wait(Some(left))
-                .applied_index_at_least(Some(index), "linearizable read")
-                .await
-            {
+            return match self.raft.wait(Some(left)).applied_index_at_least(Some(index), "linearizable read").await {
                 Ok(_) => Ok(()),
                 Err(openraft::metrics::WaitError::Timeout(..)) => Err(EtcdError::timeout()),
                 Err(openraft::metrics::WaitError::ShuttingDown) => Err(EtcdError::stopped()),
@@ -212,7 +196,10 @@ impl Member {
     }
 }
 
-/// Errors worth another try inside one client request: the cluster is between leaders.
+/// Errors after which a write certainly was not proposed, so trying again inside the
+/// same client request is safe: there was no leader, or the leader refused before
+/// proposing (openraft answers ForwardToLeader only then, or after truncating the
+/// entry, which was therefore never committed).
 fn retryable(e: &EtcdError) -> bool {
     *e == EtcdError::no_leader() || *e == EtcdError::leader_changed()
 }
@@ -287,12 +274,8 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
 
     let identity = match std::fs::read(identity_path(&config.data_dir)) {
         Ok(bytes) => {
-            let id: Identity = serde_json::from_slice(&bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is damaged: {e}",
-                    identity_path(&config.data_dir).display()
-                )
-            })?;
+            let id: Identity = serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", identity_path(&config.data_dir).display()))?;
             if id.name != config.name {
                 anyhow::bail!(
                     "data dir {} belongs to member {:?}, not {:?}",
@@ -316,10 +299,7 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
                     config.data_dir.display()
                 );
             }
-            let ids: Vec<u64> = members
-                .iter()
-                .map(|(_, urls)| config::member_id(urls, &token))
-                .collect();
+            let ids: Vec<u64> = members.iter().map(|(_, urls)| config::member_id(urls, &token)).collect();
             let id = Identity {
                 name: config.name.clone(),
                 member_id: config::member_id(&config.initial_advertise_peer_urls, &token),
@@ -329,17 +309,12 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
             write_identity(&config.data_dir, &id)?;
             id
         }
-        Err(e) => anyhow::bail!(
-            "cannot read {}: {e}",
-            identity_path(&config.data_dir).display()
-        ),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", identity_path(&config.data_dir).display()),
     };
 
-    let db = db::open(&member_dir.join("db"))
-        .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
+    let db = db::open(&member_dir.join("db")).map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
     let shared = Shared::new(db.clone(), member_dir.join("snap")).map_err(anyhow::Error::msg)?;
-    let sm = StateMachine::open(shared.clone())
-        .map_err(|e| anyhow::anyhow!("cannot open the state machine: {e}"))?;
+    let sm = StateMachine::open(shared.clone()).map_err(|e| anyhow::anyhow!("cannot open the state machine: {e}"))?;
     let log = LogStore::new(db.clone());
     let raft_config = openraft::Config {
         cluster_name: "skiff".into(),
@@ -356,14 +331,7 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
     }
     .validate()?;
     let pool = PeerPool::default();
-    let raft = Raft::new(
-        identity.member_id,
-        Arc::new(raft_config),
-        Network { pool: pool.clone() },
-        log,
-        sm,
-    )
-    .await?;
+    let raft = Raft::new(identity.member_id, Arc::new(raft_config), Network { pool: pool.clone() }, log, sm).await?;
 
     let member = Arc::new(Member {
         config: config.clone(),
@@ -381,35 +349,22 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
         let nodes: BTreeMap<u64, MemberNode> = members
             .iter()
             .map(|(name, urls)| {
-                (
-                    config::member_id(urls, &token),
-                    MemberNode {
-                        name: name.clone(),
-                        peer_urls: urls.clone(),
-                    },
-                )
+                (config::member_id(urls, &token), MemberNode { name: name.clone(), peer_urls: urls.clone() })
             })
             .collect();
         match raft.initialize(nodes).await {
-            Ok(()) => tracing::info!(
-                "bootstrapped a new cluster {:x} with {} member(s)",
-                identity.cluster_id,
-                members.len()
-            ),
+            Ok(()) => {
+                tracing::info!("bootstrapped a new cluster {:x} with {} member(s)", identity.cluster_id, members.len())
+            }
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
             Err(e) => anyhow::bail!("cannot bootstrap the cluster: {e}"),
         }
-        write_identity(
-            &config.data_dir,
-            &Identity {
-                bootstrapped: true,
-                ..identity.clone()
-            },
-        )?;
+        write_identity(&config.data_dir, &Identity { bootstrapped: true, ..identity.clone() })?;
     }
 
     crate::server::serve_clients(member.clone()).await?;
     tokio::spawn(publish_attributes(member.clone()));
+    tokio::spawn(crate::lease::run_expiry(member.clone()));
     Ok(member)
 }
 

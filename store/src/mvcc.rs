@@ -13,9 +13,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use etcd_client::proto::{
-    PbCompactionRequest, PbCompare, PbCompareTarget, PbDeleteRequest, PbDeleteResponse, PbKeyValue,
-    PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse, PbResponseHeader, PbResponseOp,
-    PbTargetUnion, PbTxnOpRequest, PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
+    PbCompactionRequest, PbCompare, PbCompareTarget, PbDeleteRequest, PbDeleteResponse, PbKeyValue, PbPutRequest,
+    PbPutResponse, PbRangeRequest, PbRangeResponse, PbResponseHeader, PbResponseOp, PbTargetUnion, PbTxnOpRequest,
+    PbTxnOpResponse, PbTxnRequest, PbTxnRequestOp, PbTxnResponse,
 };
 use rocksdb::{ReadOptions, WriteBatch, DB};
 
@@ -25,6 +25,23 @@ use crate::keys;
 
 pub const META_REV: &[u8] = b"rev";
 pub const META_COMPACT: &[u8] = b"compact";
+/// `lease/<id>` -> granted TTL in seconds.
+const META_LEASE: &[u8] = b"lease/";
+/// `lkey/<id><user key>` -> (): the keys attached to a lease.
+const META_LEASE_KEY: &[u8] = b"lkey/";
+
+fn lease_key(id: i64) -> Vec<u8> {
+    let mut k = META_LEASE.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn lease_attach_key(id: i64, user: &[u8]) -> Vec<u8> {
+    let mut k = META_LEASE_KEY.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(user);
+    k
+}
 
 /// etcd's limit on operations per txn branch (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -68,13 +85,7 @@ impl Record {
     }
 
     fn tombstone() -> Record {
-        Record {
-            tombstone: true,
-            create_rev: 0,
-            version: 0,
-            lease: 0,
-            value: Vec::new(),
-        }
+        Record { tombstone: true, create_rev: 0, version: 0, lease: 0, value: Vec::new() }
     }
 
     fn to_kv(&self, key: &[u8], mod_rev: i64, keys_only: bool) -> PbKeyValue {
@@ -83,11 +94,7 @@ impl Record {
             create_revision: self.create_rev,
             mod_revision: mod_rev,
             version: self.version,
-            value: if keys_only {
-                Vec::new()
-            } else {
-                self.value.clone()
-            },
+            value: if keys_only { Vec::new() } else { self.value.clone() },
             lease: self.lease,
         }
     }
@@ -130,9 +137,7 @@ impl KeyRange {
     pub fn contains(&self, k: &[u8]) -> bool {
         match self {
             KeyRange::Single(key) => key.as_slice() == k,
-            KeyRange::Span(start, end) => {
-                k >= start.as_slice() && end.as_deref().is_none_or(|e| k < e)
-            }
+            KeyRange::Span(start, end) => k >= start.as_slice() && end.as_deref().is_none_or(|e| k < e),
         }
     }
 
@@ -150,10 +155,7 @@ pub struct View<'a> {
 
 impl<'a> View<'a> {
     pub fn new(db: &'a DB) -> View<'a> {
-        View {
-            db,
-            snap: db.snapshot(),
-        }
+        View { db, snap: db.snapshot() }
     }
 
     fn opts(&self) -> ReadOptions {
@@ -163,10 +165,7 @@ impl<'a> View<'a> {
     }
 
     fn meta_i64(&self, key: &[u8]) -> EtcdResult<i64> {
-        let v = self
-            .db
-            .get_pinned_cf_opt(cf(self.db, CF_META), key, &self.opts())
-            .map_err(EtcdError::internal)?;
+        let v = self.db.get_pinned_cf_opt(cf(self.db, CF_META), key, &self.opts()).map_err(EtcdError::internal)?;
         Ok(match v {
             Some(b) if b.len() == 8 => i64::from_be_bytes(b[..].try_into().unwrap()),
             _ => 0,
@@ -236,9 +235,7 @@ impl<'a> View<'a> {
                 None => (Vec::new(), 0),
             });
         }
-        let KeyRange::Span(start, end) = range else {
-            unreachable!()
-        };
+        let KeyRange::Span(start, end) = range else { unreachable!() };
         let mut o = self.opts();
         if let Some(end) = end {
             o.set_iterate_upper_bound(keys::escape(end));
@@ -249,8 +246,7 @@ impl<'a> View<'a> {
         let mut count = 0i64;
         while it.valid() {
             let k = it.key().unwrap();
-            let (esc, r) =
-                keys::split_version_key(k).ok_or_else(|| EtcdError::internal("bad kv key"))?;
+            let (esc, r) = keys::split_version_key(k).ok_or_else(|| EtcdError::internal("bad kv key"))?;
             let esc = esc.to_vec();
             if r > rev {
                 let mut target = esc.clone();
@@ -258,28 +254,64 @@ impl<'a> View<'a> {
                 it.seek(target);
                 continue;
             }
-            let rec = Record::decode(it.value().unwrap())
-                .ok_or_else(|| EtcdError::internal("bad record"))?;
+            let rec = Record::decode(it.value().unwrap()).ok_or_else(|| EtcdError::internal("bad record"))?;
             if !rec.tombstone {
                 count += 1;
                 if !count_only && (limit == 0 || kvs.len() < limit) {
-                    let (user, _) =
-                        keys::unescape(&esc).ok_or_else(|| EtcdError::internal("bad key"))?;
+                    let (user, _) = keys::unescape(&esc).ok_or_else(|| EtcdError::internal("bad key"))?;
                     kvs.push(rec.to_kv(&user, r, keys_only));
                 }
             }
             // Skip the older versions of this key: usually there are none and `next`
             // already stands on the next key.
             it.next();
-            if it.valid()
-                && it.key().unwrap().starts_with(&esc)
-                && it.key().unwrap().len() == esc.len() + 8
-            {
+            if it.valid() && it.key().unwrap().starts_with(&esc) && it.key().unwrap().len() == esc.len() + 8 {
                 it.seek(keys::after_all_versions(&esc));
             }
         }
         it.status().map_err(EtcdError::internal)?;
         Ok((kvs, count))
+    }
+
+    /// The granted TTL of a lease, if it exists.
+    pub fn lease_ttl(&self, id: i64) -> EtcdResult<Option<i64>> {
+        let v = self
+            .db
+            .get_pinned_cf_opt(cf(self.db, CF_META), lease_key(id), &self.opts())
+            .map_err(EtcdError::internal)?;
+        Ok(v.and_then(|b| b[..].try_into().ok().map(i64::from_be_bytes)))
+    }
+
+    /// Every lease and its granted TTL.
+    pub fn leases(&self) -> EtcdResult<Vec<(i64, i64)>> {
+        self.prefixed(META_LEASE, |rest, v| {
+            Some((i64::from_be_bytes(rest.try_into().ok()?), i64::from_be_bytes(v.try_into().ok()?)))
+        })
+    }
+
+    /// The keys attached to a lease, in key order.
+    pub fn lease_keys(&self, id: i64) -> EtcdResult<Vec<Vec<u8>>> {
+        let mut prefix = META_LEASE_KEY.to_vec();
+        prefix.extend_from_slice(&id.to_be_bytes());
+        self.prefixed(&prefix, |rest, _| Some(rest.to_vec()))
+    }
+
+    fn prefixed<T>(&self, prefix: &[u8], f: impl Fn(&[u8], &[u8]) -> Option<T>) -> EtcdResult<Vec<T>> {
+        let mut o = self.opts();
+        if let Some(end) = keys::prefix_end(prefix) {
+            o.set_iterate_upper_bound(end);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(cf(self.db, CF_META), o);
+        it.seek(prefix);
+        let mut out = Vec::new();
+        while it.valid() {
+            if let Some(t) = f(&it.key().unwrap()[prefix.len()..], it.value().unwrap()) {
+                out.push(t);
+            }
+            it.next();
+        }
+        it.status().map_err(EtcdError::internal)?;
+        Ok(out)
     }
 
     /// Resolves the revision a request reads at, with etcd's errors.
@@ -302,24 +334,16 @@ impl<'a> View<'a> {
         check_range(req)?;
         let rev = self.resolve_rev(req.revision)?;
         let current = self.current_rev()?;
-        range_with(req, |range, fetch_limit, keys_only| {
-            self.scan(range, rev, fetch_limit, keys_only, req.count_only)
-        })
-        .map(|mut resp| {
-            resp.header = Some(header(current));
-            resp
-        })
+        range_with(req, |range, fetch_limit, keys_only| self.scan(range, rev, fetch_limit, keys_only, req.count_only))
+            .map(|mut resp| {
+                resp.header = Some(header(current));
+                resp
+            })
     }
 
     /// The changes of revisions `from..=to` that touch `range`, read back from storage
     /// (the watch catch-up path). Stops early once `max_revs` revisions produced events.
-    pub fn changes(
-        &self,
-        from: i64,
-        to: i64,
-        range: &KeyRange,
-        max_revs: usize,
-    ) -> EtcdResult<Vec<RevisionChanges>> {
+    pub fn changes(&self, from: i64, to: i64, range: &KeyRange, max_revs: usize) -> EtcdResult<Vec<RevisionChanges>> {
         let mut out = Vec::new();
         if from > to {
             return Ok(out);
@@ -329,8 +353,7 @@ impl<'a> View<'a> {
         let mut it = self.db.raw_iterator_cf_opt(cf(self.db, CF_REVS), o);
         it.seek(keys::rev_key(from));
         while it.valid() && out.len() < max_revs {
-            let rev = keys::parse_rev_key(it.key().unwrap())
-                .ok_or_else(|| EtcdError::internal("bad rev key"))?;
+            let rev = keys::parse_rev_key(it.key().unwrap()).ok_or_else(|| EtcdError::internal("bad rev key"))?;
             let mut changes = Vec::new();
             for (delete, key) in decode_rev_log(it.value().unwrap())? {
                 if !range.contains(&key) {
@@ -349,19 +372,11 @@ impl<'a> View<'a> {
 
     fn change_at(&self, key: &[u8], rev: i64, delete: bool) -> EtcdResult<Change> {
         let kv = if delete {
-            PbKeyValue {
-                key: key.to_vec(),
-                mod_revision: rev,
-                ..Default::default()
-            }
+            PbKeyValue { key: key.to_vec(), mod_revision: rev, ..Default::default() }
         } else {
             match self.version_at(key, rev)? {
                 Some((r, rec)) if r == rev => rec.to_kv(key, rev, false),
-                _ => {
-                    return Err(EtcdError::internal(format!(
-                        "revision {rev} lost its version of a key"
-                    )))
-                }
+                _ => return Err(EtcdError::internal(format!("revision {rev} lost its version of a key"))),
             }
         };
         let prev = self.get(key, rev - 1)?;
@@ -370,10 +385,7 @@ impl<'a> View<'a> {
 }
 
 pub fn header(rev: i64) -> PbResponseHeader {
-    PbResponseHeader {
-        revision: rev,
-        ..Default::default()
-    }
+    PbResponseHeader { revision: rev, ..Default::default() }
 }
 
 fn check_range(req: &PbRangeRequest) -> EtcdResult<()> {
@@ -397,11 +409,7 @@ fn range_with(
         || req.max_create_revision != 0;
     // Sorting or filtering needs every key first; otherwise fetch one more than the
     // limit to learn whether there is more.
-    let fetch_limit = if req.sort_order != 0 || filtered || req.limit <= 0 {
-        0
-    } else {
-        req.limit as usize + 1
-    };
+    let fetch_limit = if req.sort_order != 0 || filtered || req.limit <= 0 { 0 } else { req.limit as usize + 1 };
     // Values are needed to sort by value; otherwise keys_only skips reading them.
     let sorts_by_value = req.sort_target == SORT_BY_VALUE;
     let (mut kvs, count) = fetch(&range, fetch_limit, req.keys_only && !sorts_by_value)?;
@@ -422,12 +430,7 @@ fn range_with(
     if req.keys_only && sorts_by_value {
         kvs.iter_mut().for_each(|kv| kv.value.clear());
     }
-    Ok(PbRangeResponse {
-        header: None,
-        kvs,
-        more,
-        count,
-    })
+    Ok(PbRangeResponse { header: None, kvs, more, count })
 }
 
 /// etcd sorts ascending when a target other than the key is given without an order.
@@ -435,11 +438,7 @@ fn sort_kvs(kvs: &mut [PbKeyValue], order: i32, target: i32) {
     const NONE: i32 = 0;
     const DESCEND: i32 = 2;
     const KEY: i32 = 0;
-    let order = if order == NONE && target != KEY {
-        1
-    } else {
-        order
-    };
+    let order = if order == NONE && target != KEY { 1 } else { order };
     if order == NONE {
         return;
     }
@@ -534,9 +533,7 @@ fn check_intervals(ops: &[PbTxnRequestOp]) -> EtcdResult<(HashSet<Vec<u8>>, Vec<
     let mut dels: Vec<KeyRange> = ops
         .iter()
         .filter_map(|op| match &op.request {
-            Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
-                Some(KeyRange::new(&d.key, &d.range_end))
-            }
+            Some(PbTxnOpRequest::RequestDeleteRange(d)) => Some(KeyRange::new(&d.key, &d.range_end)),
             _ => None,
         })
         .collect();
@@ -577,28 +574,20 @@ fn check_intervals(ops: &[PbTxnRequestOp]) -> EtcdResult<(HashSet<Vec<u8>>, Vec<
 
 /// True when a txn writes nothing on either branch, so it can be served like a read.
 pub fn txn_is_read_only(req: &PbTxnRequest) -> bool {
-    req.success
-        .iter()
-        .chain(&req.failure)
-        .all(|op| match &op.request {
-            Some(PbTxnOpRequest::RequestPut(_)) | Some(PbTxnOpRequest::RequestDeleteRange(_)) => {
-                false
-            }
-            Some(PbTxnOpRequest::RequestTxn(t)) => txn_is_read_only(t),
-            _ => true,
-        })
+    req.success.iter().chain(&req.failure).all(|op| match &op.request {
+        Some(PbTxnOpRequest::RequestPut(_)) | Some(PbTxnOpRequest::RequestDeleteRange(_)) => false,
+        Some(PbTxnOpRequest::RequestTxn(t)) => txn_is_read_only(t),
+        _ => true,
+    })
 }
 
 /// Whether a txn's ranges all ask for serializable reads (no read barrier needed).
 pub fn txn_is_serializable(req: &PbTxnRequest) -> bool {
-    req.success
-        .iter()
-        .chain(&req.failure)
-        .all(|op| match &op.request {
-            Some(PbTxnOpRequest::RequestRange(r)) => r.serializable,
-            Some(PbTxnOpRequest::RequestTxn(t)) => txn_is_serializable(t),
-            _ => true,
-        })
+    req.success.iter().chain(&req.failure).all(|op| match &op.request {
+        Some(PbTxnOpRequest::RequestRange(r)) => r.serializable,
+        Some(PbTxnOpRequest::RequestTxn(t)) => txn_is_serializable(t),
+        _ => true,
+    })
 }
 
 /// Turns requests into one write batch and at most one new revision. A writer belongs
@@ -619,15 +608,7 @@ impl<'a> Writer<'a> {
     pub fn new(db: &'a DB, batch: WriteBatch) -> EtcdResult<Writer<'a>> {
         let view = View::new(db);
         let base_rev = view.current_rev()?;
-        Ok(Writer {
-            view,
-            db,
-            batch,
-            base_rev,
-            overlay: BTreeMap::new(),
-            changes: Vec::new(),
-            rev_log: Vec::new(),
-        })
+        Ok(Writer { view, db, batch, base_rev, overlay: BTreeMap::new(), changes: Vec::new(), rev_log: Vec::new() })
     }
 
     fn new_rev(&self) -> i64 {
@@ -651,22 +632,14 @@ impl<'a> Writer<'a> {
         }
     }
 
-    pub fn put(
-        &mut self,
-        req: &PbPutRequest,
-        lease_exists: &dyn Fn(i64) -> bool,
-    ) -> EtcdResult<PbPutResponse> {
+    pub fn put(&mut self, req: &PbPutRequest) -> EtcdResult<PbPutResponse> {
         check_put(req)?;
         let prev = self.current(&req.key)?;
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(EtcdError::key_not_found());
         }
-        let lease = if req.ignore_lease {
-            prev.as_ref().map_or(0, |p| p.lease)
-        } else {
-            req.lease
-        };
-        if lease != 0 && !lease_exists(lease) {
+        let lease = if req.ignore_lease { prev.as_ref().map_or(0, |p| p.lease) } else { req.lease };
+        if lease != 0 && self.view.lease_ttl(lease)?.is_none() {
             return Err(EtcdError::lease_not_found());
         }
         let rev = self.new_rev();
@@ -681,23 +654,21 @@ impl<'a> Writer<'a> {
                 req.value.clone()
             },
         };
-        self.batch.put_cf(
-            cf(self.db, CF_KV),
-            keys::version_key(&req.key, rev),
-            rec.encode(),
-        );
+        self.batch.put_cf(cf(self.db, CF_KV), keys::version_key(&req.key, rev), rec.encode());
+        let old_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if old_lease != lease {
+            if old_lease != 0 {
+                self.batch.delete_cf(cf(self.db, CF_META), lease_attach_key(old_lease, &req.key));
+            }
+            if lease != 0 {
+                self.batch.put_cf(cf(self.db, CF_META), lease_attach_key(lease, &req.key), []);
+            }
+        }
         let kv = rec.to_kv(&req.key, rev, false);
         self.overlay.insert(req.key.clone(), Some(kv.clone()));
         self.rev_log.push((false, req.key.clone()));
-        self.changes.push(Change {
-            delete: false,
-            kv,
-            prev: prev.clone(),
-        });
-        Ok(PbPutResponse {
-            header: Some(header(rev)),
-            prev_kv: if req.prev_kv { prev } else { None },
-        })
+        self.changes.push(Change { delete: false, kv, prev: prev.clone() });
+        Ok(PbPutResponse { header: Some(header(rev)), prev_kv: if req.prev_kv { prev } else { None } })
     }
 
     pub fn delete_range(&mut self, req: &PbDeleteRequest) -> EtcdResult<PbDeleteResponse> {
@@ -706,20 +677,15 @@ impl<'a> Writer<'a> {
         let victims = self.live_in(&range)?;
         let rev = self.new_rev();
         for prev in &victims {
-            self.batch.put_cf(
-                cf(self.db, CF_KV),
-                keys::version_key(&prev.key, rev),
-                Record::tombstone().encode(),
-            );
+            self.batch.put_cf(cf(self.db, CF_KV), keys::version_key(&prev.key, rev), Record::tombstone().encode());
+            if prev.lease != 0 {
+                self.batch.delete_cf(cf(self.db, CF_META), lease_attach_key(prev.lease, &prev.key));
+            }
             self.overlay.insert(prev.key.clone(), None);
             self.rev_log.push((true, prev.key.clone()));
             self.changes.push(Change {
                 delete: true,
-                kv: PbKeyValue {
-                    key: prev.key.clone(),
-                    mod_revision: rev,
-                    ..Default::default()
-                },
+                kv: PbKeyValue { key: prev.key.clone(), mod_revision: rev, ..Default::default() },
                 prev: Some(prev.clone()),
             });
         }
@@ -736,8 +702,7 @@ impl<'a> Writer<'a> {
         if self.overlay.is_empty() {
             return Ok(stored);
         }
-        let mut merged: BTreeMap<Vec<u8>, PbKeyValue> =
-            stored.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        let mut merged: BTreeMap<Vec<u8>, PbKeyValue> = stored.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         for (k, v) in &self.overlay {
             if range.contains(k) {
                 match v {
@@ -751,11 +716,7 @@ impl<'a> Writer<'a> {
 
     fn range(&self, req: &PbRangeRequest) -> EtcdResult<PbRangeResponse> {
         check_range(req)?;
-        let rev = if req.revision <= 0 {
-            self.visible_rev()
-        } else {
-            req.revision
-        };
+        let rev = if req.revision <= 0 { self.visible_rev() } else { req.revision };
         if rev > self.visible_rev() {
             return Err(EtcdError::future_rev());
         }
@@ -777,8 +738,7 @@ impl<'a> Writer<'a> {
         } else {
             let read_rev = rev.min(self.base_rev);
             range_with(req, |range, limit, keys_only| {
-                self.view
-                    .scan(range, read_rev, limit, keys_only, req.count_only)
+                self.view.scan(range, read_rev, limit, keys_only, req.count_only)
             })?
         };
         resp.header = Some(header(self.visible_rev()));
@@ -823,55 +783,52 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    pub fn txn(
-        &mut self,
-        req: &PbTxnRequest,
-        lease_exists: &dyn Fn(i64) -> bool,
-    ) -> EtcdResult<PbTxnResponse> {
+    pub fn txn(&mut self, req: &PbTxnRequest) -> EtcdResult<PbTxnResponse> {
         check_txn(req)?;
         let mut path = Vec::new();
         self.txn_path(req, &mut path)?;
         let mut path = path.into_iter();
-        let resp = self.run_txn(req, &mut path, lease_exists)?;
-        Ok(resp)
+        self.run_txn(req, &mut path)
     }
 
-    fn run_txn(
-        &mut self,
-        req: &PbTxnRequest,
-        path: &mut impl Iterator<Item = bool>,
-        lease_exists: &dyn Fn(i64) -> bool,
-    ) -> EtcdResult<PbTxnResponse> {
+    fn run_txn(&mut self, req: &PbTxnRequest, path: &mut impl Iterator<Item = bool>) -> EtcdResult<PbTxnResponse> {
         let succeeded = path.next().unwrap_or(false);
-        let ops = if succeeded {
-            &req.success
-        } else {
-            &req.failure
-        };
+        let ops = if succeeded { &req.success } else { &req.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
-                Some(PbTxnOpRequest::RequestRange(r)) => {
-                    Some(PbTxnOpResponse::ResponseRange(self.range(r)?))
-                }
-                Some(PbTxnOpRequest::RequestPut(r)) => {
-                    Some(PbTxnOpResponse::ResponsePut(self.put(r, lease_exists)?))
-                }
+                Some(PbTxnOpRequest::RequestRange(r)) => Some(PbTxnOpResponse::ResponseRange(self.range(r)?)),
+                Some(PbTxnOpRequest::RequestPut(r)) => Some(PbTxnOpResponse::ResponsePut(self.put(r)?)),
                 Some(PbTxnOpRequest::RequestDeleteRange(r)) => {
                     Some(PbTxnOpResponse::ResponseDeleteRange(self.delete_range(r)?))
                 }
-                Some(PbTxnOpRequest::RequestTxn(t)) => Some(PbTxnOpResponse::ResponseTxn(
-                    self.run_txn(t, path, lease_exists)?,
-                )),
+                Some(PbTxnOpRequest::RequestTxn(t)) => Some(PbTxnOpResponse::ResponseTxn(self.run_txn(t, path)?)),
                 None => None,
             };
             responses.push(PbResponseOp { response });
         }
-        Ok(PbTxnResponse {
-            header: Some(header(self.visible_rev())),
-            succeeded,
-            responses,
-        })
+        Ok(PbTxnResponse { header: Some(header(self.visible_rev())), succeeded, responses })
+    }
+
+    /// Creates a lease. The id was chosen by the proposer; a taken id is an error.
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> EtcdResult<()> {
+        if self.view.lease_ttl(id)?.is_some() {
+            return Err(EtcdError::new(tonic::Code::FailedPrecondition, "etcdserver: lease already exists"));
+        }
+        self.batch.put_cf(cf(self.db, CF_META), lease_key(id), ttl.to_be_bytes());
+        Ok(())
+    }
+
+    /// Removes a lease and deletes every key attached to it, all in one revision.
+    pub fn lease_revoke(&mut self, id: i64) -> EtcdResult<()> {
+        if self.view.lease_ttl(id)?.is_none() {
+            return Err(EtcdError::lease_not_found());
+        }
+        for key in self.view.lease_keys(id)? {
+            self.delete_range(&PbDeleteRequest { key, ..Default::default() })?;
+        }
+        self.batch.delete_cf(cf(self.db, CF_META), lease_key(id));
+        Ok(())
     }
 
     /// Removes every version superseded at or before `rev`, and the revision log
@@ -912,8 +869,7 @@ impl<'a> Writer<'a> {
             let mut newest = true;
             while it.valid() {
                 let k = it.key().unwrap();
-                let keep =
-                    newest && !Record::decode(it.value().unwrap()).is_some_and(|r| r.tombstone);
+                let keep = newest && !Record::decode(it.value().unwrap()).is_some_and(|r| r.tombstone);
                 if !keep {
                     self.batch.delete_cf(kv_cf, k);
                 }
@@ -922,10 +878,8 @@ impl<'a> Writer<'a> {
             }
             it.status().map_err(EtcdError::internal)?;
         }
-        self.batch
-            .delete_range_cf(cf(self.db, CF_REVS), keys::rev_key(0), keys::rev_key(rev));
-        self.batch
-            .put_cf(cf(self.db, CF_META), META_COMPACT, rev.to_be_bytes());
+        self.batch.delete_range_cf(cf(self.db, CF_REVS), keys::rev_key(0), keys::rev_key(rev));
+        self.batch.put_cf(cf(self.db, CF_META), META_COMPACT, rev.to_be_bytes());
         Ok(())
     }
 
@@ -936,20 +890,9 @@ impl<'a> Writer<'a> {
             return (self.batch, None);
         }
         let rev = self.new_rev();
-        self.batch.put_cf(
-            cf(self.db, CF_REVS),
-            keys::rev_key(rev),
-            encode_rev_log(&self.rev_log),
-        );
-        self.batch
-            .put_cf(cf(self.db, CF_META), META_REV, rev.to_be_bytes());
-        (
-            self.batch,
-            Some(RevisionChanges {
-                rev,
-                changes: self.changes,
-            }),
-        )
+        self.batch.put_cf(cf(self.db, CF_REVS), keys::rev_key(rev), encode_rev_log(&self.rev_log));
+        self.batch.put_cf(cf(self.db, CF_META), META_REV, rev.to_be_bytes());
+        (self.batch, Some(RevisionChanges { rev, changes: self.changes }))
     }
 
     pub fn base_rev(&self) -> i64 {
@@ -960,13 +903,9 @@ impl<'a> Writer<'a> {
 fn compare_kv(c: &PbCompare, target: PbCompareTarget, kv: &PbKeyValue) -> bool {
     use std::cmp::Ordering;
     let ord: Ordering = match (target, &c.target_union) {
-        (PbCompareTarget::Value, Some(PbTargetUnion::Value(v))) => {
-            kv.value.as_slice().cmp(v.as_slice())
-        }
+        (PbCompareTarget::Value, Some(PbTargetUnion::Value(v))) => kv.value.as_slice().cmp(v.as_slice()),
         (PbCompareTarget::Version, Some(PbTargetUnion::Version(v))) => kv.version.cmp(v),
-        (PbCompareTarget::Create, Some(PbTargetUnion::CreateRevision(v))) => {
-            kv.create_revision.cmp(v)
-        }
+        (PbCompareTarget::Create, Some(PbTargetUnion::CreateRevision(v))) => kv.create_revision.cmp(v),
         (PbCompareTarget::Mod, Some(PbTargetUnion::ModRevision(v))) => kv.mod_revision.cmp(v),
         (PbCompareTarget::Lease, Some(PbTargetUnion::Lease(v))) => kv.lease.cmp(v),
         // A target with no value set compares against the zero value of its type.

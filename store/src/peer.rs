@@ -10,13 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
@@ -39,24 +37,29 @@ pub enum ForwardRequest {
     Write(Command),
     /// "Confirm you lead and tell me the index a linearizable read must wait for."
     ReadIndex,
+    /// Lease deadlines live on the leader: renew one / read its remaining time.
+    LeaseKeepAlive(i64),
+    LeaseTimeToLive(i64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ForwardResponse {
     Write(CommandResponse),
     ReadIndex(u64),
+    /// `ttl` is 0 for an unknown lease.
+    LeaseTtl {
+        ttl: i64,
+        remaining: i64,
+    },
     Error(EtcdError),
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Blob {
-    Blob {
-        data: bincode::serialize(v).expect("peer messages serialize"),
-    }
+    Blob { data: bincode::serialize(v).expect("peer messages serialize") }
 }
 
 pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, tonic::Status> {
-    bincode::deserialize(&b.data)
-        .map_err(|e| tonic::Status::invalid_argument(format!("bad peer message: {e}")))
+    bincode::deserialize(&b.data).map_err(|e| tonic::Status::invalid_argument(format!("bad peer message: {e}")))
 }
 
 /// Shared HTTP/2 channels to peers, keyed by peer URL.
@@ -100,18 +103,35 @@ impl PeerPool {
         request.set_timeout(timeout);
         match client.forward(request).await {
             Ok(resp) => decode(resp.get_ref()).map_err(|e| EtcdError::internal(e.message())),
-            Err(s)
-                if s.code() == tonic::Code::DeadlineExceeded
-                    || s.code() == tonic::Code::Cancelled =>
-            {
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded || s.code() == tonic::Code::Cancelled => {
                 Err(EtcdError::timeout())
             }
+            Err(s) if never_sent(&s) => Err(EtcdError::leader_changed()),
             Err(s) => {
+                // The request may have reached the leader and been proposed; only the
+                // caller knows whether repeating it is safe.
                 tracing::debug!("forwarding to {url} failed: {s}");
-                Err(EtcdError::leader_changed())
+                Err(EtcdError::connection_lost())
             }
         }
     }
+}
+
+/// True when a failed call certainly never reached the peer: no connection could be made.
+fn never_sent(s: &tonic::Status) -> bool {
+    let mut err: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = err {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotConnected) {
+                return true;
+            }
+        }
+        if e.to_string().contains("tcp connect error") {
+            return true;
+        }
+        err = e.source();
+    }
+    false
 }
 
 /// openraft's view of the network.
@@ -140,12 +160,7 @@ pub struct PeerConn {
 type RpcResult<T, E> = Result<T, RPCError<u64, MemberNode, E>>;
 
 impl PeerConn {
-    async fn call<Req, Resp, E>(
-        &mut self,
-        method: Method,
-        req: &Req,
-        option: &RPCOption,
-    ) -> RpcResult<Resp, E>
+    async fn call<Req, Resp, E>(&mut self, method: Method, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -153,11 +168,7 @@ impl PeerConn {
     {
         let client = match &mut self.client {
             Ok(c) => c,
-            Err(e) => {
-                return Err(RPCError::Unreachable(Unreachable::new(
-                    &std::io::Error::other(e.clone()),
-                )))
-            }
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone())))),
         };
         let mut request = tonic::Request::new(encode(req));
         request.set_timeout(option.hard_ttl());
@@ -173,8 +184,8 @@ impl PeerConn {
             }
             Err(s) => return Err(RPCError::Network(NetworkError::new(&s))),
         };
-        let result: Result<Resp, E> = bincode::deserialize(&blob.data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, E> =
+            bincode::deserialize(&blob.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -202,11 +213,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         self.call(Method::Snapshot, &rpc, &option).await
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<u64>,
-        option: RPCOption,
-    ) -> RpcResult<VoteResponse<u64>, RaftError<u64>> {
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>, RaftError<u64>> {
         self.call(Method::Vote, &rpc, &option).await
     }
 

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::parse_url;
 use crate::errors::{EtcdError, EtcdResult};
+use crate::lease::LeaseService;
 use crate::member::Member;
 use crate::mvcc::{self, View, Writer};
 use crate::peer::{self, pb, MAX_PEER_MESSAGE};
@@ -30,8 +31,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 fn bind(url: &str) -> anyhow::Result<TcpIncoming> {
     let addr = parse_url(url).map_err(anyhow::Error::msg)?;
-    let incoming =
-        TcpIncoming::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {url}: {e}"))?;
+    let incoming = TcpIncoming::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {url}: {e}"))?;
     Ok(incoming.with_nodelay(Some(true)))
 }
 
@@ -43,11 +43,7 @@ pub async fn serve_peers(member: Arc<Member>) -> anyhow::Result<()> {
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         let url = url.clone();
         tokio::spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(incoming)
-                .await
-            {
+            if let Err(e) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await {
                 tracing::error!("peer server on {url} stopped: {e}");
             }
         });
@@ -62,20 +58,11 @@ pub async fn serve_clients(member: Arc<Member>) -> anyhow::Result<()> {
         let m = member.clone();
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(
-                PbKvServer::new(KvService { m: m.clone() }).max_decoding_message_size(limit),
-            )
-            .add_service(
-                PbWatchServer::new(WatchService::new(m.clone())).max_decoding_message_size(limit),
-            )
-            .add_service(
-                PbMaintenanceServer::new(MaintenanceService { m: m.clone() })
-                    .max_decoding_message_size(limit),
-            )
-            .add_service(
-                PbClusterServer::new(ClusterService { m: m.clone() })
-                    .max_decoding_message_size(limit),
-            );
+            .add_service(PbKvServer::new(KvService { m: m.clone() }).max_decoding_message_size(limit))
+            .add_service(PbWatchServer::new(WatchService::new(m.clone())).max_decoding_message_size(limit))
+            .add_service(PbMaintenanceServer::new(MaintenanceService { m: m.clone() }).max_decoding_message_size(limit))
+            .add_service(PbClusterServer::new(ClusterService { m: m.clone() }).max_decoding_message_size(limit))
+            .add_service(PbLeaseServer::new(LeaseService { m: m.clone() }).max_decoding_message_size(limit));
         let url = url.clone();
         tokio::spawn(async move {
             if let Err(e) = router.serve_with_incoming(incoming).await {
@@ -93,11 +80,7 @@ struct PeerService {
 #[tonic::async_trait]
 impl pb::peer_server::Peer for PeerService {
     async fn append_entries(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
-        let r = self
-            .m
-            .raft
-            .append_entries(peer::decode(req.get_ref())?)
-            .await;
+        let r = self.m.raft.append_entries(peer::decode(req.get_ref())?).await;
         Ok(Response::new(peer::encode(&r)))
     }
     async fn vote(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
@@ -105,11 +88,7 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(peer::encode(&r)))
     }
     async fn install_snapshot(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
-        let r = self
-            .m
-            .raft
-            .install_snapshot(peer::decode(req.get_ref())?)
-            .await;
+        let r = self.m.raft.install_snapshot(peer::decode(req.get_ref())?).await;
         Ok(Response::new(peer::encode(&r)))
     }
     async fn forward(&self, req: Request<pb::Blob>) -> TonicResult<pb::Blob> {
@@ -129,16 +108,13 @@ impl Member {
     /// Learners serve only serializable reads and status, as in etcd.
     fn check_not_learner(&self) -> EtcdResult<()> {
         if self.is_learner() {
-            return Err(EtcdError::new(
-                tonic::Code::Unavailable,
-                "etcdserver: rpc not supported for learner",
-            ));
+            return Err(EtcdError::new(tonic::Code::Unavailable, "etcdserver: rpc not supported for learner"));
         }
         Ok(())
     }
 
     /// Replaces the revision-only header the store produced with a full one.
-    fn fill(&self, h: &mut Option<PbResponseHeader>) {
+    pub(crate) fn fill(&self, h: &mut Option<PbResponseHeader>) {
         let rev = h.as_ref().map_or(self.current_rev(), |h| h.revision);
         *h = Some(self.header(rev));
     }
@@ -173,10 +149,7 @@ impl PbKvService for KvService {
 
     /// Range, answered in chunks of at most 1000 keys; the last chunk carries the header,
     /// `more` and `count`.
-    async fn range_stream(
-        &self,
-        req: Request<PbRangeRequest>,
-    ) -> TonicResult<Self::RangeStreamStream> {
+    async fn range_stream(&self, req: Request<PbRangeRequest>) -> TonicResult<Self::RangeStreamStream> {
         let full = self.m.range(req.get_ref()).await?;
         let mut chunks: Vec<Vec<PbKeyValue>> = full.kvs.chunks(1000).map(|c| c.to_vec()).collect();
         if chunks.is_empty() {
@@ -206,8 +179,7 @@ impl PbKvService for KvService {
         self.m.check_size(&r)?;
         self.m.check_not_learner()?;
         mvcc::check_put(&r)?;
-        let mut resp: PbPutResponse =
-            decode_reply(&self.m.propose(Command::Put(r.encode_to_vec())).await?)?;
+        let mut resp: PbPutResponse = decode_reply(&self.m.propose(Command::Put(r.encode_to_vec())).await?)?;
         self.m.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -217,12 +189,7 @@ impl PbKvService for KvService {
         self.m.check_size(&r)?;
         self.m.check_not_learner()?;
         mvcc::check_delete(&r)?;
-        let mut resp: PbDeleteResponse = decode_reply(
-            &self
-                .m
-                .propose(Command::DeleteRange(r.encode_to_vec()))
-                .await?,
-        )?;
+        let mut resp: PbDeleteResponse = decode_reply(&self.m.propose(Command::DeleteRange(r.encode_to_vec())).await?)?;
         self.m.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -237,8 +204,7 @@ impl PbKvService for KvService {
                 self.m.check_not_learner()?;
                 self.m.linearizable_barrier().await?;
             }
-            let no_leases = |_: i64| false;
-            Writer::new(self.m.db(), WriteBatch::default())?.txn(&r, &no_leases)?
+            Writer::new(self.m.db(), WriteBatch::default())?.txn(&r)?
         } else {
             self.m.check_not_learner()?;
             decode_reply(&self.m.propose(Command::Txn(r.encode_to_vec())).await?)?
@@ -247,15 +213,11 @@ impl PbKvService for KvService {
         Ok(Response::new(resp))
     }
 
-    async fn compact(
-        &self,
-        req: Request<PbCompactionRequest>,
-    ) -> TonicResult<PbCompactionResponse> {
+    async fn compact(&self, req: Request<PbCompactionRequest>) -> TonicResult<PbCompactionResponse> {
         let r = req.into_inner();
         self.m.check_not_learner()?;
         // Compaction is applied as part of the raft entry, so `physical` holds on return.
-        let mut resp: PbCompactionResponse =
-            decode_reply(&self.m.propose(Command::Compact(r.encode_to_vec())).await?)?;
+        let mut resp: PbCompactionResponse = decode_reply(&self.m.propose(Command::Compact(r.encode_to_vec())).await?)?;
         self.m.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -274,15 +236,8 @@ impl Member {
         let mut total = 0u64;
         for name in crate::db::ALL_CFS {
             let h = crate::db::cf(db, name);
-            for prop in [
-                "rocksdb.total-sst-files-size",
-                "rocksdb.cur-size-all-mem-tables",
-            ] {
-                total += db
-                    .property_int_value_cf(h, prop)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
+            for prop in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
+                total += db.property_int_value_cf(h, prop).ok().flatten().unwrap_or(0);
             }
         }
         total as i64
@@ -326,10 +281,7 @@ impl Member {
         }
         let mut h = crc32fast::Hasher::new();
         let snap = db.snapshot();
-        for item in snap.iterator_cf(
-            crate::db::cf(db, crate::db::CF_KV),
-            rocksdb::IteratorMode::Start,
-        ) {
+        for item in snap.iterator_cf(crate::db::cf(db, crate::db::CF_KV), rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(EtcdError::internal)?;
             if let Some((_, r)) = crate::keys::split_version_key(&k) {
                 if r <= rev {
@@ -364,30 +316,21 @@ impl PbMaintenanceService for MaintenanceService {
         Ok(Response::new(self.m.status()))
     }
 
-    async fn defragment(
-        &self,
-        _req: Request<PbDefragmentRequest>,
-    ) -> TonicResult<PbDefragmentResponse> {
+    async fn defragment(&self, _req: Request<PbDefragmentRequest>) -> TonicResult<PbDefragmentResponse> {
         let m = self.m.clone();
         tokio::task::spawn_blocking(move || {
             for name in crate::db::ALL_CFS {
-                m.db()
-                    .compact_range_cf(crate::db::cf(m.db(), name), None::<&[u8]>, None::<&[u8]>);
+                m.db().compact_range_cf(crate::db::cf(m.db(), name), None::<&[u8]>, None::<&[u8]>);
             }
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(PbDefragmentResponse {
-            header: Some(self.m.header(self.m.current_rev())),
-        }))
+        Ok(Response::new(PbDefragmentResponse { header: Some(self.m.header(self.m.current_rev())) }))
     }
 
     async fn hash(&self, _req: Request<PbHashRequest>) -> TonicResult<PbHashResponse> {
         let r = self.m.hash_kv(0)?;
-        Ok(Response::new(PbHashResponse {
-            header: r.header,
-            hash: r.hash,
-        }))
+        Ok(Response::new(PbHashResponse { header: r.header, hash: r.hash }))
     }
 
     async fn hash_kv(&self, req: Request<PbHashKvRequest>) -> TonicResult<PbHashKvResponse> {
@@ -396,24 +339,15 @@ impl PbMaintenanceService for MaintenanceService {
 
     type SnapshotStream = BoxStream<PbSnapshotResponse>;
 
-    async fn snapshot(
-        &self,
-        _req: Request<PbSnapshotRequest>,
-    ) -> TonicResult<Self::SnapshotStream> {
+    async fn snapshot(&self, _req: Request<PbSnapshotRequest>) -> TonicResult<Self::SnapshotStream> {
         Err(EtcdError::not_supported("Maintenance.Snapshot").into())
     }
 
-    async fn move_leader(
-        &self,
-        _req: Request<PbMoveLeaderRequest>,
-    ) -> TonicResult<PbMoveLeaderResponse> {
+    async fn move_leader(&self, _req: Request<PbMoveLeaderRequest>) -> TonicResult<PbMoveLeaderResponse> {
         Err(EtcdError::not_supported("Maintenance.MoveLeader").into())
     }
 
-    async fn downgrade(
-        &self,
-        _req: Request<PbDowngradeRequest>,
-    ) -> TonicResult<PbDowngradeResponse> {
+    async fn downgrade(&self, _req: Request<PbDowngradeRequest>) -> TonicResult<PbDowngradeResponse> {
         Err(EtcdError::not_supported("Maintenance.Downgrade").into())
     }
 }
@@ -435,10 +369,7 @@ impl Member {
                 PbMember {
                     id: *id,
                     // etcd shows no name until the member has started and published it.
-                    name: published
-                        .as_ref()
-                        .map(|a| a.name.clone())
-                        .unwrap_or_default(),
+                    name: published.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
                     peer_ur_ls: node.peer_urls.clone(),
                     client_ur_ls: published.map(|a| a.client_urls).unwrap_or_default(),
                     is_learner: !voters.contains(id),
@@ -450,37 +381,19 @@ impl Member {
 
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
-    async fn member_add(
-        &self,
-        _req: Request<PbMemberAddRequest>,
-    ) -> TonicResult<PbMemberAddResponse> {
+    async fn member_add(&self, _req: Request<PbMemberAddRequest>) -> TonicResult<PbMemberAddResponse> {
         Err(EtcdError::not_supported("Cluster.MemberAdd").into())
     }
-    async fn member_remove(
-        &self,
-        _req: Request<PbMemberRemoveRequest>,
-    ) -> TonicResult<PbMemberRemoveResponse> {
+    async fn member_remove(&self, _req: Request<PbMemberRemoveRequest>) -> TonicResult<PbMemberRemoveResponse> {
         Err(EtcdError::not_supported("Cluster.MemberRemove").into())
     }
-    async fn member_update(
-        &self,
-        _req: Request<PbMemberUpdateRequest>,
-    ) -> TonicResult<PbMemberUpdateResponse> {
+    async fn member_update(&self, _req: Request<PbMemberUpdateRequest>) -> TonicResult<PbMemberUpdateResponse> {
         Err(EtcdError::not_supported("Cluster.MemberUpdate").into())
     }
-    async fn member_list(
-        &self,
-        _req: Request<PbMemberListRequest>,
-    ) -> TonicResult<PbMemberListResponse> {
-        Ok(Response::new(PbMemberListResponse {
-            header: Some(self.m.header(0)),
-            members: self.m.members(),
-        }))
+    async fn member_list(&self, _req: Request<PbMemberListRequest>) -> TonicResult<PbMemberListResponse> {
+        Ok(Response::new(PbMemberListResponse { header: Some(self.m.header(0)), members: self.m.members() }))
     }
-    async fn member_promote(
-        &self,
-        _req: Request<PbMemberPromoteRequest>,
-    ) -> TonicResult<PbMemberPromoteResponse> {
+    async fn member_promote(&self, _req: Request<PbMemberPromoteRequest>) -> TonicResult<PbMemberPromoteResponse> {
         Err(EtcdError::not_supported("Cluster.MemberPromote").into())
     }
 }

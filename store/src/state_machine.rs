@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use etcd_client::proto::{
-    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbPutRequest, PbTxnRequest,
+    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbLeaseGrantResponse, PbLeaseRevokeResponse,
+    PbPutRequest, PbTxnRequest,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
@@ -25,10 +26,10 @@ use tokio::sync::broadcast;
 
 use crate::db::{cf, Db, CF_KV, CF_META, CF_REVS};
 use crate::errors::{EtcdError, EtcdResult};
+use crate::lease::Lessor;
 use crate::mvcc::{self, RevisionChanges, Writer};
 use crate::types::{
-    Command, CommandResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+    Command, CommandResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 const META_APPLIED: &[u8] = b"applied";
@@ -59,34 +60,31 @@ pub struct Shared {
     /// The revision of the last applied change (1 for an empty store).
     pub current_rev: AtomicI64,
     pub snap_dir: PathBuf,
+    /// Lease deadlines (acted on by the leader only; see `lease`).
+    pub lessor: Lessor,
 }
 
 impl Shared {
     pub fn new(db: Db, snap_dir: PathBuf) -> EtcdResult<Arc<Shared>> {
         let (hub, _) = broadcast::channel(4096);
-        let rev = mvcc::View::new(&db).current_rev()?;
-        Ok(Arc::new(Shared {
-            db,
-            hub,
-            current_rev: AtomicI64::new(rev),
-            snap_dir,
-        }))
+        let view = mvcc::View::new(&db);
+        let rev = view.current_rev()?;
+        let lessor = Lessor::default();
+        lessor.reload(view.leases()?);
+        drop(view);
+        Ok(Arc::new(Shared { db, hub, current_rev: AtomicI64::new(rev), snap_dir, lessor }))
     }
 
     pub fn member_attrs(&self) -> Vec<(u64, MemberAttrs)> {
-        let it = self.db.iterator_cf(
-            cf(&self.db, CF_META),
-            IteratorMode::From(META_MEMBER_PREFIX, rocksdb::Direction::Forward),
-        );
+        let it = self
+            .db
+            .iterator_cf(cf(&self.db, CF_META), IteratorMode::From(META_MEMBER_PREFIX, rocksdb::Direction::Forward));
         let mut out = Vec::new();
         for (k, v) in it.flatten() {
             let Some(id) = k.strip_prefix(META_MEMBER_PREFIX) else {
                 break;
             };
-            let (Ok(id), Ok(attrs)) = (
-                id.try_into().map(u64::from_be_bytes),
-                serde_json::from_slice(&v),
-            ) else {
+            let (Ok(id), Ok(attrs)) = (id.try_into().map(u64::from_be_bytes), serde_json::from_slice(&v)) else {
                 continue;
             };
             out.push((id, attrs));
@@ -100,21 +98,11 @@ pub struct StateMachine {
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::new(
-        ErrorSubject::StateMachine,
-        verb,
-        openraft::AnyError::error(e.to_string()),
-    )
-    .into()
+    StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::error(e.to_string())).into()
 }
 
 fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::new(
-        ErrorSubject::Snapshot(None),
-        verb,
-        openraft::AnyError::error(e.to_string()),
-    )
-    .into()
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::error(e.to_string())).into()
 }
 
 impl StateMachine {
@@ -128,76 +116,84 @@ impl StateMachine {
             let meta = read_meta(&path).map_err(|e| snap_err(ErrorVerb::Read, e))?;
             load_snapshot(&shared.db, &path, &meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             std::fs::remove_file(&marker).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            let rev = mvcc::View::new(&shared.db)
-                .current_rev()
-                .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            let rev = mvcc::View::new(&shared.db).current_rev().map_err(|e| sm_err(ErrorVerb::Read, e))?;
             shared.current_rev.store(rev, Ordering::SeqCst);
         }
         Ok(StateMachine { shared })
     }
 
-    fn meta_get<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StorageError> {
-        match self
-            .shared
-            .db
-            .get_pinned_cf(cf(&self.shared.db, CF_META), key)
-            .map_err(|e| sm_err(ErrorVerb::Read, e))?
-        {
+    fn meta_get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.shared.db.get_pinned_cf(cf(&self.shared.db, CF_META), key).map_err(|e| sm_err(ErrorVerb::Read, e))? {
             None => Ok(None),
-            Some(b) => bincode::deserialize(&b)
-                .map(Some)
-                .map_err(|e| sm_err(ErrorVerb::Read, e)),
+            Some(b) => bincode::deserialize(&b).map(Some).map_err(|e| sm_err(ErrorVerb::Read, e)),
         }
     }
 
     /// Runs one command against the store. On error nothing of it is kept.
-    fn execute(&self, cmd: Command) -> (WriteBatch, CommandResponse, Option<RevisionChanges>) {
+    fn execute(&self, cmd: Command) -> Outcome {
         let db = &self.shared.db;
+        let mut lease = None;
         let result = (|| -> EtcdResult<(Vec<u8>, WriteBatch, Option<RevisionChanges>)> {
-            let no_leases = |_: i64| false;
             let mut w = Writer::new(db, WriteBatch::default())?;
             let bytes = match cmd {
-                Command::Put(b) => w
-                    .put(&decode::<PbPutRequest>(&b)?, &no_leases)?
-                    .encode_to_vec(),
-                Command::DeleteRange(b) => w
-                    .delete_range(&decode::<PbDeleteRequest>(&b)?)?
-                    .encode_to_vec(),
-                Command::Txn(b) => w
-                    .txn(&decode::<PbTxnRequest>(&b)?, &no_leases)?
-                    .encode_to_vec(),
+                Command::Put(b) => w.put(&decode::<PbPutRequest>(&b)?)?.encode_to_vec(),
+                Command::DeleteRange(b) => w.delete_range(&decode::<PbDeleteRequest>(&b)?)?.encode_to_vec(),
+                Command::Txn(b) => w.txn(&decode::<PbTxnRequest>(&b)?)?.encode_to_vec(),
                 Command::Compact(b) => {
                     w.compact(&decode::<PbCompactionRequest>(&b)?)?;
-                    PbCompactionResponse {
-                        header: Some(mvcc::header(w.base_rev())),
-                    }
-                    .encode_to_vec()
+                    PbCompactionResponse { header: Some(mvcc::header(w.base_rev())) }.encode_to_vec()
                 }
-                Command::Publish {
-                    member_id,
-                    name,
-                    client_urls,
-                } => {
+                Command::LeaseGrant { id, ttl } => {
+                    w.lease_grant(id, ttl)?;
+                    lease = Some(LeaseEffect::Granted(id, ttl));
+                    PbLeaseGrantResponse { header: Some(mvcc::header(w.base_rev())), id, ttl, error: String::new() }
+                        .encode_to_vec()
+                }
+                Command::LeaseRevoke { id } => {
+                    w.lease_revoke(id)?;
+                    lease = Some(LeaseEffect::Revoked(id));
+                    // The header revision is filled in below, once it is known.
+                    Vec::new()
+                }
+                Command::Publish { member_id, name, client_urls } => {
                     let (mut batch, _) = w.finish();
                     let mut key = META_MEMBER_PREFIX.to_vec();
                     key.extend_from_slice(&member_id.to_be_bytes());
-                    let attrs = serde_json::to_vec(&MemberAttrs { name, client_urls })
-                        .map_err(EtcdError::internal)?;
+                    let attrs = serde_json::to_vec(&MemberAttrs { name, client_urls }).map_err(EtcdError::internal)?;
                     batch.put_cf(cf(db, CF_META), key, attrs);
                     return Ok((Vec::new(), batch, None));
                 }
             };
+            let base = w.base_rev();
             let (batch, changes) = w.finish();
+            let bytes = if matches!(lease, Some(LeaseEffect::Revoked(_))) {
+                let rev = changes.as_ref().map_or(base, |c| c.rev);
+                PbLeaseRevokeResponse { header: Some(mvcc::header(rev)) }.encode_to_vec()
+            } else {
+                bytes
+            };
             Ok((bytes, batch, changes))
         })();
         match result {
-            Ok((bytes, batch, changes)) => (batch, CommandResponse::Encoded(bytes), changes),
-            Err(e) => (WriteBatch::default(), CommandResponse::Error(e), None),
+            Ok((bytes, batch, changes)) => Outcome { batch, resp: CommandResponse::Encoded(bytes), changes, lease },
+            Err(e) => {
+                Outcome { batch: WriteBatch::default(), resp: CommandResponse::Error(e), changes: None, lease: None }
+            }
         }
     }
+}
+
+/// What applying one command produced.
+struct Outcome {
+    batch: WriteBatch,
+    resp: CommandResponse,
+    changes: Option<RevisionChanges>,
+    lease: Option<LeaseEffect>,
+}
+
+enum LeaseEffect {
+    Granted(i64, i64),
+    Revoked(i64),
 }
 
 fn decode<M: Message + Default>(b: &[u8]) -> EtcdResult<M> {
@@ -209,9 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let applied = self.meta_get::<LogId>(META_APPLIED)?;
-        let membership = self
-            .meta_get::<StoredMembership>(META_MEMBERSHIP)?
-            .unwrap_or_default();
+        let membership = self.meta_get::<StoredMembership>(META_MEMBERSHIP)?.unwrap_or_default();
         Ok((applied, membership))
     }
 
@@ -224,8 +218,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
-            let (mut batch, resp, changes) = match entry.payload {
-                EntryPayload::Blank => (WriteBatch::default(), CommandResponse::Empty, None),
+            let none = |batch| Outcome { batch, resp: CommandResponse::Empty, changes: None, lease: None };
+            let Outcome { mut batch, resp, changes, lease } = match entry.payload {
+                EntryPayload::Blank => none(WriteBatch::default()),
                 EntryPayload::Membership(m) => {
                     let mut b = WriteBatch::default();
                     let stored = StoredMembership::new(Some(log_id), m);
@@ -234,7 +229,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         META_MEMBERSHIP,
                         bincode::serialize(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?,
                     );
-                    (b, CommandResponse::Empty, None)
+                    none(b)
                 }
                 EntryPayload::Normal(cmd) => self.execute(cmd),
             };
@@ -244,6 +239,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 bincode::serialize(&log_id).map_err(|e| sm_err(ErrorVerb::Write, e))?,
             );
             db.write(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            match lease {
+                Some(LeaseEffect::Granted(id, ttl)) => self.shared.lessor.granted(id, ttl),
+                Some(LeaseEffect::Revoked(id)) => self.shared.lessor.revoked(id),
+                None => {}
+            }
             if let Some(changes) = changes {
                 self.shared.current_rev.store(changes.rev, Ordering::SeqCst);
                 let _ = self.shared.hub.send(Arc::new(HubMsg::Changes(changes)));
@@ -254,9 +254,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder {
-            shared: self.shared.clone(),
-        }
+        SnapshotBuilder { shared: self.shared.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
@@ -278,25 +276,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         // Keep the received file as the current snapshot, then load it.
-        let final_path = self
-            .shared
-            .snap_dir
-            .join(format!("{}.snap", meta.snapshot_id));
+        let final_path = self.shared.snap_dir.join(format!("{}.snap", meta.snapshot_id));
         let tmp = final_path.with_extension("snap.tmp");
         {
-            snapshot
-                .seek(std::io::SeekFrom::Start(0))
-                .await
-                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-            let mut out = tokio::fs::File::create(&tmp)
-                .await
-                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            tokio::io::copy(&mut snapshot, &mut out)
-                .await
-                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            out.sync_all()
-                .await
-                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            snapshot.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            tokio::io::copy(&mut snapshot, &mut out).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            out.sync_all().await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         }
         std::fs::rename(&tmp, &final_path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         write_meta(&final_path, meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
@@ -304,20 +290,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             let marker = shared.snap_dir.join(INSTALL_MARKER);
-            let name = final_path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .to_string();
+            let name = final_path.file_name().unwrap().to_string_lossy().to_string();
             write_synced(&marker, name.as_bytes()).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            load_snapshot(&shared.db, &final_path, &meta)
-                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            load_snapshot(&shared.db, &final_path, &meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             std::fs::remove_file(&marker).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             remove_other_snapshots(&shared.snap_dir, &final_path);
-            let rev = mvcc::View::new(&shared.db)
-                .current_rev()
-                .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            let rev = mvcc::View::new(&shared.db).current_rev().map_err(|e| sm_err(ErrorVerb::Read, e))?;
             shared.current_rev.store(rev, Ordering::SeqCst);
+            shared.lessor.reload(mvcc::View::new(&shared.db).leases().map_err(|e| sm_err(ErrorVerb::Read, e))?);
             let _ = shared.hub.send(Arc::new(HubMsg::Reset));
             tracing::info!("installed snapshot {} (revision {rev})", meta.snapshot_id);
             Ok(())
@@ -331,13 +311,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         };
         let meta = read_meta(&path).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let f = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(f),
-        }))
+        let f = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(f) }))
     }
 }
 
@@ -354,13 +329,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let meta = read_meta(&path).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         remove_other_snapshots(&self.shared.snap_dir, &path);
-        let f = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(f),
-        })
+        let f = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(f) })
     }
 }
 
@@ -370,31 +340,21 @@ fn build_snapshot_file(shared: &Shared) -> std::io::Result<PathBuf> {
     let db = &shared.db;
     let snap = db.snapshot();
     let get = |key: &[u8]| -> std::io::Result<Option<Vec<u8>>> {
-        snap.get_cf(cf(db, CF_META), key)
-            .map_err(std::io::Error::other)
+        snap.get_cf(cf(db, CF_META), key).map_err(std::io::Error::other)
     };
-    let applied: Option<LogId> = get(META_APPLIED)?
-        .map(|b| bincode::deserialize(&b))
-        .transpose()
-        .map_err(std::io::Error::other)?;
+    let applied: Option<LogId> =
+        get(META_APPLIED)?.map(|b| bincode::deserialize(&b)).transpose().map_err(std::io::Error::other)?;
     let membership: StoredMembership = get(META_MEMBERSHIP)?
         .map(|b| bincode::deserialize(&b))
         .transpose()
         .map_err(std::io::Error::other)?
         .unwrap_or_default();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     let id = match &applied {
         Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, stamp),
         None => format!("0-0-{stamp}"),
     };
-    let meta = SnapshotMeta {
-        last_log_id: applied,
-        last_membership: membership,
-        snapshot_id: id.clone(),
-    };
+    let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id: id.clone() };
     let path = shared.snap_dir.join(format!("{id}.snap"));
     let tmp = path.with_extension("snap.tmp");
     {
@@ -429,10 +389,7 @@ fn load_snapshot(db: &Db, path: &Path, meta: &SnapshotMeta) -> std::io::Result<(
     let mut magic = vec![0u8; SNAP_MAGIC.len()];
     r.read_exact(&mut magic)?;
     if magic != SNAP_MAGIC {
-        return Err(std::io::Error::other(format!(
-            "{} is not a Skiff snapshot",
-            path.display()
-        )));
+        return Err(std::io::Error::other(format!("{} is not a Skiff snapshot", path.display())));
     }
     let mut batch = WriteBatch::default();
     loop {
@@ -443,33 +400,20 @@ fn load_snapshot(db: &Db, path: &Path, meta: &SnapshotMeta) -> std::io::Result<(
             2 => CF_REVS,
             3 => CF_META,
             0xFF => break,
-            t => {
-                return Err(std::io::Error::other(format!(
-                    "bad record tag {t} in snapshot"
-                )))
-            }
+            t => return Err(std::io::Error::other(format!("bad record tag {t} in snapshot"))),
         };
         let k = read_chunk(&mut r)?;
         let v = read_chunk(&mut r)?;
         batch.put_cf(cf(db, name), k, v);
         if batch.size_in_bytes() > 4 << 20 {
-            db.write(std::mem::take(&mut batch))
-                .map_err(std::io::Error::other)?;
+            db.write(std::mem::take(&mut batch)).map_err(std::io::Error::other)?;
         }
     }
     let enc = |e: bincode::Error| std::io::Error::other(e);
     if let Some(l) = &meta.last_log_id {
-        batch.put_cf(
-            cf(db, CF_META),
-            META_APPLIED,
-            bincode::serialize(l).map_err(enc)?,
-        );
+        batch.put_cf(cf(db, CF_META), META_APPLIED, bincode::serialize(l).map_err(enc)?);
     }
-    batch.put_cf(
-        cf(db, CF_META),
-        META_MEMBERSHIP,
-        bincode::serialize(&meta.last_membership).map_err(enc)?,
-    );
+    batch.put_cf(cf(db, CF_META), META_MEMBERSHIP, bincode::serialize(&meta.last_membership).map_err(enc)?);
     db.write(batch).map_err(std::io::Error::other)?;
     db.flush_wal(true).map_err(std::io::Error::other)
 }
@@ -484,21 +428,12 @@ fn read_chunk(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
 
 fn clear_cf(db: &Db, name: &str) -> std::io::Result<()> {
     let handle = cf(db, name);
-    let first = db
-        .iterator_cf(handle, IteratorMode::Start)
-        .next()
-        .transpose()
-        .map_err(std::io::Error::other)?;
-    let last = db
-        .iterator_cf(handle, IteratorMode::End)
-        .next()
-        .transpose()
-        .map_err(std::io::Error::other)?;
+    let first = db.iterator_cf(handle, IteratorMode::Start).next().transpose().map_err(std::io::Error::other)?;
+    let last = db.iterator_cf(handle, IteratorMode::End).next().transpose().map_err(std::io::Error::other)?;
     if let (Some((first, _)), Some((last, _))) = (first, last) {
         let mut end = last.to_vec();
         end.push(0);
-        db.delete_range_cf(handle, &first[..], &end[..])
-            .map_err(std::io::Error::other)?;
+        db.delete_range_cf(handle, &first[..], &end[..]).map_err(std::io::Error::other)?;
     }
     Ok(())
 }
@@ -508,10 +443,7 @@ fn meta_path(snap: &Path) -> PathBuf {
 }
 
 fn write_meta(snap: &Path, meta: &SnapshotMeta) -> std::io::Result<()> {
-    write_synced(
-        &meta_path(snap),
-        &bincode::serialize(meta).map_err(std::io::Error::other)?,
-    )
+    write_synced(&meta_path(snap), &bincode::serialize(meta).map_err(std::io::Error::other)?)
 }
 
 fn read_meta(snap: &Path) -> std::io::Result<SnapshotMeta> {

@@ -32,6 +32,15 @@ pub enum Command {
     DeleteRange(Vec<u8>),
     Txn(Vec<u8>),
     Compact(Vec<u8>),
+    /// Creates lease `id` (chosen by the proposer) with a TTL in seconds.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Removes a lease and deletes its keys (a client's revoke, or the leader's expiry).
+    LeaseRevoke {
+        id: i64,
+    },
     /// A member announces its name and client URLs (what `member list` shows).
     Publish {
         member_id: u64,

@@ -16,9 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use etcd_client::proto::{
-    PbEvent, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse, PbWatchService,
-};
+use etcd_client::proto::{PbEvent, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse, PbWatchService};
 use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -52,10 +50,7 @@ type Out = mpsc::Sender<Result<PbWatchResponse, Status>>;
 impl PbWatchService for WatchService {
     type WatchStream = ReceiverStream<Result<PbWatchResponse, Status>>;
 
-    async fn watch(
-        &self,
-        req: Request<Streaming<PbWatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(&self, req: Request<Streaming<PbWatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let require_leader = req.metadata().get("hasleader").is_some_and(|v| v == "true");
         if require_leader && self.m.leader().is_none() {
             return Err(EtcdError::no_leader().into());
@@ -102,8 +97,7 @@ async fn run_stream(m: Arc<Member>, mut inbound: Streaming<PbWatchRequest>, tx: 
                         watch_id: id,
                         created: true,
                         canceled: true,
-                        cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream"
-                            .into(),
+                        cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
                         ..Default::default()
                     };
                     if tx.send(Ok(resp)).await.is_err() {
@@ -115,11 +109,7 @@ async fn run_stream(m: Arc<Member>, mut inbound: Streaming<PbWatchRequest>, tx: 
                 let key = if c.key.is_empty() { vec![0] } else { c.key };
                 let range = KeyRange::new(&key, &c.range_end);
                 let current = m.current_rev();
-                let start = if c.start_revision <= 0 {
-                    current + 1
-                } else {
-                    c.start_revision
-                };
+                let start = if c.start_revision <= 0 { current + 1 } else { c.start_revision };
                 let created = PbWatchResponse {
                     header: Some(m.header(current)),
                     watch_id: id,
@@ -143,13 +133,7 @@ async fn run_stream(m: Arc<Member>, mut inbound: Streaming<PbWatchRequest>, tx: 
                     next_rev: start,
                     synced: synced.clone(),
                 };
-                watchers.insert(
-                    id,
-                    WatcherHandle {
-                        task: tokio::spawn(w.run()),
-                        synced,
-                    },
-                );
+                watchers.insert(id, WatcherHandle { task: tokio::spawn(w.run()), synced });
             }
             Some(PbWatchRequestUnion::CancelRequest(c)) => {
                 if let Some(w) = watchers.remove(&c.watch_id) {
@@ -175,11 +159,7 @@ async fn run_stream(m: Arc<Member>, mut inbound: Streaming<PbWatchRequest>, tx: 
                     .min()
                     .unwrap_or_else(|| m.current_rev())
                     .min(m.current_rev());
-                let resp = PbWatchResponse {
-                    header: Some(m.header(rev)),
-                    watch_id: -1,
-                    ..Default::default()
-                };
+                let resp = PbWatchResponse { header: Some(m.header(rev)), watch_id: -1, ..Default::default() };
                 if tx.send(Ok(resp)).await.is_err() {
                     break;
                 }
@@ -239,10 +219,7 @@ impl Watcher {
                 if from < compact {
                     return Ok((current, Err(compact)));
                 }
-                Ok((
-                    current,
-                    Ok(view.changes(from, current, &range, MAX_REVS_PER_RESPONSE)?),
-                ))
+                Ok((current, Ok(view.changes(from, current, &range, MAX_REVS_PER_RESPONSE)?)))
             })
             .await
             .map_err(|_| ())?;
@@ -356,13 +333,7 @@ impl Watcher {
         }
         let n = parts.len();
         for (i, events) in parts.into_iter().enumerate() {
-            let resp = PbWatchResponse {
-                header,
-                watch_id: self.id,
-                fragment: i + 1 < n,
-                events,
-                ..Default::default()
-            };
+            let resp = PbWatchResponse { header, watch_id: self.id, fragment: i + 1 < n, events, ..Default::default() };
             self.tx.send(Ok(resp)).await.map_err(|_| ())?;
         }
         Ok(())

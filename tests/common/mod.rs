@@ -18,11 +18,7 @@ pub fn skiff_bin() -> PathBuf {
 
 /// A free loopback port (bound then released; collisions are unlikely, not impossible).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub struct Member {
@@ -90,10 +86,7 @@ impl Cluster {
     }
 
     fn layout(n: usize, binary: PathBuf, prefix: &str) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("skiff-test-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("skiff-test-").tempdir().unwrap();
         let members = (0..n)
             .map(|i| {
                 let name = format!("{prefix}{i}");
@@ -108,11 +101,7 @@ impl Cluster {
                 }
             })
             .collect();
-        Cluster {
-            dir,
-            members,
-            binary,
-        }
+        Cluster { dir, members, binary }
     }
 
     fn initial_cluster_of(&self) -> String {
@@ -133,11 +122,7 @@ impl Cluster {
     pub fn start_member(&mut self, i: usize) {
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "member {i} already runs");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&m.log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).unwrap();
         let child = Command::new(&self.binary)
             .args(&m.args)
             .env("SKIFF_LOG", "info,openraft=warn")
@@ -159,28 +144,16 @@ impl Cluster {
 
     pub fn signal(&self, i: usize, sig: &str) {
         if let Some(pid) = self.members[i].pid() {
-            let _ = Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(pid.to_string())
-                .status();
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
         }
     }
 
     pub fn endpoints(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| m.endpoint())
-            .collect::<Vec<_>>()
-            .join(",")
+        self.members.iter().map(|m| m.endpoint()).collect::<Vec<_>>().join(",")
     }
 
     pub fn running_endpoints(&self) -> String {
-        self.members
-            .iter()
-            .filter(|m| m.is_running())
-            .map(|m| m.endpoint())
-            .collect::<Vec<_>>()
-            .join(",")
+        self.members.iter().filter(|m| m.is_running()).map(|m| m.endpoint()).collect::<Vec<_>>().join(",")
     }
 
     /// Waits until every running member answers a linearizable read.
@@ -193,12 +166,7 @@ impl Cluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    panic!(
-                        "member {} never became ready:\n{}\n{}",
-                        m.name,
-                        text(&out),
-                        self.log_tail(&m.name)
-                    );
+                    panic!("member {} never became ready:\n{}\n{}", m.name, text(&out), self.log_tail(&m.name));
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -207,12 +175,7 @@ impl Cluster {
 
     /// The index of the member that currently leads, from `endpoint status`.
     pub fn leader(&self) -> Option<usize> {
-        for (i, m) in self
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.is_running())
-        {
+        for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.is_running()) {
             let out = etcdctl(&m.endpoint(), &["endpoint", "status", "-w", "json"]);
             if !out.status.success() {
                 continue;
@@ -232,11 +195,7 @@ impl Cluster {
             if let Some(l) = self.leader() {
                 return l;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no leader elected:\n{}",
-                self.all_logs()
-            );
+            assert!(Instant::now() < deadline, "no leader elected:\n{}", self.all_logs());
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -307,33 +266,20 @@ pub fn etcdctl_stdin(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Out
         .arg(format!("--endpoints={endpoints}"))
         .arg("--command-timeout=10s")
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("etcdctl is installed (make deps)");
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     }
     child.wait_with_output().unwrap()
 }
 
 /// stdout + stderr as text, for assertion messages.
 pub fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Runs etcdctl and returns stdout, failing the test if the command failed.
@@ -346,11 +292,7 @@ pub fn ok(endpoints: &str, args: &[&str]) -> String {
 /// Runs etcdctl expecting failure; returns stderr.
 pub fn fails(endpoints: &str, args: &[&str]) -> String {
     let o = etcdctl(endpoints, args);
-    assert!(
-        !o.status.success(),
-        "etcdctl {args:?} unexpectedly succeeded: {}",
-        text(&o)
-    );
+    assert!(!o.status.success(), "etcdctl {args:?} unexpectedly succeeded: {}", text(&o));
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
@@ -358,6 +300,5 @@ pub fn json(endpoints: &str, args: &[&str]) -> serde_json::Value {
     let mut a = args.to_vec();
     a.extend(["-w", "json"]);
     let out = ok(endpoints, &a);
-    serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("bad json from {args:?}: {e}: {out}"))
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad json from {args:?}: {e}: {out}"))
 }
