@@ -4,7 +4,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 UP_DIR ?= $(CURDIR)/.skiff
-SKIFF := target/release/skiff
+# One build profile for everything (dependencies optimized, see Cargo.toml), so `make up`
+# and `make test` share a single rocksdb build. Benchmarks use `--release`.
+SKIFF := target/debug/skiff
 DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server
 
 .PHONY: deps build up down test test-quick fmt clippy
@@ -20,7 +22,7 @@ deps:
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
 
 build: deps
-	$(CARGO) build --release --bin skiff
+	$(CARGO) build --bin skiff
 
 up: build
 	@scripts/up.sh "$(UP_DIR)" "$(SKIFF)"
@@ -30,10 +32,8 @@ down:
 
 # The whole suite: unit tests of every crate and the end-to-end tests in tests/,
 # which start real members and drive them with etcdctl, etcd-client and etcd 3.4.
-# It uses the dev profile (dependencies optimized, see Cargo.toml) so CI builds rocksdb once.
-test: deps
-	$(CARGO) build --bin skiff
-	SKIFF_BIN=$(CURDIR)/target/debug/skiff $(CARGO) nextest run --workspace --no-fail-fast
+test: build
+	SKIFF_BIN=$(CURDIR)/$(SKIFF) $(CARGO) nextest run --workspace --no-fail-fast
 
 fmt:
 	$(CARGO) fmt --all

@@ -74,10 +74,11 @@ impl Cluster {
     pub fn start_etcd(n: usize) -> Cluster {
         let mut c = Self::layout(n, PathBuf::from("etcd"), "e");
         let initial = c.initial_cluster_of();
+        let token = format!("etcd-{}", c.members[0].peer_port);
         for m in &mut c.members {
             let mut args = member_flags(m, &initial);
             args.push("--initial-cluster-token".into());
-            args.push(format!("etcd-{}", m.peer_port));
+            args.push(token.clone());
             m.args = args;
         }
         c.members_mut_start_all();
