@@ -189,3 +189,35 @@ fn slow_watcher_catches_up_from_storage() {
         }
     });
 }
+
+#[test]
+fn fragmented_watch_responses_split_only_when_asked() {
+    let c = Cluster::start_with(1, &["--max-request-bytes", "4096"]);
+    rt().block_on(async {
+        let mut cl = Client::connect([c.endpoints()], None).await.unwrap();
+        let ops = || (0..8).map(|i| TxnOp::put(format!("big/{i}"), vec![b'v'; 400], None)).collect::<Vec<_>>();
+        cl.txn(Txn::new().and_then(ops())).await.unwrap();
+        let opts = WatchOptions::new().with_prefix().with_prev_key();
+        let mut frag = cl.watch("big/", Some(opts.clone().with_fragment())).await.unwrap();
+        assert!(next(&mut frag).await.created());
+        let mut whole = cl.watch("big/", Some(opts)).await.unwrap();
+        assert!(next(&mut whole).await.created());
+        // One revision rewriting 8 keys of 400 bytes: with previous values the events
+        // take about 7 KB, over the 4 KB limit, while the request itself fits.
+        cl.txn(Txn::new().and_then(ops())).await.unwrap();
+        let mut parts = Vec::new();
+        loop {
+            let r = next(&mut frag).await;
+            parts.push((r.events().len(), r.0.fragment));
+            if !r.0.fragment {
+                break;
+            }
+        }
+        assert!(parts.len() > 1, "expected fragments, got {parts:?}");
+        assert_eq!(parts.iter().map(|p| p.0).sum::<usize>(), 8);
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.1), "every part but the last is marked as a fragment");
+        let r = next(&mut whole).await;
+        assert_eq!(r.events().len(), 8, "without the fragment option a revision is never split");
+        assert!(!r.0.fragment);
+    });
+}
