@@ -2,6 +2,8 @@
 //! hands plain values to the library crates.
 
 mod endpoint;
+mod member_cmd;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +30,16 @@ enum Command {
     Endpoint {
         #[command(subcommand)]
         command: endpoint::EndpointCommand,
+    },
+    /// Change a store cluster's membership: list, add, remove, promote, update.
+    Member {
+        #[command(subcommand)]
+        command: member_cmd::MemberCommand,
+    },
+    /// Back up a store cluster and restore backups into new clusters.
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot::SnapshotCommand,
     },
 }
 
@@ -77,6 +89,10 @@ struct StoreArgs {
     /// Seconds between progress notifications for watchers that asked for them.
     #[arg(long, default_value_t = 600)]
     watch_progress_notify_interval: u64,
+    /// Database size in bytes past which writes raise the NOSPACE alarm and are refused
+    /// until it is disarmed (0 = 2 GiB, negative = no quota).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    quota_backend_bytes: i64,
 }
 
 impl StoreArgs {
@@ -112,6 +128,7 @@ impl StoreArgs {
             election_timeout: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count.max(1),
             watch_progress_notify_interval: Duration::from_secs(self.watch_progress_notify_interval),
+            quota_backend_bytes: self.quota_backend_bytes,
         })
     }
 }
@@ -133,6 +150,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Store(args) => run_store(args).await,
             Command::Endpoint { command } => endpoint::run(command).await,
+            Command::Snapshot { command } => snapshot::run(command).await,
+            Command::Member { command } => member_cmd::run(command).await,
         }
     });
     match result {
@@ -158,6 +177,9 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = member.removed.notified() => {
+            tracing::warn!("the member has been permanently removed from the cluster; exiting");
+        }
     }
     tracing::info!("shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(5), member.raft.shutdown()).await;

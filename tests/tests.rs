@@ -3,9 +3,13 @@
 
 mod common;
 
+mod backup;
 mod client;
 mod crash;
 mod differential;
+mod docs;
 mod kv;
 mod lease;
+mod maintenance;
+mod membership;
 mod watch;

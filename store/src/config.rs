@@ -44,6 +44,23 @@ pub struct MemberConfig {
     pub snapshot_count: u64,
     /// How often watchers that asked for progress notifications get one.
     pub watch_progress_notify_interval: Duration,
+    /// Database size past which writes raise the NOSPACE alarm (etcd
+    /// `--quota-backend-bytes`); 0 means the 2 GiB default, negative disables it.
+    pub quota_backend_bytes: i64,
+}
+
+/// etcd's default backend quota.
+pub const DEFAULT_QUOTA_BYTES: i64 = 2 << 30;
+
+impl MemberConfig {
+    /// The effective quota in bytes, or None when disabled.
+    pub fn quota(&self) -> Option<i64> {
+        match self.quota_backend_bytes {
+            0 => Some(DEFAULT_QUOTA_BYTES),
+            q if q < 0 => None,
+            q => Some(q),
+        }
+    }
 }
 
 impl MemberConfig {
@@ -66,6 +83,7 @@ impl MemberConfig {
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 10000,
             watch_progress_notify_interval: Duration::from_secs(600),
+            quota_backend_bytes: 0,
         }
     }
 

@@ -51,6 +51,9 @@ impl EtcdError {
     pub fn future_rev() -> Self {
         Self::new(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
     }
+    pub fn no_space() -> Self {
+        Self::new(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded")
+    }
     pub fn lease_not_found() -> Self {
         Self::new(Code::NotFound, "etcdserver: requested lease not found")
     }

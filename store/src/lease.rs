@@ -220,6 +220,7 @@ impl PbLeaseService for LeaseService {
             return Err(EtcdError::new(tonic::Code::OutOfRange, "etcdserver: too large lease TTL").into());
         }
         let ttl = r.ttl.max(min_ttl(self.m.config.election_timeout));
+        self.m.check_quota(&r).await?;
         let mut attempts = 0;
         loop {
             let id = if r.id != 0 { r.id } else { new_lease_id(self.m.id) };

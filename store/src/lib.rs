@@ -11,6 +11,7 @@
 // mean unboxing it again at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod config;
 pub mod db;
 pub mod errors;
@@ -18,6 +19,7 @@ pub mod keys;
 pub mod lease;
 pub mod log_store;
 pub mod member;
+pub mod membership;
 pub mod mvcc;
 pub mod peer;
 pub mod server;

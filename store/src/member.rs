@@ -36,6 +36,10 @@ pub struct Identity {
     pub cluster_id: u64,
     /// False until the initial membership is in the raft log.
     pub bootstrapped: bool,
+    /// The membership to bootstrap with, when it was fixed before the first start
+    /// (`snapshot restore`); otherwise `--initial-cluster` decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_members: Option<BTreeMap<u64, MemberNode>>,
 }
 
 pub struct Member {
@@ -46,6 +50,13 @@ pub struct Member {
     pub shared: Arc<Shared>,
     pub pool: PeerPool,
     reads: ReadCoalescer,
+    /// Serializes membership changes on the leader.
+    pub(crate) membership_lock: Mutex<()>,
+    /// Fires when this member learns it was removed from the cluster.
+    pub removed: tokio::sync::Notify,
+    /// Writes hold it shared; a leadership transfer holds it exclusively, so no entry
+    /// refreshes the followers' leader lease while the new leader campaigns.
+    pub(crate) transfer: tokio::sync::RwLock<()>,
 }
 
 impl Member {
@@ -80,7 +91,11 @@ impl Member {
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
             let attempt = async {
-                match self.raft.client_write(cmd.clone()).await {
+                let write = async {
+                    let _gate = self.transfer.read().await;
+                    self.raft.client_write(cmd.clone()).await
+                };
+                match write.await {
                     Ok(resp) => Ok(resp.data),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
                         Some(node) if f.leader_id != Some(self.id) => {
@@ -116,7 +131,12 @@ impl Member {
     /// Answers a forwarded request on the leader.
     pub async fn serve_forward(&self, req: ForwardRequest) -> ForwardResponse {
         match req {
-            ForwardRequest::Write(cmd) => match self.raft.client_write(cmd).await {
+            ForwardRequest::Write(cmd) => match async {
+                let _gate = self.transfer.read().await;
+                self.raft.client_write(cmd).await
+            }
+            .await
+            {
                 Ok(r) => ForwardResponse::Write(r.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     ForwardResponse::Error(EtcdError::leader_changed())
@@ -130,6 +150,7 @@ impl Member {
             lease @ (ForwardRequest::LeaseKeepAlive(_) | ForwardRequest::LeaseTimeToLive(_)) => {
                 self.serve_lease_forward(&lease)
             }
+            other => self.serve_membership_forward(other).await,
         }
     }
 
@@ -253,7 +274,7 @@ fn identity_path(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("identity.json")
 }
 
-fn write_identity(data_dir: &Path, id: &Identity) -> anyhow::Result<()> {
+pub(crate) fn write_identity(data_dir: &Path, id: &Identity) -> anyhow::Result<()> {
     let path = identity_path(data_dir);
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(id)?)?;
@@ -299,12 +320,17 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
                     config.data_dir.display()
                 );
             }
-            let ids: Vec<u64> = members.iter().map(|(_, urls)| config::member_id(urls, &token)).collect();
-            let id = Identity {
-                name: config.name.clone(),
-                member_id: config::member_id(&config.initial_advertise_peer_urls, &token),
-                cluster_id: config::cluster_id(&ids, &token),
-                bootstrapped: config.initial_cluster_state == ClusterState::Existing,
+            let id = if config.initial_cluster_state == ClusterState::Existing {
+                join_identity(&config, &members).await?
+            } else {
+                let ids: Vec<u64> = members.iter().map(|(_, urls)| config::member_id(urls, &token)).collect();
+                Identity {
+                    name: config.name.clone(),
+                    member_id: config::member_id(&config.initial_advertise_peer_urls, &token),
+                    cluster_id: config::cluster_id(&ids, &token),
+                    bootstrapped: false,
+                    initial_members: None,
+                }
             };
             write_identity(&config.data_dir, &id)?;
             id
@@ -341,21 +367,18 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
         shared,
         pool,
         reads: ReadCoalescer::default(),
+        membership_lock: Mutex::new(()),
+        removed: tokio::sync::Notify::new(),
+        transfer: tokio::sync::RwLock::new(()),
     });
 
     crate::server::serve_peers(member.clone()).await?;
 
     if !identity.bootstrapped {
-        let nodes: BTreeMap<u64, MemberNode> = members
-            .iter()
-            .map(|(name, urls)| {
-                (config::member_id(urls, &token), MemberNode { name: name.clone(), peer_urls: urls.clone() })
-            })
-            .collect();
+        let nodes = identity.initial_members.clone().unwrap_or_else(|| initial_nodes(&members, &token));
+        let n = nodes.len();
         match raft.initialize(nodes).await {
-            Ok(()) => {
-                tracing::info!("bootstrapped a new cluster {:x} with {} member(s)", identity.cluster_id, members.len())
-            }
+            Ok(()) => tracing::info!("bootstrapped a new cluster {:x} with {n} member(s)", identity.cluster_id),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
             Err(e) => anyhow::bail!("cannot bootstrap the cluster: {e}"),
         }
@@ -366,6 +389,65 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
     tokio::spawn(publish_attributes(member.clone()));
     tokio::spawn(crate::lease::run_expiry(member.clone()));
     Ok(member)
+}
+
+/// The bootstrap membership from `--initial-cluster`, with the ids every member derives
+/// alike from the peer URLs and the cluster token.
+pub(crate) fn initial_nodes(members: &[(String, Vec<String>)], token: &str) -> BTreeMap<u64, MemberNode> {
+    members
+        .iter()
+        .map(|(name, urls)| {
+            (config::member_id(urls, token), MemberNode { name: name.clone(), peer_urls: urls.clone() })
+        })
+        .collect()
+}
+
+/// For a member joining an existing cluster: asks the members listed in
+/// `--initial-cluster` for the membership and finds this member's id (given by `member
+/// add`) by its peer URLs.
+async fn join_identity(config: &MemberConfig, members: &[(String, Vec<String>)]) -> anyhow::Result<Identity> {
+    let pool = PeerPool::default();
+    let mut mine = config.initial_advertise_peer_urls.clone();
+    mine.sort();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut last_err = String::from("no other member listed in --initial-cluster");
+    loop {
+        for (name, urls) in members.iter().filter(|(n, _)| *n != config.name) {
+            let node = MemberNode { name: name.clone(), peer_urls: urls.clone() };
+            match pool.forward(&node, &ForwardRequest::ClusterInfo, Duration::from_secs(2)).await {
+                Ok(ForwardResponse::ClusterInfo { cluster_id, members }) => {
+                    let me = members.iter().find(|(_, n, _)| {
+                        let mut u = n.peer_urls.clone();
+                        u.sort();
+                        u == mine
+                    });
+                    let Some((id, _, _)) = me else {
+                        anyhow::bail!(
+                            "peer URLs {} are not a member of cluster {cluster_id:x}; add this member first \
+                             (`skiff member add {} --peer-urls {}`)",
+                            mine.join(","),
+                            config.name,
+                            mine.join(",")
+                        );
+                    };
+                    tracing::info!("joining cluster {cluster_id:x} as member {id:x}");
+                    return Ok(Identity {
+                        name: config.name.clone(),
+                        member_id: *id,
+                        cluster_id,
+                        bootstrapped: true,
+                        initial_members: None,
+                    });
+                }
+                Ok(other) => last_err = format!("unexpected answer {other:?} from {name}"),
+                Err(e) => last_err = format!("{name}: {e}"),
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("cannot reach the existing cluster to join it: {last_err}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Announces this member's name and client URLs through raft (what `member list`

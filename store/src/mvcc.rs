@@ -30,6 +30,19 @@ const META_LEASE: &[u8] = b"lease/";
 /// `lkey/<id><user key>` -> (): the keys attached to a lease.
 const META_LEASE_KEY: &[u8] = b"lkey/";
 
+/// `alarm/<member id><alarm type>` -> (): raised alarms (replicated, so they persist).
+const META_ALARM: &[u8] = b"alarm/";
+
+/// etcd's AlarmType.NOSPACE.
+pub const ALARM_NOSPACE: i32 = 1;
+
+fn alarm_key(member: u64, alarm: i32) -> Vec<u8> {
+    let mut k = META_ALARM.to_vec();
+    k.extend_from_slice(&member.to_be_bytes());
+    k.push(alarm as u8);
+    k
+}
+
 fn lease_key(id: i64) -> Vec<u8> {
     let mut k = META_LEASE.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
@@ -286,6 +299,13 @@ impl<'a> View<'a> {
     pub fn leases(&self) -> EtcdResult<Vec<(i64, i64)>> {
         self.prefixed(META_LEASE, |rest, v| {
             Some((i64::from_be_bytes(rest.try_into().ok()?), i64::from_be_bytes(v.try_into().ok()?)))
+        })
+    }
+
+    /// Raised alarms as (member id, alarm type).
+    pub fn alarms(&self) -> EtcdResult<Vec<(u64, i32)>> {
+        self.prefixed(META_ALARM, |rest, _| {
+            (rest.len() == 9).then(|| (u64::from_be_bytes(rest[..8].try_into().unwrap()), rest[8] as i32))
         })
     }
 
@@ -581,6 +601,15 @@ pub fn txn_is_read_only(req: &PbTxnRequest) -> bool {
     })
 }
 
+/// Whether any branch of a txn (nested ones included) puts a key.
+pub fn txn_puts(req: &PbTxnRequest) -> bool {
+    req.success.iter().chain(&req.failure).any(|op| match &op.request {
+        Some(PbTxnOpRequest::RequestPut(_)) => true,
+        Some(PbTxnOpRequest::RequestTxn(t)) => txn_puts(t),
+        _ => false,
+    })
+}
+
 /// Whether a txn's ranges all ask for serializable reads (no read barrier needed).
 pub fn txn_is_serializable(req: &PbTxnRequest) -> bool {
     req.success.iter().chain(&req.failure).all(|op| match &op.request {
@@ -602,13 +631,31 @@ pub struct Writer<'a> {
     overlay: BTreeMap<Vec<u8>, Option<PbKeyValue>>,
     changes: Vec<Change>,
     rev_log: Vec<(bool, Vec<u8>)>,
+    /// A NOSPACE alarm is raised: puts and lease grants are refused.
+    capped: bool,
 }
 
 impl<'a> Writer<'a> {
     pub fn new(db: &'a DB, batch: WriteBatch) -> EtcdResult<Writer<'a>> {
         let view = View::new(db);
         let base_rev = view.current_rev()?;
-        Ok(Writer { view, db, batch, base_rev, overlay: BTreeMap::new(), changes: Vec::new(), rev_log: Vec::new() })
+        Ok(Writer {
+            view,
+            db,
+            batch,
+            base_rev,
+            overlay: BTreeMap::new(),
+            changes: Vec::new(),
+            rev_log: Vec::new(),
+            capped: false,
+        })
+    }
+
+    /// Refuses space-consuming requests while a NOSPACE alarm is raised (etcd's capped
+    /// applier: Put, Txn with puts and LeaseGrant fail; deletes and compaction work).
+    pub fn capped(mut self, capped: bool) -> Self {
+        self.capped = capped;
+        self
     }
 
     fn new_rev(&self) -> i64 {
@@ -634,6 +681,9 @@ impl<'a> Writer<'a> {
 
     pub fn put(&mut self, req: &PbPutRequest) -> EtcdResult<PbPutResponse> {
         check_put(req)?;
+        if self.capped {
+            return Err(EtcdError::no_space());
+        }
         let prev = self.current(&req.key)?;
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(EtcdError::key_not_found());
@@ -812,11 +862,25 @@ impl<'a> Writer<'a> {
 
     /// Creates a lease. The id was chosen by the proposer; a taken id is an error.
     pub fn lease_grant(&mut self, id: i64, ttl: i64) -> EtcdResult<()> {
+        if self.capped {
+            return Err(EtcdError::no_space());
+        }
         if self.view.lease_ttl(id)?.is_some() {
             return Err(EtcdError::new(tonic::Code::FailedPrecondition, "etcdserver: lease already exists"));
         }
         self.batch.put_cf(cf(self.db, CF_META), lease_key(id), ttl.to_be_bytes());
         Ok(())
+    }
+
+    /// Raises or clears an alarm; true when that changed anything.
+    pub fn alarm(&mut self, activate: bool, member: u64, alarm: i32) -> EtcdResult<bool> {
+        let present = self.view.alarms()?.contains(&(member, alarm));
+        match (activate, present) {
+            (true, false) => self.batch.put_cf(cf(self.db, CF_META), alarm_key(member, alarm), []),
+            (false, true) => self.batch.delete_cf(cf(self.db, CF_META), alarm_key(member, alarm)),
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// Removes a lease and deletes every key attached to it, all in one revision.

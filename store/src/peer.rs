@@ -40,6 +40,19 @@ pub enum ForwardRequest {
     /// Lease deadlines live on the leader: renew one / read its remaining time.
     LeaseKeepAlive(i64),
     LeaseTimeToLive(i64),
+    /// A membership change, run by the leader.
+    Membership(crate::membership::MembershipOp),
+    /// "Who is in the cluster?" (asked by a member joining an existing cluster).
+    ClusterInfo,
+    /// "You were removed from the cluster."
+    Removed,
+    Ping,
+    /// Transfer leadership to this member (run by the leader).
+    MoveLeader(u64),
+    /// Do not start elections for this many milliseconds (during a leadership transfer).
+    PauseElections(u64),
+    /// Start an election now.
+    Campaign,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +64,13 @@ pub enum ForwardResponse {
         ttl: i64,
         remaining: i64,
     },
+    MemberId(u64),
+    /// The cluster id and every member: (id, node, is learner).
+    ClusterInfo {
+        cluster_id: u64,
+        members: Vec<(u64, MemberNode, bool)>,
+    },
+    Pong,
     Error(EtcdError),
 }
 

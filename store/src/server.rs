@@ -17,6 +17,7 @@ use crate::config::parse_url;
 use crate::errors::{EtcdError, EtcdResult};
 use crate::lease::LeaseService;
 use crate::member::Member;
+use crate::membership::ClusterService;
 use crate::mvcc::{self, View, Writer};
 use crate::peer::{self, pb, MAX_PEER_MESSAGE};
 use crate::types::Command;
@@ -105,6 +106,25 @@ impl Member {
         Ok(())
     }
 
+    /// Before a request that takes space is proposed: past the quota, raise the NOSPACE
+    /// alarm (replicated and persisted) and refuse, as etcd does.
+    pub(crate) async fn check_quota<M: Message>(&self, req: &M) -> EtcdResult<()> {
+        if self.shared.nospace.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(EtcdError::no_space());
+        }
+        let Some(quota) = self.config.quota() else { return Ok(()) };
+        if self.db_size() + req.encoded_len() as i64 <= quota {
+            return Ok(());
+        }
+        let alarm = Command::Alarm { activate: true, member_id: self.id, alarm: mvcc::ALARM_NOSPACE };
+        if let Err(e) = self.propose(alarm).await {
+            tracing::warn!("raising the NOSPACE alarm failed: {e}");
+        } else {
+            tracing::warn!("database size passed the quota of {quota} bytes: NOSPACE alarm raised");
+        }
+        Err(EtcdError::no_space())
+    }
+
     /// Learners serve only serializable reads and status, as in etcd.
     fn check_not_learner(&self) -> EtcdResult<()> {
         if self.is_learner() {
@@ -179,6 +199,7 @@ impl PbKvService for KvService {
         self.m.check_size(&r)?;
         self.m.check_not_learner()?;
         mvcc::check_put(&r)?;
+        self.m.check_quota(&r).await?;
         let mut resp: PbPutResponse = decode_reply(&self.m.propose(Command::Put(r.encode_to_vec())).await?)?;
         self.m.fill(&mut resp.header);
         Ok(Response::new(resp))
@@ -207,6 +228,9 @@ impl PbKvService for KvService {
             Writer::new(self.m.db(), WriteBatch::default())?.txn(&r)?
         } else {
             self.m.check_not_learner()?;
+            if mvcc::txn_puts(&r) {
+                self.m.check_quota(&r).await?;
+            }
             decode_reply(&self.m.propose(Command::Txn(r.encode_to_vec())).await?)?
         };
         self.m.fill(&mut resp.header);
@@ -231,10 +255,13 @@ struct MaintenanceService {
 }
 
 impl Member {
+    /// The size of the key-value state (versions, history, metadata) on disk and in
+    /// memtables: what etcd's bbolt file holds. The raft log is not counted, as etcd does
+    /// not count its WAL.
     pub fn db_size(&self) -> i64 {
         let db = self.db();
         let mut total = 0u64;
-        for name in crate::db::ALL_CFS {
+        for name in [crate::db::CF_KV, crate::db::CF_REVS, crate::db::CF_META] {
             let h = crate::db::cf(db, name);
             for prop in ["rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"] {
                 total += db.property_int_value_cf(h, prop).ok().flatten().unwrap_or(0);
@@ -250,6 +277,10 @@ impl Member {
             errors.push("etcdserver: no leader".to_string());
         }
         let size = self.db_size();
+        for (member, alarm) in View::new(self.db()).alarms().unwrap_or_default() {
+            let name = if alarm == mvcc::ALARM_NOSPACE { "NOSPACE" } else { "CORRUPT" };
+            errors.push(format!("memberID:{member} alarm:{name} "));
+        }
         PbStatusResponse {
             header: Some(self.header(self.current_rev())),
             version: ETCD_API_VERSION.into(),
@@ -301,15 +332,29 @@ impl Member {
 
 #[tonic::async_trait]
 impl PbMaintenanceService for MaintenanceService {
+    /// GET lists raised alarms; ACTIVATE / DEACTIVATE raise or clear one through raft
+    /// (etcdctl's `alarm disarm` lists, then deactivates each).
     async fn alarm(&self, req: Request<PbAlarmRequest>) -> TonicResult<PbAlarmResponse> {
-        // No quota is enforced yet, so no alarm can be raised: listing answers none.
-        if req.get_ref().action == 0 {
-            return Ok(Response::new(PbAlarmResponse {
-                header: Some(self.m.header(self.m.current_rev())),
-                alarms: vec![],
-            }));
+        let r = req.into_inner();
+        let header = Some(self.m.header(self.m.current_rev()));
+        match r.action {
+            0 => {
+                let alarms = View::new(self.m.db())
+                    .alarms()?
+                    .into_iter()
+                    .filter(|(m, a)| (r.member_id == 0 || *m == r.member_id) && (r.alarm == 0 || *a == r.alarm))
+                    .map(|(member_id, alarm)| PbAlarmMember { member_id, alarm })
+                    .collect();
+                Ok(Response::new(PbAlarmResponse { header, alarms }))
+            }
+            1 | 2 => {
+                let cmd = Command::Alarm { activate: r.action == 1, member_id: r.member_id, alarm: r.alarm };
+                let mut resp: PbAlarmResponse = decode_reply(&self.m.propose(cmd).await?)?;
+                self.m.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(Status::invalid_argument(format!("unknown alarm action {other}"))),
         }
-        Err(EtcdError::not_supported("raising or clearing alarms").into())
     }
 
     async fn status(&self, _req: Request<PbStatusRequest>) -> TonicResult<PbStatusResponse> {
@@ -339,21 +384,59 @@ impl PbMaintenanceService for MaintenanceService {
 
     type SnapshotStream = BoxStream<PbSnapshotResponse>;
 
+    /// Streams a consistent backup (see `backup`): written from one rocksdb snapshot to a
+    /// temporary file, then sent in 64 KiB chunks, so it is never whole in memory.
     async fn snapshot(&self, _req: Request<PbSnapshotRequest>) -> TonicResult<Self::SnapshotStream> {
-        Err(EtcdError::not_supported("Maintenance.Snapshot").into())
+        use tokio::io::AsyncReadExt;
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let tmp = self.m.shared.snap_dir.join(format!("backup-{stamp}.tmp"));
+        let (db, path) = (self.m.db().clone(), tmp.clone());
+        let size = tokio::task::spawn_blocking(move || crate::backup::write_backup(&db, &path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                EtcdError::internal(format!("writing the snapshot: {e}"))
+            })?;
+        let mut file = tokio::fs::File::open(&tmp).await.map_err(EtcdError::internal)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let m = self.m.clone();
+        tokio::spawn(async move {
+            let mut left = size;
+            let mut buf = vec![0u8; 64 << 10];
+            while left > 0 {
+                let n = match file.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("reading the snapshot: {e}")))).await;
+                        break;
+                    }
+                };
+                left = left.saturating_sub(n as u64);
+                let msg = PbSnapshotResponse {
+                    header: Some(m.header(m.current_rev())),
+                    remaining_bytes: left,
+                    blob: buf[..n].to_vec(),
+                    version: ETCD_API_VERSION.into(),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+            }
+            let _ = tokio::fs::remove_file(&tmp).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
-    async fn move_leader(&self, _req: Request<PbMoveLeaderRequest>) -> TonicResult<PbMoveLeaderResponse> {
-        Err(EtcdError::not_supported("Maintenance.MoveLeader").into())
+    async fn move_leader(&self, req: Request<PbMoveLeaderRequest>) -> TonicResult<PbMoveLeaderResponse> {
+        self.m.move_leader(req.get_ref().target_id).await?;
+        Ok(Response::new(PbMoveLeaderResponse { header: Some(self.m.header(self.m.current_rev())) }))
     }
 
     async fn downgrade(&self, _req: Request<PbDowngradeRequest>) -> TonicResult<PbDowngradeResponse> {
         Err(EtcdError::not_supported("Maintenance.Downgrade").into())
     }
-}
-
-struct ClusterService {
-    m: Arc<Member>,
 }
 
 impl Member {
@@ -376,24 +459,5 @@ impl Member {
                 }
             })
             .collect()
-    }
-}
-
-#[tonic::async_trait]
-impl PbClusterService for ClusterService {
-    async fn member_add(&self, _req: Request<PbMemberAddRequest>) -> TonicResult<PbMemberAddResponse> {
-        Err(EtcdError::not_supported("Cluster.MemberAdd").into())
-    }
-    async fn member_remove(&self, _req: Request<PbMemberRemoveRequest>) -> TonicResult<PbMemberRemoveResponse> {
-        Err(EtcdError::not_supported("Cluster.MemberRemove").into())
-    }
-    async fn member_update(&self, _req: Request<PbMemberUpdateRequest>) -> TonicResult<PbMemberUpdateResponse> {
-        Err(EtcdError::not_supported("Cluster.MemberUpdate").into())
-    }
-    async fn member_list(&self, _req: Request<PbMemberListRequest>) -> TonicResult<PbMemberListResponse> {
-        Ok(Response::new(PbMemberListResponse { header: Some(self.m.header(0)), members: self.m.members() }))
-    }
-    async fn member_promote(&self, _req: Request<PbMemberPromoteRequest>) -> TonicResult<PbMemberPromoteResponse> {
-        Err(EtcdError::not_supported("Cluster.MemberPromote").into())
     }
 }

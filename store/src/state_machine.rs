@@ -9,12 +9,12 @@
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use etcd_client::proto::{
-    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbLeaseGrantResponse, PbLeaseRevokeResponse,
-    PbPutRequest, PbTxnRequest,
+    PbAlarmMember, PbAlarmResponse, PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbLeaseGrantResponse,
+    PbLeaseRevokeResponse, PbPutRequest, PbTxnRequest,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
@@ -62,6 +62,8 @@ pub struct Shared {
     pub snap_dir: PathBuf,
     /// Lease deadlines (acted on by the leader only; see `lease`).
     pub lessor: Lessor,
+    /// A NOSPACE alarm is raised somewhere in the cluster.
+    pub nospace: AtomicBool,
 }
 
 impl Shared {
@@ -71,8 +73,9 @@ impl Shared {
         let rev = view.current_rev()?;
         let lessor = Lessor::default();
         lessor.reload(view.leases()?);
+        let nospace = AtomicBool::new(view.alarms()?.iter().any(|(_, a)| *a == mvcc::ALARM_NOSPACE));
         drop(view);
-        Ok(Arc::new(Shared { db, hub, current_rev: AtomicI64::new(rev), snap_dir, lessor }))
+        Ok(Arc::new(Shared { db, hub, current_rev: AtomicI64::new(rev), snap_dir, lessor, nospace }))
     }
 
     pub fn member_attrs(&self) -> Vec<(u64, MemberAttrs)> {
@@ -133,8 +136,9 @@ impl StateMachine {
     fn execute(&self, cmd: Command) -> Outcome {
         let db = &self.shared.db;
         let mut lease = None;
+        let mut alarms_changed = false;
         let result = (|| -> EtcdResult<(Vec<u8>, WriteBatch, Option<RevisionChanges>)> {
-            let mut w = Writer::new(db, WriteBatch::default())?;
+            let mut w = Writer::new(db, WriteBatch::default())?.capped(self.shared.nospace.load(Ordering::SeqCst));
             let bytes = match cmd {
                 Command::Put(b) => w.put(&decode::<PbPutRequest>(&b)?)?.encode_to_vec(),
                 Command::DeleteRange(b) => w.delete_range(&decode::<PbDeleteRequest>(&b)?)?.encode_to_vec(),
@@ -154,6 +158,12 @@ impl StateMachine {
                     lease = Some(LeaseEffect::Revoked(id));
                     // The header revision is filled in below, once it is known.
                     Vec::new()
+                }
+                Command::Alarm { activate, member_id, alarm } => {
+                    let changed = w.alarm(activate, member_id, alarm)?;
+                    alarms_changed = true;
+                    let alarms = if changed { vec![PbAlarmMember { member_id, alarm }] } else { vec![] };
+                    PbAlarmResponse { header: Some(mvcc::header(w.base_rev())), alarms }.encode_to_vec()
                 }
                 Command::Publish { member_id, name, client_urls } => {
                     let (mut batch, _) = w.finish();
@@ -175,10 +185,16 @@ impl StateMachine {
             Ok((bytes, batch, changes))
         })();
         match result {
-            Ok((bytes, batch, changes)) => Outcome { batch, resp: CommandResponse::Encoded(bytes), changes, lease },
-            Err(e) => {
-                Outcome { batch: WriteBatch::default(), resp: CommandResponse::Error(e), changes: None, lease: None }
+            Ok((bytes, batch, changes)) => {
+                Outcome { batch, resp: CommandResponse::Encoded(bytes), changes, lease, alarms_changed }
             }
+            Err(e) => Outcome {
+                batch: WriteBatch::default(),
+                resp: CommandResponse::Error(e),
+                changes: None,
+                lease: None,
+                alarms_changed: false,
+            },
         }
     }
 }
@@ -189,6 +205,7 @@ struct Outcome {
     resp: CommandResponse,
     changes: Option<RevisionChanges>,
     lease: Option<LeaseEffect>,
+    alarms_changed: bool,
 }
 
 enum LeaseEffect {
@@ -218,8 +235,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
-            let none = |batch| Outcome { batch, resp: CommandResponse::Empty, changes: None, lease: None };
-            let Outcome { mut batch, resp, changes, lease } = match entry.payload {
+            let none = |batch| Outcome {
+                batch,
+                resp: CommandResponse::Empty,
+                changes: None,
+                lease: None,
+                alarms_changed: false,
+            };
+            let Outcome { mut batch, resp, changes, lease, alarms_changed } = match entry.payload {
                 EntryPayload::Blank => none(WriteBatch::default()),
                 EntryPayload::Membership(m) => {
                     let mut b = WriteBatch::default();
@@ -239,6 +262,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 bincode::serialize(&log_id).map_err(|e| sm_err(ErrorVerb::Write, e))?,
             );
             db.write(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            if alarms_changed {
+                let alarms = mvcc::View::new(&db).alarms().map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                self.shared.nospace.store(alarms.iter().any(|(_, a)| *a == mvcc::ALARM_NOSPACE), Ordering::SeqCst);
+            }
             match lease {
                 Some(LeaseEffect::Granted(id, ttl)) => self.shared.lessor.granted(id, ttl),
                 Some(LeaseEffect::Revoked(id)) => self.shared.lessor.revoked(id),

@@ -41,6 +41,12 @@ pub enum Command {
     LeaseRevoke {
         id: i64,
     },
+    /// Raises (or clears) an alarm for a member, e.g. NOSPACE when it passed its quota.
+    Alarm {
+        activate: bool,
+        member_id: u64,
+        alarm: i32,
+    },
     /// A member announces its name and client URLs (what `member list` shows).
     Publish {
         member_id: u64,

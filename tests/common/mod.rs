@@ -70,6 +70,22 @@ impl Cluster {
         c
     }
 
+    /// Like `start`, but runs `prepare` for each member first (e.g. to restore its data
+    /// dir from a snapshot), passing the `--initial-cluster` value.
+    pub fn start_prepared(n: usize, mut prepare: impl FnMut(&Member, &str)) -> Cluster {
+        let mut c = Self::layout(n, skiff_bin(), "s");
+        let initial = c.initial_cluster_of();
+        for m in &mut c.members {
+            prepare(m, &initial);
+            let mut args = vec!["store".to_string()];
+            args.extend(member_flags(m, &initial));
+            m.args = args;
+        }
+        c.members_mut_start_all();
+        c.wait_ready();
+        c
+    }
+
     /// Starts a real etcd 3.4 (Debian's etcd-server) the same way.
     pub fn start_etcd(n: usize) -> Cluster {
         let mut c = Self::layout(n, PathBuf::from("etcd"), "e");
@@ -135,11 +151,53 @@ impl Cluster {
         m.child = Some(child);
     }
 
+    /// Prepares (does not start) a new Skiff member that will join this cluster with
+    /// `--initial-cluster-state existing`; `initial_cluster` must include it.
+    pub fn new_member(&mut self, name: &str) -> usize {
+        let m = Member {
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: self.dir.path().join(name),
+            log: self.dir.path().join(format!("{name}.log")),
+            child: None,
+            args: vec![],
+        };
+        self.members.push(m);
+        self.members.len() - 1
+    }
+
+    /// Starts member `i` (made by `new_member`) to join the cluster.
+    pub fn join_member(&mut self, i: usize, initial_cluster: &str) {
+        let mut args = vec!["store".to_string()];
+        args.extend(member_flags(&self.members[i], initial_cluster));
+        let n = args.len();
+        args[n - 1] = "existing".into();
+        self.members[i].args = args;
+        self.start_member(i);
+    }
+
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].peer_port)
+    }
+
     /// SIGKILLs member `i` and reaps it.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Whether member `i`'s process still runs (reaps it if it exited).
+    pub fn is_alive(&mut self, i: usize) -> bool {
+        match self.members[i].child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.members[i].child = None;
+                false
+            }
+            None => false,
         }
     }
 
