@@ -4,12 +4,12 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 UP_DIR ?= $(CURDIR)/.skiff
-# One build profile for everything (dependencies optimized, see Cargo.toml), so `make up`
-# and `make test` share a single rocksdb build. Benchmarks use `--release`.
+# One build profile for everything (optimized, see Cargo.toml), so `make up`, `make test`
+# and the benchmarks share a single rocksdb build.
 SKIFF := target/debug/skiff
-DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server
+DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server procps
 
-.PHONY: deps build up down test test-quick fmt clippy
+.PHONY: deps build up down test fmt clippy bench-vs-etcd
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -34,6 +34,11 @@ down:
 # which start real members and drive them with etcdctl, etcd-client and etcd 3.4.
 test: build
 	SKIFF_BIN=$(CURDIR)/$(SKIFF) $(CARGO) nextest run --workspace --no-fail-fast
+
+# Side-by-side benchmark against etcd 3.4 on this machine; rewrites docs/PERFORMANCE.md.
+# Takes about 10 minutes; QUICK=1 runs a tenth of the requests.
+bench-vs-etcd: deps
+	scripts/bench-vs-etcd.sh
 
 fmt:
 	$(CARGO) fmt --all

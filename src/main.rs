@@ -1,6 +1,7 @@
 //! `skiff`: one binary, one subcommand per component. This file only parses flags and
 //! hands plain values to the library crates.
 
+mod bench_cmd;
 mod endpoint;
 mod member_cmd;
 mod snapshot;
@@ -36,6 +37,8 @@ enum Command {
         #[command(subcommand)]
         command: member_cmd::MemberCommand,
     },
+    /// Load any etcd v3 endpoint (Skiff or etcd) and report throughput and latency.
+    Bench(bench_cmd::BenchArgs),
     /// Back up a store cluster and restore backups into new clusters.
     Snapshot {
         #[command(subcommand)]
@@ -152,6 +155,7 @@ fn main() -> ExitCode {
             Command::Endpoint { command } => endpoint::run(command).await,
             Command::Snapshot { command } => snapshot::run(command).await,
             Command::Member { command } => member_cmd::run(command).await,
+            Command::Bench(args) => bench_cmd::run(args).await,
         }
     });
     match result {

@@ -32,7 +32,7 @@ fn grant_attach_keepalive_revoke() {
     ok(ep, &["put", "lk1", "v", &format!("--lease={id}")]);
     ok(ep, &["put", "lk2", "v", &format!("--lease={id}")]);
     let g = json(ep, &["get", "lk1"]);
-    assert_eq!(format!("{:x}", g["kvs"][0]["lease"].as_i64().unwrap()), id);
+    assert_eq!(format!("{:016x}", g["kvs"][0]["lease"].as_i64().unwrap()), id);
     let ttl = ok(ep, &["lease", "timetolive", &id, "--keys"]);
     assert!(ttl.starts_with(&format!("lease {id} granted with TTL(100s), remaining(")), "{ttl}");
     assert!(ttl.trim_end().ends_with("attached keys([lk1 lk2])"), "{ttl}");

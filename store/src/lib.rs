@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
+pub mod batcher;
 pub mod config;
 pub mod db;
 pub mod errors;

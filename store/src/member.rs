@@ -50,6 +50,8 @@ pub struct Member {
     pub shared: Arc<Shared>,
     pub pool: PeerPool,
     reads: ReadCoalescer,
+    /// Groups concurrent client writes into one log entry (see `batcher`).
+    batcher: crate::batcher::Batcher,
     /// Serializes membership changes on the leader.
     pub(crate) membership_lock: Mutex<()>,
     /// Fires when this member learns it was removed from the cluster.
@@ -93,10 +95,10 @@ impl Member {
             let attempt = async {
                 let write = async {
                     let _gate = self.transfer.read().await;
-                    self.raft.client_write(cmd.clone()).await
+                    self.batcher.write(cmd.clone()).await
                 };
                 match write.await {
-                    Ok(resp) => Ok(resp.data),
+                    Ok(resp) => Ok(resp),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
                         Some(node) if f.leader_id != Some(self.id) => {
                             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -117,6 +119,7 @@ impl Member {
                 Ok(Ok(CommandResponse::Encoded(b))) => return Ok(b),
                 Ok(Ok(CommandResponse::Empty)) => return Ok(Vec::new()),
                 Ok(Ok(CommandResponse::Error(e))) => return Err(e),
+                Ok(Ok(CommandResponse::Batch(_))) => return Err(EtcdError::internal("unexpected group response")),
                 Ok(Err(e)) if retryable(&e) => {
                     if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
                         return Err(e);
@@ -133,11 +136,11 @@ impl Member {
         match req {
             ForwardRequest::Write(cmd) => match async {
                 let _gate = self.transfer.read().await;
-                self.raft.client_write(cmd).await
+                self.batcher.write(cmd).await
             }
             .await
             {
-                Ok(r) => ForwardResponse::Write(r.data),
+                Ok(r) => ForwardResponse::Write(r),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     ForwardResponse::Error(EtcdError::leader_changed())
                 }
@@ -367,6 +370,7 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
         shared,
         pool,
         reads: ReadCoalescer::default(),
+        batcher: crate::batcher::Batcher::start(raft.clone()),
         membership_lock: Mutex::new(()),
         removed: tokio::sync::Notify::new(),
         transfer: tokio::sync::RwLock::new(()),

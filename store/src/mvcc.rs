@@ -619,18 +619,33 @@ pub fn txn_is_serializable(req: &PbTxnRequest) -> bool {
     })
 }
 
-/// Turns requests into one write batch and at most one new revision. A writer belongs
-/// to one applied command; `finish` hands back the batch and what watchers must see.
+/// A write staged by the current command, applied to the batch only if it succeeds.
+enum Staged {
+    Put(&'static str, Vec<u8>, Vec<u8>),
+    Delete(&'static str, Vec<u8>),
+    DeleteRange(&'static str, Vec<u8>, Vec<u8>),
+}
+
+/// Turns requests into one rocksdb write batch: one or several commands (a raft entry
+/// may carry a group of client writes), each making at most one new revision. Every
+/// command sees the writes of the commands before it (`overlay`); a failed command
+/// leaves no trace (`end_command(false)`). `finish` hands back the batch and what
+/// watchers must see, revision by revision.
 pub struct Writer<'a> {
     view: View<'a>,
     db: &'a DB,
     batch: WriteBatch,
-    /// The revision before this command.
+    /// The revision before the current command.
     base_rev: i64,
-    /// Keys changed by this command so far, and their new state (None = deleted).
+    /// Keys changed by this writer's commands so far, and their new state (None = deleted).
     overlay: BTreeMap<Vec<u8>, Option<PbKeyValue>>,
+    /// The current command's changes, revision log, staged writes and overlay undo log.
     changes: Vec<Change>,
     rev_log: Vec<(bool, Vec<u8>)>,
+    staged: Vec<Staged>,
+    undo: Vec<(Vec<u8>, Option<Option<PbKeyValue>>)>,
+    /// Finished commands' revisions.
+    done: Vec<RevisionChanges>,
     /// A NOSPACE alarm is raised: puts and lease grants are refused.
     capped: bool,
 }
@@ -647,8 +662,62 @@ impl<'a> Writer<'a> {
             overlay: BTreeMap::new(),
             changes: Vec::new(),
             rev_log: Vec::new(),
+            staged: Vec::new(),
+            undo: Vec::new(),
+            done: Vec::new(),
             capped: false,
         })
+    }
+
+    fn put_cf(&mut self, cf: &'static str, k: impl Into<Vec<u8>>, v: impl Into<Vec<u8>>) {
+        self.staged.push(Staged::Put(cf, k.into(), v.into()));
+    }
+
+    fn delete_cf(&mut self, cf: &'static str, k: impl Into<Vec<u8>>) {
+        self.staged.push(Staged::Delete(cf, k.into()));
+    }
+
+    fn set_overlay(&mut self, key: Vec<u8>, value: Option<PbKeyValue>) {
+        let before = self.overlay.insert(key.clone(), value);
+        self.undo.push((key, before));
+    }
+
+    /// Stages a state-machine metadata write as part of the current command.
+    pub fn put_meta(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.put_cf(CF_META, key, value);
+    }
+
+    /// Closes the current command: keeps its writes and its revision if it succeeded,
+    /// forgets them if it failed.
+    pub fn end_command(&mut self, ok: bool) {
+        if ok {
+            if !self.rev_log.is_empty() {
+                let rev = self.base_rev + 1;
+                let log = encode_rev_log(&std::mem::take(&mut self.rev_log));
+                self.put_cf(CF_REVS, keys::rev_key(rev).to_vec(), log);
+                self.put_cf(CF_META, META_REV.to_vec(), rev.to_be_bytes().to_vec());
+                self.done.push(RevisionChanges { rev, changes: std::mem::take(&mut self.changes) });
+                self.base_rev = rev;
+            }
+            for op in std::mem::take(&mut self.staged) {
+                match op {
+                    Staged::Put(c, k, v) => self.batch.put_cf(cf(self.db, c), k, v),
+                    Staged::Delete(c, k) => self.batch.delete_cf(cf(self.db, c), k),
+                    Staged::DeleteRange(c, a, b) => self.batch.delete_range_cf(cf(self.db, c), a, b),
+                }
+            }
+        } else {
+            for (k, before) in std::mem::take(&mut self.undo).into_iter().rev() {
+                match before {
+                    Some(v) => self.overlay.insert(k, v),
+                    None => self.overlay.remove(&k),
+                };
+            }
+            self.staged.clear();
+        }
+        self.undo.clear();
+        self.rev_log.clear();
+        self.changes.clear();
     }
 
     /// Refuses space-consuming requests while a NOSPACE alarm is raised (etcd's capped
@@ -704,18 +773,18 @@ impl<'a> Writer<'a> {
                 req.value.clone()
             },
         };
-        self.batch.put_cf(cf(self.db, CF_KV), keys::version_key(&req.key, rev), rec.encode());
+        self.put_cf(CF_KV, keys::version_key(&req.key, rev), rec.encode());
         let old_lease = prev.as_ref().map_or(0, |p| p.lease);
         if old_lease != lease {
             if old_lease != 0 {
-                self.batch.delete_cf(cf(self.db, CF_META), lease_attach_key(old_lease, &req.key));
+                self.delete_cf(CF_META, lease_attach_key(old_lease, &req.key));
             }
             if lease != 0 {
-                self.batch.put_cf(cf(self.db, CF_META), lease_attach_key(lease, &req.key), []);
+                self.put_cf(CF_META, lease_attach_key(lease, &req.key), []);
             }
         }
         let kv = rec.to_kv(&req.key, rev, false);
-        self.overlay.insert(req.key.clone(), Some(kv.clone()));
+        self.set_overlay(req.key.clone(), Some(kv.clone()));
         self.rev_log.push((false, req.key.clone()));
         self.changes.push(Change { delete: false, kv, prev: prev.clone() });
         Ok(PbPutResponse { header: Some(header(rev)), prev_kv: if req.prev_kv { prev } else { None } })
@@ -727,11 +796,11 @@ impl<'a> Writer<'a> {
         let victims = self.live_in(&range)?;
         let rev = self.new_rev();
         for prev in &victims {
-            self.batch.put_cf(cf(self.db, CF_KV), keys::version_key(&prev.key, rev), Record::tombstone().encode());
+            self.put_cf(CF_KV, keys::version_key(&prev.key, rev), Record::tombstone().encode());
             if prev.lease != 0 {
-                self.batch.delete_cf(cf(self.db, CF_META), lease_attach_key(prev.lease, &prev.key));
+                self.delete_cf(CF_META, lease_attach_key(prev.lease, &prev.key));
             }
-            self.overlay.insert(prev.key.clone(), None);
+            self.set_overlay(prev.key.clone(), None);
             self.rev_log.push((true, prev.key.clone()));
             self.changes.push(Change {
                 delete: true,
@@ -797,9 +866,10 @@ impl<'a> Writer<'a> {
 
     fn compare(&self, c: &PbCompare) -> EtcdResult<bool> {
         let range = KeyRange::new(&c.key, &c.range_end);
+        // Through the overlay: earlier commands of this writer are part of the state.
         let kvs = match &range {
-            KeyRange::Single(k) => self.view.get(k, self.base_rev)?.into_iter().collect(),
-            _ => self.view.scan(&range, self.base_rev, 0, false, false)?.0,
+            KeyRange::Single(k) => self.current(k)?.into_iter().collect(),
+            _ => self.live_in(&range)?,
         };
         let target = PbCompareTarget::try_from(c.target).unwrap_or(PbCompareTarget::Version);
         if kvs.is_empty() {
@@ -868,7 +938,7 @@ impl<'a> Writer<'a> {
         if self.view.lease_ttl(id)?.is_some() {
             return Err(EtcdError::new(tonic::Code::FailedPrecondition, "etcdserver: lease already exists"));
         }
-        self.batch.put_cf(cf(self.db, CF_META), lease_key(id), ttl.to_be_bytes());
+        self.put_cf(CF_META, lease_key(id), ttl.to_be_bytes());
         Ok(())
     }
 
@@ -876,8 +946,8 @@ impl<'a> Writer<'a> {
     pub fn alarm(&mut self, activate: bool, member: u64, alarm: i32) -> EtcdResult<bool> {
         let present = self.view.alarms()?.contains(&(member, alarm));
         match (activate, present) {
-            (true, false) => self.batch.put_cf(cf(self.db, CF_META), alarm_key(member, alarm), []),
-            (false, true) => self.batch.delete_cf(cf(self.db, CF_META), alarm_key(member, alarm)),
+            (true, false) => self.put_cf(CF_META, alarm_key(member, alarm), []),
+            (false, true) => self.delete_cf(CF_META, alarm_key(member, alarm)),
             _ => return Ok(false),
         }
         Ok(true)
@@ -891,7 +961,7 @@ impl<'a> Writer<'a> {
         for key in self.view.lease_keys(id)? {
             self.delete_range(&PbDeleteRequest { key, ..Default::default() })?;
         }
-        self.batch.delete_cf(cf(self.db, CF_META), lease_key(id));
+        self.delete_cf(CF_META, lease_key(id));
         Ok(())
     }
 
@@ -935,32 +1005,35 @@ impl<'a> Writer<'a> {
                 let k = it.key().unwrap();
                 let keep = newest && !Record::decode(it.value().unwrap()).is_some_and(|r| r.tombstone);
                 if !keep {
-                    self.batch.delete_cf(kv_cf, k);
+                    self.staged.push(Staged::Delete(CF_KV, k.to_vec()));
                 }
                 newest = false;
                 it.next();
             }
             it.status().map_err(EtcdError::internal)?;
         }
-        self.batch.delete_range_cf(cf(self.db, CF_REVS), keys::rev_key(0), keys::rev_key(rev));
-        self.batch.put_cf(cf(self.db, CF_META), META_COMPACT, rev.to_be_bytes());
+        self.staged.push(Staged::DeleteRange(CF_REVS, keys::rev_key(0).to_vec(), keys::rev_key(rev).to_vec()));
+        self.put_cf(CF_META, META_COMPACT.to_vec(), rev.to_be_bytes().to_vec());
         Ok(())
     }
 
-    /// Ends the command: records the new revision (if any) and returns the batch and the
-    /// changes to publish to watchers.
-    pub fn finish(mut self) -> (WriteBatch, Option<RevisionChanges>) {
-        if self.rev_log.is_empty() {
-            return (self.batch, None);
+    /// Ends the writer: the batch, and the changes to publish to watchers, per revision.
+    /// A command still open counts as succeeded.
+    pub fn finish(mut self) -> (WriteBatch, Vec<RevisionChanges>) {
+        if !self.staged.is_empty() || !self.rev_log.is_empty() {
+            self.end_command(true);
         }
-        let rev = self.new_rev();
-        self.batch.put_cf(cf(self.db, CF_REVS), keys::rev_key(rev), encode_rev_log(&self.rev_log));
-        self.batch.put_cf(cf(self.db, CF_META), META_REV, rev.to_be_bytes());
-        (self.batch, Some(RevisionChanges { rev, changes: self.changes }))
+        (self.batch, self.done)
     }
 
+    /// The revision before the current command.
     pub fn base_rev(&self) -> i64 {
         self.base_rev
+    }
+
+    /// The revision a response to the current command reports.
+    pub fn response_rev(&self) -> i64 {
+        self.visible_rev()
     }
 }
 
@@ -985,5 +1058,50 @@ fn compare_kv(c: &PbCompare, target: PbCompareTarget, kv: &PbKeyValue) -> bool {
         2 => ord == Ordering::Less,
         3 => ord != Ordering::Equal,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> PbPutRequest {
+        PbPutRequest { key: key.into(), value: value.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_group_of_commands_is_one_write_with_one_revision_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let mut w = Writer::new(&db, WriteBatch::default()).unwrap();
+        assert_eq!(w.put(&put("a", "1")).unwrap().header.unwrap().revision, 2);
+        w.end_command(true);
+        // A command that fails halfway leaves nothing behind, not even its first put.
+        let bad = PbTxnRequest {
+            success: vec![
+                PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestPut(put("b", "x"))) },
+                PbTxnRequestOp {
+                    request: Some(PbTxnOpRequest::RequestPut(PbPutRequest { lease: 99, ..put("c", "y") })),
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(w.txn(&bad).unwrap_err(), EtcdError::lease_not_found());
+        w.end_command(false);
+        // Later commands see earlier ones: version 2 of "a", prev value "1".
+        let r = w.put(&PbPutRequest { prev_kv: true, ..put("a", "2") }).unwrap();
+        assert_eq!(r.header.unwrap().revision, 3);
+        assert_eq!(r.prev_kv.unwrap().value, b"1");
+        w.end_command(true);
+        let (batch, revisions) = w.finish();
+        assert_eq!(revisions.iter().map(|r| r.rev).collect::<Vec<_>>(), [2, 3]);
+        // Nothing is visible before the batch is written, everything after.
+        assert_eq!(View::new(&db).current_rev().unwrap(), 1);
+        db.write(batch).unwrap();
+        let v = View::new(&db);
+        assert_eq!(v.current_rev().unwrap(), 3);
+        assert_eq!(v.get(b"a", 3).unwrap().unwrap().version, 2);
+        assert!(v.get(b"b", 3).unwrap().is_none());
+        assert_eq!(v.changes(1, 3, &KeyRange::Span(vec![0], None), 10).unwrap().len(), 2);
     }
 }

@@ -132,14 +132,12 @@ impl StateMachine {
         }
     }
 
-    /// Runs one command against the store. On error nothing of it is kept.
-    fn execute(&self, cmd: Command) -> Outcome {
-        let db = &self.shared.db;
-        let mut lease = None;
-        let mut alarms_changed = false;
-        let result = (|| -> EtcdResult<(Vec<u8>, WriteBatch, Option<RevisionChanges>)> {
-            let mut w = Writer::new(db, WriteBatch::default())?.capped(self.shared.nospace.load(Ordering::SeqCst));
-            let bytes = match cmd {
+    /// Runs one command in `w` (a group's commands share one writer, so the group is one
+    /// atomic write). On error nothing of the command is kept.
+    fn execute(&self, w: &mut Writer, cmd: Command, effects: &mut Vec<Effect>) -> CommandResponse {
+        let mut effect = None;
+        let result = (|| -> EtcdResult<Vec<u8>> {
+            Ok(match cmd {
                 Command::Put(b) => w.put(&decode::<PbPutRequest>(&b)?)?.encode_to_vec(),
                 Command::DeleteRange(b) => w.delete_range(&decode::<PbDeleteRequest>(&b)?)?.encode_to_vec(),
                 Command::Txn(b) => w.txn(&decode::<PbTxnRequest>(&b)?)?.encode_to_vec(),
@@ -149,68 +147,47 @@ impl StateMachine {
                 }
                 Command::LeaseGrant { id, ttl } => {
                     w.lease_grant(id, ttl)?;
-                    lease = Some(LeaseEffect::Granted(id, ttl));
+                    effect = Some(Effect::Granted(id, ttl));
                     PbLeaseGrantResponse { header: Some(mvcc::header(w.base_rev())), id, ttl, error: String::new() }
                         .encode_to_vec()
                 }
                 Command::LeaseRevoke { id } => {
                     w.lease_revoke(id)?;
-                    lease = Some(LeaseEffect::Revoked(id));
-                    // The header revision is filled in below, once it is known.
-                    Vec::new()
+                    effect = Some(Effect::Revoked(id));
+                    PbLeaseRevokeResponse { header: Some(mvcc::header(w.response_rev())) }.encode_to_vec()
                 }
                 Command::Alarm { activate, member_id, alarm } => {
                     let changed = w.alarm(activate, member_id, alarm)?;
-                    alarms_changed = true;
+                    effect = Some(Effect::Alarms);
                     let alarms = if changed { vec![PbAlarmMember { member_id, alarm }] } else { vec![] };
                     PbAlarmResponse { header: Some(mvcc::header(w.base_rev())), alarms }.encode_to_vec()
                 }
                 Command::Publish { member_id, name, client_urls } => {
-                    let (mut batch, _) = w.finish();
                     let mut key = META_MEMBER_PREFIX.to_vec();
                     key.extend_from_slice(&member_id.to_be_bytes());
                     let attrs = serde_json::to_vec(&MemberAttrs { name, client_urls }).map_err(EtcdError::internal)?;
-                    batch.put_cf(cf(db, CF_META), key, attrs);
-                    return Ok((Vec::new(), batch, None));
+                    w.put_meta(key, attrs);
+                    Vec::new()
                 }
-            };
-            let base = w.base_rev();
-            let (batch, changes) = w.finish();
-            let bytes = if matches!(lease, Some(LeaseEffect::Revoked(_))) {
-                let rev = changes.as_ref().map_or(base, |c| c.rev);
-                PbLeaseRevokeResponse { header: Some(mvcc::header(rev)) }.encode_to_vec()
-            } else {
-                bytes
-            };
-            Ok((bytes, batch, changes))
+                Command::Batch(_) => return Err(EtcdError::internal("nested command batch")),
+            })
         })();
+        w.end_command(result.is_ok());
         match result {
-            Ok((bytes, batch, changes)) => {
-                Outcome { batch, resp: CommandResponse::Encoded(bytes), changes, lease, alarms_changed }
+            Ok(bytes) => {
+                effects.extend(effect);
+                CommandResponse::Encoded(bytes)
             }
-            Err(e) => Outcome {
-                batch: WriteBatch::default(),
-                resp: CommandResponse::Error(e),
-                changes: None,
-                lease: None,
-                alarms_changed: false,
-            },
+            Err(e) => CommandResponse::Error(e),
         }
     }
 }
 
-/// What applying one command produced.
-struct Outcome {
-    batch: WriteBatch,
-    resp: CommandResponse,
-    changes: Option<RevisionChanges>,
-    lease: Option<LeaseEffect>,
-    alarms_changed: bool,
-}
-
-enum LeaseEffect {
+/// What applying a command changes besides the store, done once the write is durable.
+enum Effect {
     Granted(i64, i64),
     Revoked(i64),
+    Alarms,
 }
 
 fn decode<M: Message + Default>(b: &[u8]) -> EtcdResult<M> {
@@ -235,43 +212,42 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
-            let none = |batch| Outcome {
-                batch,
-                resp: CommandResponse::Empty,
-                changes: None,
-                lease: None,
-                alarms_changed: false,
-            };
-            let Outcome { mut batch, resp, changes, lease, alarms_changed } = match entry.payload {
-                EntryPayload::Blank => none(WriteBatch::default()),
+            let capped = self.shared.nospace.load(Ordering::SeqCst);
+            let mut w = Writer::new(&db, WriteBatch::default()).map_err(|e| sm_err(ErrorVerb::Read, e))?.capped(capped);
+            let mut effects = Vec::new();
+            let resp = match entry.payload {
+                EntryPayload::Blank => CommandResponse::Empty,
                 EntryPayload::Membership(m) => {
-                    let mut b = WriteBatch::default();
                     let stored = StoredMembership::new(Some(log_id), m);
-                    b.put_cf(
-                        cf(&db, CF_META),
-                        META_MEMBERSHIP,
-                        bincode::serialize(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?,
-                    );
-                    none(b)
+                    let bytes = bincode::serialize(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                    w.put_meta(META_MEMBERSHIP.to_vec(), bytes);
+                    CommandResponse::Empty
                 }
-                EntryPayload::Normal(cmd) => self.execute(cmd),
+                // A group of client writes: one entry, one atomic write, one revision each.
+                EntryPayload::Normal(Command::Batch(cmds)) => {
+                    CommandResponse::Batch(cmds.into_iter().map(|c| self.execute(&mut w, c, &mut effects)).collect())
+                }
+                EntryPayload::Normal(cmd) => self.execute(&mut w, cmd, &mut effects),
             };
+            let (mut batch, revisions) = w.finish();
             batch.put_cf(
                 cf(&db, CF_META),
                 META_APPLIED,
                 bincode::serialize(&log_id).map_err(|e| sm_err(ErrorVerb::Write, e))?,
             );
             db.write(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            if alarms_changed {
-                let alarms = mvcc::View::new(&db).alarms().map_err(|e| sm_err(ErrorVerb::Read, e))?;
-                self.shared.nospace.store(alarms.iter().any(|(_, a)| *a == mvcc::ALARM_NOSPACE), Ordering::SeqCst);
+            for effect in effects {
+                match effect {
+                    Effect::Granted(id, ttl) => self.shared.lessor.granted(id, ttl),
+                    Effect::Revoked(id) => self.shared.lessor.revoked(id),
+                    Effect::Alarms => {
+                        let alarms = mvcc::View::new(&db).alarms().map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                        let nospace = alarms.iter().any(|(_, a)| *a == mvcc::ALARM_NOSPACE);
+                        self.shared.nospace.store(nospace, Ordering::SeqCst);
+                    }
+                }
             }
-            match lease {
-                Some(LeaseEffect::Granted(id, ttl)) => self.shared.lessor.granted(id, ttl),
-                Some(LeaseEffect::Revoked(id)) => self.shared.lessor.revoked(id),
-                None => {}
-            }
-            if let Some(changes) = changes {
+            for changes in revisions {
                 self.shared.current_rev.store(changes.rev, Ordering::SeqCst);
                 let _ = self.shared.hub.send(Arc::new(HubMsg::Changes(changes)));
             }

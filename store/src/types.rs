@@ -47,6 +47,9 @@ pub enum Command {
         member_id: u64,
         alarm: i32,
     },
+    /// Client writes grouped into one log entry by the leader (see `batcher`); applied in
+    /// order as one atomic write, each making its own revision.
+    Batch(Vec<Command>),
     /// A member announces its name and client URLs (what `member list` shows).
     Publish {
         member_id: u64,
@@ -63,6 +66,8 @@ pub enum CommandResponse {
     Empty,
     Encoded(Vec<u8>),
     Error(EtcdError),
+    /// The responses to a `Command::Batch`, in order.
+    Batch(Vec<CommandResponse>),
 }
 
 openraft::declare_raft_types!(
