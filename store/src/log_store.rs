@@ -23,10 +23,17 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
 const KEY_COMMITTED: &[u8] = b"committed";
 
+/// The newest entries, kept in memory so that replication (which reads every entry it
+/// sends) costs neither a rocksdb read nor a decode. Always a suffix of the stored log.
+const CACHE_ENTRIES: usize = 4096;
+
+type Cache = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>>;
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
     syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
+    cache: Cache,
 }
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -53,7 +60,7 @@ impl LogStore {
                 }
             })
             .expect("spawning the WAL sync thread");
-        LogStore { db, syncer: tx }
+        LogStore { db, syncer: tx, cache: Default::default() }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -97,6 +104,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
         };
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.first_key_value().is_some_and(|(first, _)| *first <= start) {
+                return Ok(cache.range(range).map(|(_, e)| e.clone()).collect());
+            }
+        }
         let mut out = Vec::new();
         let it =
             self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&keys::log_key(start), Direction::Forward));
@@ -152,12 +165,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut b = WriteBatch::default();
         let log_cf = cf(&self.db, CF_LOG);
+        let mut appended = Vec::new();
         for e in entries {
             let bytes =
                 bincode::serialize(&e).map_err(|err| io_err(ErrorSubject::Log(e.log_id), ErrorVerb::Write, err))?;
             b.put_cf(log_cf, keys::log_key(e.log_id.index), bytes);
+            appended.push(e);
         }
         self.write(b, false).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            // Appends are contiguous: an entry that does not follow the cache starts it anew.
+            if let Some(first) = appended.first() {
+                if cache.last_key_value().is_some_and(|(last, _)| last + 1 != first.log_id.index) {
+                    cache.clear();
+                }
+            }
+            for e in appended {
+                cache.insert(e.log_id.index, e);
+            }
+            while cache.len() > CACHE_ENTRIES {
+                cache.pop_first();
+            }
+        }
         // Durable once the syncer's next flush_wal(sync) returns; see the module docs.
         self.syncer
             .send(callback)
@@ -165,12 +195,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).split_off(&log_id.index);
         let mut b = WriteBatch::default();
         b.delete_range_cf(cf(&self.db, CF_LOG), keys::log_key(log_id.index), keys::log_key(u64::MAX));
         self.write(b, false).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            *cache = cache.split_off(&(log_id.index + 1));
+        }
         // One batch records the purge point and deletes up to it, so no hole can appear.
         let mut b = WriteBatch::default();
         b.put_cf(cf(&self.db, CF_RAFT), KEY_PURGED, bincode::serialize(&log_id).expect("a log id serializes"));

@@ -28,10 +28,11 @@ impl fmt::Display for MemberNode {
 /// One state-machine command. Request payloads are prost-encoded etcd messages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put(Vec<u8>),
-    DeleteRange(Vec<u8>),
-    Txn(Vec<u8>),
-    Compact(Vec<u8>),
+    // serde_bytes: (de)serialized as one byte string, not element by element.
+    Put(#[serde(with = "serde_bytes")] Vec<u8>),
+    DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
+    Txn(#[serde(with = "serde_bytes")] Vec<u8>),
+    Compact(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Creates lease `id` (chosen by the proposer) with a TTL in seconds.
     LeaseGrant {
         id: i64,
@@ -64,7 +65,7 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResponse {
     Empty,
-    Encoded(Vec<u8>),
+    Encoded(#[serde(with = "serde_bytes")] Vec<u8>),
     Error(EtcdError),
     /// The responses to a `Command::Batch`, in order.
     Batch(Vec<CommandResponse>),

@@ -67,6 +67,7 @@ impl Cluster {
         }
         c.members_mut_start_all();
         c.wait_ready();
+        c.wait_started();
         c
     }
 
@@ -83,6 +84,7 @@ impl Cluster {
         }
         c.members_mut_start_all();
         c.wait_ready();
+        c.wait_started();
         c
     }
 
@@ -99,6 +101,7 @@ impl Cluster {
         }
         c.members_mut_start_all();
         c.wait_ready();
+        c.wait_started();
         c
     }
 
@@ -229,6 +232,21 @@ impl Cluster {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+        }
+    }
+
+    /// Waits until `member list` shows every member started (it has published its name
+    /// and client URLs, which happens just after it first serves).
+    pub fn wait_started(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = etcdctl(&self.running_endpoints(), &["member", "list"]);
+            let started = String::from_utf8_lossy(&out.stdout).matches(", started, ").count();
+            if started >= self.members.len() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "members never all started:\n{}", text(&out));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
