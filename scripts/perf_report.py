@@ -81,4 +81,8 @@ w("Workload details: `put`/`range` pick random keys; `txn-put` is Kubernetes' up
 w("mod_revision(key) == last seen then put else get); `watch` measures the delay from a put's send time to")
 w("its delivery to each of 10,000 watchers on one prefix; the offered-load row paces requests at a fixed rate")
 w("and measures latency from each request's scheduled time. See `skiff bench --help`.")
+notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "perf_notes.md")
+if os.path.exists(notes):
+    w("")
+    w(open(notes).read().rstrip())
 print("\n".join(out))

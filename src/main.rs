@@ -190,6 +190,6 @@ async fn run_store(args: StoreArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(5), member.raft.shutdown()).await;
+    member.shutdown().await;
     Ok(())
 }

@@ -214,6 +214,21 @@ impl Member {
         }
     }
 
+    /// Stops raft and flushes rocksdb's memtables, so the next start does not replay the
+    /// WAL (a killed member replays it; that is what the WAL is for).
+    pub async fn shutdown(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.raft.shutdown()).await;
+        let db = self.db().clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let handles: Vec<_> = crate::db::ALL_CFS.iter().map(|n| crate::db::cf(&db, n)).collect();
+            db.flush_cfs_opt(&handles, &rocksdb::FlushOptions::default())
+        })
+        .await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!("flushing the database at shutdown failed: {e}");
+        }
+    }
+
     pub fn is_learner(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         m.state == ServerState::Learner

@@ -16,9 +16,28 @@ pub fn skiff_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_skiff"))
 }
 
-/// A free loopback port (bound then released; collisions are unlikely, not impossible).
+/// A free loopback port below the kernel's ephemeral range (32768+), so no outgoing
+/// connection takes it between this check and the member binding it; chosen at random
+/// so parallel test processes rarely pick the same one, and never twice in one process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut x = seed ^ ((std::process::id() as u64) << 32) | 1;
+    loop {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 10000 + (x % 22000) as u16;
+        let mut given = GIVEN.lock().unwrap();
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub struct Member {
