@@ -119,6 +119,15 @@ impl Recorder {
         }
     }
 
+    /// Records a request scheduled at `due`: its latency if it succeeded, an error if not.
+    fn outcome(&self, local: &mut Vec<u32>, ok: bool, due: Instant) {
+        if ok {
+            self.add(local, due.elapsed());
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn flush(&self, local: &mut Vec<u32>) {
         self.samples.lock().unwrap().append(local);
     }
@@ -303,11 +312,7 @@ async fn run_requests(cfg: &Config, clients: &[Client], rec: &Arc<Recorder>, pac
                     }
                     _ => unreachable!("handled elsewhere"),
                 };
-                if ok {
-                    rec.add(&mut local, due.elapsed());
-                } else {
-                    rec.errors.fetch_add(1, Ordering::Relaxed);
-                }
+                rec.outcome(&mut local, ok, due);
             }
             rec.flush(&mut local);
         }));
@@ -420,11 +425,7 @@ async fn run_keepalive(
                 let (keeper, stream) = &mut keepers[i % n];
                 i += 1;
                 let ok = keeper.keep_alive().await.is_ok() && matches!(stream.message().await, Ok(Some(_)));
-                if ok {
-                    rec.add(&mut local, due.elapsed());
-                } else {
-                    rec.errors.fetch_add(1, Ordering::Relaxed);
-                }
+                rec.outcome(&mut local, ok, due);
             }
             rec.flush(&mut local);
         }));

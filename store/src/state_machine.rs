@@ -300,7 +300,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             remove_other_snapshots(&shared.snap_dir, &final_path);
             let rev = mvcc::View::new(&shared.db).current_rev().map_err(|e| sm_err(ErrorVerb::Read, e))?;
             shared.current_rev.store(rev, Ordering::SeqCst);
-            shared.lessor.reload(mvcc::View::new(&shared.db).leases().map_err(|e| sm_err(ErrorVerb::Read, e))?);
+            let view = mvcc::View::new(&shared.db);
+            shared.lessor.reload(view.leases().map_err(|e| sm_err(ErrorVerb::Read, e))?);
+            let alarms = view.alarms().map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            shared.nospace.store(alarms.iter().any(|(_, a)| *a == mvcc::ALARM_NOSPACE), Ordering::SeqCst);
+            drop(view);
             let _ = shared.hub.send(Arc::new(HubMsg::Reset));
             tracing::info!("installed snapshot {} (revision {rev})", meta.snapshot_id);
             Ok(())
