@@ -16,7 +16,6 @@ use etcd_client::proto::{
     PbLeaseLeasesResponse, PbLeaseRevokeRequest, PbLeaseRevokeResponse, PbLeaseService, PbLeaseStatus,
     PbLeaseTimeToLiveRequest, PbLeaseTimeToLiveResponse,
 };
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -25,6 +24,7 @@ use crate::errors::{EtcdError, EtcdResult};
 use crate::member::Member;
 use crate::mvcc::View;
 use crate::peer::{ForwardRequest, ForwardResponse};
+use crate::server::decode_reply;
 use crate::types::Command;
 
 /// etcd's largest TTL.
@@ -194,10 +194,6 @@ impl Member {
             _ => ForwardResponse::Error(EtcdError::internal("not a lease request")),
         }
     }
-}
-
-fn decode_reply<M: Message + Default>(b: &[u8]) -> EtcdResult<M> {
-    M::decode(b).map_err(EtcdError::internal)
 }
 
 /// A lease id nobody chose: time and member id mixed, positive, never 0.

@@ -151,7 +151,8 @@ impl Member {
     }
 }
 
-fn decode_reply<M: Message + Default>(b: &[u8]) -> EtcdResult<M> {
+/// Decodes the etcd response the state machine encoded for a committed command.
+pub(crate) fn decode_reply<M: Message + Default>(b: &[u8]) -> EtcdResult<M> {
     M::decode(b).map_err(EtcdError::internal)
 }
 
