@@ -82,7 +82,9 @@ impl Member {
 
     /// The leader's id and address, if this member knows of one.
     pub fn leader(&self) -> Option<(u64, MemberNode)> {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrow, not clone: this runs on every read barrier and forwarded request.
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let leader = m.current_leader?;
         let node = m.membership_config.membership().get_node(&leader).cloned()?;
         Some((leader, node))
@@ -230,8 +232,7 @@ impl Member {
     }
 
     pub fn is_learner(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.state == ServerState::Learner
+        self.raft.metrics().borrow().state == ServerState::Learner
     }
 }
 
