@@ -2,6 +2,7 @@
 //! hands plain values to the library crates.
 
 mod bench_cmd;
+mod chaos_cmd;
 mod endpoint;
 mod member_cmd;
 mod snapshot;
@@ -47,6 +48,11 @@ enum Command {
     Snapshot {
         #[command(subcommand)]
         command: snapshot::SnapshotCommand,
+    },
+    /// Kill, pause and partition store members under load and check that nothing was lost.
+    Chaos {
+        #[command(subcommand)]
+        command: chaos_cmd::ChaosCommand,
     },
 }
 
@@ -160,10 +166,12 @@ fn main() -> ExitCode {
             Command::Snapshot { command } => snapshot::run(command).await,
             Command::Member { command } => member_cmd::run(command).await,
             Command::Bench(args) => bench_cmd::run(args).await,
+            Command::Chaos { command } => return chaos_cmd::run(command).await,
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("Error: {e:#}");
             ExitCode::FAILURE

@@ -364,8 +364,12 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
     let raft_config = openraft::Config {
         cluster_name: "skiff".into(),
         heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
-        election_timeout_min: config.election_timeout.as_millis() as u64,
-        election_timeout_max: config.election_timeout.as_millis() as u64 * 2,
+        // openraft makes a follower wait for its leader lease (election_timeout_max) plus
+        // a random timeout in min..max after the last heartbeat before campaigning. These
+        // bounds put that wait at 1.25–1.5x --election-timeout, close to etcd's 1–2x;
+        // `min..2*min` would make it 3–4x and a dead leader cost seconds of writes.
+        election_timeout_min: config.election_timeout.as_millis() as u64 / 2,
+        election_timeout_max: config.election_timeout.as_millis() as u64 * 3 / 4,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 256,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
@@ -375,7 +379,7 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
         ..Default::default()
     }
     .validate()?;
-    let pool = PeerPool::default();
+    let pool = PeerPool::for_member(&config.listen_peer_urls);
     let raft = Raft::new(identity.member_id, Arc::new(raft_config), Network { pool: pool.clone() }, log, sm).await?;
 
     let member = Arc::new(Member {
@@ -426,7 +430,7 @@ pub(crate) fn initial_nodes(members: &[(String, Vec<String>)], token: &str) -> B
 /// `--initial-cluster` for the membership and finds this member's id (given by `member
 /// add`) by its peer URLs.
 async fn join_identity(config: &MemberConfig, members: &[(String, Vec<String>)]) -> anyhow::Result<Identity> {
-    let pool = PeerPool::default();
+    let pool = PeerPool::for_member(&config.listen_peer_urls);
     let mut mine = config.initial_advertise_peer_urls.clone();
     mine.sort();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

@@ -7,6 +7,7 @@
 //! cost nothing.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,9 +87,25 @@ pub fn decode<T: DeserializeOwned>(b: &Blob) -> Result<T, tonic::Status> {
 #[derive(Clone, Default)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Source address of outgoing peer connections (see [`PeerPool::for_member`]).
+    local: Option<IpAddr>,
 }
 
 impl PeerPool {
+    /// A pool whose connections leave from this member's own peer address when that
+    /// is a loopback address, so that members sharing a machine on 127.0.0.x addresses
+    /// can be told apart by the source of their connections (firewall rules, the
+    /// fault-injecting proxies of `skiff chaos`). Other addresses keep the kernel's
+    /// choice of source, which routing may need.
+    pub fn for_member(listen_peer_urls: &[String]) -> Self {
+        let local = listen_peer_urls
+            .first()
+            .and_then(|u| crate::config::parse_url(u).ok())
+            .map(|a| a.ip())
+            .filter(|ip| ip.is_loopback());
+        PeerPool { channels: Arc::default(), local }
+    }
+
     pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, String> {
         let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let channel = match map.get(url) {
@@ -97,6 +114,7 @@ impl PeerPool {
                 let c = Endpoint::from_shared(url.to_string())
                     .map_err(|e| format!("bad peer URL {url}: {e}"))?
                     .connect_timeout(Duration::from_millis(500))
+                    .local_address(self.local)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5))
