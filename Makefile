@@ -9,7 +9,7 @@ UP_DIR ?= $(CURDIR)/.skiff
 SKIFF := target/debug/skiff
 DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server procps
 
-.PHONY: deps build up down test fmt clippy bench-vs-etcd
+.PHONY: deps build up down test fmt clippy bench-vs-etcd chaos
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -39,6 +39,11 @@ test: build
 # Takes about 10 minutes; QUICK=1 runs a tenth of the requests.
 bench-vs-etcd: deps
 	scripts/bench-vs-etcd.sh
+
+# Long chaos runs (docs/chaos.md): 60 s on 3 and on 5 members, every fault kind.
+chaos: build
+	target/debug/skiff chaos run --members 3 --duration 60s --faults all --seed 3 --out chaos-out/3
+	target/debug/skiff chaos run --members 5 --duration 60s --faults all --seed 5 --out chaos-out/5
 
 fmt:
 	$(CARGO) fmt --all

@@ -4,6 +4,7 @@
 mod common;
 
 mod backup;
+mod chaos;
 mod client;
 mod crash;
 mod differential;

@@ -6,6 +6,9 @@ pub mod linearizable;
 pub mod log;
 pub mod watch;
 
+#[cfg(test)]
+mod tests;
+
 use crate::history::History;
 
 #[derive(Clone, Debug)]
