@@ -366,6 +366,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// How many lines of member `i`'s log contain `needle`.
+    pub fn log_lines(&self, i: usize, needle: &str) -> usize {
+        let path = self.opts.dir.join(format!("{}.log", self.members[i].name));
+        std::fs::read_to_string(path).map(|t| t.lines().filter(|l| l.contains(needle)).count()).unwrap_or(0)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.opts.dir
     }

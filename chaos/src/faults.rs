@@ -208,6 +208,7 @@ pub async fn execute(c: &mut Cluster, p: &Planned, ctx: &mut FaultContext) -> an
                 blocked.insert((f, o));
                 blocked.insert((o, f));
             }
+            let installs = c.log_lines(f, "installed snapshot");
             c.links.set(blocked);
             tokio::time::sleep(p.hold).await;
             let behind = applied_gap(c, f, l).await;
@@ -221,6 +222,11 @@ pub async fn execute(c: &mut Cluster, p: &Planned, ctx: &mut FaultContext) -> an
             while applied_gap(c, f, l).await.is_none_or(|g| g > 50) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            rec.detail += if c.log_lines(f, "installed snapshot") > installs {
+                "; it caught up by installing a snapshot"
+            } else {
+                "; it caught up from the leader's log"
+            };
         }
         Kind::Membership => {
             let t = if p.choice % 3 == 0 { l } else { follower(p.choice / 3) };

@@ -199,7 +199,12 @@ pub async fn client(
 ) {
     let mut rng = Rng::new(cfg.seed ^ (id as u64 + 1).wrapping_mul(0x5851_F42D_4C95_7F2D));
     let n = target.urls.len();
-    let mut member = id % n;
+    // Each client has a home member, leaves it for a random other one on an error and
+    // comes back after a run of successes, so the load stays spread over all members
+    // (clients moving in lockstep would all pile onto one).
+    let home = id % n;
+    let mut member = home;
+    let mut streak = 0;
     let mut clients: HashMap<usize, Client> = HashMap::new();
     let mut seq = 0u64;
     // The mod_revision this client last saw for each key, for its compare-and-swaps.
@@ -220,7 +225,7 @@ pub async fn client(
             None => match tokio::time::timeout(OP_TIMEOUT, connect(&target.urls[member])).await {
                 Ok(Ok(c)) => clients.entry(member).or_insert(c),
                 _ => {
-                    member = (member + 1) % n;
+                    member = (member + 1 + rng.below(n as u64 - 1) as usize) % n;
                     continue;
                 }
             },
@@ -280,9 +285,15 @@ pub async fn client(
                 true
             }
         };
-        if !ok {
+        if ok {
+            streak += 1;
+            if member != home && streak >= 20 {
+                member = home;
+            }
+        } else {
+            streak = 0;
             clients.remove(&member);
-            member = (member + 1) % n;
+            member = (member + 1 + rng.below(n as u64 - 1) as usize) % n;
         }
     }
 }

@@ -369,7 +369,7 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
         // bounds put that wait at 1.25–1.5x --election-timeout, close to etcd's 1–2x;
         // `min..2*min` would make it 3–4x and a dead leader cost seconds of writes.
         election_timeout_min: config.election_timeout.as_millis() as u64 / 2,
-        election_timeout_max: config.election_timeout.as_millis() as u64 * 3 / 4,
+        election_timeout_max: leader_lease(config.election_timeout).as_millis() as u64,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 256,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
@@ -413,6 +413,12 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
     tokio::spawn(publish_attributes(member.clone()));
     tokio::spawn(crate::lease::run_expiry(member.clone()));
     Ok(member)
+}
+
+/// How long a follower trusts a leader after its last heartbeat (openraft's leader
+/// lease, which is its `election_timeout_max`): 3/4 of `--election-timeout`.
+pub(crate) fn leader_lease(election_timeout: Duration) -> Duration {
+    election_timeout * 3 / 4
 }
 
 /// The bootstrap membership from `--initial-cluster`, with the ids every member derives

@@ -285,7 +285,7 @@ impl Member {
         if target == self.id {
             return Ok(());
         }
-        let lease = self.config.election_timeout * 2;
+        let lease = crate::member::leader_lease(self.config.election_timeout);
         let pause = lease * 3;
         let _writes = self.transfer.write().await;
         for v in voters.iter().filter(|v| **v != target && **v != self.id) {

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 pub fn skiff_bin() -> PathBuf {
     if let Ok(p) = std::env::var("SKIFF_BIN") {
-        return PathBuf::from(p);
+        // Absolute, so it still names the binary from a test's own working directory.
+        return std::fs::canonicalize(&p).unwrap_or_else(|_| PathBuf::from(p));
     }
     PathBuf::from(env!("CARGO_BIN_EXE_skiff"))
 }
