@@ -197,6 +197,18 @@ fn three_members_every_member_serves_every_request() {
         let g = json(&m.endpoint(), &["get", "via-follower"]);
         assert_eq!(g["kvs"][0]["mod_revision"], rev, "member {}", m.name);
     }
+    // As in etcd, a member answers a write once it has applied it itself: a serializable
+    // read right after it on the same member sees it.
+    for i in 0..20 {
+        ok(f, &["put", "ryw", &i.to_string()]);
+        assert_eq!(ok(f, &["get", "ryw", "--consistency=s", "--print-value-only"]), format!("{i}\n"));
+    }
+    // ... and a compaction through a follower holds there when it returns.
+    let r = json(f, &["put", "ryw", "last"]);
+    let rev = r["header"]["revision"].as_i64().unwrap();
+    ok(f, &["compact", &rev.to_string()]);
+    let w = etcdctl(f, &["watch", "ryw", "--rev", &(rev - 5).to_string()]);
+    assert!(text(&w).contains("required revision has been compacted"), "{}", text(&w));
     ok(l, &["put", "via-leader", "2"]);
     assert_eq!(ok(f, &["get", "via-leader", "--print-value-only"]), "2\n");
     let o = etcdctl_stdin(f, &["txn"], Some("value(\"via-leader\") = \"2\"\n\nput t ok\n\n\n"));

@@ -19,7 +19,8 @@ const MAX_IN_FLIGHT: usize = 4;
 const MAX_BATCH: usize = 512;
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
-pub type WriteResult = Result<CommandResponse, RaftError<u64, ClientWriteError<u64, MemberNode>>>;
+/// The command's response and the index of the raft entry that carried it.
+pub type WriteResult = Result<(CommandResponse, u64), RaftError<u64, ClientWriteError<u64, MemberNode>>>;
 
 type Job = (Command, oneshot::Sender<WriteResult>);
 
@@ -110,7 +111,7 @@ async fn drive(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>) {
             let _slot = slot;
             if jobs.len() == 1 {
                 let (cmd, tx) = jobs.pop().unwrap();
-                let _ = tx.send(raft.client_write(cmd).await.map(|r| r.data));
+                let _ = tx.send(raft.client_write(cmd).await.map(|r| (r.data, r.log_id.index)));
                 return;
             }
             let (cmds, txs): (Vec<Command>, Vec<_>) = jobs.into_iter().unzip();
@@ -118,13 +119,13 @@ async fn drive(raft: Raft, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Ok(r) => match r.data {
                     CommandResponse::Batch(resps) if resps.len() == txs.len() => {
                         for (tx, resp) in txs.into_iter().zip(resps) {
-                            let _ = tx.send(Ok(resp));
+                            let _ = tx.send(Ok((resp, r.log_id.index)));
                         }
                     }
                     other => {
                         let e = crate::errors::EtcdError::internal(format!("bad group response {other:?}"));
                         for tx in txs {
-                            let _ = tx.send(Ok(CommandResponse::Error(e.clone())));
+                            let _ = tx.send(Ok((CommandResponse::Error(e.clone()), r.log_id.index)));
                         }
                     }
                 },

@@ -100,12 +100,23 @@ impl Member {
                     self.batcher.write(cmd.clone()).await
                 };
                 match write.await {
-                    Ok(resp) => Ok(resp),
+                    Ok((resp, _)) => Ok(resp),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
                         Some(node) if f.leader_id != Some(self.id) => {
                             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                             match self.pool.forward(&node, &ForwardRequest::Write(cmd.clone()), left).await? {
-                                ForwardResponse::Write(r) => Ok(r),
+                                ForwardResponse::Write(r, index) => {
+                                    // Answer once this member has applied the write too, as
+                                    // etcd does: a client then reads its own write here, also
+                                    // serializably, and a compaction holds on this member.
+                                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                                    self.raft
+                                        .wait(Some(left))
+                                        .applied_index_at_least(Some(index), "forwarded write")
+                                        .await
+                                        .map_err(|_| EtcdError::timeout())?;
+                                    Ok(r)
+                                }
                                 ForwardResponse::Error(e) => Err(e),
                                 other => Err(EtcdError::internal(format!("unexpected forward answer {other:?}"))),
                             }
@@ -142,7 +153,7 @@ impl Member {
             }
             .await
             {
-                Ok(r) => ForwardResponse::Write(r),
+                Ok((r, index)) => ForwardResponse::Write(r, index),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     ForwardResponse::Error(EtcdError::leader_changed())
                 }

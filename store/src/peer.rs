@@ -58,7 +58,8 @@ pub enum ForwardRequest {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ForwardResponse {
-    Write(CommandResponse),
+    /// The response and the index of the log entry that carried the write.
+    Write(CommandResponse, u64),
     ReadIndex(u64),
     /// `ttl` is 0 for an unknown lease.
     LeaseTtl {

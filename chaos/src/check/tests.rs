@@ -416,3 +416,17 @@ fn histories_survive_a_json_round_trip() {
     assert!(History::load(&path).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn compacted_history_served_after_the_compaction_returned_is_caught() {
+    let mut b = consistent();
+    b.op(4, Call::Compact { revision: 3 }, (10 * S, 10 * S + 500), Outcome::Ok, Some(ret(4)));
+    // A watch created on the same member afterwards, from revision 2, still gets it.
+    let mut late = segment(2);
+    late.created_us = 11 * S;
+    late.responses = b.h.watches[0].segments[0].responses[..1].to_vec();
+    late.end = "stopped".into();
+    b.h.watches.push(WatchLog { id: 1, segments: vec![late] });
+    let r = b.check();
+    assert_caught(&r, "watch", "delivered revision 2 although m1 had compacted at 3");
+}

@@ -22,6 +22,41 @@ pub fn check(h: &History, log: &RevisionLog, findings: &mut Vec<Finding>) {
     for w in &h.watches {
         check_watcher(h, w, log, &compactions, findings);
     }
+    compacted_history_stays_gone(h, findings);
+}
+
+/// Once a compaction at C has returned on a member, a watch created there later never
+/// delivers a revision below C (it is canceled instead).
+fn compacted_history_stays_gone(h: &History, findings: &mut Vec<Finding>) {
+    let done: Vec<(&str, u64, i64)> = h
+        .ops
+        .iter()
+        .filter(|o| o.outcome == Outcome::Ok)
+        .filter_map(|o| match o.call {
+            Call::Compact { revision } => Some((o.member.as_str(), o.complete_us, revision)),
+            _ => None,
+        })
+        .collect();
+    for w in &h.watches {
+        for (si, seg) in w.segments.iter().enumerate() {
+            let floor = done
+                .iter()
+                .filter(|(m, t, _)| *m == seg.member && *t < seg.created_us)
+                .map(|(_, _, r)| *r)
+                .max()
+                .unwrap_or(0);
+            if let Some(ev) = seg.responses.iter().flat_map(|r| &r.events).find(|e| e.revision < floor) {
+                findings.push(Finding::new(
+                    "watch",
+                    format!(
+                        "watcher {} segment {si} (on {}, from revision {}) delivered revision {} although {} had compacted at {floor} before the watch was created",
+                        w.id, seg.member, seg.start_revision, ev.revision, seg.member
+                    ),
+                    vec![],
+                ));
+            }
+        }
+    }
 }
 
 /// Every revision the workload made must have reached some watcher: revisions are
