@@ -24,14 +24,14 @@ impl Rng {
         Rng(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         splitmix(self.0)
     }
 
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }
 
@@ -107,7 +107,7 @@ pub fn plan(seed: u64, duration: Duration, kinds: &[Kind]) -> Vec<Planned> {
         if t + busy + Duration::from_secs(2) > duration {
             return out;
         }
-        out.push(Planned { at: t, kind, hold, choice: rng.next() });
+        out.push(Planned { at: t, kind, hold, choice: rng.next_u64() });
         t += busy + Duration::from_millis(1500 + rng.below(2000));
     }
 }
@@ -140,7 +140,10 @@ pub async fn execute(c: &mut Cluster, p: &Planned, ctx: &mut FaultContext) -> an
     let mut rec = FaultRecord { kind: p.kind.name().into(), start_us, ..Default::default() };
     match p.kind {
         Kind::Kill | Kind::Pause => {
-            let t = if p.choice % 3 == 0 { l } else { follower(p.choice / 3) };
+            let t = match p.choice % 3 {
+                0 => l,
+                _ => follower(p.choice / 3),
+            };
             rec.target = c.members[t].name.clone();
             if p.kind == Kind::Kill {
                 c.kill(t);
@@ -229,7 +232,10 @@ pub async fn execute(c: &mut Cluster, p: &Planned, ctx: &mut FaultContext) -> an
             };
         }
         Kind::Membership => {
-            let t = if p.choice % 3 == 0 { l } else { follower(p.choice / 3) };
+            let t = match p.choice % 3 {
+                0 => l,
+                _ => follower(p.choice / 3),
+            };
             rec.target = c.members[t].name.clone();
             rec.detail = format!("{}{}", c.remove_and_add_back(t).await?, role(t));
         }

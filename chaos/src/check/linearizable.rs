@@ -233,7 +233,7 @@ pub fn key_histories(h: &History, written: &Written) -> Vec<(String, Vec<KeyOp>)
                 }
             }
             Call::Delete { key } => {
-                let result = ok.then(|| DeleteResult { deleted: ret.deleted > 0, rev: ret.revision });
+                let result = ok.then_some(DeleteResult { deleted: ret.deleted > 0, rev: ret.revision });
                 push(key, Input::Delete { result });
             }
             Call::Get { key, serializable: false } if ok => {
