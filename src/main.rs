@@ -1,6 +1,7 @@
 //! `skiff`: one binary, one subcommand per component. This file only parses flags and
 //! hands plain values to the library crates.
 
+mod apiserver_cmd;
 mod bench_cmd;
 mod chaos_cmd;
 mod endpoint;
@@ -49,6 +50,8 @@ enum Command {
         #[command(subcommand)]
         command: snapshot::SnapshotCommand,
     },
+    /// Serve the Kubernetes API on a store cluster (kubectl works against it).
+    Apiserver(apiserver_cmd::ApiServerArgs),
     /// Kill, pause and partition store members under load and check that nothing was lost.
     Chaos {
         #[command(subcommand)]
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
             Command::Member { command } => member_cmd::run(command).await,
             Command::Bench(args) => bench_cmd::run(args).await,
             Command::Chaos { command } => return chaos_cmd::run(command).await,
+            Command::Apiserver(args) => apiserver_cmd::run(args).await,
         }
         .map(|()| ExitCode::SUCCESS)
     });

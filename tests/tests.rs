@@ -3,6 +3,7 @@
 
 mod common;
 
+mod apiserver;
 mod backup;
 mod chaos;
 mod client;

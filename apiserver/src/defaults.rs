@@ -1,0 +1,158 @@
+//! Server-side defaulting, the fields Kubernetes fills in on create and update that
+//! clients rely on (`kubectl rollout status` needs the update strategy, for one), and
+//! kind-specific normalisation (a Secret's `stringData`).
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::registry::Resource;
+
+fn set_default(obj: &mut Value, key: &str, v: Value) {
+    if obj.is_object() && obj.get(key).is_none_or(Value::is_null) {
+        obj[key] = v;
+    }
+}
+
+fn pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    set_default(spec, "restartPolicy", json!("Always"));
+    set_default(spec, "dnsPolicy", json!("ClusterFirst"));
+    set_default(spec, "schedulerName", json!("default-scheduler"));
+    set_default(spec, "terminationGracePeriodSeconds", json!(30));
+    set_default(spec, "securityContext", json!({}));
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = spec[list].as_array_mut() {
+            for c in cs {
+                let image = c["image"].as_str().unwrap_or_default().to_string();
+                let tag_latest = match image.rsplit_once(':') {
+                    Some((_, tag)) => tag == "latest" || tag.contains('/'),
+                    None => true,
+                } && !image.contains('@');
+                set_default(c, "imagePullPolicy", json!(if tag_latest { "Always" } else { "IfNotPresent" }));
+                set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+                set_default(c, "terminationMessagePolicy", json!("File"));
+                set_default(c, "resources", json!({}));
+                if let Some(ports) = c["ports"].as_array_mut() {
+                    for p in ports {
+                        set_default(p, "protocol", json!("TCP"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn template(obj: &mut Value) {
+    if obj["spec"]["template"].is_object() {
+        pod_spec(&mut obj["spec"]["template"]["spec"]);
+        set_default(&mut obj["spec"]["template"], "metadata", json!({}));
+    }
+}
+
+/// Applies the defaults of `r` to `obj` (a full object, before it is stored).
+pub fn apply(r: &Resource, obj: &mut Value) {
+    match (r.group, r.plural) {
+        ("", "pods") => {
+            pod_spec(&mut obj["spec"]);
+            set_default(obj, "status", json!({"phase": "Pending", "qosClass": "BestEffort"}));
+        }
+        ("", "namespaces") => {
+            set_default(obj, "spec", json!({"finalizers": ["kubernetes"]}));
+            set_default(obj, "status", json!({"phase": "Active"}));
+            let name = obj["metadata"]["name"].clone();
+            if !obj["metadata"]["labels"].is_object() {
+                obj["metadata"]["labels"] = json!({});
+            }
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+        }
+        ("", "services") => {
+            let spec = &mut obj["spec"];
+            if !spec.is_object() {
+                *spec = json!({});
+            }
+            set_default(spec, "type", json!("ClusterIP"));
+            set_default(spec, "sessionAffinity", json!("None"));
+            set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+            set_default(spec, "ipFamilies", json!(["IPv4"]));
+            set_default(spec, "internalTrafficPolicy", json!("Cluster"));
+            if let Some(ports) = spec["ports"].as_array_mut() {
+                for p in ports {
+                    set_default(p, "protocol", json!("TCP"));
+                    let port = p["port"].clone();
+                    set_default(p, "targetPort", port);
+                }
+            }
+            set_default(obj, "status", json!({"loadBalancer": {}}));
+        }
+        ("", "secrets") => {
+            set_default(obj, "type", json!("Opaque"));
+            // stringData is write-only: merged into data (base64) and not stored.
+            if let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
+                if let Some(sd) = sd.as_object() {
+                    if !obj["data"].is_object() {
+                        obj["data"] = json!({});
+                    }
+                    for (k, v) in sd {
+                        let s = v.as_str().unwrap_or_default();
+                        obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(s));
+                    }
+                }
+            }
+        }
+        ("", "serviceaccounts") | ("", "configmaps") | ("", "endpoints") => {}
+        ("", "persistentvolumeclaims") => {
+            set_default(&mut obj["spec"], "volumeMode", json!("Filesystem"));
+            set_default(obj, "status", json!({"phase": "Pending"}));
+        }
+        ("apps", "deployments") => {
+            let spec = &mut obj["spec"];
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "progressDeadlineSeconds", json!(600));
+            set_default(
+                spec,
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+            );
+            template(obj);
+        }
+        ("apps", "replicasets") => {
+            set_default(&mut obj["spec"], "replicas", json!(1));
+            template(obj);
+        }
+        ("apps", "statefulsets") => {
+            let spec = &mut obj["spec"];
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+            set_default(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+            set_default(
+                spec,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
+            template(obj);
+        }
+        ("apps", "daemonsets") => {
+            set_default(&mut obj["spec"], "revisionHistoryLimit", json!(10));
+            set_default(
+                &mut obj["spec"],
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            );
+            template(obj);
+        }
+        ("batch", "jobs") => {
+            set_default(&mut obj["spec"], "backoffLimit", json!(6));
+            set_default(&mut obj["spec"], "completions", json!(1));
+            set_default(&mut obj["spec"], "parallelism", json!(1));
+            if obj["spec"]["template"]["spec"].is_object() {
+                set_default(&mut obj["spec"]["template"]["spec"], "restartPolicy", json!("Never"));
+            }
+            template(obj);
+        }
+        _ => {}
+    }
+}

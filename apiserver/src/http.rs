@@ -1,0 +1,796 @@
+//! Routing and the generic resource handlers: every resource of the registry gets
+//! get, list, watch, create, update, patch, delete and deletecollection, plus the
+//! status and scale subresources, from the same code.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::registry::{self, Resource};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult};
+use crate::storage::{self, Store, Stored};
+use crate::{defaults, discovery, object, openapi, patch, table};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest request body accepted (kube-apiserver's limit is 3 MiB).
+pub const MAX_BODY: usize = 3 << 20;
+
+pub struct App {
+    pub store: Store,
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+fn respond(code: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("Content-Type", content_type)
+        .header("Cache-Control", "no-cache, private")
+        .body(full(body))
+        .expect("a valid response")
+}
+
+/// How the client wants answers.
+#[derive(Clone, Copy, Default)]
+struct Format {
+    table: bool,
+    partial: bool,
+    yaml: bool,
+}
+
+impl Format {
+    fn of(accept: &str) -> Format {
+        let first = accept.split(',').next().unwrap_or_default();
+        Format {
+            table: first.contains("as=Table"),
+            partial: first.contains("as=PartialObjectMetadata"),
+            yaml: first.trim().starts_with("application/yaml"),
+        }
+    }
+}
+
+fn json_response(code: u16, v: &Value, f: Format) -> Response<Body> {
+    if f.yaml {
+        return respond(code, "application/yaml", serde_yaml::to_string(v).unwrap_or_default());
+    }
+    respond(code, "application/json", serde_json::to_vec(v).expect("JSON values serialize"))
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    respond(e.code, "application/json", serde_json::to_vec(&e.to_status()).expect("JSON values serialize"))
+}
+
+/// Query parameters, percent-decoded (tolerates `?&a=b`, as kube-rs sends).
+struct Query(Vec<(String, String)>);
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query(
+            q.unwrap_or_default()
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (percent_decode(k), percent_decode(v)),
+                    None => (percent_decode(p), String::new()),
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("true" | "1"))
+    }
+
+    fn int(&self, k: &str) -> ApiResult<Option<i64>> {
+        match self.get(k) {
+            None | Some("") => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| ApiError::bad_request(format!("invalid {k}: {v:?}"))),
+        }
+    }
+
+    fn dry_run(&self) -> bool {
+        self.get("dryRun") == Some("All")
+    }
+}
+
+/// The resource a request addresses.
+struct Target {
+    r: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
+    let (r, namespace, tail) = match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if registry::find(group, version, plural).is_some_and(|r| r.namespaced) =>
+        {
+            (registry::find(group, version, plural).expect("checked"), Some(ns.to_string()), tail)
+        }
+        [plural, tail @ ..] => {
+            (registry::find(group, version, plural).ok_or_else(ApiError::not_found_path)?, None, tail)
+        }
+        [] => return Err(ApiError::not_found_path()),
+    };
+    let (name, sub) = match tail {
+        [] => (None, None),
+        [name] => (Some(name.to_string()), None),
+        [name, sub] if r.subresources.contains(sub) => (Some(name.to_string()), Some(sub.to_string())),
+        _ => return Err(ApiError::not_found_path()),
+    };
+    Ok(Target { r, namespace, name, sub })
+}
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    Ok(route(app, req).await.unwrap_or_else(|e| error_response(&e)))
+}
+
+async fn read_body(req: Request<Incoming>) -> ApiResult<(String, Bytes)> {
+    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+    let body = limited.collect().await.map_err(|e| {
+        if e.to_string().contains("length limit exceeded") {
+            ApiError::new(413, "RequestEntityTooLarge", format!("the request body is larger than {MAX_BODY} bytes"))
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    Ok((ct, body.to_bytes()))
+}
+
+/// Decodes a request body by its Content-Type (JSON when none is given).
+fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
+    let media = ct.split(';').next().unwrap_or("").trim();
+    match media {
+        "" | "application/json" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
+        "application/yaml" | "application/apply-patch+yaml" => {
+            let v: Value = serde_yaml::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))?;
+            Ok(v)
+        }
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+async fn route(app: Arc<App>, req: Request<Incoming>) -> ApiResult<Response<Body>> {
+    let path = req.uri().path().to_string();
+    let query = Query::parse(req.uri().query());
+    let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let fmt = Format::of(&accept);
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().clone();
+    match segs.as_slice() {
+        ["version"] => Ok(json_response(200, &version(), fmt)),
+        ["healthz" | "livez" | "readyz", ..] => match app.store.revision().await {
+            Ok(_) => Ok(respond(200, "text/plain; charset=utf-8", "ok")),
+            Err(e) => Ok(respond(500, "text/plain; charset=utf-8", format!("[-]etcd failed: {}\n", e.message))),
+        },
+        ["api"] if discovery::wants_aggregated(&accept) => {
+            Ok(respond(200, discovery::AGGREGATED_CONTENT_TYPE, discovery::aggregated(true).to_string()))
+        }
+        ["apis"] if discovery::wants_aggregated(&accept) => {
+            Ok(respond(200, discovery::AGGREGATED_CONTENT_TYPE, discovery::aggregated(false).to_string()))
+        }
+        ["api"] => Ok(json_response(200, &discovery::api_versions(), fmt)),
+        ["apis"] => Ok(json_response(200, &discovery::api_group_list(), fmt)),
+        ["api", "v1"] => Ok(json_response(200, &discovery::resource_list("", "v1").expect("core exists"), fmt)),
+        ["apis", g] => registry::groups()
+            .iter()
+            .find(|(name, _)| name == g)
+            .map(|(name, vs)| json_response(200, &discovery::api_group(name, vs), fmt))
+            .ok_or_else(ApiError::not_found_path),
+        ["apis", g, v] => {
+            discovery::resource_list(g, v).map(|l| json_response(200, &l, fmt)).ok_or_else(ApiError::not_found_path)
+        }
+        ["openapi", "v3"] => Ok(json_response(200, &openapi::root(), fmt)),
+        ["openapi", "v3", "api", v] => {
+            openapi::group_version("", v).map(|d| json_response(200, &d, fmt)).ok_or_else(ApiError::not_found_path)
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            openapi::group_version(g, v).map(|d| json_response(200, &d, fmt)).ok_or_else(ApiError::not_found_path)
+        }
+        ["api", "v1", rest @ ..] => {
+            let t = target("", "v1", rest)?;
+            resource(app, t, method, query, fmt, req).await
+        }
+        ["apis", g, v, rest @ ..] => {
+            let t = target(g, v, rest)?;
+            resource(app, t, method, query, fmt, req).await
+        }
+        _ => Err(ApiError::not_found_path()),
+    }
+}
+
+fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "32",
+        "gitVersion": "v1.32.0-skiff",
+        "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "go1.23.0",
+        "compiler": "gc",
+        "platform": "linux/amd64"
+    })
+}
+
+async fn resource(
+    app: Arc<App>,
+    t: Target,
+    method: Method,
+    q: Query,
+    fmt: Format,
+    req: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
+    if let Some(sub) = t.sub.as_deref() {
+        if matches!(sub, "log" | "exec" | "attach" | "portforward") {
+            return Err(ApiError::unavailable(format!(
+                "pods/{sub} is served by the node agent, which this cluster does not run yet"
+            )));
+        }
+    }
+    let h = Handler { store: &app.store, r: t.r, ns: t.namespace.as_deref(), q: &q, fmt };
+    match (method, t.name.as_deref(), t.sub.as_deref()) {
+        (Method::GET, None, _) if q.flag("watch") => h.watch().await,
+        (Method::GET, None, _) => h.list().await,
+        (Method::GET, Some(name), None | Some("status")) => {
+            let s = h.get(name).await?;
+            Ok(h.reply(200, &s.obj))
+        }
+        (Method::GET, Some(name), Some("scale")) => {
+            let s = h.get(name).await?;
+            Ok(json_response(200, &scale_of(&s), fmt))
+        }
+        (Method::POST, None, _) => {
+            let (ct, body) = read_body(req).await?;
+            h.create(decode_body(&ct, &body)?).await
+        }
+        (Method::PUT, Some(name), sub) => {
+            let (ct, body) = read_body(req).await?;
+            h.update(name, sub, decode_body(&ct, &body)?).await
+        }
+        (Method::PATCH, Some(name), sub) => {
+            let (ct, body) = read_body(req).await?;
+            h.patch(name, sub, &ct, &body).await
+        }
+        (Method::DELETE, Some(name), None) => {
+            let (ct, body) = read_body(req).await?;
+            let opts = if body.is_empty() { json!({}) } else { decode_body(&ct, &body)? };
+            h.delete(name, &opts).await
+        }
+        (Method::DELETE, None, None) => h.delete_collection().await,
+        (m, _, _) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource: {m}"
+        ))),
+    }
+}
+
+struct Handler<'a> {
+    store: &'a Store,
+    r: &'static Resource,
+    ns: Option<&'a str>,
+    q: &'a Query,
+    fmt: Format,
+}
+
+/// The continue token: the revision of the first page and the last key returned.
+fn encode_continue(rev: i64, last_key: &str) -> String {
+    let v = json!({"v": "meta.k8s.io/v1", "rv": rev, "start": last_key});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
+    let bad = || ApiError::bad_request("continue key is not valid: the token is malformed");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    Ok((v["rv"].as_i64().ok_or_else(bad)?, v["start"].as_str().ok_or_else(bad)?.to_string()))
+}
+
+fn scale_of(s: &Stored) -> Value {
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": s.obj["metadata"]["name"],
+            "namespace": s.obj["metadata"]["namespace"],
+            "uid": s.obj["metadata"]["uid"],
+            "resourceVersion": s.rev.to_string(),
+            "creationTimestamp": s.obj["metadata"]["creationTimestamp"],
+        },
+        "spec": {"replicas": s.obj["spec"]["replicas"].as_i64().unwrap_or(0)},
+        "status": {
+            "replicas": s.obj["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector_string(&s.obj["spec"]["selector"]),
+        },
+    })
+}
+
+fn selector_string(sel: &Value) -> String {
+    sel["matchLabels"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+        .unwrap_or_default()
+}
+
+impl Handler<'_> {
+    fn key(&self, name: &str) -> String {
+        storage::key(self.r, self.ns, name)
+    }
+
+    fn reply(&self, code: u16, obj: &Value) -> Response<Body> {
+        if self.fmt.table {
+            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+            return json_response(
+                code,
+                &table::table(self.r, std::slice::from_ref(obj), rv, None, true),
+                Format::default(),
+            );
+        }
+        json_response(code, obj, self.fmt)
+    }
+
+    fn not_found(&self, name: &str) -> ApiError {
+        ApiError::not_found(self.r.plural, self.r.group, name)
+    }
+
+    async fn get(&self, name: &str) -> ApiResult<Stored> {
+        self.store.get(&self.key(name)).await?.ok_or_else(|| self.not_found(name))
+    }
+
+    fn selectors(&self) -> ApiResult<(LabelSelector, FieldSelector)> {
+        Ok((
+            LabelSelector::parse(self.q.get("labelSelector").unwrap_or_default())?,
+            FieldSelector::parse(self.q.get("fieldSelector").unwrap_or_default())?,
+        ))
+    }
+
+    async fn list(&self) -> ApiResult<Response<Body>> {
+        let (labels, fields) = self.selectors()?;
+        let limit = self.q.int("limit")?.unwrap_or(0).max(0);
+        let (mut rev, mut after) = match self.q.get("continue").filter(|c| !c.is_empty()) {
+            Some(c) => {
+                let (rev, start) = decode_continue(c)?;
+                (rev, Some(start))
+            }
+            None => (0, None),
+        };
+        let prefix = storage::prefix(self.r, self.ns);
+        let mut items = Vec::new();
+        let mut cont = None;
+        loop {
+            let page = match self.store.list(&prefix, after.as_deref(), limit, rev).await {
+                Err(e) if e.code == 410 => {
+                    return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."))
+                }
+                r => r?,
+            };
+            if rev == 0 {
+                rev = page.revision;
+            }
+            let last_key = page.items.last().map(|s| s.key.clone());
+            for s in page.items {
+                if labels.matches(&s.obj) && fields.matches(&s.obj) {
+                    items.push(s.obj);
+                }
+            }
+            if !page.more {
+                break;
+            }
+            after = last_key;
+            if limit > 0 && items.len() as i64 >= limit {
+                cont = after.as_ref().map(|k| encode_continue(rev, k));
+                break;
+            }
+        }
+        let rv = rev.to_string();
+        if self.fmt.table {
+            return Ok(json_response(
+                200,
+                &table::table(self.r, &items, &rv, cont.as_deref(), true),
+                Format::default(),
+            ));
+        }
+        let mut meta = json!({"resourceVersion": rv});
+        if let Some(c) = &cont {
+            meta["continue"] = json!(c);
+        }
+        if self.fmt.partial {
+            let items: Vec<Value> = items.iter().map(table::partial_metadata).collect();
+            let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
+            return Ok(json_response(200, &list, Format::default()));
+        }
+        let list = json!({"kind": format!("{}List", self.r.kind), "apiVersion": self.r.api_version(), "metadata": meta, "items": items});
+        Ok(json_response(200, &list, self.fmt))
+    }
+
+    async fn ensure_namespace(&self) -> ApiResult<()> {
+        let Some(ns) = self.ns.filter(|_| self.r.namespaced) else { return Ok(()) };
+        let nsr = registry::find("", "v1", "namespaces").expect("namespaces are registered");
+        if self.store.get(&storage::key(nsr, None, ns)).await?.is_none() {
+            return Err(ApiError::not_found("namespaces", "", ns));
+        }
+        Ok(())
+    }
+
+    async fn create(&self, mut obj: Value) -> ApiResult<Response<Body>> {
+        object::prepare_create(self.r, &mut obj, self.ns.filter(|_| self.r.namespaced))?;
+        defaults::apply(self.r, &mut obj);
+        self.ensure_namespace().await?;
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if self.q.dry_run() {
+            if self.store.get(&self.key(&name)).await?.is_some() {
+                return Err(ApiError::already_exists(self.r.plural, self.r.group, &name));
+            }
+            return Ok(self.reply(201, &obj));
+        }
+        match self.store.create(&self.key(&name), &obj).await? {
+            Some(rev) => {
+                obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+                Ok(self.reply(201, &obj))
+            }
+            None => Err(ApiError::already_exists(self.r.plural, self.r.group, &name)),
+        }
+    }
+
+    /// Writes `new` over `cur` (compare-and-swap on its revision).
+    async fn write(&self, name: &str, mut new: Value, cur: &Stored) -> ApiResult<Value> {
+        object::prepare_update(self.r, &mut new, &cur.obj)?;
+        defaults::apply(self.r, &mut new);
+        if self.q.dry_run() {
+            return Ok(new);
+        }
+        match self.store.update(&self.key(name), &new, cur.rev).await? {
+            Ok(rev) => {
+                new["metadata"]["resourceVersion"] = json!(rev.to_string());
+                Ok(new)
+            }
+            Err(None) => Err(self.not_found(name)),
+            Err(Some(_)) => Err(ApiError::conflict(self.r.plural, self.r.group, name)),
+        }
+    }
+
+    /// The object a subresource write makes: only status, or only spec.replicas, change.
+    fn apply_sub(sub: Option<&str>, cur: &Value, body: Value) -> ApiResult<Value> {
+        match sub {
+            None => Ok(body),
+            Some("status") => {
+                let mut o = cur.clone();
+                o["status"] = body["status"].clone();
+                Ok(o)
+            }
+            Some("scale") => {
+                let replicas = body["spec"]["replicas"]
+                    .as_i64()
+                    .ok_or_else(|| ApiError::bad_request("a Scale needs spec.replicas"))?;
+                let mut o = cur.clone();
+                o["spec"]["replicas"] = json!(replicas);
+                Ok(o)
+            }
+            Some(other) => Err(ApiError::method_not_allowed(format!("{other} cannot be written"))),
+        }
+    }
+
+    async fn update(&self, name: &str, sub: Option<&str>, body: Value) -> ApiResult<Response<Body>> {
+        let cur = self.get(name).await?;
+        if let Some(rv) = body["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()) {
+            if rv != cur.rev.to_string() {
+                return Err(ApiError::conflict(self.r.plural, self.r.group, name));
+            }
+        }
+        if body["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                body["metadata"]["name"].as_str().unwrap_or_default()
+            )));
+        }
+        let is_scale = sub == Some("scale");
+        let mut body = body;
+        if sub.is_none() && !body["metadata"]["name"].is_string() {
+            body["metadata"]["name"] = json!(name);
+        }
+        let new = Self::apply_sub(sub, &cur.obj, body)?;
+        let out = self.write(name, new, &cur).await?;
+        if is_scale {
+            let s = Stored {
+                key: cur.key,
+                rev: out["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse().unwrap_or(0),
+                obj: out,
+            };
+            return Ok(json_response(200, &scale_of(&s), self.fmt));
+        }
+        Ok(self.reply(200, &out))
+    }
+
+    async fn patch(&self, name: &str, sub: Option<&str>, ct: &str, body: &[u8]) -> ApiResult<Response<Body>> {
+        let media = ct.split(';').next().unwrap_or("").trim().to_string();
+        let p: Value = match media.as_str() {
+            "application/apply-patch+yaml" => decode_body(&media, body)?,
+            "application/merge-patch+json"
+            | "application/strategic-merge-patch+json"
+            | "application/json-patch+json" => serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?,
+            other => return Err(ApiError::unsupported_media_type(other)),
+        };
+        for _attempt in 0..5 {
+            let cur = match self.store.get(&self.key(name)).await? {
+                Some(c) => c,
+                // Server-side apply creates what is missing.
+                None if media == "application/apply-patch+yaml" && sub.is_none() => {
+                    let mut obj = p.clone();
+                    if !obj["metadata"].is_object() {
+                        obj["metadata"] = json!({});
+                    }
+                    obj["metadata"]["name"] = json!(name);
+                    return self.create(obj).await;
+                }
+                None => return Err(self.not_found(name)),
+            };
+            if let Some(rv) = p["metadata"]["resourceVersion"].as_str() {
+                if rv != cur.rev.to_string() {
+                    return Err(ApiError::conflict(self.r.plural, self.r.group, name));
+                }
+            }
+            let base = match sub {
+                Some("scale") => scale_of(&cur),
+                _ => cur.obj.clone(),
+            };
+            let mut patched = base;
+            match media.as_str() {
+                "application/json-patch+json" => patch::json_patch(&mut patched, &p)?,
+                "application/strategic-merge-patch+json" => patch::strategic_merge_patch(&mut patched, &p)?,
+                _ => patch::merge_patch(&mut patched, &p),
+            }
+            let new = Self::apply_sub(sub, &cur.obj, patched)?;
+            match self.write(name, new, &cur).await {
+                Err(e) if e.reason == "Conflict" && p["metadata"]["resourceVersion"].is_null() => continue,
+                Err(e) => return Err(e),
+                Ok(out) => {
+                    if sub == Some("scale") {
+                        let rev = out["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse().unwrap_or(0);
+                        return Ok(json_response(200, &scale_of(&Stored { key: cur.key, obj: out, rev }), self.fmt));
+                    }
+                    return Ok(self.reply(200, &out));
+                }
+            }
+        }
+        Err(ApiError::conflict(self.r.plural, self.r.group, name))
+    }
+
+    async fn delete(&self, name: &str, opts: &Value) -> ApiResult<Response<Body>> {
+        let precondition = opts["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(String::from)
+            .or_else(|| self.q.get("resourceVersion").filter(|s| !s.is_empty()).map(String::from));
+        for _attempt in 0..5 {
+            let cur = self.get(name).await?;
+            if let Some(rv) = &precondition {
+                if *rv != cur.rev.to_string() {
+                    return Err(ApiError::conflict(self.r.plural, self.r.group, name));
+                }
+            }
+            let finalizers = cur.obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+            if finalizers {
+                // Marked for deletion; whoever owns a finalizer removes it, then it goes.
+                if cur.obj["metadata"]["deletionTimestamp"].is_string() {
+                    return Ok(self.reply(202, &cur.obj));
+                }
+                let mut o = cur.obj.clone();
+                o["metadata"]["deletionTimestamp"] = json!(object::now_rfc3339());
+                o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                if self.q.dry_run() {
+                    return Ok(self.reply(202, &o));
+                }
+                match self.store.update(&cur.key, &o, cur.rev).await? {
+                    Ok(rev) => {
+                        o["metadata"]["resourceVersion"] = json!(rev.to_string());
+                        return Ok(self.reply(202, &o));
+                    }
+                    Err(_) => continue,
+                }
+            }
+            if self.q.dry_run() {
+                return Ok(self.reply(200, &cur.obj));
+            }
+            match self.store.delete(&cur.key, cur.rev).await? {
+                Ok(_) => return Ok(self.reply(200, &cur.obj)),
+                Err(None) => return Err(self.not_found(name)),
+                Err(Some(_)) => continue,
+            }
+        }
+        Err(ApiError::conflict(self.r.plural, self.r.group, name))
+    }
+
+    async fn delete_collection(&self) -> ApiResult<Response<Body>> {
+        let (labels, fields) = self.selectors()?;
+        let page = self.store.list(&storage::prefix(self.r, self.ns), None, 0, 0).await?;
+        let mut deleted = Vec::new();
+        for s in page.items.into_iter().filter(|s| labels.matches(&s.obj) && fields.matches(&s.obj)) {
+            if self.q.dry_run() || self.store.delete(&s.key, s.rev).await?.is_ok() {
+                deleted.push(s.obj);
+            }
+        }
+        let list = json!({"kind": format!("{}List", self.r.kind), "apiVersion": self.r.api_version(), "metadata": {"resourceVersion": page.revision.to_string()}, "items": deleted});
+        Ok(json_response(200, &list, self.fmt))
+    }
+
+    async fn watch(&self) -> ApiResult<Response<Body>> {
+        let (labels, fields) = self.selectors()?;
+        let prefix = storage::prefix(self.r, self.ns);
+        let rv = self.q.get("resourceVersion").filter(|s| !s.is_empty());
+        let send_initial = self.q.flag("sendInitialEvents") || matches!(rv, None | Some("0"));
+        let bookmarks = self.q.flag("allowWatchBookmarks");
+        let timeout = self.q.int("timeoutSeconds")?.map(|s| Duration::from_secs(s.max(0) as u64));
+        let from: i64 = match rv {
+            Some(v) if v != "0" => {
+                v.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?
+            }
+            _ => 0,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+        let r = self.r;
+        let table = self.fmt.table;
+        let store = self.store.clone();
+        // The initial state, when asked for (or when no revision was given).
+        let mut initial = Vec::new();
+        let start = if send_initial && from == 0 {
+            let page = store.list(&prefix, None, 0, 0).await?;
+            initial = page.items.into_iter().filter(|s| labels.matches(&s.obj) && fields.matches(&s.obj)).collect();
+            page.revision
+        } else {
+            from
+        };
+        let mut stream = match store.watch(&prefix, start + 1).await {
+            Ok(s) => Some(s),
+            Err(e) if e.code == 410 => None,
+            Err(e) => return Err(e),
+        };
+        let explicit_initial = self.q.flag("sendInitialEvents");
+        tokio::spawn(async move {
+            let mut headers = true;
+            let mut line = |kind: &str, obj: &Value| -> Bytes {
+                let obj = if table && kind != "ERROR" && kind != "BOOKMARK" {
+                    let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+                    let t = table::table(r, std::slice::from_ref(obj), rv, None, headers);
+                    headers = false;
+                    t
+                } else {
+                    obj.clone()
+                };
+                let mut b = serde_json::to_vec(&json!({"type": kind, "object": obj})).expect("JSON values serialize");
+                b.push(b'\n');
+                Bytes::from(b)
+            };
+            let bookmark = |rev: i64, end: bool| {
+                let mut meta = json!({"resourceVersion": rev.to_string()});
+                if end {
+                    meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+                }
+                json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": meta})
+            };
+            for s in &initial {
+                if tx.send(line("ADDED", &s.obj)).await.is_err() {
+                    return;
+                }
+            }
+            if explicit_initial && bookmarks && tx.send(line("BOOKMARK", &bookmark(start, true))).await.is_err() {
+                return;
+            }
+            let Some(mut stream) = stream.take() else {
+                let e = ApiError::gone(format!("too old resource version: {start}"));
+                let _ = tx.send(line("ERROR", &e.to_status())).await;
+                return;
+            };
+            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            loop {
+                let msg = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
+                        Ok(m) => m,
+                        Err(_) => return,
+                    },
+                    None => stream.message().await,
+                };
+                let resp = match msg {
+                    Ok(Some(resp)) => resp,
+                    _ => return,
+                };
+                if resp.canceled() {
+                    let e = ApiError::gone(format!("too old resource version: {start} ({})", resp.compact_revision()));
+                    let _ = tx.send(line("ERROR", &e.to_status())).await;
+                    return;
+                }
+                if resp.events().is_empty() {
+                    if bookmarks && !resp.created() {
+                        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+                        if tx.send(line("BOOKMARK", &bookmark(rev, false))).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let rev = kv.mod_revision();
+                    let (kind, obj) = match ev.event_type() {
+                        etcd_client::EventType::Put => {
+                            let Ok(new) = storage::decode(kv.key(), kv.value(), rev) else { continue };
+                            let now = labels.matches(&new.obj) && fields.matches(&new.obj);
+                            let before =
+                                ev.prev_kv().and_then(|p| storage::decode(p.key(), p.value(), p.mod_revision()).ok());
+                            let was = before.as_ref().is_some_and(|b| labels.matches(&b.obj) && fields.matches(&b.obj));
+                            match (was, now) {
+                                (false, true) => ("ADDED", new.obj),
+                                (true, true) => ("MODIFIED", new.obj),
+                                (true, false) => ("DELETED", new.obj),
+                                (false, false) => continue,
+                            }
+                        }
+                        etcd_client::EventType::Delete => {
+                            let Some(p) = ev.prev_kv() else { continue };
+                            let Ok(old) = storage::decode(p.key(), p.value(), rev) else { continue };
+                            if !(labels.matches(&old.obj) && fields.matches(&old.obj)) {
+                                continue;
+                            }
+                            ("DELETED", old.obj)
+                        }
+                    };
+                    if tx.send(line(kind, &obj)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let body = StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b))),
+        );
+        let ct = if table { "application/json;as=Table;v=v1;g=meta.k8s.io" } else { "application/json" };
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("Content-Type", ct)
+            .header("Cache-Control", "no-cache, private")
+            .body(BodyExt::boxed(body))
+            .expect("a valid response"))
+    }
+}

@@ -1,0 +1,117 @@
+//! skiff-apiserver: the Kubernetes REST API on the store. One generic handler serves
+//! every resource of the registry (`registry`), objects live in the store the way
+//! kube-apiserver keeps them in etcd (`storage`), and `skiff apiserver` runs it over
+//! HTTPS with certificates it generates (`pki`).
+
+pub mod defaults;
+pub mod discovery;
+pub mod http;
+pub mod object;
+pub mod openapi;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod selector;
+pub mod status;
+pub mod storage;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+
+pub struct Config {
+    pub store_endpoints: Vec<String>,
+    /// HTTPS address.
+    pub bind: SocketAddr,
+    /// Optional plain-HTTP address (loopback only), for tests and local tools.
+    pub insecure_bind: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+}
+
+/// A running API server: where it listens and where its kubeconfig is.
+pub struct Running {
+    pub https: SocketAddr,
+    pub http: Option<SocketAddr>,
+    pub kubeconfig: PathBuf,
+}
+
+/// The namespaces every cluster has.
+const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+async fn bootstrap(store: &storage::Store) -> anyhow::Result<()> {
+    let r = registry::find("", "v1", "namespaces").expect("namespaces are registered");
+    for ns in SYSTEM_NAMESPACES {
+        let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        object::prepare_create(r, &mut obj, None).map_err(|e| anyhow::anyhow!(e.message))?;
+        defaults::apply(r, &mut obj);
+        store.create(&storage::key(r, None, ns), &obj).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    }
+    Ok(())
+}
+
+/// Starts serving; returns once the listeners are bound.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    if let Some(a) = cfg.insecure_bind {
+        if !a.ip().is_loopback() {
+            anyhow::bail!("--insecure-bind must be a loopback address, not {a}: plain HTTP has no authentication");
+        }
+    }
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    let store = storage::Store::connect(&cfg.store_endpoints)
+        .await
+        .with_context(|| format!("cannot reach the store at {}", cfg.store_endpoints.join(",")))?;
+    bootstrap(&store).await.context("cannot create the system namespaces in the store")?;
+
+    let pki = pki::Pki::ensure(&cfg.data_dir, cfg.bind.ip())?;
+    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config()?));
+    let listener =
+        tokio::net::TcpListener::bind(cfg.bind).await.with_context(|| format!("cannot listen on {}", cfg.bind))?;
+    let https = listener.local_addr()?;
+    let host = if https.ip().is_unspecified() { "127.0.0.1".to_string() } else { https.ip().to_string() };
+    let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
+    pki.write_kubeconfig(&kubeconfig, &format!("https://{host}:{}", https.port()))?;
+
+    let app = Arc::new(http::App { store });
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let (app, tls) = (app.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = tls.accept(tcp).await else { return };
+                    serve_connection(app, TokioIo::new(stream)).await;
+                });
+            }
+        });
+    }
+    let http = match cfg.insecure_bind {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            let local = l.local_addr()?;
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = l.accept().await else { continue };
+                    let app = app.clone();
+                    tokio::spawn(async move { serve_connection(app, TokioIo::new(tcp)).await });
+                }
+            });
+            Some(local)
+        }
+    };
+    Ok(Running { https, http, kubeconfig })
+}
+
+async fn serve_connection<I>(app: Arc<http::App>, io: I)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| http::handle(app.clone(), req));
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(io, service).await;
+}

@@ -1,0 +1,119 @@
+//! The API server's certificates under `<data-dir>/pki`, generated on first start:
+//! a self-signed CA, a serving certificate for the bind address, and an admin client
+//! certificate (CN admin, O system:masters) that `<data-dir>/admin.kubeconfig` uses.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Creates the CA and certificates unless they exist. `ip` goes into the serving
+    /// certificate's names with `localhost` and 127.0.0.1.
+    pub fn ensure(data_dir: &Path, ip: IpAddr) -> anyhow::Result<Pki> {
+        let pki = Pki { dir: data_dir.join("pki") };
+        if pki.path("ca.crt").exists() {
+            return Ok(pki);
+        }
+        std::fs::create_dir_all(&pki.dir).with_context(|| format!("cannot create {}", pki.dir.display()))?;
+
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.distinguished_name.push(DnType::CommonName, "skiff-ca");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca.self_signed(&ca_key)?;
+
+        let server_key = KeyPair::generate()?;
+        let mut server = CertificateParams::new(vec!["localhost".to_string(), "kubernetes".to_string()])?;
+        server.distinguished_name.push(DnType::CommonName, "skiff-apiserver");
+        let mut ips = vec![IpAddr::from([127, 0, 0, 1])];
+        if !ip.is_unspecified() && !ips.contains(&ip) {
+            ips.push(ip);
+        }
+        server.subject_alt_names.extend(ips.into_iter().map(SanType::IpAddress));
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key)?;
+
+        let admin_key = KeyPair::generate()?;
+        let mut admin = CertificateParams::new(Vec::<String>::new())?;
+        admin.distinguished_name.push(DnType::CommonName, "admin");
+        admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
+        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let admin_cert = admin.signed_by(&admin_key, &ca_cert, &ca_key)?;
+
+        let write = |name: &str, text: String| -> anyhow::Result<()> {
+            let p = pki.path(name);
+            std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+            if name.ends_with(".key") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(())
+        };
+        write("ca.key", ca_key.serialize_pem())?;
+        write("apiserver.crt", server_cert.pem())?;
+        write("apiserver.key", server_key.serialize_pem())?;
+        write("admin.crt", admin_cert.pem())?;
+        write("admin.key", admin_key.serialize_pem())?;
+        // Last: its presence means the set is complete.
+        write("ca.crt", ca_cert.pem())?;
+        Ok(pki)
+    }
+
+    /// TLS for the server: its certificate, and client certificates checked against
+    /// the CA when a client offers one.
+    pub fn server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs: Vec<CertificateDer> =
+            CertificateDer::pem_file_iter(self.path("apiserver.crt"))?.collect::<Result<_, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(self.path("apiserver.key"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(self.path("ca.crt"))? {
+            roots.add(c?)?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+
+    /// Writes a kubeconfig for the admin user that reaches the server at `server`.
+    pub fn write_kubeconfig(&self, path: &Path, server: &str) -> anyhow::Result<()> {
+        let b64 = |name: &str| -> anyhow::Result<String> {
+            let p = self.path(name);
+            let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+        };
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: admin\n    namespace: default\ncurrent-context: skiff\n",
+            b64("ca.crt")?,
+            b64("admin.crt")?,
+            b64("admin.key")?
+        );
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! Objects in the store, the way kube-apiserver keeps them in etcd: one key per
+//! object under `/registry/<resource>/[<namespace>/]<name>`, the object's
+//! resourceVersion is the key's mod_revision, a list's is the store revision, and
+//! every write is a compare-and-swap on the mod_revision. Objects are stored as JSON.
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream};
+use serde_json::Value;
+
+use crate::registry::Resource;
+use crate::status::{ApiError, ApiResult};
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+}
+
+/// An object read back, with the resourceVersion already set in its metadata.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub key: String,
+    pub obj: Value,
+    pub rev: i64,
+}
+
+pub fn key(r: &Resource, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) if r.namespaced => format!("/registry/{}/{ns}/{name}", r.storage),
+        _ => format!("/registry/{}/{name}", r.storage),
+    }
+}
+
+/// The prefix of a collection: all namespaces when `namespace` is None.
+pub fn prefix(r: &Resource, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if r.namespaced => format!("/registry/{}/{ns}/", r.storage),
+        _ => format!("/registry/{}/", r.storage),
+    }
+}
+
+pub fn decode(key: &[u8], value: &[u8], mod_rev: i64) -> ApiResult<Stored> {
+    let mut obj: Value = serde_json::from_slice(value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", String::from_utf8_lossy(key))))?;
+    obj["metadata"]["resourceVersion"] = Value::String(mod_rev.to_string());
+    Ok(Stored { key: String::from_utf8_lossy(key).into_owned(), obj, rev: mod_rev })
+}
+
+fn encode(obj: &Value) -> Vec<u8> {
+    let mut obj = obj.clone();
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&obj).expect("JSON values serialize")
+}
+
+/// The end of the range of keys starting with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+pub struct Page {
+    pub items: Vec<Stored>,
+    /// The store revision the page was read at.
+    pub revision: i64,
+    /// Whether keys remain after the last one returned.
+    pub more: bool,
+}
+
+impl Store {
+    pub async fn connect(endpoints: &[String]) -> anyhow::Result<Store> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(std::time::Duration::from_secs(3))
+            .with_timeout(std::time::Duration::from_secs(10));
+        let client = Client::connect(endpoints, Some(opts)).await?;
+        Ok(Store { client })
+    }
+
+    pub async fn get(&self, key: &str) -> ApiResult<Option<Stored>> {
+        let r = self.client.kv_client().get(key, None).await?;
+        match r.kvs().first() {
+            Some(kv) => Ok(Some(decode(kv.key(), kv.value(), kv.mod_revision())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The current store revision.
+    pub async fn revision(&self) -> ApiResult<i64> {
+        let r = self.client.kv_client().get("/registry/", Some(GetOptions::new().with_count_only())).await?;
+        Ok(r.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    /// Creates `obj` at `key` unless the key exists; the new resourceVersion, or None.
+    pub async fn create(&self, key: &str, obj: &Value) -> ApiResult<Option<i64>> {
+        let txn = Txn::new().when([Compare::mod_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            key,
+            encode(obj),
+            None,
+        )]);
+        let r = self.client.kv_client().txn(txn).await?;
+        Ok(r.succeeded().then(|| r.header().map(|h| h.revision()).unwrap_or_default()))
+    }
+
+    /// Replaces the object at `key` if it is still at `expect`: Ok(new revision), or
+    /// Err(what is there now, if anything).
+    pub async fn update(&self, key: &str, obj: &Value, expect: i64) -> ApiResult<Result<i64, Option<Stored>>> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expect)])
+            .and_then([TxnOp::put(key, encode(obj), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let r = self.client.kv_client().txn(txn).await?;
+        if r.succeeded() {
+            return Ok(Ok(r.header().map(|h| h.revision()).unwrap_or_default()));
+        }
+        Ok(Err(current(&r)?))
+    }
+
+    /// Deletes the object at `key` if it is still at `expect`: Ok(deletion revision),
+    /// or Err(what is there now).
+    pub async fn delete(&self, key: &str, expect: i64) -> ApiResult<Result<i64, Option<Stored>>> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expect)])
+            .and_then([TxnOp::delete(key, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let r = self.client.kv_client().txn(txn).await?;
+        if r.succeeded() {
+            return Ok(Ok(r.header().map(|h| h.revision()).unwrap_or_default()));
+        }
+        Ok(Err(current(&r)?))
+    }
+
+    /// Up to `limit` objects (0: all) under `prefix` with keys after `after`, read at
+    /// `revision` (0: now).
+    pub async fn list(&self, prefix: &str, after: Option<&str>, limit: i64, revision: i64) -> ApiResult<Page> {
+        let start = match after {
+            Some(k) => format!("{k}\0"),
+            None => prefix.to_string(),
+        };
+        let mut opts = GetOptions::new().with_range(prefix_end(prefix));
+        if limit > 0 {
+            opts = opts.with_limit(limit);
+        }
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let r = self.client.kv_client().get(start, Some(opts)).await?;
+        let items =
+            r.kvs().iter().map(|kv| decode(kv.key(), kv.value(), kv.mod_revision())).collect::<ApiResult<Vec<_>>>()?;
+        Ok(Page { items, revision: r.header().map(|h| h.revision()).unwrap_or_default(), more: r.more() })
+    }
+
+    /// Watches `prefix` from revision `from` (inclusive), with previous values.
+    pub async fn watch(&self, prefix: &str, from: i64) -> ApiResult<WatchStream> {
+        let opts = WatchOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_start_revision(from)
+            .with_prev_key()
+            .with_progress_notify();
+        Ok(self.client.watch_client().watch(prefix, Some(opts)).await?)
+    }
+}
+
+fn current(r: &etcd_client::TxnResponse) -> ApiResult<Option<Stored>> {
+    for op in r.op_responses() {
+        if let TxnOpResponse::Get(g) = op {
+            if let Some(kv) = g.kvs().first() {
+                return Ok(Some(decode(kv.key(), kv.value(), kv.mod_revision())?));
+            }
+        }
+    }
+    Ok(None)
+}

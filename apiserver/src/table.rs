@@ -1,0 +1,282 @@
+//! `as=Table` responses: the columns `kubectl get` prints, computed on the server
+//! as kube-apiserver's printers do.
+
+use serde_json::{json, Value};
+
+use crate::object::parse_rfc3339;
+use crate::registry::Resource;
+
+/// Kubernetes' HumanDuration: `45s`, `5m2s`, `3h`, `2d5h`, `400d`, `2y3d`.
+pub fn human_duration(secs: i64) -> String {
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    let s = secs.max(0);
+    let (m, h) = (s / 60, s / 3600);
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        if h % 24 == 0 {
+            format!("{}d", h / 24)
+        } else {
+            format!("{}d{}h", h / 24, h % 24)
+        }
+    } else if h < 24 * 365 * 2 {
+        format!("{}d", h / 24)
+    } else if h < 24 * 365 * 8 {
+        let d = h / 24;
+        if d % 365 == 0 {
+            format!("{}y", d / 365)
+        } else {
+            format!("{}y{}d", d / 365, d % 365)
+        }
+    } else {
+        format!("{}y", h / 24 / 365)
+    }
+}
+
+fn age(obj: &Value) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    match obj["metadata"]["creationTimestamp"].as_str().and_then(parse_rfc3339) {
+        Some(t) => human_duration(now - t),
+        None => "<unknown>".into(),
+    }
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn col(name: &str, ty: &str, description: &str) -> Value {
+    json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": description, "priority": 0})
+}
+
+fn cells(r: &Resource, o: &Value) -> Vec<Value> {
+    let name = json!(o["metadata"]["name"].as_str().unwrap_or_default());
+    match r.plural {
+        "pods" => {
+            let statuses = o["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+            let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+            let ready = statuses.iter().filter(|c| c["ready"] == json!(true)).count();
+            let restarts: i64 = statuses.iter().map(|c| int(&c["restartCount"])).sum();
+            let mut status = o["status"]["phase"].as_str().unwrap_or("Pending").to_string();
+            if let Some(reason) = o["status"]["reason"].as_str() {
+                status = reason.to_string();
+            }
+            for c in &statuses {
+                if let Some(w) = c["state"]["waiting"]["reason"].as_str() {
+                    status = w.to_string();
+                } else if let Some(t) = c["state"]["terminated"]["reason"].as_str() {
+                    status = t.to_string();
+                }
+            }
+            if o["metadata"]["deletionTimestamp"].is_string() {
+                status = "Terminating".into();
+            }
+            vec![name, json!(format!("{ready}/{total}")), json!(status), json!(restarts), json!(age(o))]
+        }
+        "deployments" => vec![
+            name,
+            json!(format!("{}/{}", int(&o["status"]["readyReplicas"]), int(&o["spec"]["replicas"]))),
+            json!(int(&o["status"]["updatedReplicas"])),
+            json!(int(&o["status"]["availableReplicas"])),
+            json!(age(o)),
+        ],
+        "replicasets" => vec![
+            name,
+            json!(int(&o["spec"]["replicas"])),
+            json!(int(&o["status"]["replicas"])),
+            json!(int(&o["status"]["readyReplicas"])),
+            json!(age(o)),
+        ],
+        "statefulsets" => vec![
+            name,
+            json!(format!("{}/{}", int(&o["status"]["readyReplicas"]), int(&o["spec"]["replicas"]))),
+            json!(age(o)),
+        ],
+        "services" => {
+            let ports = o["spec"]["ports"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| {
+                            let proto = p["protocol"].as_str().unwrap_or("TCP");
+                            match p["nodePort"].as_i64() {
+                                Some(np) => format!("{}:{np}/{proto}", int(&p["port"])),
+                                None => format!("{}/{proto}", int(&p["port"])),
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(o["spec"]["type"].as_str().unwrap_or("ClusterIP")),
+                json!(o["spec"]["clusterIP"].as_str().unwrap_or("<none>")),
+                json!("<none>"),
+                json!(ports),
+                json!(age(o)),
+            ]
+        }
+        "namespaces" => vec![name, json!(o["status"]["phase"].as_str().unwrap_or("Active")), json!(age(o))],
+        "configmaps" => {
+            let n = o["data"].as_object().map_or(0, |m| m.len()) + o["binaryData"].as_object().map_or(0, |m| m.len());
+            vec![name, json!(n), json!(age(o))]
+        }
+        "secrets" => vec![
+            name,
+            json!(o["type"].as_str().unwrap_or("Opaque")),
+            json!(o["data"].as_object().map_or(0, |m| m.len())),
+            json!(age(o)),
+        ],
+        "nodes" => {
+            let ready = o["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" })
+                .unwrap_or("Unknown");
+            vec![
+                name,
+                json!(ready),
+                json!("<none>"),
+                json!(age(o)),
+                json!(o["status"]["nodeInfo"]["kubeletVersion"].as_str().unwrap_or("")),
+            ]
+        }
+        _ => vec![name, json!(age(o))],
+    }
+}
+
+fn columns(r: &Resource) -> Vec<Value> {
+    let name = col("Name", "string", "Name must be unique within a namespace.");
+    let age = col(
+        "Age",
+        "string",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    );
+    let mut cols = match r.plural {
+        "pods" => vec![
+            name,
+            col("Ready", "string", "The aggregate readiness state of this pod for accepting traffic."),
+            col("Status", "string", "The aggregate status of the containers in this pod."),
+            col("Restarts", "string", "The number of times the containers in this pod have been restarted."),
+            age,
+        ],
+        "deployments" => vec![
+            name,
+            col("Ready", "string", "Number of the pod with ready state"),
+            col(
+                "Up-to-date",
+                "string",
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            col(
+                "Available",
+                "string",
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
+            age,
+        ],
+        "replicasets" => vec![
+            name,
+            col("Desired", "integer", "Number of desired pods."),
+            col("Current", "integer", "Number of actual replicas."),
+            col("Ready", "integer", "The number of ready replicas for this replica set."),
+            age,
+        ],
+        "statefulsets" => vec![name, col("Ready", "string", "Number of the pod with ready state"), age],
+        "services" => vec![
+            name,
+            col("Type", "string", "The type of the service."),
+            col("Cluster-IP", "string", "The cluster IP of the service."),
+            col("External-IP", "string", "The external IP of the service."),
+            col("Port(s)", "string", "The ports of the service."),
+            age,
+        ],
+        "namespaces" => vec![name, col("Status", "string", "The status of the namespace"), age],
+        "configmaps" => vec![name, col("Data", "string", "Number of keys"), age],
+        "secrets" => {
+            vec![name, col("Type", "string", "The type of the secret"), col("Data", "string", "Number of items"), age]
+        }
+        "nodes" => vec![
+            name,
+            col("Status", "string", "The status of the node"),
+            col("Roles", "string", "The roles of the node"),
+            age,
+            col("Version", "string", "Kubelet Version reported by the node."),
+        ],
+        _ => vec![name, age],
+    };
+    for c in cols.iter_mut().skip(1) {
+        c["format"] = json!("");
+    }
+    cols
+}
+
+/// The metadata-only object a row carries (`kubectl get -A` and `--show-labels` use it).
+pub fn partial_metadata(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
+}
+
+/// A Table of `items`; `headers` false leaves out the column definitions (watch
+/// events after the first, as kube-apiserver does).
+pub fn table(r: &Resource, items: &[Value], resource_version: &str, cont: Option<&str>, headers: bool) -> Value {
+    let rows: Vec<Value> = items.iter().map(|o| json!({"cells": cells(r, o), "object": partial_metadata(o)})).collect();
+    let mut meta = json!({"resourceVersion": resource_version});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+        "columnDefinitions": if headers { Value::Array(columns(r)) } else { Value::Null },
+        "rows": rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl() {
+        assert_eq!(human_duration(45), "45s");
+        assert_eq!(human_duration(302), "5m2s");
+        assert_eq!(human_duration(3 * 3600), "3h");
+        assert_eq!(human_duration(2 * 86400 + 5 * 3600), "2d5h");
+        assert_eq!(human_duration(400 * 86400), "400d");
+    }
+
+    #[test]
+    fn pod_rows_show_ready_status_restarts() {
+        let r = crate::registry::find("", "v1", "pods").unwrap();
+        let pod = json!({"metadata": {"name": "web"}, "spec": {"containers": [{}, {}]},
+            "status": {"phase": "Running", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        let t = table(r, &[pod], "7", None, true);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[0], "web");
+        assert_eq!(cells[1], "1/2");
+        assert_eq!(cells[2], "CrashLoopBackOff");
+        assert_eq!(cells[3], 3);
+        assert_eq!(t["columnDefinitions"][1]["name"], "Ready");
+    }
+}

@@ -1,0 +1,45 @@
+//! `skiff apiserver`: the Kubernetes API on a store cluster. The work is done by
+//! `skiff_apiserver`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Args)]
+pub struct ApiServerArgs {
+    /// Comma-separated store (etcd v3) endpoints.
+    #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
+    store_endpoints: Vec<String>,
+    /// HTTPS address to serve on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    bind: SocketAddr,
+    /// Also serve plain HTTP, without authentication, on this loopback address.
+    #[arg(long)]
+    insecure_bind: Option<SocketAddr>,
+    /// Directory for the CA and certificates (`pki/`, generated on first start) and the
+    /// admin kubeconfig (`admin.kubeconfig`).
+    #[arg(long, default_value = "apiserver.skiff")]
+    data_dir: PathBuf,
+}
+
+pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
+    let running = skiff_apiserver::start(skiff_apiserver::Config {
+        store_endpoints: args.store_endpoints,
+        bind: args.bind,
+        insecure_bind: args.insecure_bind,
+        data_dir: args.data_dir,
+    })
+    .await?;
+    tracing::info!("serving the Kubernetes API on https://{}", running.https);
+    if let Some(h) = running.http {
+        tracing::info!("and without authentication on http://{h}");
+    }
+    println!("export KUBECONFIG={}", std::fs::canonicalize(&running.kubeconfig)?.display());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

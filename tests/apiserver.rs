@@ -1,0 +1,427 @@
+//! `skiff apiserver` on a one-member store, driven by the real kubectl 1.32 and 1.33
+//! (each with a fresh cache dir) over HTTPS with the generated kubeconfig, and by raw
+//! HTTP requests for what kubectl hides (status codes, watch streams, pagination).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const KUBECTL_132: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
+const KUBECTL_133: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+
+struct Api {
+    store: Cluster,
+    dir: tempfile::TempDir,
+    child: Child,
+    http_port: u16,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Api {
+    fn start() -> Api {
+        let store = Cluster::start(1);
+        let dir = tempfile::tempdir().unwrap();
+        let (https, http_port) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("apiserver.log")).unwrap();
+        let child = Command::new(skiff_bin())
+            .args(["apiserver", "--store-endpoints", &store.endpoints()])
+            .args(["--bind", &format!("127.0.0.1:{https}")])
+            .args(["--insecure-bind", &format!("127.0.0.1:{http_port}")])
+            .arg("--data-dir")
+            .arg(dir.path().join("api"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let api = Api { store, dir, child, http_port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if api.kubeconfig().exists() && api.raw("GET", "/readyz", None).0 == 200 {
+                return api;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the API server did not start: {}",
+            std::fs::read_to_string(api.dir.path().join("apiserver.log")).unwrap()
+        );
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("api/admin.kubeconfig")
+    }
+
+    fn kubectl_with(&self, bin: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let cache = self.dir.path().join(format!("cache-{}", Path::new(bin).file_name().unwrap().to_string_lossy()));
+        let mut child = Command::new(bin)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// kubectl 1.32; panics with its output unless it succeeds.
+    fn k(&self, args: &[&str]) -> String {
+        let o = self.kubectl_with(KUBECTL_132, args, None);
+        assert!(o.status.success(), "kubectl {args:?} failed:\n{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn k_in(&self, args: &[&str], stdin: &str) -> String {
+        let o = self.kubectl_with(KUBECTL_132, args, Some(stdin));
+        assert!(o.status.success(), "kubectl {args:?} failed:\n{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// kubectl that must fail; its stderr.
+    fn k_fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let o = self.kubectl_with(KUBECTL_132, args, stdin);
+        assert!(!o.status.success(), "kubectl {args:?} should have failed:\n{}", text(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    fn k_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.k(&a)).unwrap()
+    }
+
+    /// One plain-HTTP request: (status, body).
+    fn raw(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, String) {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.http_port)) else { return (0, String::new()) };
+        let (ct, b) = body.unwrap_or(("", ""));
+        let ct_line = if ct.is_empty() { String::new() } else { format!("Content-Type: {ct}\r\n") };
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{ct_line}Content-Length: {}\r\nConnection: close\r\n\r\n{b}",
+            b.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (code, body)
+    }
+
+    fn raw_json(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, Value) {
+        let (code, b) = self.raw(method, path, body);
+        (code, serde_json::from_str(&b).unwrap_or_else(|e| panic!("{method} {path}: {code} {b:?}: {e}")))
+    }
+}
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx
+  labels: {app: nginx}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: nginx}
+  template:
+    metadata:
+      labels: {app: nginx}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.25
+        ports:
+        - containerPort: 80
+";
+
+#[test]
+fn kubectl_discovery_version_and_namespaces() {
+    let api = Api::start();
+    // The dispatcher picks the kubectl matching the server's minor.
+    let v = api.k(&["version", "-o", "json"]);
+    let v: Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["serverVersion"]["minor"], "32");
+    let ns = api.k(&["get", "ns"]);
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.lines().any(|l| l.starts_with(n) && l.contains("Active")), "{ns}");
+    }
+    // Short names and categories come from discovery.
+    let res = api.k(&["api-resources"]);
+    assert!(
+        res.lines().any(|l| l.starts_with("deployments") && l.contains("deploy") && l.contains("apps/v1")),
+        "{res}"
+    );
+    assert!(api.k(&["get", "po"]).is_empty());
+    // kubectl 1.33 works too.
+    let o = api.kubectl_with(KUBECTL_133, &["get", "deploy"], None);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn kubectl_create_get_apply_scale_label_delete() {
+    let api = Api::start();
+    api.k_in(&["create", "-f", "-"], DEPLOYMENT);
+    let get = api.k(&["get", "deploy"]);
+    let header: Vec<&str> = get.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert!(get.contains("nginx   0/3"), "{get}");
+
+    let d = api.k_json(&["get", "deploy", "nginx"]);
+    assert_eq!(d["metadata"]["generation"], 1);
+    assert_eq!(d["metadata"]["uid"].as_str().unwrap().len(), 36);
+    assert!(d["metadata"]["creationTimestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(d["metadata"]["resourceVersion"].as_str().unwrap().parse::<i64>().unwrap() > 1);
+    // Defaults as Kubernetes sets them.
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+
+    // Creating it again: AlreadyExists, as kubectl prints it.
+    let err = api.k_fails(&["create", "-f", "-"], Some(DEPLOYMENT));
+    assert!(err.contains("Error from server (AlreadyExists): error when creating \"STDIN\": deployments.apps \"nginx\" already exists"), "{err}");
+
+    // Label (merge patch), scale (scale subresource), apply (strategic merge), server-side apply.
+    api.k(&["label", "deploy", "nginx", "tier=web"]);
+    api.k(&["annotate", "deploy", "nginx", "note=hello"]);
+    api.k(&["scale", "deploy", "nginx", "--replicas=5"]);
+    let d = api.k_json(&["get", "deploy", "nginx"]);
+    assert_eq!(d["metadata"]["labels"]["tier"], "web");
+    assert_eq!(d["metadata"]["annotations"]["note"], "hello");
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert_eq!(d["metadata"]["generation"], 2, "labels do not bump the generation, replicas do");
+    let out = api.k_in(&["apply", "-f", "-"], &DEPLOYMENT.replace("nginx:1.25", "nginx:1.26"));
+    assert!(out.contains("deployment.apps/nginx configured"), "{out}");
+    let d = api.k_json(&["get", "deploy", "nginx"]);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.26");
+    assert_eq!(d["spec"]["replicas"], 3);
+    let out = api.k_in(&["apply", "--server-side", "-f", "-"], &DEPLOYMENT.replace("replicas: 3", "replicas: 2"));
+    assert!(out.contains("serverside-applied"), "{out}");
+    assert_eq!(api.k_json(&["get", "deploy", "nginx"])["spec"]["replicas"], 2);
+    // Server-side apply creates what does not exist.
+    let out = api.k_in(&["apply", "--server-side", "-f", "-"], &DEPLOYMENT.replace("name: nginx\n", "name: other\n"));
+    assert!(out.contains("deployment.apps/other serverside-applied"), "{out}");
+
+    let all = api.k(&["get", "all"]);
+    assert!(all.contains("deployment.apps/nginx") && all.contains("deployment.apps/other"), "{all}");
+    let by_label = api.k(&["get", "deploy", "-l", "tier=web", "-o", "name"]);
+    assert_eq!(by_label, "deployment.apps/nginx\n");
+
+    api.k(&["delete", "deploy", "nginx"]);
+    let err = api.k_fails(&["get", "deploy", "nginx"], None);
+    assert!(err.contains("Error from server (NotFound): deployments.apps \"nginx\" not found"), "{err}");
+    api.k(&["delete", "deploy", "other", "--cascade=foreground"]);
+    assert!(api.k(&["get", "deploy", "-o", "name"]).is_empty());
+}
+
+#[test]
+fn services_secrets_and_configmaps_from_yaml() {
+    let api = Api::start();
+    let manifest = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cret}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: conf}
+data: {a: '1', b: '2'}
+";
+    api.k_in(&["apply", "-f", "-"], manifest);
+    let svc = api.k_json(&["get", "svc", "web"]);
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
+    let secret = api.k_json(&["get", "secret", "creds"]);
+    assert_eq!(secret["data"]["password"], "czNjcmV0", "stringData is merged into data as base64");
+    assert!(secret.get("stringData").is_none());
+    assert_eq!(secret["type"], "Opaque");
+    let table = api.k(&["get", "secret,cm"]);
+    assert!(
+        table.lines().any(|l| l.starts_with("secret/creds") && l.contains("Opaque") && l.contains(" 1 ")),
+        "{table}"
+    );
+    assert!(table.lines().any(|l| l.starts_with("configmap/conf") && l.contains(" 2 ")), "{table}");
+}
+
+#[test]
+fn status_codes_for_bad_requests() {
+    let api = Api::start();
+    let base = "/apis/apps/v1/namespaces/default/deployments";
+    // Malformed JSON and YAML.
+    let (code, s) = api.raw_json("POST", base, Some(("application/json", "{\"metadata\": ")));
+    assert_eq!((code, s["reason"].as_str()), (400, Some("BadRequest")), "{s}");
+    assert_eq!(s["kind"], "Status");
+    let (code, s) = api.raw_json("POST", base, Some(("application/yaml", "metadata: [unclosed")));
+    assert_eq!((code, s["reason"].as_str()), (400, Some("BadRequest")), "{s}");
+    // No Content-Type means JSON (the Python client sends none).
+    let (code, _) = api.raw_json(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(("", "{\"metadata\":{\"name\":\"plain\"}}")),
+    );
+    assert_eq!(code, 201);
+    // Wrong kind or apiVersion for the URL.
+    let (code, s) = api.raw_json(
+        "POST",
+        base,
+        Some(("application/json", r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x"}}"#)),
+    );
+    assert_eq!(code, 400, "{s}");
+    // Invalid names and labels: 422 Invalid with field causes.
+    let (code, s) = api.raw_json(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(("application/json", r#"{"metadata":{"name":"Bad_Name","labels":{"ok":"-no-"}}}"#)),
+    );
+    assert_eq!((code, s["reason"].as_str()), (422, Some("Invalid")), "{s}");
+    assert!(
+        s["message"].as_str().unwrap().starts_with("ConfigMap \"Bad_Name\" is invalid: [metadata.name: Invalid value"),
+        "{s}"
+    );
+    assert_eq!(s["details"]["causes"].as_array().unwrap().len(), 2, "{s}");
+    // A namespace that does not exist.
+    let (code, s) = api.raw_json(
+        "POST",
+        "/api/v1/namespaces/nowhere/configmaps",
+        Some(("application/json", r#"{"metadata":{"name":"a"}}"#)),
+    );
+    assert_eq!((code, s["message"].as_str()), (404, Some("namespaces \"nowhere\" not found")), "{s}");
+    // Protobuf bodies are refused with 415 for now.
+    let (code, s) = api.raw_json("POST", base, Some(("application/vnd.kubernetes.protobuf", "k8s\0")));
+    assert_eq!((code, s["reason"].as_str()), (415, Some("UnsupportedMediaType")), "{s}");
+    // Optimistic concurrency: an update with a stale resourceVersion is a 409 Conflict.
+    let (_, cm) = api.raw_json("GET", "/api/v1/namespaces/default/configmaps/plain", None);
+    let mut stale = cm.clone();
+    stale["data"] = json!({"v": "1"});
+    let (code, _) = api.raw_json(
+        "PUT",
+        "/api/v1/namespaces/default/configmaps/plain",
+        Some(("application/json", &stale.to_string())),
+    );
+    assert_eq!(code, 200);
+    stale["data"] = json!({"v": "2"});
+    let (code, s) = api.raw_json(
+        "PUT",
+        "/api/v1/namespaces/default/configmaps/plain",
+        Some(("application/json", &stale.to_string())),
+    );
+    assert_eq!((code, s["reason"].as_str()), (409, Some("Conflict")), "{s}");
+    assert!(s["message"]
+        .as_str()
+        .unwrap()
+        .contains("the object has been modified; please apply your changes to the latest version and try again"));
+    // Unknown paths and methods.
+    assert_eq!(api.raw("GET", "/apis/nope/v1/things", None).0, 404);
+    assert_eq!(api.raw("POST", "/api/v1/namespaces/default/configmaps/plain", Some(("application/json", "{}"))).0, 405);
+}
+
+#[test]
+fn list_pages_selectors_and_watch_with_410() {
+    let api = Api::start();
+    let cms = "/api/v1/namespaces/default/configmaps";
+    for i in 0..7 {
+        let tier = if i % 2 == 0 { "even" } else { "odd" };
+        let body = json!({"metadata": {"name": format!("cm{i}"), "labels": {"tier": tier}}}).to_string();
+        assert_eq!(api.raw("POST", cms, Some(("application/json", &body))).0, 201);
+    }
+    // limit/continue walks every item once, at one revision.
+    let mut names = Vec::new();
+    let mut path = format!("{cms}?limit=3");
+    let mut rvs = Vec::new();
+    loop {
+        let (code, l) = api.raw_json("GET", &path, None);
+        assert_eq!(code, 200, "{l}");
+        rvs.push(l["metadata"]["resourceVersion"].as_str().unwrap().to_string());
+        names
+            .extend(l["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()));
+        match l["metadata"]["continue"].as_str() {
+            Some(c) => path = format!("{cms}?limit=3&continue={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(names, (0..7).map(|i| format!("cm{i}")).collect::<Vec<_>>());
+    assert!(rvs.windows(2).all(|w| w[0] == w[1]), "{rvs:?}");
+    // Selectors, every operator.
+    let count = |sel: &str| {
+        api.raw_json("GET", &format!("{cms}?labelSelector={sel}"), None).1["items"].as_array().unwrap().len()
+    };
+    assert_eq!(count("tier%3Deven"), 4);
+    assert_eq!(count("tier!%3Deven"), 3);
+    assert_eq!(count("tier%20in%20(odd,none)"), 3);
+    assert_eq!(count("tier%20notin%20(odd)"), 4);
+    assert_eq!(count("tier"), 7);
+    assert_eq!(count("!tier"), 0);
+    let (_, l) = api.raw_json("GET", &format!("{cms}?fieldSelector=metadata.name%3Dcm3"), None);
+    assert_eq!(l["items"].as_array().unwrap().len(), 1);
+
+    // A watch from the list's revision sees later changes, in order, as JSON lines.
+    let rv = rvs[0].clone();
+    let port = api.http_port;
+    let watcher = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET /api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut lines = Vec::new();
+        for line in BufReader::new(s).lines() {
+            let Ok(line) = line else { break };
+            // Chunk-size lines of the chunked encoding are skipped.
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v.get("type").is_some() {
+                    lines.push(v);
+                }
+            }
+        }
+        lines
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let body = json!({"metadata": {"name": "late"}, "data": {"a": "1"}}).to_string();
+    assert_eq!(api.raw("POST", cms, Some(("application/json", &body))).0, 201);
+    let patch = r#"{"data":{"a":"2"}}"#;
+    assert_eq!(api.raw("PATCH", &format!("{cms}/late"), Some(("application/merge-patch+json", patch))).0, 200);
+    assert_eq!(api.raw("DELETE", &format!("{cms}/late"), None).0, 200);
+    let events = watcher.join().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"], "{events:?}");
+    assert_eq!(events[1]["object"]["data"]["a"], "2");
+    let rvs: Vec<i64> =
+        events.iter().map(|e| e["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()).collect();
+    assert!(rvs.windows(2).all(|w| w[0] < w[1]), "{rvs:?}");
+
+    // After compaction, a watch from before it gets a 410 Expired ERROR event.
+    let (_, l) = api.raw_json("GET", cms, None);
+    let now: i64 = l["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    ok(&api.store.endpoints(), &["compact", &now.to_string()]);
+    let (code, body) = api.raw("GET", &format!("{cms}?watch=true&resourceVersion=2&timeoutSeconds=2"), None);
+    assert_eq!(code, 200);
+    let ev: Value = body
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .find(|v| v.get("type").is_some())
+        .unwrap_or_else(|| panic!("{body:?}"));
+    assert_eq!(ev["type"], "ERROR");
+    assert_eq!(ev["object"]["code"], 410);
+    assert_eq!(ev["object"]["reason"], "Expired");
+}
