@@ -425,3 +425,47 @@ fn list_pages_selectors_and_watch_with_410() {
     assert_eq!(ev["object"]["code"], 410);
     assert_eq!(ev["object"]["reason"], "Expired");
 }
+
+/// Starts a raw watch on a thread; returns the events once the server ends it.
+fn watch_thread(port: u16, path: String) -> std::thread::JoinHandle<Vec<Value>> {
+    std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        BufReader::new(s)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .filter(|v| v.get("type").is_some())
+            .collect()
+    })
+}
+
+#[test]
+fn watches_share_one_stream_and_follow_selectors() {
+    let api = Api::start();
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (_, l) = api.raw_json("GET", cms, None);
+    let rv = l["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let all = watch_thread(api.http_port, format!("{cms}?watch=true&resourceVersion={rv}&timeoutSeconds=3"));
+    let selected = watch_thread(
+        api.http_port,
+        format!("{cms}?watch=true&resourceVersion={rv}&timeoutSeconds=3&labelSelector=tier%3Da"),
+    );
+    // Another namespace's objects never show up in a namespaced watch.
+    let body = json!({"metadata": {"name": "elsewhere"}}).to_string();
+    assert_eq!(api.raw("POST", "/api/v1/namespaces/kube-system/configmaps", Some(("application/json", &body))).0, 201);
+    std::thread::sleep(Duration::from_millis(300));
+    let body = json!({"metadata": {"name": "w", "labels": {"tier": "a"}}}).to_string();
+    assert_eq!(api.raw("POST", cms, Some(("application/json", &body))).0, 201);
+    let relabel = r#"{"metadata":{"labels":{"tier":"b"}}}"#;
+    assert_eq!(api.raw("PATCH", &format!("{cms}/w"), Some(("application/merge-patch+json", relabel))).0, 200);
+    assert_eq!(api.raw("DELETE", &format!("{cms}/w"), None).0, 200);
+    let kinds = |evs: &[Value]| evs.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let all = all.join().unwrap();
+    assert_eq!(kinds(&all), ["ADDED", "MODIFIED", "DELETED"], "{all:?}");
+    // Leaving the selection is a DELETED of the last matching state.
+    let selected = selected.join().unwrap();
+    assert_eq!(kinds(&selected), ["ADDED", "DELETED"], "{selected:?}");
+    assert_eq!(selected[1]["object"]["metadata"]["labels"]["tier"], "a");
+    assert_eq!(selected[1]["object"]["metadata"]["resourceVersion"], all[1]["object"]["metadata"]["resourceVersion"]);
+}

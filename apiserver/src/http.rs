@@ -19,7 +19,7 @@ use crate::registry::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
 use crate::storage::{self, Store, Stored};
-use crate::{defaults, discovery, object, openapi, patch, table};
+use crate::{defaults, discovery, object, openapi, patch, table, watchcache};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -28,6 +28,7 @@ pub const MAX_BODY: usize = 3 << 20;
 
 pub struct App {
     pub store: Store,
+    pub caches: watchcache::WatchCaches,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -272,7 +273,7 @@ async fn resource(
             )));
         }
     }
-    let h = Handler { store: &app.store, r: t.r, ns: t.namespace.as_deref(), q: &q, fmt };
+    let h = Handler { store: &app.store, caches: &app.caches, r: t.r, ns: t.namespace.as_deref(), q: &q, fmt };
     match (method, t.name.as_deref(), t.sub.as_deref()) {
         (Method::GET, None, _) if q.flag("watch") => h.watch().await,
         (Method::GET, None, _) => h.list().await,
@@ -310,6 +311,7 @@ async fn resource(
 
 struct Handler<'a> {
     store: &'a Store,
+    caches: &'a watchcache::WatchCaches,
     r: &'static Resource,
     ns: Option<&'a str>,
     q: &'a Query,
@@ -660,7 +662,8 @@ impl Handler<'_> {
         let (labels, fields) = self.selectors()?;
         let prefix = storage::prefix(self.r, self.ns);
         let rv = self.q.get("resourceVersion").filter(|s| !s.is_empty());
-        let send_initial = self.q.flag("sendInitialEvents") || matches!(rv, None | Some("0"));
+        let explicit_initial = self.q.flag("sendInitialEvents");
+        let send_initial = explicit_initial || matches!(rv, None | Some("0"));
         let bookmarks = self.q.flag("allowWatchBookmarks");
         let timeout = self.q.int("timeoutSeconds")?.map(|s| Duration::from_secs(s.max(0) as u64));
         let from: i64 = match rv {
@@ -669,116 +672,77 @@ impl Handler<'_> {
             }
             _ => 0,
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-        let r = self.r;
-        let table = self.fmt.table;
-        let store = self.store.clone();
         // The initial state, when asked for (or when no revision was given).
         let mut initial = Vec::new();
         let start = if send_initial && from == 0 {
-            let page = store.list(&prefix, None, 0, 0).await?;
+            let page = self.store.list(&prefix, None, 0, 0).await?;
             initial = page.items.into_iter().filter(|s| labels.matches(&s.obj) && fields.matches(&s.obj)).collect();
             page.revision
         } else {
             from
         };
-        let mut stream = match store.watch(&prefix, start + 1).await {
-            Ok(s) => Some(s),
-            Err(e) if e.code == 410 => None,
-            Err(e) => return Err(e),
-        };
-        let explicit_initial = self.q.flag("sendInitialEvents");
+        let mut source = EventSource::open(self.store, self.caches, storage::prefix(self.r, None), start).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+        let r = self.r;
+        let table = self.fmt.table;
         tokio::spawn(async move {
-            let mut headers = true;
-            let mut line = |kind: &str, obj: &Value| -> Bytes {
-                let obj = if table && kind != "ERROR" && kind != "BOOKMARK" {
-                    let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
-                    let t = table::table(r, std::slice::from_ref(obj), rv, None, headers);
-                    headers = false;
-                    t
-                } else {
-                    obj.clone()
-                };
-                let mut b = serde_json::to_vec(&json!({"type": kind, "object": obj})).expect("JSON values serialize");
-                b.push(b'\n');
-                Bytes::from(b)
-            };
-            let bookmark = |rev: i64, end: bool| {
-                let mut meta = json!({"resourceVersion": rev.to_string()});
-                if end {
-                    meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-                }
-                json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": meta})
-            };
+            let mut out = Lines { r, table, headers: true };
             for s in &initial {
-                if tx.send(line("ADDED", &s.obj)).await.is_err() {
+                if tx.send(out.line("ADDED", &s.obj)).await.is_err() {
                     return;
                 }
             }
-            if explicit_initial && bookmarks && tx.send(line("BOOKMARK", &bookmark(start, true))).await.is_err() {
+            if explicit_initial && bookmarks && tx.send(out.line("BOOKMARK", &bookmark(r, start, true))).await.is_err()
+            {
                 return;
             }
-            let Some(mut stream) = stream.take() else {
-                let e = ApiError::gone(format!("too old resource version: {start}"));
-                let _ = tx.send(line("ERROR", &e.to_status())).await;
-                return;
-            };
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
             loop {
-                let msg = match deadline {
-                    Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
-                        Ok(m) => m,
+                let next = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, source.next()).await {
+                        Ok(n) => n,
                         Err(_) => return,
                     },
-                    None => stream.message().await,
+                    None => source.next().await,
                 };
-                let resp = match msg {
-                    Ok(Some(resp)) => resp,
-                    _ => return,
-                };
-                if resp.canceled() {
-                    let e = ApiError::gone(format!("too old resource version: {start} ({})", resp.compact_revision()));
-                    let _ = tx.send(line("ERROR", &e.to_status())).await;
-                    return;
-                }
-                if resp.events().is_empty() {
-                    if bookmarks && !resp.created() {
-                        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
-                        if tx.send(line("BOOKMARK", &bookmark(rev, false))).await.is_err() {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let rev = kv.mod_revision();
-                    let (kind, obj) = match ev.event_type() {
-                        etcd_client::EventType::Put => {
-                            let Ok(new) = storage::decode(kv.key(), kv.value(), rev) else { continue };
-                            let now = labels.matches(&new.obj) && fields.matches(&new.obj);
-                            let before =
-                                ev.prev_kv().and_then(|p| storage::decode(p.key(), p.value(), p.mod_revision()).ok());
-                            let was = before.as_ref().is_some_and(|b| labels.matches(&b.obj) && fields.matches(&b.obj));
-                            match (was, now) {
-                                (false, true) => ("ADDED", new.obj),
-                                (true, true) => ("MODIFIED", new.obj),
-                                (true, false) => ("DELETED", new.obj),
-                                (false, false) => continue,
-                            }
-                        }
-                        etcd_client::EventType::Delete => {
-                            let Some(p) = ev.prev_kv() else { continue };
-                            let Ok(old) = storage::decode(p.key(), p.value(), rev) else { continue };
-                            if !(labels.matches(&old.obj) && fields.matches(&old.obj)) {
-                                continue;
-                            }
-                            ("DELETED", old.obj)
-                        }
-                    };
-                    if tx.send(line(kind, &obj)).await.is_err() {
+                let event = match next {
+                    Next::Event(e) => e,
+                    Next::Gone(compacted) => {
+                        let e = ApiError::gone(format!("too old resource version: {start} ({compacted})"));
+                        let _ = tx.send(out.line("ERROR", &e.to_status())).await;
                         return;
                     }
+                    Next::End => return,
+                };
+                let (kind, obj) = match event {
+                    watchcache::Event::Progress(rev) => {
+                        if bookmarks && tx.send(out.line("BOOKMARK", &bookmark(r, rev, false))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    watchcache::Event::Change { key, rev, obj, prev } => {
+                        if !key.starts_with(&prefix) {
+                            continue;
+                        }
+                        let matches =
+                            |o: &Option<Value>| o.as_ref().is_some_and(|o| labels.matches(o) && fields.matches(o));
+                        match (matches(&prev), matches(&obj)) {
+                            (false, true) => ("ADDED", obj.expect("matched")),
+                            (true, true) => ("MODIFIED", obj.expect("matched")),
+                            (true, false) => {
+                                // Deleted, or changed out of the selection: the last state
+                                // that matched, at the revision of the change.
+                                let mut o = prev.expect("matched");
+                                o["metadata"]["resourceVersion"] = json!(rev.to_string());
+                                ("DELETED", o)
+                            }
+                            (false, false) => continue,
+                        }
+                    }
+                };
+                if tx.send(out.line(kind, &obj)).await.is_err() {
+                    return;
                 }
             }
         });
@@ -792,5 +756,129 @@ impl Handler<'_> {
             .header("Cache-Control", "no-cache, private")
             .body(BodyExt::boxed(body))
             .expect("a valid response"))
+    }
+}
+
+fn bookmark(r: &Resource, rev: i64, initial_end: bool) -> Value {
+    let mut meta = json!({"resourceVersion": rev.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": meta})
+}
+
+/// Watch events as JSON lines; Tables when asked, with column definitions only on the
+/// first (as kube-apiserver does).
+struct Lines {
+    r: &'static Resource,
+    table: bool,
+    headers: bool,
+}
+
+impl Lines {
+    fn line(&mut self, kind: &str, obj: &Value) -> Bytes {
+        let obj = if self.table && kind != "ERROR" && kind != "BOOKMARK" {
+            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+            let t = table::table(self.r, std::slice::from_ref(obj), rv, None, self.headers);
+            self.headers = false;
+            t
+        } else {
+            obj.clone()
+        };
+        let mut b = serde_json::to_vec(&json!({"type": kind, "object": obj})).expect("JSON values serialize");
+        b.push(b'\n');
+        Bytes::from(b)
+    }
+}
+
+enum Next {
+    Event(watchcache::Event),
+    /// The revision asked for was compacted (the compaction revision).
+    Gone(i64),
+    End,
+}
+
+/// Where a client watch's events come from: the resource's watch cache, or, for a
+/// revision older than the cache's window, a store watch of its own.
+enum EventSource {
+    Cache {
+        backlog: std::collections::VecDeque<watchcache::Event>,
+        live: tokio::sync::broadcast::Receiver<watchcache::Event>,
+    },
+    Store {
+        stream: Option<Box<etcd_client::WatchStream>>,
+        pending: std::collections::VecDeque<watchcache::Event>,
+    },
+}
+
+impl EventSource {
+    async fn open(
+        store: &Store,
+        caches: &watchcache::WatchCaches,
+        prefix: String,
+        after: i64,
+    ) -> ApiResult<EventSource> {
+        match caches.subscribe(store, &prefix, after).await? {
+            watchcache::Subscribe::Ok(s) => Ok(EventSource::Cache { backlog: s.backlog.into(), live: s.live }),
+            watchcache::Subscribe::TooOld { .. } => {
+                let stream = match store.watch(&prefix, after + 1).await {
+                    Ok(s) => Some(Box::new(s)),
+                    Err(e) if e.code == 410 => None,
+                    Err(e) => return Err(e),
+                };
+                Ok(EventSource::Store { stream, pending: Default::default() })
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Next {
+        match self {
+            EventSource::Cache { backlog, live } => {
+                if let Some(e) = backlog.pop_front() {
+                    return Next::Event(e);
+                }
+                match live.recv().await {
+                    Ok(e) => Next::Event(e),
+                    // Too slow to keep up, or the cache restarted: the client watches again.
+                    Err(_) => Next::End,
+                }
+            }
+            EventSource::Store { stream, pending } => loop {
+                if let Some(e) = pending.pop_front() {
+                    return Next::Event(e);
+                }
+                let Some(s) = stream.as_mut() else { return Next::Gone(0) };
+                let resp = match s.message().await {
+                    Ok(Some(r)) => r,
+                    _ => return Next::End,
+                };
+                if resp.canceled() {
+                    return Next::Gone(resp.compact_revision());
+                }
+                if resp.events().is_empty() && !resp.created() {
+                    pending.push_back(watchcache::Event::Progress(
+                        resp.header().map(|h| h.revision()).unwrap_or_default(),
+                    ));
+                }
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let rev = kv.mod_revision();
+                    let prev = ev
+                        .prev_kv()
+                        .and_then(|p| storage::decode(p.key(), p.value(), p.mod_revision()).ok())
+                        .map(|s| s.obj);
+                    let obj = match ev.event_type() {
+                        etcd_client::EventType::Put => storage::decode(kv.key(), kv.value(), rev).ok().map(|s| s.obj),
+                        etcd_client::EventType::Delete => None,
+                    };
+                    pending.push_back(watchcache::Event::Change {
+                        rev,
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        obj,
+                        prev,
+                    });
+                }
+            },
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod selector;
 pub mod status;
 pub mod storage;
 pub mod table;
+pub mod watchcache;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,7 +77,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
     pki.write_kubeconfig(&kubeconfig, &format!("https://{host}:{}", https.port()))?;
 
-    let app = Arc::new(http::App { store });
+    let app = Arc::new(http::App { store, caches: watchcache::WatchCaches::default() });
     {
         let app = app.clone();
         tokio::spawn(async move {
