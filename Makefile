@@ -9,7 +9,7 @@ UP_DIR ?= $(CURDIR)/.skiff
 SKIFF := target/debug/skiff
 DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server procps
 
-.PHONY: deps build up down test fmt clippy bench-vs-etcd chaos
+.PHONY: deps test-deps build up down test fmt clippy bench-vs-etcd chaos
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -24,6 +24,13 @@ deps:
 build: deps
 	$(CARGO) build --bin skiff
 
+# What only the tests need: the Python `kubernetes` client, in a virtualenv of its own
+# (so the machine's Python packages stay as they are).
+TEST_VENV := $(CURDIR)/target/test-venv
+test-deps: deps
+	@$(TEST_VENV)/bin/python -c 'import kubernetes' 2>/dev/null || { \
+	  python3 -m venv $(TEST_VENV) && $(TEST_VENV)/bin/pip install -q --disable-pip-version-check kubernetes==37.0.2; }
+
 up: build
 	@scripts/up.sh "$(UP_DIR)" "$(SKIFF)"
 
@@ -31,9 +38,10 @@ down:
 	@scripts/down.sh "$(UP_DIR)"
 
 # The whole suite: unit tests of every crate and the end-to-end tests in tests/,
-# which start real members and drive them with etcdctl, etcd-client and etcd 3.4.
-test: build
-	SKIFF_BIN=$(CURDIR)/$(SKIFF) $(CARGO) nextest run --workspace --no-fail-fast
+# which start real members and drive them with etcdctl, etcd-client, etcd 3.4, kubectl
+# and the Python kubernetes client.
+test: build test-deps
+	SKIFF_BIN=$(CURDIR)/$(SKIFF) SKIFF_PYTHON=$(TEST_VENV)/bin/python $(CARGO) nextest run --workspace --no-fail-fast
 
 # Side-by-side benchmark against etcd 3.4 on this machine; rewrites docs/PERFORMANCE.md.
 # Takes about 10 minutes; QUICK=1 runs a tenth of the requests.

@@ -469,3 +469,21 @@ fn watches_share_one_stream_and_follow_selectors() {
     assert_eq!(selected[1]["object"]["metadata"]["labels"]["tier"], "a");
     assert_eq!(selected[1]["object"]["metadata"]["resourceVersion"], all[1]["object"]["metadata"]["resourceVersion"]);
 }
+
+#[test]
+fn python_kubernetes_client() {
+    let api = Api::start();
+    // Compact everything so far: the script's watch from revision 2 must get 410.
+    let (_, l) = api.raw_json("GET", "/api/v1/namespaces", None);
+    ok(&api.store.endpoints(), &["compact", l["metadata"]["resourceVersion"].as_str().unwrap()]);
+    // `make test` installs the client into a virtualenv and names its python here.
+    let python = std::env::var("SKIFF_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/k8s_client.py");
+    let o = Command::new(&python).arg(script).arg(api.kubeconfig()).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{python} {script} failed (is the `kubernetes` package installed? `make test` installs it):\n{}",
+        text(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("python client: ok"));
+}
