@@ -487,3 +487,48 @@ fn python_kubernetes_client() {
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("python client: ok"));
 }
+
+#[test]
+fn kubectl_create_commands_that_send_protobuf() {
+    let api = Api::start();
+    api.k(&["create", "secret", "generic", "db", "--from-literal=user=admin", "--from-literal=pass=s3cr3t"]);
+    let s = api.k_json(&["get", "secret", "db"]);
+    assert_eq!(s["data"], json!({"user": "YWRtaW4=", "pass": "czNjcjN0"}));
+    assert_eq!(s["type"], "Opaque");
+    api.k(&["create", "configmap", "conf", "--from-literal=a=1"]);
+    assert_eq!(api.k_json(&["get", "cm", "conf"])["data"], json!({"a": "1"}));
+    api.k(&["create", "namespace", "team"]);
+    assert!(api.k(&["get", "ns", "team"]).contains("Active"));
+    api.k(&["create", "deployment", "web", "--image=nginx:1.25", "--replicas=2", "--port=80"]);
+    let d = api.k_json(&["get", "deploy", "web"]);
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["spec"]["selector"]["matchLabels"], json!({"app": "web"}));
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate", "an empty strategy is defaulted: {d}");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!((c["name"].as_str(), c["image"].as_str()), (Some("nginx"), Some("nginx:1.25")));
+    assert_eq!(c["ports"][0]["containerPort"], 80);
+    assert!(d["spec"]["template"]["spec"].get("initContainers").is_none(), "{d}");
+    assert!(d.get("status").is_none_or(|s| s.as_object().is_some_and(|m| m.is_empty())), "{d}");
+    api.k(&["create", "service", "clusterip", "websvc", "--tcp=80:8080"]);
+    let svc = api.k_json(&["get", "svc", "websvc"]);
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    api.k(&["create", "job", "once", "--image=busybox", "--", "echo", "hi"]);
+    let j = api.k_json(&["get", "job", "once"]);
+    assert_eq!(j["spec"]["template"]["spec"]["containers"][0]["command"], json!(["echo", "hi"]));
+    assert_eq!(j["spec"]["template"]["spec"]["restartPolicy"], "Never");
+    api.k(&["create", "serviceaccount", "robot"]);
+    api.k(&["autoscale", "deployment", "web", "--min=2", "--max=5", "--cpu-percent=80"]);
+    let h = api.k_json(&["get", "hpa.v1.autoscaling", "web"]);
+    assert_eq!(h["spec"]["scaleTargetRef"]["name"], "web");
+    assert_eq!((h["spec"]["minReplicas"].as_i64(), h["spec"]["maxReplicas"].as_i64()), (Some(2), Some(5)));
+    // kubectl 1.33 sends autoscaling/v2.
+    let o = api.kubectl_with(
+        KUBECTL_133,
+        &["autoscale", "deployment", "web", "--name=web2", "--min=1", "--max=3", "--cpu-percent=50"],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = api.kubectl_with(KUBECTL_133, &["create", "secret", "generic", "db2", "--from-literal=k=v"], None);
+    assert!(o.status.success(), "{}", text(&o));
+}

@@ -7,10 +7,21 @@ use serde_json::{json, Value};
 
 use crate::registry::Resource;
 
+/// Sets `obj[key]` when it is absent, null, or an empty object (Go's protobuf encoder
+/// writes unset non-pointer structs as empty messages).
 fn set_default(obj: &mut Value, key: &str, v: Value) {
-    if obj.is_object() && obj.get(key).is_none_or(Value::is_null) {
+    let unset = |x: &Value| x.is_null() || x.as_object().is_some_and(|m| m.is_empty());
+    if obj.is_object() && obj.get(key).is_none_or(unset) {
         obj[key] = v;
     }
+}
+
+/// `obj[key]`, made an object if it is missing (never inserts a null).
+fn object_at<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
+    if !obj[key].is_object() {
+        obj[key] = json!({});
+    }
+    &mut obj[key]
 }
 
 fn pod_spec(spec: &mut Value) {
@@ -23,7 +34,7 @@ fn pod_spec(spec: &mut Value) {
     set_default(spec, "terminationGracePeriodSeconds", json!(30));
     set_default(spec, "securityContext", json!({}));
     for list in ["containers", "initContainers"] {
-        if let Some(cs) = spec[list].as_array_mut() {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs {
                 let image = c["image"].as_str().unwrap_or_default().to_string();
                 let tag_latest = match image.rsplit_once(':') {
@@ -46,7 +57,7 @@ fn pod_spec(spec: &mut Value) {
 
 fn template(obj: &mut Value) {
     if obj["spec"]["template"].is_object() {
-        pod_spec(&mut obj["spec"]["template"]["spec"]);
+        pod_spec(object_at(&mut obj["spec"]["template"], "spec"));
         set_default(&mut obj["spec"]["template"], "metadata", json!({}));
     }
 }
@@ -55,7 +66,7 @@ fn template(obj: &mut Value) {
 pub fn apply(r: &Resource, obj: &mut Value) {
     match (r.group, r.plural) {
         ("", "pods") => {
-            pod_spec(&mut obj["spec"]);
+            pod_spec(object_at(obj, "spec"));
             set_default(obj, "status", json!({"phase": "Pending", "qosClass": "BestEffort"}));
         }
         ("", "namespaces") => {
@@ -103,11 +114,11 @@ pub fn apply(r: &Resource, obj: &mut Value) {
         }
         ("", "serviceaccounts") | ("", "configmaps") | ("", "endpoints") => {}
         ("", "persistentvolumeclaims") => {
-            set_default(&mut obj["spec"], "volumeMode", json!("Filesystem"));
+            set_default(object_at(obj, "spec"), "volumeMode", json!("Filesystem"));
             set_default(obj, "status", json!({"phase": "Pending"}));
         }
         ("apps", "deployments") => {
-            let spec = &mut obj["spec"];
+            let spec = object_at(obj, "spec");
             set_default(spec, "replicas", json!(1));
             set_default(spec, "revisionHistoryLimit", json!(10));
             set_default(spec, "progressDeadlineSeconds", json!(600));
@@ -119,11 +130,11 @@ pub fn apply(r: &Resource, obj: &mut Value) {
             template(obj);
         }
         ("apps", "replicasets") => {
-            set_default(&mut obj["spec"], "replicas", json!(1));
+            set_default(object_at(obj, "spec"), "replicas", json!(1));
             template(obj);
         }
         ("apps", "statefulsets") => {
-            let spec = &mut obj["spec"];
+            let spec = object_at(obj, "spec");
             set_default(spec, "replicas", json!(1));
             set_default(spec, "revisionHistoryLimit", json!(10));
             set_default(spec, "podManagementPolicy", json!("OrderedReady"));
@@ -136,18 +147,19 @@ pub fn apply(r: &Resource, obj: &mut Value) {
             template(obj);
         }
         ("apps", "daemonsets") => {
-            set_default(&mut obj["spec"], "revisionHistoryLimit", json!(10));
+            set_default(object_at(obj, "spec"), "revisionHistoryLimit", json!(10));
             set_default(
-                &mut obj["spec"],
+                object_at(obj, "spec"),
                 "updateStrategy",
                 json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
             );
             template(obj);
         }
         ("batch", "jobs") => {
-            set_default(&mut obj["spec"], "backoffLimit", json!(6));
-            set_default(&mut obj["spec"], "completions", json!(1));
-            set_default(&mut obj["spec"], "parallelism", json!(1));
+            let spec = object_at(obj, "spec");
+            set_default(spec, "backoffLimit", json!(6));
+            set_default(spec, "completions", json!(1));
+            set_default(spec, "parallelism", json!(1));
             if obj["spec"]["template"]["spec"].is_object() {
                 set_default(&mut obj["spec"]["template"]["spec"], "restartPolicy", json!("Never"));
             }

@@ -180,10 +180,11 @@ async fn read_body(req: Request<Incoming>) -> ApiResult<(String, Bytes)> {
     Ok((ct, body.to_bytes()))
 }
 
-/// Decodes a request body by its Content-Type (JSON when none is given).
-fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
+/// Decodes a request body for resource `r` by its Content-Type (JSON when none is given).
+fn decode_body(r: &Resource, ct: &str, body: &[u8]) -> ApiResult<Value> {
     let media = ct.split(';').next().unwrap_or("").trim();
     match media {
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(r.group, r.version, body),
         "" | "application/json" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
         "application/yaml" | "application/apply-patch+yaml" => {
@@ -287,11 +288,11 @@ async fn resource(
         }
         (Method::POST, None, _) => {
             let (ct, body) = read_body(req).await?;
-            h.create(decode_body(&ct, &body)?).await
+            h.create(decode_body(t.r, &ct, &body)?).await
         }
         (Method::PUT, Some(name), sub) => {
             let (ct, body) = read_body(req).await?;
-            h.update(name, sub, decode_body(&ct, &body)?).await
+            h.update(name, sub, decode_body(t.r, &ct, &body)?).await
         }
         (Method::PATCH, Some(name), sub) => {
             let (ct, body) = read_body(req).await?;
@@ -299,7 +300,7 @@ async fn resource(
         }
         (Method::DELETE, Some(name), None) => {
             let (ct, body) = read_body(req).await?;
-            let opts = if body.is_empty() { json!({}) } else { decode_body(&ct, &body)? };
+            let opts = if body.is_empty() { json!({}) } else { decode_body(t.r, &ct, &body)? };
             h.delete(name, &opts).await
         }
         (Method::DELETE, None, None) => h.delete_collection().await,
@@ -549,7 +550,7 @@ impl Handler<'_> {
     async fn patch(&self, name: &str, sub: Option<&str>, ct: &str, body: &[u8]) -> ApiResult<Response<Body>> {
         let media = ct.split(';').next().unwrap_or("").trim().to_string();
         let p: Value = match media.as_str() {
-            "application/apply-patch+yaml" => decode_body(&media, body)?,
+            "application/apply-patch+yaml" => decode_body(self.r, &media, body)?,
             "application/merge-patch+json"
             | "application/strategic-merge-patch+json"
             | "application/json-patch+json" => serde_json::from_slice(body)

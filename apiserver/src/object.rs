@@ -192,6 +192,13 @@ pub fn prepare_create(r: &Resource, obj: &mut Value, namespace: Option<&str>) ->
     if has_generation(r) {
         meta["generation"] = json!(1);
     }
+    // Status is the server's and the controllers' to write, through the status
+    // subresource; what a client sends on create is dropped, as Kubernetes does.
+    if r.subresources.contains(&"status") {
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("status");
+        }
+    }
     obj["apiVersion"] = json!(r.api_version());
     obj["kind"] = json!(r.kind);
     validate_meta(r, obj)
