@@ -519,9 +519,17 @@ fn kubectl_create_commands_that_send_protobuf() {
     assert_eq!(j["spec"]["template"]["spec"]["restartPolicy"], "Never");
     api.k(&["create", "serviceaccount", "robot"]);
     api.k(&["autoscale", "deployment", "web", "--min=2", "--max=5", "--cpu-percent=80"]);
-    let h = api.k_json(&["get", "hpa.v1.autoscaling", "web"]);
+    let h = api.k_json(&["get", "horizontalpodautoscalers.v1.autoscaling", "web"]);
     assert_eq!(h["spec"]["scaleTargetRef"]["name"], "web");
     assert_eq!((h["spec"]["minReplicas"].as_i64(), h["spec"]["maxReplicas"].as_i64()), (Some(2), Some(5)));
+    // One object, two versions: v2 shows the CPU target as a metric.
+    let h2 = api.k_json(&["get", "horizontalpodautoscalers.v2.autoscaling", "web"]);
+    assert_eq!(h2["apiVersion"], "autoscaling/v2");
+    assert_eq!(h2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80, "{h2}");
+    assert_eq!(h["spec"]["targetCPUUtilizationPercentage"], 80);
+    let hpa = api.k(&["get", "hpa"]);
+    assert!(hpa.lines().next().unwrap().starts_with("NAME   REFERENCE        TARGETS"), "{hpa}");
+    assert!(hpa.contains("Deployment/web   cpu: <unknown>/80%   2         5"), "{hpa}");
     // kubectl 1.33 sends autoscaling/v2.
     let o = api.kubectl_with(
         KUBECTL_133,

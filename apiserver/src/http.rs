@@ -19,7 +19,7 @@ use crate::registry::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
 use crate::storage::{self, Store, Stored};
-use crate::{defaults, discovery, object, openapi, patch, table, watchcache};
+use crate::{convert, defaults, discovery, object, openapi, patch, table, watchcache};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -380,7 +380,9 @@ impl Handler<'_> {
     }
 
     async fn get(&self, name: &str) -> ApiResult<Stored> {
-        self.store.get(&self.key(name)).await?.ok_or_else(|| self.not_found(name))
+        let mut s = self.store.get(&self.key(name)).await?.ok_or_else(|| self.not_found(name))?;
+        s.obj = convert::to_view(self.r, s.obj);
+        Ok(s)
     }
 
     fn selectors(&self) -> ApiResult<(LabelSelector, FieldSelector)> {
@@ -416,7 +418,7 @@ impl Handler<'_> {
             let last_key = page.items.last().map(|s| s.key.clone());
             for s in page.items {
                 if labels.matches(&s.obj) && fields.matches(&s.obj) {
-                    items.push(s.obj);
+                    items.push(convert::to_view(self.r, s.obj));
                 }
             }
             if !page.more {
@@ -469,7 +471,7 @@ impl Handler<'_> {
             }
             return Ok(self.reply(201, &obj));
         }
-        match self.store.create(&self.key(&name), &obj).await? {
+        match self.store.create(&self.key(&name), &convert::to_storage(self.r, &obj)).await? {
             Some(rev) => {
                 obj["metadata"]["resourceVersion"] = json!(rev.to_string());
                 Ok(self.reply(201, &obj))
@@ -485,7 +487,7 @@ impl Handler<'_> {
         if self.q.dry_run() {
             return Ok(new);
         }
-        match self.store.update(&self.key(name), &new, cur.rev).await? {
+        match self.store.update(&self.key(name), &convert::to_storage(self.r, &new), cur.rev).await? {
             Ok(rev) => {
                 new["metadata"]["resourceVersion"] = json!(rev.to_string());
                 Ok(new)
@@ -559,7 +561,10 @@ impl Handler<'_> {
         };
         for _attempt in 0..5 {
             let cur = match self.store.get(&self.key(name)).await? {
-                Some(c) => c,
+                Some(mut c) => {
+                    c.obj = convert::to_view(self.r, c.obj);
+                    c
+                }
                 // Server-side apply creates what is missing.
                 None if media == "application/apply-patch+yaml" && sub.is_none() => {
                     let mut obj = p.clone();
@@ -626,7 +631,7 @@ impl Handler<'_> {
                 if self.q.dry_run() {
                     return Ok(self.reply(202, &o));
                 }
-                match self.store.update(&cur.key, &o, cur.rev).await? {
+                match self.store.update(&cur.key, &convert::to_storage(self.r, &o), cur.rev).await? {
                     Ok(rev) => {
                         o["metadata"]["resourceVersion"] = json!(rev.to_string());
                         return Ok(self.reply(202, &o));
@@ -652,7 +657,7 @@ impl Handler<'_> {
         let mut deleted = Vec::new();
         for s in page.items.into_iter().filter(|s| labels.matches(&s.obj) && fields.matches(&s.obj)) {
             if self.q.dry_run() || self.store.delete(&s.key, s.rev).await?.is_ok() {
-                deleted.push(s.obj);
+                deleted.push(convert::to_view(self.r, s.obj));
             }
         }
         let list = json!({"kind": format!("{}List", self.r.kind), "apiVersion": self.r.api_version(), "metadata": {"resourceVersion": page.revision.to_string()}, "items": deleted});
@@ -778,6 +783,13 @@ struct Lines {
 
 impl Lines {
     fn line(&mut self, kind: &str, obj: &Value) -> Bytes {
+        let converted;
+        let obj = if kind == "ERROR" || kind == "BOOKMARK" {
+            obj
+        } else {
+            converted = convert::to_view(self.r, obj.clone());
+            &converted
+        };
         let obj = if self.table && kind != "ERROR" && kind != "BOOKMARK" {
             let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
             let t = table::table(self.r, std::slice::from_ref(obj), rv, None, self.headers);

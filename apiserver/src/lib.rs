@@ -3,6 +3,7 @@
 //! kube-apiserver keeps them in etcd (`storage`), and `skiff apiserver` runs it over
 //! HTTPS with certificates it generates (`pki`).
 
+pub mod convert;
 pub mod defaults;
 pub mod discovery;
 pub mod http;

@@ -137,6 +137,44 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             ]
         }
         "namespaces" => vec![name, json!(o["status"]["phase"].as_str().unwrap_or("Active")), json!(age(o))],
+        "horizontalpodautoscalers" => {
+            let target = &o["spec"]["scaleTargetRef"];
+            let reference =
+                format!("{}/{}", target["kind"].as_str().unwrap_or(""), target["name"].as_str().unwrap_or(""));
+            let current = |v: &Value| v.as_i64().map_or("<unknown>".to_string(), |p| format!("{p}%"));
+            let targets = match o["spec"]["targetCPUUtilizationPercentage"].as_i64() {
+                Some(p) => format!("cpu: {}/{p}%", current(&o["status"]["currentCPUUtilizationPercentage"])),
+                None => o["spec"]["metrics"]
+                    .as_array()
+                    .map(|ms| {
+                        ms.iter()
+                            .filter(|m| m["type"] == "Resource")
+                            .map(|m| {
+                                let name = m["resource"]["name"].as_str().unwrap_or("");
+                                let want = m["resource"]["target"]["averageUtilization"].as_i64().unwrap_or(0);
+                                let now = o["status"]["currentMetrics"]
+                                    .as_array()
+                                    .and_then(|cs| cs.iter().find(|c| c["resource"]["name"] == name))
+                                    .map(|c| c["resource"]["current"]["averageUtilization"].clone())
+                                    .unwrap_or(Value::Null);
+                                format!("{name}: {}/{want}%", current(&now))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "<none>".into()),
+            };
+            vec![
+                name,
+                json!(reference),
+                json!(targets),
+                o["spec"]["minReplicas"].as_i64().map_or(json!("<unset>"), |v| json!(v)),
+                json!(int(&o["spec"]["maxReplicas"])),
+                json!(int(&o["status"]["currentReplicas"])),
+                json!(age(o)),
+            ]
+        }
         "configmaps" => {
             let n = o["data"].as_object().map_or(0, |m| m.len()) + o["binaryData"].as_object().map_or(0, |m| m.len());
             vec![name, json!(n), json!(age(o))]
@@ -212,6 +250,15 @@ fn columns(r: &Resource) -> Vec<Value> {
             age,
         ],
         "namespaces" => vec![name, col("Status", "string", "The status of the namespace"), age],
+        "horizontalpodautoscalers" => vec![
+            name,
+            col("Reference", "string", "reference to target resource"),
+            col("Targets", "string", "current and target metrics"),
+            col("MinPods", "string", "Lower limit for the number of pods."),
+            col("MaxPods", "integer", "Upper limit for the number of pods."),
+            col("Replicas", "integer", "Current number of replicas."),
+            age,
+        ],
         "configmaps" => vec![name, col("Data", "string", "Number of keys"), age],
         "secrets" => {
             vec![name, col("Type", "string", "The type of the secret"), col("Data", "string", "Number of items"), age]
