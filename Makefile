@@ -40,8 +40,11 @@ down:
 # The whole suite: unit tests of every crate and the end-to-end tests in tests/,
 # which start real members and drive them with etcdctl, etcd-client, etcd 3.4, kubectl
 # and the Python kubernetes client.
-test: build test-deps
-	SKIFF_BIN=$(CURDIR)/$(SKIFF) SKIFF_PYTHON=$(TEST_VENV)/bin/python $(CARGO) nextest run --workspace --no-fail-fast
+# The tests run the `skiff` binary cargo builds for them (CARGO_BIN_EXE_skiff): building
+# it separately with `cargo build` would compile much of the tree twice, since the test
+# dependencies (kube, k8s-openapi) unify other features.
+test: deps test-deps
+	SKIFF_PYTHON=$(TEST_VENV)/bin/python $(CARGO) nextest run --workspace --no-fail-fast
 
 # Side-by-side benchmark against etcd 3.4 on this machine; rewrites docs/PERFORMANCE.md.
 # Takes about 10 minutes; QUICK=1 runs a tenth of the requests.

@@ -20,6 +20,7 @@ struct Api {
     dir: tempfile::TempDir,
     child: Child,
     http_port: u16,
+    https_port: u16,
 }
 
 impl Drop for Api {
@@ -33,30 +34,50 @@ impl Api {
     fn start() -> Api {
         let store = Cluster::start(1);
         let dir = tempfile::tempdir().unwrap();
-        let (https, http_port) = (free_port(), free_port());
-        let log = std::fs::File::create(dir.path().join("apiserver.log")).unwrap();
-        let child = Command::new(skiff_bin())
+        let (https_port, http_port) = (free_port(), free_port());
+        let child = Self::spawn(&store, dir.path(), https_port, http_port);
+        let api = Api { store, dir, child, http_port, https_port };
+        api.wait_ready();
+        api
+    }
+
+    fn spawn(store: &Cluster, dir: &Path, https: u16, http: u16) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("apiserver.log")).unwrap();
+        Command::new(skiff_bin())
             .args(["apiserver", "--store-endpoints", &store.endpoints()])
             .args(["--bind", &format!("127.0.0.1:{https}")])
-            .args(["--insecure-bind", &format!("127.0.0.1:{http_port}")])
+            .args(["--insecure-bind", &format!("127.0.0.1:{http}")])
             .arg("--data-dir")
-            .arg(dir.path().join("api"))
+            .arg(dir.join("api"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
-        let api = Api { store, dir, child, http_port };
+            .unwrap()
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if api.kubeconfig().exists() && api.raw("GET", "/readyz", None).0 == 200 {
-                return api;
+            if self.kubeconfig().exists() && self.raw("GET", "/readyz", None).0 == 200 {
+                return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
             "the API server did not start: {}",
-            std::fs::read_to_string(api.dir.path().join("apiserver.log")).unwrap()
+            std::fs::read_to_string(self.dir.path().join("apiserver.log")).unwrap()
         );
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same ports and data dir (after `stop`).
+    fn restart(&mut self) {
+        self.child = Self::spawn(&self.store, self.dir.path(), self.https_port, self.http_port);
+        self.wait_ready();
     }
 
     fn kubeconfig(&self) -> PathBuf {
@@ -539,4 +560,82 @@ fn kubectl_create_commands_that_send_protobuf() {
     assert!(o.status.success(), "{}", text(&o));
     let o = api.kubectl_with(KUBECTL_133, &["create", "secret", "generic", "db2", "--from-literal=k=v"], None);
     assert!(o.status.success(), "{}", text(&o));
+}
+
+/// kube-rs (the client the controllers use): a watcher feeding a reflector keeps an
+/// exact copy of the ConfigMaps across an API server restart, and across a 410 after
+/// the store was compacted past its resourceVersion (it relists).
+#[test]
+fn kube_rs_reflector_survives_restart_and_410() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+
+    let mut api = Api::start();
+    let port = api.http_port;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let url: http::Uri = format!("http://127.0.0.1:{port}").parse().unwrap();
+    let (reader, writer) = reflector::store();
+    let task = rt.spawn(async move {
+        let client = kube::Client::try_from(kube::Config::new(url)).unwrap();
+        let cms: kube::Api<ConfigMap> = kube::Api::namespaced(client, "default");
+        let stream = watcher(cms, watcher::Config::default()).default_backoff().reflect(writer).applied_objects();
+        futures::pin_mut!(stream);
+        while stream.next().await.is_some() {}
+    });
+    let names = || {
+        let mut n: Vec<String> = reader.state().iter().map(|c| c.metadata.name.clone().unwrap_or_default()).collect();
+        n.sort();
+        n
+    };
+    let wait_for = |want: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if names() == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the reflector holds {:?}, expected {want:?}", names());
+    };
+    let create = |name: &str| {
+        let body = json!({"metadata": {"name": name}, "data": {"v": "1"}}).to_string();
+        assert_eq!(api_raw(port, "POST", "/api/v1/namespaces/default/configmaps", &body), 201);
+    };
+    create("a");
+    create("b");
+    wait_for(&["a", "b"]);
+
+    // The API server restarts; the watcher reconnects from its resourceVersion.
+    api.stop();
+    api.restart();
+    create("c");
+    wait_for(&["a", "b", "c"]);
+
+    // While it is down, the store changes and is compacted: the watcher's
+    // resourceVersion is gone, it gets 410 Expired, relists, and converges.
+    api.stop();
+    let ep = api.store.endpoints();
+    let d = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d", "namespace": "default",
+        "uid": "00000000-0000-4000-8000-000000000001", "creationTimestamp": "2026-01-01T00:00:00Z"}});
+    ok(&ep, &["put", "/registry/configmaps/default/d", &d.to_string()]);
+    ok(&ep, &["del", "/registry/configmaps/default/a"]);
+    let rev = json(&ep, &["get", "x"])["header"]["revision"].as_i64().unwrap();
+    ok(&ep, &["compact", &rev.to_string()]);
+    api.restart();
+    wait_for(&["b", "c", "d"]);
+    task.abort();
+}
+
+fn api_raw(port: u16, method: &str, path: &str, body: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
