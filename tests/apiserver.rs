@@ -331,8 +331,11 @@ fn status_codes_for_bad_requests() {
         Some(("application/json", r#"{"metadata":{"name":"a"}}"#)),
     );
     assert_eq!((code, s["message"].as_str()), (404, Some("namespaces \"nowhere\" not found")), "{s}");
-    // Protobuf bodies are refused with 415 for now.
+    // A protobuf body without an object, and a media type nobody decodes.
     let (code, s) = api.raw_json("POST", base, Some(("application/vnd.kubernetes.protobuf", "k8s\0")));
+    assert_eq!((code, s["reason"].as_str()), (400, Some("BadRequest")), "{s}");
+    assert!(s["message"].as_str().unwrap().starts_with("the protobuf request body is malformed"), "{s}");
+    let (code, s) = api.raw_json("POST", base, Some(("application/xml", "<x/>")));
     assert_eq!((code, s["reason"].as_str()), (415, Some("UnsupportedMediaType")), "{s}");
     // Optimistic concurrency: an update with a stale resourceVersion is a 409 Conflict.
     let (_, cm) = api.raw_json("GET", "/api/v1/namespaces/default/configmaps/plain", None);
