@@ -388,6 +388,12 @@ fn list_pages_selectors_and_watch_with_410() {
         }
     }
     assert_eq!(names, (0..7).map(|i| format!("cm{i}")).collect::<Vec<_>>());
+    // A continue token can only continue its own list.
+    use base64::Engine;
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": 1, "start": "/registry/clusterroles/a"}).to_string());
+    let (code, s) = api.raw_json("GET", &format!("{cms}?limit=3&continue={forged}"), None);
+    assert_eq!((code, s["reason"].as_str()), (400, Some("BadRequest")), "{s}");
     assert!(rvs.windows(2).all(|w| w[0] == w[1]), "{rvs:?}");
     // Selectors, every operator.
     let count = |sel: &str| {
@@ -641,4 +647,41 @@ fn api_raw(port: u16, method: &str, path: &str, body: &str) -> u16 {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn the_course_examples_apply_and_read_back() {
+    let api = Api::start();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let out = api.k(&["apply", "-f", dir]);
+    for want in [
+        "secret/nginx-admin created",
+        "deployment.apps/nginx created",
+        "service/nginx created",
+        "service/web created",
+        "statefulset.apps/web created",
+    ] {
+        assert!(out.contains(want), "{out}");
+    }
+    // Applying again changes nothing. (The Secret reads "configured", as with Kubernetes:
+    // kubectl patches `stringData` every time, since the server never stores it.)
+    let again = api.k(&["apply", "-f", dir]);
+    assert!(again.lines().all(|l| l.ends_with("unchanged") || l == "secret/nginx-admin configured"), "{again}");
+    let d = api.k_json(&["get", "deploy", "nginx"]);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"],
+        "nginx-admin"
+    );
+    assert_eq!(api.k_json(&["get", "secret", "nginx-admin"])["data"]["password"], "Y2hhbmdlLW1l");
+    let sts = api.k_json(&["get", "sts", "web"]);
+    assert_eq!(sts["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(sts["spec"]["podManagementPolicy"], "OrderedReady");
+    assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "www");
+    assert_eq!(api.k_json(&["get", "svc", "web"])["spec"]["clusterIP"], "None");
+    let table = api.k(&["get", "sts,deploy,svc"]);
+    assert!(table.contains("statefulset.apps/web   0/2"), "{table}");
+    assert!(table.contains("deployment.apps/nginx   0/3"), "{table}");
+    let out = api.k(&["delete", "-f", dir]);
+    assert_eq!(out.lines().filter(|l| l.ends_with("deleted")).count(), 5, "{out}");
+    assert!(api.k(&["get", "sts,deploy,secret", "-o", "name"]).is_empty());
 }

@@ -395,14 +395,18 @@ impl Handler<'_> {
     async fn list(&self) -> ApiResult<Response<Body>> {
         let (labels, fields) = self.selectors()?;
         let limit = self.q.int("limit")?.unwrap_or(0).max(0);
+        let prefix = storage::prefix(self.r, self.ns);
         let (mut rev, mut after) = match self.q.get("continue").filter(|c| !c.is_empty()) {
             Some(c) => {
                 let (rev, start) = decode_continue(c)?;
+                // A token names a key of the list it came from, never another.
+                if !start.starts_with(&prefix) {
+                    return Err(ApiError::bad_request("continue key is not valid: it belongs to another list"));
+                }
                 (rev, Some(start))
             }
             None => (0, None),
         };
-        let prefix = storage::prefix(self.r, self.ns);
         let mut items = Vec::new();
         let mut cont = None;
         loop {
