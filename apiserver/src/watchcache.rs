@@ -27,8 +27,6 @@ struct Cache {
     recent: VecDeque<Event>,
     /// The revision from which `recent` is complete: every change after it is there.
     since: i64,
-    /// The last revision the store has told us about.
-    latest: i64,
     tx: broadcast::Sender<Event>,
 }
 
@@ -72,7 +70,7 @@ impl WatchCaches {
         let rev = store.revision().await?;
         let stream = store.watch(prefix, rev + 1).await?;
         let (tx, _) = broadcast::channel(4096);
-        let cache = Arc::new(Mutex::new(Cache { recent: VecDeque::new(), since: rev, latest: rev, tx }));
+        let cache = Arc::new(Mutex::new(Cache { recent: VecDeque::new(), since: rev, tx }));
         let mut map = self.caches.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(prefix) {
             return Ok(c.clone()); // another request started one meanwhile
@@ -108,17 +106,13 @@ async fn feed(caches: WatchCaches, prefix: String, cache: Arc<Mutex<Cache>>, mut
         }
         let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
         for e in events {
-            match &e {
-                Event::Change { rev, .. } => {
-                    c.latest = c.latest.max(*rev);
-                    c.recent.push_back(e.clone());
-                    while c.recent.len() > WINDOW {
-                        if let Some(Event::Change { rev, .. }) = c.recent.pop_front() {
-                            c.since = rev;
-                        }
+            if matches!(e, Event::Change { .. }) {
+                c.recent.push_back(e.clone());
+                while c.recent.len() > WINDOW {
+                    if let Some(Event::Change { rev, .. }) = c.recent.pop_front() {
+                        c.since = rev;
                     }
                 }
-                Event::Progress(rev) => c.latest = c.latest.max(*rev),
             }
             let _ = c.tx.send(e);
         }
