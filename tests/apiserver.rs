@@ -129,26 +129,31 @@ impl Api {
 
     /// One plain-HTTP request: (status, body).
     fn raw(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, String) {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.http_port)) else { return (0, String::new()) };
-        let (ct, b) = body.unwrap_or(("", ""));
-        let ct_line = if ct.is_empty() { String::new() } else { format!("Content-Type: {ct}\r\n") };
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\n{ct_line}Content-Length: {}\r\nConnection: close\r\n\r\n{b}",
-            b.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (code, body)
+        raw_http(self.http_port, method, path, body)
     }
 
     fn raw_json(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, Value) {
         let (code, b) = self.raw(method, path, body);
         (code, serde_json::from_str(&b).unwrap_or_else(|e| panic!("{method} {path}: {code} {b:?}: {e}")))
     }
+}
+
+/// One plain-HTTP request to the API server's insecure port: (status, body).
+fn raw_http(port: u16, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
+    let (ct, b) = body.unwrap_or(("", ""));
+    let ct_line = if ct.is_empty() { String::new() } else { format!("Content-Type: {ct}\r\n") };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{ct_line}Content-Length: {}\r\nConnection: close\r\n\r\n{b}",
+        b.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
 }
 
 const DEPLOYMENT: &str = "apiVersion: apps/v1
@@ -411,21 +416,10 @@ fn list_pages_selectors_and_watch_with_410() {
     // A watch from the list's revision sees later changes, in order, as JSON lines.
     let rv = rvs[0].clone();
     let port = api.http_port;
-    let watcher = std::thread::spawn(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(s, "GET /api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut lines = Vec::new();
-        for line in BufReader::new(s).lines() {
-            let Ok(line) = line else { break };
-            // Chunk-size lines of the chunked encoding are skipped.
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v.get("type").is_some() {
-                    lines.push(v);
-                }
-            }
-        }
-        lines
-    });
+    let watcher = watch_thread(
+        port,
+        format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=3"),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let body = json!({"metadata": {"name": "late"}, "data": {"a": "1"}}).to_string();
     assert_eq!(api.raw("POST", cms, Some(("application/json", &body))).0, 201);
@@ -609,7 +603,9 @@ fn kube_rs_reflector_survives_restart_and_410() {
     };
     let create = |name: &str| {
         let body = json!({"metadata": {"name": name}, "data": {"v": "1"}}).to_string();
-        assert_eq!(api_raw(port, "POST", "/api/v1/namespaces/default/configmaps", &body), 201);
+        let (code, _) =
+            raw_http(port, "POST", "/api/v1/namespaces/default/configmaps", Some(("application/json", &body)));
+        assert_eq!(code, 201);
     };
     create("a");
     create("b");
@@ -634,19 +630,6 @@ fn kube_rs_reflector_survives_restart_and_410() {
     api.restart();
     wait_for(&["b", "c", "d"]);
     task.abort();
-}
-
-fn api_raw(port: u16, method: &str, path: &str, body: &str) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
 #[test]

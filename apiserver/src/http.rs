@@ -284,7 +284,7 @@ async fn resource(
         }
         (Method::GET, Some(name), Some("scale")) => {
             let s = h.get(name).await?;
-            Ok(json_response(200, &scale_of(&s), fmt))
+            Ok(json_response(200, &scale_of(&s.obj), fmt))
         }
         (Method::POST, None, _) => {
             let (ct, body) = read_body(req).await?;
@@ -332,21 +332,22 @@ fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
     Ok((v["rv"].as_i64().ok_or_else(bad)?, v["start"].as_str().ok_or_else(bad)?.to_string()))
 }
 
-fn scale_of(s: &Stored) -> Value {
+/// The autoscaling/v1 Scale of a workload (its resourceVersion is the object's).
+fn scale_of(o: &Value) -> Value {
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": {
-            "name": s.obj["metadata"]["name"],
-            "namespace": s.obj["metadata"]["namespace"],
-            "uid": s.obj["metadata"]["uid"],
-            "resourceVersion": s.rev.to_string(),
-            "creationTimestamp": s.obj["metadata"]["creationTimestamp"],
+            "name": o["metadata"]["name"],
+            "namespace": o["metadata"]["namespace"],
+            "uid": o["metadata"]["uid"],
+            "resourceVersion": o["metadata"]["resourceVersion"],
+            "creationTimestamp": o["metadata"]["creationTimestamp"],
         },
-        "spec": {"replicas": s.obj["spec"]["replicas"].as_i64().unwrap_or(0)},
+        "spec": {"replicas": o["spec"]["replicas"].as_i64().unwrap_or(0)},
         "status": {
-            "replicas": s.obj["status"]["replicas"].as_i64().unwrap_or(0),
-            "selector": selector_string(&s.obj["spec"]["selector"]),
+            "replicas": o["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector_string(&o["spec"]["selector"]),
         },
     })
 }
@@ -535,22 +536,21 @@ impl Handler<'_> {
                 body["metadata"]["name"].as_str().unwrap_or_default()
             )));
         }
-        let is_scale = sub == Some("scale");
         let mut body = body;
         if sub.is_none() && !body["metadata"]["name"].is_string() {
             body["metadata"]["name"] = json!(name);
         }
         let new = Self::apply_sub(sub, &cur.obj, body)?;
         let out = self.write(name, new, &cur).await?;
-        if is_scale {
-            let s = Stored {
-                key: cur.key,
-                rev: out["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse().unwrap_or(0),
-                obj: out,
-            };
-            return Ok(json_response(200, &scale_of(&s), self.fmt));
+        Ok(self.reply_written(sub, &out))
+    }
+
+    /// The answer to a write: the object, or its Scale when the scale subresource was written.
+    fn reply_written(&self, sub: Option<&str>, out: &Value) -> Response<Body> {
+        match sub {
+            Some("scale") => json_response(200, &scale_of(out), self.fmt),
+            _ => self.reply(200, out),
         }
-        Ok(self.reply(200, &out))
     }
 
     async fn patch(&self, name: &str, sub: Option<&str>, ct: &str, body: &[u8]) -> ApiResult<Response<Body>> {
@@ -586,7 +586,7 @@ impl Handler<'_> {
                 }
             }
             let base = match sub {
-                Some("scale") => scale_of(&cur),
+                Some("scale") => scale_of(&cur.obj),
                 _ => cur.obj.clone(),
             };
             let mut patched = base;
@@ -599,13 +599,7 @@ impl Handler<'_> {
             match self.write(name, new, &cur).await {
                 Err(e) if e.reason == "Conflict" && p["metadata"]["resourceVersion"].is_null() => continue,
                 Err(e) => return Err(e),
-                Ok(out) => {
-                    if sub == Some("scale") {
-                        let rev = out["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse().unwrap_or(0);
-                        return Ok(json_response(200, &scale_of(&Stored { key: cur.key, obj: out, rev }), self.fmt));
-                    }
-                    return Ok(self.reply(200, &out));
-                }
+                Ok(out) => return Ok(self.reply_written(sub, &out)),
             }
         }
         Err(ApiError::conflict(self.r.plural, self.r.group, name))
@@ -872,29 +866,7 @@ impl EventSource {
                 if resp.canceled() {
                     return Next::Gone(resp.compact_revision());
                 }
-                if resp.events().is_empty() && !resp.created() {
-                    pending.push_back(watchcache::Event::Progress(
-                        resp.header().map(|h| h.revision()).unwrap_or_default(),
-                    ));
-                }
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let rev = kv.mod_revision();
-                    let prev = ev
-                        .prev_kv()
-                        .and_then(|p| storage::decode(p.key(), p.value(), p.mod_revision()).ok())
-                        .map(|s| s.obj);
-                    let obj = match ev.event_type() {
-                        etcd_client::EventType::Put => storage::decode(kv.key(), kv.value(), rev).ok().map(|s| s.obj),
-                        etcd_client::EventType::Delete => None,
-                    };
-                    pending.push_back(watchcache::Event::Change {
-                        rev,
-                        key: String::from_utf8_lossy(kv.key()).into_owned(),
-                        obj,
-                        prev,
-                    });
-                }
+                pending.extend(watchcache::events_of(&resp));
             },
         }
     }

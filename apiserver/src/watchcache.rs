@@ -81,6 +81,25 @@ impl WatchCaches {
     }
 }
 
+/// A store watch response as watch events: its changes, or a progress notification.
+pub fn events_of(resp: &etcd_client::WatchResponse) -> Vec<Event> {
+    let mut events = Vec::new();
+    if resp.events().is_empty() && !resp.created() {
+        events.push(Event::Progress(resp.header().map(|h| h.revision()).unwrap_or_default()));
+    }
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        let rev = kv.mod_revision();
+        let prev = ev.prev_kv().and_then(|p| storage::decode(p.key(), p.value(), p.mod_revision()).ok()).map(|s| s.obj);
+        let obj = match ev.event_type() {
+            etcd_client::EventType::Put => storage::decode(kv.key(), kv.value(), rev).ok().map(|s| s.obj),
+            etcd_client::EventType::Delete => None,
+        };
+        events.push(Event::Change { rev, key: String::from_utf8_lossy(kv.key()).into_owned(), obj, prev });
+    }
+    events
+}
+
 /// Moves the store's events into the cache; when the store watch ends, the cache is
 /// dropped (clients' streams end and they watch again, through a new cache).
 async fn feed(caches: WatchCaches, prefix: String, cache: Arc<Mutex<Cache>>, mut stream: etcd_client::WatchStream) {
@@ -89,21 +108,7 @@ async fn feed(caches: WatchCaches, prefix: String, cache: Arc<Mutex<Cache>>, mut
             Ok(Some(r)) if !r.canceled() => r,
             _ => break,
         };
-        let mut events = Vec::new();
-        if resp.events().is_empty() && !resp.created() {
-            events.push(Event::Progress(resp.header().map(|h| h.revision()).unwrap_or_default()));
-        }
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            let rev = kv.mod_revision();
-            let prev =
-                ev.prev_kv().and_then(|p| storage::decode(p.key(), p.value(), p.mod_revision()).ok()).map(|s| s.obj);
-            let obj = match ev.event_type() {
-                etcd_client::EventType::Put => storage::decode(kv.key(), kv.value(), rev).ok().map(|s| s.obj),
-                etcd_client::EventType::Delete => None,
-            };
-            events.push(Event::Change { rev, key: String::from_utf8_lossy(kv.key()).into_owned(), obj, prev });
-        }
+        let events = events_of(&resp);
         let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
         for e in events {
             if matches!(e, Event::Change { .. }) {

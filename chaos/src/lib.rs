@@ -152,13 +152,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunOutcome> {
     let mut fault_log = Vec::new();
     let run_start = tokio::time::Instant::now();
     let deadline = run_start + opts.duration;
-    *status.lock().unwrap() = "no fault".into();
+    set(&status, "no fault");
     for p in &schedule {
         tokio::time::sleep_until(run_start + p.at).await;
         if tokio::time::Instant::now() + p.hold + Duration::from_secs(1) > deadline {
             break;
         }
-        *status.lock().unwrap() = format!("fault: {}", p.kind.name());
+        set(&status, format!("fault: {}", p.kind.name()));
         let r = match faults::execute(&mut cluster, p, &mut ctx).await {
             Ok(r) => r,
             Err(e) => {
@@ -172,23 +172,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunOutcome> {
                 }
             }
         };
-        *status.lock().unwrap() = format!("last fault: {} {} {}", r.kind, r.target, r.detail);
+        set(&status, format!("last fault: {} {} {}", r.kind, r.target, r.detail));
         fault_log.push(r);
     }
     tokio::time::sleep_until(deadline).await;
 
     // Stop the workload, heal, and read the end state.
-    *status.lock().unwrap() = "stopping the workload".into();
+    set(&status, "stopping the workload");
     let _ = stop_tx.send(true);
     for c in clients {
         let _ = c.await;
     }
     cluster.heal_all()?;
-    *status.lock().unwrap() = "waiting for the cluster and for leases to expire".into();
+    set(&status, "waiting for the cluster and for leases to expire");
     cluster.wait_ready(Duration::from_secs(30)).await.context("the cluster did not recover after the faults")?;
     tokio::time::sleep(LEASE_WAIT).await;
     let end = final_state(&cluster, &rec).await?;
-    *status.lock().unwrap() = format!("waiting for watchers to reach revision {}", end.revision);
+    set(&status, format!("waiting for watchers to reach revision {}", end.revision));
     until.store(end.revision, Ordering::Relaxed);
     let watch_deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while progress.iter().any(|p| p.next.load(Ordering::Relaxed) <= end.revision)
@@ -202,7 +202,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunOutcome> {
         watch_logs.push(w.await?);
     }
     watch_logs.extend(ctx.extra_watches);
-    *status.lock().unwrap() = "hashing every member".into();
+    set(&status, "hashing every member");
     let hashes = hash_all(&cluster, end.revision).await;
     printer.abort();
     cluster.stop();
@@ -300,6 +300,11 @@ async fn hash_all(cluster: &Cluster, revision: i64) -> Vec<MemberHash> {
         out.push(entry);
     }
     out
+}
+
+/// Sets the progress line's status text.
+fn set(status: &Mutex<String>, text: impl Into<String>) {
+    *status.lock().unwrap_or_else(|e| e.into_inner()) = text.into();
 }
 
 async fn print_progress(rec: Arc<Recorder>, status: Arc<Mutex<String>>, duration: Duration) {

@@ -318,31 +318,29 @@ pub fn check_key(ops: &[KeyOp]) -> Verdict {
         return Verdict::Linearizable;
     }
 
-    fn lift(e: &mut [Entry], c: usize) {
-        let r = e[c].partner;
-        let (p, nx) = (e[c].prev, e[c].next);
-        e[p].next = nx;
-        if nx != NIL {
-            e[nx].prev = p;
-        }
-        let (p, nx) = (e[r].prev, e[r].next);
+    // Dancing links: an entry leaves the list and comes back to the same place.
+    fn unlink(e: &mut [Entry], i: usize) {
+        let (p, nx) = (e[i].prev, e[i].next);
         e[p].next = nx;
         if nx != NIL {
             e[nx].prev = p;
         }
     }
+    fn relink(e: &mut [Entry], i: usize) {
+        let (p, nx) = (e[i].prev, e[i].next);
+        e[p].next = i;
+        if nx != NIL {
+            e[nx].prev = i;
+        }
+    }
+    /// Takes a call and its return out of the list (the operation is linearized).
+    fn lift(e: &mut [Entry], c: usize) {
+        unlink(e, c);
+        unlink(e, e[c].partner);
+    }
     fn unlift(e: &mut [Entry], c: usize) {
-        let r = e[c].partner;
-        let (p, nx) = (e[r].prev, e[r].next);
-        e[p].next = r;
-        if nx != NIL {
-            e[nx].prev = r;
-        }
-        let (p, nx) = (e[c].prev, e[c].next);
-        e[p].next = c;
-        if nx != NIL {
-            e[nx].prev = c;
-        }
+        relink(e, e[c].partner);
+        relink(e, c);
     }
 
     let words = n.div_ceil(64);
@@ -357,46 +355,31 @@ pub fn check_key(ops: &[KeyOp]) -> Verdict {
         if steps > STEP_BUDGET {
             return Verdict::Undecided;
         }
-        if cur == NIL {
-            // Only reachable if every remaining entry is a call that cannot go next.
-            match stack.pop() {
-                None => return Verdict::NotLinearizable,
-                Some((c, s)) => {
-                    state = s;
-                    let op = e[c].op;
-                    linearized[op / 64] &= !(1 << (op % 64));
-                    unlift(&mut e, c);
-                    cur = e[c].next;
-                    continue;
-                }
-            }
+        // At a return (or past the end, if every remaining call failed to go next) the
+        // operation returning here could not be linearized: undo the last choice.
+        let at_return = cur == NIL || !e[cur].call;
+        if at_return {
+            let Some((c, s)) = stack.pop() else { return Verdict::NotLinearizable };
+            state = s;
+            let op = e[c].op;
+            linearized[op / 64] &= !(1 << (op % 64));
+            unlift(&mut e, c);
+            cur = e[c].next;
+            continue;
         }
         let entry = e[cur];
-        if entry.call {
-            if let Some(next) = step_all(&state, &ops[entry.op].input) {
-                let mut lin = linearized.clone();
-                lin[entry.op / 64] |= 1 << (entry.op % 64);
-                if seen.insert((lin.clone(), next.clone())) {
-                    stack.push((cur, std::mem::replace(&mut state, next)));
-                    linearized = lin;
-                    lift(&mut e, cur);
-                    cur = e[0].next;
-                    continue;
-                }
-            }
-            cur = entry.next;
-        } else {
-            match stack.pop() {
-                None => return Verdict::NotLinearizable,
-                Some((c, s)) => {
-                    state = s;
-                    let op = e[c].op;
-                    linearized[op / 64] &= !(1 << (op % 64));
-                    unlift(&mut e, c);
-                    cur = e[c].next;
-                }
+        if let Some(next) = step_all(&state, &ops[entry.op].input) {
+            let mut lin = linearized.clone();
+            lin[entry.op / 64] |= 1 << (entry.op % 64);
+            if seen.insert((lin.clone(), next.clone())) {
+                stack.push((cur, std::mem::replace(&mut state, next)));
+                linearized = lin;
+                lift(&mut e, cur);
+                cur = e[0].next;
+                continue;
             }
         }
+        cur = entry.next;
     }
     Verdict::Linearizable
 }

@@ -68,6 +68,17 @@ impl B {
         self.op(1, Call::Get { key: k(key), serializable: false }, t, Outcome::Ok, Some(r))
     }
 
+    /// Lease 0x42 (granted at 10 s with `ttl`) holding `chaos/lease/x` from revision 5.
+    fn leased_key(&mut self, ttl: i64) {
+        let grant = Ret { revision: 4, lease_id: 0x42, ..Default::default() };
+        self.op(3, Call::LeaseGrant { ttl }, (10 * S, 10 * S + 1000), Outcome::Ok, Some(grant));
+        let put = Call::Put { key: "chaos/lease/x".into(), value: "l".into(), lease: 0x42 };
+        self.op(3, put, (11 * S, 11 * S + 1000), Outcome::Ok, Some(ret(5)));
+        let ev =
+            Event { revision: 5, kind: EventKind::Put, key: "chaos/lease/x".into(), value: "l".into(), lease: 0x42 };
+        self.deliver(vec![ev], 11 * S);
+    }
+
     fn deliver(&mut self, events: Vec<Event>, at: u64) {
         for w in &mut self.h.watches {
             let seg = w.segments.last_mut().unwrap();
@@ -271,24 +282,7 @@ fn a_revision_going_backwards_is_caught() {
 #[test]
 fn a_lease_expiring_early_is_caught() {
     let mut b = consistent();
-    b.op(
-        3,
-        Call::LeaseGrant { ttl: 10 },
-        (10 * S, 10 * S + 1000),
-        Outcome::Ok,
-        Some(Ret { revision: 4, lease_id: 0x42, ..Default::default() }),
-    );
-    b.op(
-        3,
-        Call::Put { key: "chaos/lease/x".into(), value: "l".into(), lease: 0x42 },
-        (11 * S, 11 * S + 1000),
-        Outcome::Ok,
-        Some(ret(5)),
-    );
-    b.deliver(
-        vec![Event { revision: 5, kind: EventKind::Put, key: "chaos/lease/x".into(), value: "l".into(), lease: 0x42 }],
-        11 * S,
-    );
+    b.leased_key(10);
     // Deleted by expiry 3 s after the grant, though its TTL is 10 s.
     b.deliver(
         vec![Event {
@@ -308,24 +302,7 @@ fn a_lease_expiring_early_is_caught() {
 #[test]
 fn a_lease_that_never_expires_is_caught() {
     let mut b = consistent();
-    b.op(
-        3,
-        Call::LeaseGrant { ttl: 2 },
-        (10 * S, 10 * S + 1000),
-        Outcome::Ok,
-        Some(Ret { revision: 4, lease_id: 0x42, ..Default::default() }),
-    );
-    b.op(
-        3,
-        Call::Put { key: "chaos/lease/x".into(), value: "l".into(), lease: 0x42 },
-        (11 * S, 11 * S + 1000),
-        Outcome::Ok,
-        Some(ret(5)),
-    );
-    b.deliver(
-        vec![Event { revision: 5, kind: EventKind::Put, key: "chaos/lease/x".into(), value: "l".into(), lease: 0x42 }],
-        11 * S,
-    );
+    b.leased_key(2);
     b.end(5, &[("a", "v2", 3), ("b", "w1", 4)]);
     b.h.end.as_mut().unwrap().kvs.push(FinalKv {
         key: "chaos/lease/x".into(),
