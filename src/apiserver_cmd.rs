@@ -21,14 +21,23 @@ pub struct ApiServerArgs {
     /// admin kubeconfig (`admin.kubeconfig`).
     #[arg(long, default_value = "apiserver.skiff")]
     data_dir: PathBuf,
+    /// The IPv4 range Services' cluster IPs come from; its first address is kept for
+    /// the `kubernetes` Service.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
+    /// The ports NodePort Services' node ports come from.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
 }
 
 pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
+    let ranges = skiff_apiserver::alloc::Ranges::parse(&args.service_cluster_ip_range, &args.service_node_port_range)?;
     let running = skiff_apiserver::start(skiff_apiserver::Config {
         store_endpoints: args.store_endpoints,
         bind: args.bind,
         insecure_bind: args.insecure_bind,
         data_dir: args.data_dir,
+        ranges,
     })
     .await?;
     tracing::info!("serving the Kubernetes API on https://{}", running.https);

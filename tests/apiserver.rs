@@ -252,8 +252,107 @@ fn kubectl_create_get_apply_scale_label_delete() {
     api.k(&["delete", "deploy", "nginx"]);
     let err = api.k_fails(&["get", "deploy", "nginx"], None);
     assert!(err.contains("Error from server (NotFound): deployments.apps \"nginx\" not found"), "{err}");
-    api.k(&["delete", "deploy", "other", "--cascade=foreground"]);
-    assert!(api.k(&["get", "deploy", "-o", "name"]).is_empty());
+    // Foreground deletion waits for the garbage collector (not running here): the
+    // Deployment stays, marked, with the finalizer the collector acts on.
+    api.k(&["delete", "deploy", "other", "--cascade=foreground", "--wait=false"]);
+    let d = api.k_json(&["get", "deploy", "other"]);
+    assert_eq!(d["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    assert!(d["metadata"]["deletionTimestamp"].is_string());
+}
+
+#[test]
+fn service_addresses_are_allocated_once() {
+    let api = Api::start();
+    api.k(&["create", "service", "clusterip", "a", "--tcp=80:8080"]);
+    api.k(&["create", "service", "nodeport", "b", "--tcp=80:8080"]);
+    let a = api.k_json(&["get", "svc", "a"]);
+    let b = api.k_json(&["get", "svc", "b"]);
+    let ip = |s: &Value| s["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert_ne!(ip(&a), ip(&b));
+    for s in [&a, &b] {
+        let o: Vec<u8> = ip(s).split('.').map(|x| x.parse().unwrap()).collect();
+        assert!(o[0] == 10 && (96..112).contains(&o[1]), "{} is outside 10.96.0.0/12", ip(s));
+        assert_eq!(s["spec"]["clusterIPs"], json!([ip(s)]));
+    }
+    let node_port = b["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&node_port));
+    assert!(a["spec"]["ports"][0]["nodePort"].is_null());
+
+    // Asking for what is taken, or outside the range, is refused with Kubernetes' words.
+    let svc = |name: &str, extra: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  {extra}\n  ports: [{{port: 80, nodePort: 0}}]\n")
+    };
+    let err = api.k_fails(&["create", "-f", "-"], Some(&svc("c", &format!("clusterIP: {}", ip(&a)))));
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+    let err = api.k_fails(&["create", "-f", "-"], Some(&svc("c", "clusterIP: 192.168.0.1")));
+    assert!(err.contains("The range of valid IPs is 10.96.0.0/12"), "{err}");
+    let taken = svc("c", "type: NodePort").replace("nodePort: 0", &format!("nodePort: {node_port}"));
+    let err = api.k_fails(&["create", "-f", "-"], Some(&taken));
+    assert!(err.contains("spec.ports[0].nodePort: Invalid value") && err.contains("provided port is already allocated"), "{err}");
+    // An update keeps the address; changing it is refused.
+    api.k(&["label", "svc", "a", "x=y"]);
+    assert_eq!(ip(&api.k_json(&["get", "svc", "a"])), ip(&a));
+    let err = api.k_fails(&["patch", "svc", "a", "-p", r#"{"spec":{"clusterIP":"10.96.0.77"}}"#], None);
+    assert!(err.contains("may not change once set"), "{err}");
+    // Deleting frees them for others.
+    api.k(&["delete", "svc", "a", "b"]);
+    api.k_in(&["create", "-f", "-"], &svc("c", &format!("clusterIP: {}", ip(&a))));
+    api.k_in(&["create", "-f", "-"], &taken.replace("name: c", "name: d"));
+    assert_eq!(api.k_json(&["get", "svc", "d"])["spec"]["ports"][0]["nodePort"], json!(node_port));
+}
+
+#[test]
+fn binding_eviction_graceful_deletion_and_finalizers() {
+    let api = Api::start();
+    let pod = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+               "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+        .to_string()
+    };
+    let pods = "/api/v1/namespaces/default/pods";
+    assert_eq!(api.raw("POST", pods, Some(("application/json", &pod("p")))).0, 201);
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
+    let (code, st) = api.raw_json("POST", &format!("{pods}/p/binding"), Some(("application/json", &binding.to_string())));
+    assert_eq!((code, st["status"].as_str()), (201, Some("Success")), "{st}");
+    let (code, st) = api.raw_json("POST", &format!("{pods}/p/binding"), Some(("application/json", &binding.to_string())));
+    assert_eq!(code, 409);
+    assert!(st["message"].as_str().unwrap().contains("pod p is already assigned to node \"n1\""), "{st}");
+    let p = api.k_json(&["get", "pod", "p"]);
+    assert_eq!(p["spec"]["nodeName"], "n1");
+    assert!(p["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "True"));
+
+    // A pod on a node is only marked: the node agent stops it, then deletes it with grace 0.
+    api.k(&["delete", "pod", "p", "--wait=false"]);
+    let p = api.k_json(&["get", "pod", "p"]);
+    assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert!(p["metadata"]["deletionTimestamp"].is_string());
+    let (code, _) = api.raw("DELETE", &format!("{pods}/p"), Some(("application/json", r#"{"gracePeriodSeconds":0}"#)));
+    assert_eq!(code, 200);
+    assert_eq!(api.raw("GET", &format!("{pods}/p"), None).0, 404);
+
+    // Eviction deletes an unbound pod at once.
+    assert_eq!(api.raw("POST", pods, Some(("application/json", &pod("q")))).0, 201);
+    let ev = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "q"}});
+    assert_eq!(api.raw("POST", &format!("{pods}/q/eviction"), Some(("application/json", &ev.to_string()))).0, 201);
+    assert_eq!(api.raw("GET", &format!("{pods}/q"), None).0, 404);
+
+    // Orphan deletion leaves a finalizer; removing it completes the deletion.
+    api.k(&["create", "configmap", "cm", "--from-literal=a=b"]);
+    api.k(&["delete", "cm", "cm", "--cascade=orphan", "--wait=false"]);
+    assert_eq!(api.k_json(&["get", "cm", "cm"])["metadata"]["finalizers"], json!(["orphan"]));
+    api.k(&["patch", "cm", "cm", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#]);
+    assert_eq!(api.raw("GET", "/api/v1/namespaces/default/configmaps/cm", None).0, 404);
+
+    // A namespace being deleted takes no new content and goes once finalized.
+    api.k(&["create", "ns", "gone"]);
+    api.k(&["delete", "ns", "gone", "--wait=false"]);
+    assert_eq!(api.k_json(&["get", "ns", "gone"])["status"]["phase"], "Terminating");
+    let err = api.k_fails(&["create", "configmap", "x", "-n", "gone"], None);
+    assert!(err.contains("unable to create new content in namespace gone because it is being terminated"), "{err}");
+    let fin = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gone"}, "spec": {"finalizers": []}});
+    let (code, _) = api.raw("PUT", "/api/v1/namespaces/gone/finalize", Some(("application/json", &fin.to_string())));
+    assert_eq!(code, 200);
+    assert_eq!(api.raw("GET", "/api/v1/namespaces/gone", None).0, 404);
 }
 
 #[test]

@@ -19,7 +19,7 @@ use crate::registry::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
 use crate::storage::{self, Store, Stored};
-use crate::{convert, defaults, discovery, object, openapi, patch, table, watchcache};
+use crate::{alloc, convert, defaults, discovery, lifecycle, object, openapi, patch, table, watchcache};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -29,6 +29,7 @@ pub const MAX_BODY: usize = 3 << 20;
 pub struct App {
     pub store: Store,
     pub caches: watchcache::WatchCaches,
+    pub ranges: alloc::Ranges,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -196,6 +197,25 @@ fn decode_body(r: &Resource, ct: &str, body: &[u8]) -> ApiResult<Value> {
     }
 }
 
+/// Decodes a body that is not an object of the resource (DeleteOptions, Binding, Eviction).
+fn decode_any(ct: &str, body: &[u8]) -> ApiResult<Value> {
+    match ct.split(';').next().unwrap_or("").trim() {
+        "application/vnd.kubernetes.protobuf" => {
+            Err(ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf"))
+        }
+        media => {
+            let v: Value = serde_yaml::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("the request body is not valid {media}: {e}")))?;
+            Ok(v)
+        }
+    }
+}
+
+/// A `Status` saying a subresource request (binding, eviction) succeeded.
+fn success(code: u16) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
+}
+
 async fn route(app: Arc<App>, req: Request<Incoming>) -> ApiResult<Response<Body>> {
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query());
@@ -274,7 +294,7 @@ async fn resource(
             )));
         }
     }
-    let h = Handler { store: &app.store, caches: &app.caches, r: t.r, ns: t.namespace.as_deref(), q: &q, fmt };
+    let h = Handler { store: &app.store, caches: &app.caches, ranges: &app.ranges, r: t.r, ns: t.namespace.as_deref(), q: &q, fmt };
     match (method, t.name.as_deref(), t.sub.as_deref()) {
         (Method::GET, None, _) if q.flag("watch") => h.watch().await,
         (Method::GET, None, _) => h.list().await,
@@ -298,21 +318,40 @@ async fn resource(
             let (ct, body) = read_body(req).await?;
             h.patch(name, sub, &ct, &body).await
         }
+        (Method::POST, Some(name), Some("binding")) => {
+            let (ct, body) = read_body(req).await?;
+            h.bind(name, &decode_any(&ct, &body)?).await
+        }
+        (Method::POST, Some(name), Some("eviction")) => {
+            let (ct, body) = read_body(req).await?;
+            let eviction = decode_any(&ct, &body)?;
+            let opts = h.delete_options(&eviction["deleteOptions"])?;
+            h.delete(name, &opts).await?;
+            Ok(json_response(201, &success(201), fmt))
+        }
         (Method::DELETE, Some(name), None) => {
             let (ct, body) = read_body(req).await?;
-            let opts = if body.is_empty() { json!({}) } else { decode_body(t.r, &ct, &body)? };
+            let opts = if body.is_empty() { json!({}) } else { decode_any(&ct, &body)? };
+            let opts = h.delete_options(&opts)?;
             h.delete(name, &opts).await
         }
-        (Method::DELETE, None, None) => h.delete_collection().await,
+        (Method::DELETE, None, None) => {
+            let (ct, body) = read_body(req).await?;
+            let opts = if body.is_empty() { json!({}) } else { decode_any(&ct, &body)? };
+            let opts = h.delete_options(&opts)?;
+            h.delete_collection(&opts).await
+        }
         (m, _, _) => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource: {m}"
         ))),
     }
 }
 
+#[derive(Clone, Copy)]
 struct Handler<'a> {
     store: &'a Store,
     caches: &'a watchcache::WatchCaches,
+    ranges: &'a alloc::Ranges,
     r: &'static Resource,
     ns: Option<&'a str>,
     q: &'a Query,
@@ -459,10 +498,19 @@ impl Handler<'_> {
     async fn ensure_namespace(&self) -> ApiResult<()> {
         let Some(ns) = self.ns.filter(|_| self.r.namespaced) else { return Ok(()) };
         let nsr = registry::find("", "v1", "namespaces").expect("namespaces are registered");
-        if self.store.get(&storage::key(nsr, None, ns)).await?.is_none() {
-            return Err(ApiError::not_found("namespaces", "", ns));
+        match self.store.get(&storage::key(nsr, None, ns)).await? {
+            None => Err(ApiError::not_found("namespaces", "", ns)),
+            Some(s) if s.obj["metadata"]["deletionTimestamp"].is_string() => Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("unable to create new content in namespace {ns} because it is being terminated"),
+            )),
+            Some(_) => Ok(()),
         }
-        Ok(())
+    }
+
+    fn is(&self, group: &str, plural: &str) -> bool {
+        self.r.group == group && self.r.plural == plural
     }
 
     async fn create(&self, mut obj: Value) -> ApiResult<Response<Body>> {
@@ -476,29 +524,77 @@ impl Handler<'_> {
             }
             return Ok(self.reply(201, &obj));
         }
-        match self.store.create(&self.key(&name), &convert::to_storage(self.r, &obj)).await? {
-            Some(rev) => {
+        let taken = match self.is("", "services") {
+            true => Some(alloc::allocate(self.store, self.ranges, &mut obj, None).await?),
+            false => None,
+        };
+        let created = self.store.create(&self.key(&name), &convert::to_storage(self.r, &obj)).await;
+        match created {
+            Ok(Some(rev)) => {
                 obj["metadata"]["resourceVersion"] = json!(rev.to_string());
                 Ok(self.reply(201, &obj))
             }
-            None => Err(ApiError::already_exists(self.r.plural, self.r.group, &name)),
+            other => {
+                if let Some(t) = taken {
+                    t.undo(self.store).await;
+                }
+                match other {
+                    Err(e) => Err(e),
+                    _ => Err(ApiError::already_exists(self.r.plural, self.r.group, &name)),
+                }
+            }
         }
     }
 
-    /// Writes `new` over `cur` (compare-and-swap on its revision).
+    /// Writes `new` over `cur` (compare-and-swap on its revision). A marked object
+    /// left with nothing to wait for is deleted instead.
     async fn write(&self, name: &str, mut new: Value, cur: &Stored) -> ApiResult<Value> {
         object::prepare_update(self.r, &mut new, &cur.obj)?;
         defaults::apply(self.r, &mut new);
         if self.q.dry_run() {
             return Ok(new);
         }
-        match self.store.update(&self.key(name), &convert::to_storage(self.r, &new), cur.rev).await? {
-            Ok(rev) => {
+        if lifecycle::finished(self.r, &new) {
+            return match self.store.delete(&cur.key, cur.rev).await? {
+                Ok(_) => {
+                    self.deleted(&cur.obj).await;
+                    Ok(new)
+                }
+                Err(None) => Err(self.not_found(name)),
+                Err(Some(_)) => Err(ApiError::conflict(self.r.plural, self.r.group, name)),
+            };
+        }
+        let taken = match self.is("", "services") {
+            true => Some(alloc::allocate(self.store, self.ranges, &mut new, Some(&cur.obj)).await?),
+            false => None,
+        };
+        let written = self.store.update(&self.key(name), &convert::to_storage(self.r, &new), cur.rev).await;
+        match (written, taken) {
+            (Ok(Ok(rev)), taken) => {
+                if let Some(t) = taken {
+                    t.commit(self.store).await;
+                }
                 new["metadata"]["resourceVersion"] = json!(rev.to_string());
                 Ok(new)
             }
-            Err(None) => Err(self.not_found(name)),
-            Err(Some(_)) => Err(ApiError::conflict(self.r.plural, self.r.group, name)),
+            (other, taken) => {
+                if let Some(t) = taken {
+                    t.undo(self.store).await;
+                }
+                match other? {
+                    Err(None) => Err(self.not_found(name)),
+                    _ => Err(ApiError::conflict(self.r.plural, self.r.group, name)),
+                }
+            }
+        }
+    }
+
+    /// Cleans up after an object left the store: a Service's addresses and ports.
+    async fn deleted(&self, obj: &Value) {
+        if self.is("", "services") {
+            for k in alloc::held(obj) {
+                let _ = self.store.release(&k).await;
+            }
         }
     }
 
@@ -509,6 +605,11 @@ impl Handler<'_> {
             Some("status") => {
                 let mut o = cur.clone();
                 o["status"] = body["status"].clone();
+                Ok(o)
+            }
+            Some("finalize") => {
+                let mut o = cur.clone();
+                o["spec"]["finalizers"] = body["spec"]["finalizers"].clone();
                 Ok(o)
             }
             Some("scale") => {
@@ -605,61 +706,103 @@ impl Handler<'_> {
         Err(ApiError::conflict(self.r.plural, self.r.group, name))
     }
 
-    async fn delete(&self, name: &str, opts: &Value) -> ApiResult<Response<Body>> {
-        let precondition = opts["preconditions"]["resourceVersion"]
-            .as_str()
-            .map(String::from)
-            .or_else(|| self.q.get("resourceVersion").filter(|s| !s.is_empty()).map(String::from));
+    fn delete_options(&self, body: &Value) -> ApiResult<lifecycle::DeleteOptions> {
+        let mut o = lifecycle::DeleteOptions::parse(body, |k| self.q.get(k).map(String::from))?;
+        if o.precondition_rv.is_none() {
+            o.precondition_rv = self.q.get("resourceVersion").filter(|s| !s.is_empty()).map(String::from);
+        }
+        Ok(o)
+    }
+
+    async fn delete(&self, name: &str, opts: &lifecycle::DeleteOptions) -> ApiResult<Response<Body>> {
         for _attempt in 0..5 {
             let cur = self.get(name).await?;
-            if let Some(rv) = &precondition {
-                if *rv != cur.rev.to_string() {
-                    return Err(ApiError::conflict(self.r.plural, self.r.group, name));
-                }
+            let (rv, uid) = (cur.rev.to_string(), cur.obj["metadata"]["uid"].as_str().unwrap_or_default());
+            if opts.precondition_rv.as_ref().is_some_and(|p| *p != rv)
+                || opts.precondition_uid.as_ref().is_some_and(|p| p != uid)
+            {
+                return Err(ApiError::conflict(self.r.plural, self.r.group, name));
             }
-            let finalizers = cur.obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-            if finalizers {
-                // Marked for deletion; whoever owns a finalizer removes it, then it goes.
-                if cur.obj["metadata"]["deletionTimestamp"].is_string() {
-                    return Ok(self.reply(202, &cur.obj));
-                }
-                let mut o = cur.obj.clone();
-                o["metadata"]["deletionTimestamp"] = json!(object::now_rfc3339());
-                o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                if self.q.dry_run() {
-                    return Ok(self.reply(202, &o));
-                }
-                match self.store.update(&cur.key, &convert::to_storage(self.r, &o), cur.rev).await? {
-                    Ok(rev) => {
-                        o["metadata"]["resourceVersion"] = json!(rev.to_string());
-                        return Ok(self.reply(202, &o));
+            let now = object::parse_rfc3339(&object::now_rfc3339()).unwrap_or_default();
+            match lifecycle::plan(self.r, &cur.obj, opts, now) {
+                lifecycle::Deletion::Pending => return Ok(self.reply(200, &cur.obj)),
+                lifecycle::Deletion::Mark(mut o) => {
+                    if self.q.dry_run() {
+                        return Ok(self.reply(200, &o));
                     }
-                    Err(_) => continue,
+                    match self.store.update(&cur.key, &convert::to_storage(self.r, &o), cur.rev).await? {
+                        Ok(rev) => {
+                            o["metadata"]["resourceVersion"] = json!(rev.to_string());
+                            return Ok(self.reply(200, &o));
+                        }
+                        Err(_) => continue,
+                    }
                 }
-            }
-            if self.q.dry_run() {
-                return Ok(self.reply(200, &cur.obj));
-            }
-            match self.store.delete(&cur.key, cur.rev).await? {
-                Ok(_) => return Ok(self.reply(200, &cur.obj)),
-                Err(None) => return Err(self.not_found(name)),
-                Err(Some(_)) => continue,
+                lifecycle::Deletion::Now => {
+                    if self.q.dry_run() {
+                        return Ok(self.reply(200, &cur.obj));
+                    }
+                    match self.store.delete(&cur.key, cur.rev).await? {
+                        Ok(_) => {
+                            self.deleted(&cur.obj).await;
+                            return Ok(self.reply(200, &cur.obj));
+                        }
+                        Err(None) => return Err(self.not_found(name)),
+                        Err(Some(_)) => continue,
+                    }
+                }
             }
         }
         Err(ApiError::conflict(self.r.plural, self.r.group, name))
     }
 
-    async fn delete_collection(&self) -> ApiResult<Response<Body>> {
+    async fn delete_collection(&self, opts: &lifecycle::DeleteOptions) -> ApiResult<Response<Body>> {
         let (labels, fields) = self.selectors()?;
         let page = self.store.list(&storage::prefix(self.r, self.ns), None, 0, 0).await?;
         let mut deleted = Vec::new();
         for s in page.items.into_iter().filter(|s| labels.matches(&s.obj) && fields.matches(&s.obj)) {
-            if self.q.dry_run() || self.store.delete(&s.key, s.rev).await?.is_ok() {
-                deleted.push(convert::to_view(self.r, s.obj));
+            let name = s.obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let ns = s.obj["metadata"]["namespace"].as_str().map(String::from);
+            let h = Handler { ns: ns.as_deref(), ..*self };
+            match h.delete(&name, opts).await {
+                Ok(_) => deleted.push(convert::to_view(self.r, s.obj)),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
             }
         }
         let list = json!({"kind": format!("{}List", self.r.kind), "apiVersion": self.r.api_version(), "metadata": {"resourceVersion": page.revision.to_string()}, "items": deleted});
         Ok(json_response(200, &list, self.fmt))
+    }
+
+    /// pods/binding: assigns a pending pod to a node, once.
+    async fn bind(&self, name: &str, binding: &Value) -> ApiResult<Response<Body>> {
+        let node = binding["target"]["name"].as_str().filter(|n| !n.is_empty()).ok_or_else(|| {
+            ApiError::invalid("Binding", "", name, vec![("target.name".into(), "Required value".into())])
+        })?;
+        for _attempt in 0..5 {
+            let cur = self.get(name).await?;
+            let conflict = |why: String| {
+                ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"))
+            };
+            if cur.obj["metadata"]["deletionTimestamp"].is_string() {
+                return Err(conflict(format!("pod {name} is being deleted, cannot be assigned to a host")));
+            }
+            if let Some(n) = cur.obj["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                return Err(conflict(format!("pod {name} is already assigned to node \"{n}\"")));
+            }
+            let mut o = cur.obj.clone();
+            o["spec"]["nodeName"] = json!(node);
+            let mut conds: Vec<Value> = o["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            conds.retain(|c| c["type"] != "PodScheduled");
+            conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": object::now_rfc3339()}));
+            o["status"]["conditions"] = json!(conds);
+            match self.write(name, o, &cur).await {
+                Ok(_) => return Ok(json_response(201, &success(201), self.fmt)),
+                Err(e) if e.reason == "Conflict" => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict("pods/binding", "", name))
     }
 
     async fn watch(&self) -> ApiResult<Response<Body>> {

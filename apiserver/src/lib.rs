@@ -3,10 +3,12 @@
 //! kube-apiserver keeps them in etcd (`storage`), and `skiff apiserver` runs it over
 //! HTTPS with certificates it generates (`pki`).
 
+pub mod alloc;
 pub mod convert;
 pub mod defaults;
 pub mod discovery;
 pub mod http;
+pub mod lifecycle;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -34,6 +36,8 @@ pub struct Config {
     /// Optional plain-HTTP address (loopback only), for tests and local tools.
     pub insecure_bind: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// Where Services' cluster IPs and node ports come from.
+    pub ranges: alloc::Ranges,
 }
 
 /// A running API server: where it listens and where its kubeconfig is.
@@ -79,7 +83,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
     pki.write_kubeconfig(&kubeconfig, &format!("https://{host}:{}", https.port()))?;
 
-    let app = Arc::new(http::App { store, caches: watchcache::WatchCaches::default() });
+    let app = Arc::new(http::App { store, caches: watchcache::WatchCaches::default(), ranges: cfg.ranges.clone() });
     {
         let app = app.clone();
         tokio::spawn(async move {

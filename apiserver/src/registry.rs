@@ -61,7 +61,7 @@ macro_rules! res {
 }
 
 pub static RESOURCES: &[Resource] = &[
-    res!("", "v1", "Namespace", "namespaces", "namespace", false, ["ns"], false, ["status"], "namespaces"),
+    res!("", "v1", "Namespace", "namespaces", "namespace", false, ["ns"], false, ["status", "finalize"], "namespaces"),
     res!(
         "",
         "v1",

@@ -175,3 +175,26 @@ fn current(r: &etcd_client::TxnResponse) -> ApiResult<Option<Stored>> {
     }
     Ok(None)
 }
+
+impl Store {
+    /// Takes `key` (a bare marker, not an object) if nobody holds it: true when taken.
+    pub async fn claim(&self, key: &str, holder: &str) -> ApiResult<bool> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, holder, None)]);
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+    }
+
+    /// Gives `key` back.
+    pub async fn release(&self, key: &str) -> ApiResult<()> {
+        self.client.kv_client().delete(key, None).await?;
+        Ok(())
+    }
+
+    /// Deletes every key under `prefix` (markers, not objects).
+    pub async fn release_prefix(&self, prefix: &str) -> ApiResult<()> {
+        let opts = etcd_client::DeleteOptions::new().with_range(prefix_end(prefix));
+        self.client.kv_client().delete(prefix, Some(opts)).await?;
+        Ok(())
+    }
+}
