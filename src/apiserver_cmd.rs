@@ -28,6 +28,12 @@ pub struct ApiServerArgs {
     /// The ports NodePort Services' node ports come from.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// Seconds new pods tolerate a not-ready node before they are evicted from it.
+    #[arg(long, default_value_t = 300)]
+    default_not_ready_toleration_seconds: i64,
+    /// Seconds new pods tolerate an unreachable node before they are evicted from it.
+    #[arg(long, default_value_t = 300)]
+    default_unreachable_toleration_seconds: i64,
 }
 
 pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
@@ -38,6 +44,10 @@ pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
         insecure_bind: args.insecure_bind,
         data_dir: args.data_dir,
         ranges,
+        tolerations: skiff_apiserver::admission::Tolerations {
+            not_ready: args.default_not_ready_toleration_seconds,
+            unreachable: args.default_unreachable_toleration_seconds,
+        },
     })
     .await?;
     tracing::info!("serving the Kubernetes API on https://{}", running.https);

@@ -77,21 +77,11 @@ fn parse_faults(s: &str) -> Result<FaultList, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 2m or 90"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60.0,
-        "ms" => n / 1000.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s or m")),
-    };
-    if !(1.0..=86400.0).contains(&secs) {
+    let d = crate::duration::parse(s)?;
+    if !(1.0..=86400.0).contains(&d.as_secs_f64()) {
         return Err(format!("{s:?}: the duration must be between 1s and 24h"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 pub async fn run(command: ChaosCommand) -> anyhow::Result<ExitCode> {

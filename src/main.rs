@@ -4,6 +4,8 @@
 mod apiserver_cmd;
 mod bench_cmd;
 mod chaos_cmd;
+mod controllers_cmd;
+mod duration;
 mod endpoint;
 mod member_cmd;
 mod snapshot;
@@ -52,6 +54,12 @@ enum Command {
     },
     /// Serve the Kubernetes API on a store cluster (kubectl works against it).
     Apiserver(apiserver_cmd::ApiServerArgs),
+    /// Run the controllers (ReplicaSet, Deployment, endpoints, garbage collector, namespaces, node lifecycle).
+    ControllerManager(controllers_cmd::ControllerManagerArgs),
+    /// Assign pending pods to nodes.
+    Scheduler(controllers_cmd::SchedulerArgs),
+    /// Run a node agent: register nodes and run the pods bound to them.
+    Agent(controllers_cmd::AgentArgs),
     /// Kill, pause and partition store members under load and check that nothing was lost.
     Chaos {
         #[command(subcommand)]
@@ -171,6 +179,9 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench_cmd::run(args).await,
             Command::Chaos { command } => return chaos_cmd::run(command).await,
             Command::Apiserver(args) => apiserver_cmd::run(args).await,
+            Command::ControllerManager(args) => controllers_cmd::controller_manager(args).await,
+            Command::Scheduler(args) => controllers_cmd::scheduler(args).await,
+            Command::Agent(args) => controllers_cmd::agent(args).await,
         }
         .map(|()| ExitCode::SUCCESS)
     });

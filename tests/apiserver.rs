@@ -15,12 +15,13 @@ use crate::common::*;
 const KUBECTL_132: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
 const KUBECTL_133: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
 
-struct Api {
-    store: Cluster,
-    dir: tempfile::TempDir,
+pub(crate) struct Api {
+    pub(crate) store: Cluster,
+    pub(crate) dir: tempfile::TempDir,
     child: Child,
     http_port: u16,
     https_port: u16,
+    extra: Vec<String>,
 }
 
 impl Drop for Api {
@@ -31,17 +32,23 @@ impl Drop for Api {
 }
 
 impl Api {
-    fn start() -> Api {
+    pub(crate) fn start() -> Api {
+        Self::start_with(&[])
+    }
+
+    /// With extra `skiff apiserver` flags.
+    pub(crate) fn start_with(extra: &[&str]) -> Api {
         let store = Cluster::start(1);
         let dir = tempfile::tempdir().unwrap();
         let (https_port, http_port) = (free_port(), free_port());
-        let child = Self::spawn(&store, dir.path(), https_port, http_port);
-        let api = Api { store, dir, child, http_port, https_port };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(&store, dir.path(), https_port, http_port, &extra);
+        let api = Api { store, dir, child, http_port, https_port, extra };
         api.wait_ready();
         api
     }
 
-    fn spawn(store: &Cluster, dir: &Path, https: u16, http: u16) -> Child {
+    fn spawn(store: &Cluster, dir: &Path, https: u16, http: u16, extra: &[String]) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("apiserver.log")).unwrap();
         Command::new(skiff_bin())
             .args(["apiserver", "--store-endpoints", &store.endpoints()])
@@ -49,13 +56,14 @@ impl Api {
             .args(["--insecure-bind", &format!("127.0.0.1:{http}")])
             .arg("--data-dir")
             .arg(dir.join("api"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap()
     }
 
-    fn wait_ready(&self) {
+    pub(crate) fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if self.kubeconfig().exists() && self.raw("GET", "/readyz", None).0 == 200 {
@@ -69,22 +77,26 @@ impl Api {
         );
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Starts it again on the same ports and data dir (after `stop`).
-    fn restart(&mut self) {
-        self.child = Self::spawn(&self.store, self.dir.path(), self.https_port, self.http_port);
+    pub(crate) fn restart(&mut self) {
+        self.child = Self::spawn(&self.store, self.dir.path(), self.https_port, self.http_port, &self.extra);
         self.wait_ready();
     }
 
-    fn kubeconfig(&self) -> PathBuf {
+    pub(crate) fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    pub(crate) fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("api/admin.kubeconfig")
     }
 
-    fn kubectl_with(&self, bin: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    pub(crate) fn kubectl_with(&self, bin: &str, args: &[&str], stdin: Option<&str>) -> Output {
         let cache = self.dir.path().join(format!("cache-{}", Path::new(bin).file_name().unwrap().to_string_lossy()));
         let mut child = Command::new(bin)
             .arg("--kubeconfig")
@@ -102,44 +114,44 @@ impl Api {
     }
 
     /// kubectl 1.32; panics with its output unless it succeeds.
-    fn k(&self, args: &[&str]) -> String {
+    pub(crate) fn k(&self, args: &[&str]) -> String {
         let o = self.kubectl_with(KUBECTL_132, args, None);
         assert!(o.status.success(), "kubectl {args:?} failed:\n{}", text(&o));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    fn k_in(&self, args: &[&str], stdin: &str) -> String {
+    pub(crate) fn k_in(&self, args: &[&str], stdin: &str) -> String {
         let o = self.kubectl_with(KUBECTL_132, args, Some(stdin));
         assert!(o.status.success(), "kubectl {args:?} failed:\n{}", text(&o));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// kubectl that must fail; its stderr.
-    fn k_fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+    pub(crate) fn k_fails(&self, args: &[&str], stdin: Option<&str>) -> String {
         let o = self.kubectl_with(KUBECTL_132, args, stdin);
         assert!(!o.status.success(), "kubectl {args:?} should have failed:\n{}", text(&o));
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
-    fn k_json(&self, args: &[&str]) -> Value {
+    pub(crate) fn k_json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.extend(["-o", "json"]);
         serde_json::from_str(&self.k(&a)).unwrap()
     }
 
     /// One plain-HTTP request: (status, body).
-    fn raw(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, String) {
+    pub(crate) fn raw(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, String) {
         raw_http(self.http_port, method, path, body)
     }
 
-    fn raw_json(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, Value) {
+    pub(crate) fn raw_json(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, Value) {
         let (code, b) = self.raw(method, path, body);
         (code, serde_json::from_str(&b).unwrap_or_else(|e| panic!("{method} {path}: {code} {b:?}: {e}")))
     }
 }
 
 /// One plain-HTTP request to the API server's insecure port: (status, body).
-fn raw_http(port: u16, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, String) {
+pub(crate) fn raw_http(port: u16, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
     let (ct, b) = body.unwrap_or(("", ""));
     let ct_line = if ct.is_empty() { String::new() } else { format!("Content-Type: {ct}\r\n") };
@@ -550,7 +562,7 @@ fn list_pages_selectors_and_watch_with_410() {
 }
 
 /// Starts a raw watch on a thread; returns the events once the server ends it.
-fn watch_thread(port: u16, path: String) -> std::thread::JoinHandle<Vec<Value>> {
+pub(crate) fn watch_thread(port: u16, path: String) -> std::thread::JoinHandle<Vec<Value>> {
     std::thread::spawn(move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();

@@ -7,6 +7,7 @@ mod apiserver;
 mod backup;
 mod chaos;
 mod client;
+mod controllers;
 mod crash;
 mod differential;
 mod docs;

@@ -19,7 +19,7 @@ use crate::registry::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
 use crate::storage::{self, Store, Stored};
-use crate::{alloc, convert, defaults, discovery, lifecycle, object, openapi, patch, table, watchcache};
+use crate::{admission, alloc, convert, defaults, discovery, lifecycle, object, openapi, patch, table, watchcache};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -30,6 +30,7 @@ pub struct App {
     pub store: Store,
     pub caches: watchcache::WatchCaches,
     pub ranges: alloc::Ranges,
+    pub tolerations: admission::Tolerations,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -294,7 +295,7 @@ async fn resource(
             )));
         }
     }
-    let h = Handler { store: &app.store, caches: &app.caches, ranges: &app.ranges, r: t.r, ns: t.namespace.as_deref(), q: &q, fmt };
+    let h = Handler { store: &app.store, caches: &app.caches, ranges: &app.ranges, tolerations: app.tolerations, r: t.r, ns: t.namespace.as_deref(), q: &q, fmt };
     match (method, t.name.as_deref(), t.sub.as_deref()) {
         (Method::GET, None, _) if q.flag("watch") => h.watch().await,
         (Method::GET, None, _) => h.list().await,
@@ -352,6 +353,7 @@ struct Handler<'a> {
     store: &'a Store,
     caches: &'a watchcache::WatchCaches,
     ranges: &'a alloc::Ranges,
+    tolerations: admission::Tolerations,
     r: &'static Resource,
     ns: Option<&'a str>,
     q: &'a Query,
@@ -516,6 +518,9 @@ impl Handler<'_> {
     async fn create(&self, mut obj: Value) -> ApiResult<Response<Body>> {
         object::prepare_create(self.r, &mut obj, self.ns.filter(|_| self.r.namespaced))?;
         defaults::apply(self.r, &mut obj);
+        if self.is("", "pods") {
+            admission::default_tolerations(&mut obj, self.tolerations);
+        }
         self.ensure_namespace().await?;
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         if self.q.dry_run() {

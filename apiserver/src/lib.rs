@@ -3,6 +3,7 @@
 //! kube-apiserver keeps them in etcd (`storage`), and `skiff apiserver` runs it over
 //! HTTPS with certificates it generates (`pki`).
 
+pub mod admission;
 pub mod alloc;
 pub mod convert;
 pub mod defaults;
@@ -38,6 +39,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where Services' cluster IPs and node ports come from.
     pub ranges: alloc::Ranges,
+    /// The tolerations new pods get for not-ready and unreachable nodes.
+    pub tolerations: admission::Tolerations,
 }
 
 /// A running API server: where it listens and where its kubeconfig is.
@@ -83,7 +86,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
     pki.write_kubeconfig(&kubeconfig, &format!("https://{host}:{}", https.port()))?;
 
-    let app = Arc::new(http::App { store, caches: watchcache::WatchCaches::default(), ranges: cfg.ranges.clone() });
+    let app = Arc::new(http::App { store, caches: watchcache::WatchCaches::default(), ranges: cfg.ranges.clone(), tolerations: cfg.tolerations });
     {
         let app = app.clone();
         tokio::spawn(async move {

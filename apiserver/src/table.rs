@@ -59,6 +59,25 @@ fn age(obj: &Value) -> String {
     }
 }
 
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64
+}
+
+/// `a,b,c + 2 more...` as kubectl prints endpoint lists; `<none>` when empty.
+fn first_three(list: &[String]) -> String {
+    match list.len() {
+        0 => "<none>".into(),
+        n if n <= 3 => list.join(","),
+        n => format!("{} + {} more...", list[..3].join(","), n - 3),
+    }
+}
+
+/// A column kubectl shows only with `-o wide`.
+fn wide(mut c: Value) -> Value {
+    c["priority"] = json!(1);
+    c
+}
+
 fn int(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
 }
@@ -89,8 +108,64 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             if o["metadata"]["deletionTimestamp"].is_string() {
                 status = "Terminating".into();
             }
-            vec![name, json!(format!("{ready}/{total}")), json!(status), json!(restarts), json!(age(o))]
+            let none = || json!("<none>");
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(status),
+                json!(restarts),
+                json!(age(o)),
+                o["status"]["podIP"].as_str().map(|s| json!(s)).unwrap_or_else(none),
+                o["spec"]["nodeName"].as_str().map(|s| json!(s)).unwrap_or_else(none),
+                o["status"]["nominatedNodeName"].as_str().map(|s| json!(s)).unwrap_or_else(none),
+                none(),
+            ]
         }
+        "events" => {
+            let seen = o["lastTimestamp"].as_str().or(o["eventTime"].as_str()).or(o["metadata"]["creationTimestamp"].as_str());
+            let first = o["firstTimestamp"].as_str().or(o["eventTime"].as_str());
+            let since = |t: Option<&str>| match t.and_then(parse_rfc3339) {
+                Some(t) => human_duration(now() - t),
+                None => "<unknown>".into(),
+            };
+            let obj = &o["involvedObject"];
+            vec![
+                json!(since(seen)),
+                json!(o["type"].as_str().unwrap_or("")),
+                json!(o["reason"].as_str().unwrap_or("")),
+                json!(format!("{}/{}", obj["kind"].as_str().unwrap_or("").to_lowercase(), obj["name"].as_str().unwrap_or(""))),
+                json!(obj["fieldPath"].as_str().unwrap_or("")),
+                json!(o["source"]["component"].as_str().or(o["reportingComponent"].as_str()).unwrap_or("")),
+                json!(o["message"].as_str().unwrap_or("")),
+                json!(since(first)),
+                json!(int(&o["count"]).max(1)),
+                name,
+            ]
+        }
+        "endpoints" => {
+            let mut list = Vec::new();
+            for s in o["subsets"].as_array().into_iter().flatten() {
+                for a in s["addresses"].as_array().into_iter().flatten() {
+                    for p in s["ports"].as_array().into_iter().flatten() {
+                        list.push(format!("{}:{}", a["ip"].as_str().unwrap_or(""), int(&p["port"])));
+                    }
+                }
+            }
+            vec![name, json!(first_three(&list)), json!(age(o))]
+        }
+        "endpointslices" => {
+            let ports: Vec<String> = o["ports"].as_array().into_iter().flatten().map(|p| int(&p["port"]).to_string()).collect();
+            let addrs: Vec<String> = o["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            let ports = if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") };
+            vec![name, json!(o["addressType"].as_str().unwrap_or("")), json!(ports), json!(first_three(&addrs)), json!(age(o))]
+        }
+        "leases" => vec![name, json!(o["spec"]["holderIdentity"].as_str().unwrap_or("")), json!(age(o))],
         "deployments" => vec![
             name,
             json!(format!("{}/{}", int(&o["status"]["readyReplicas"]), int(&o["spec"]["replicas"]))),
@@ -191,6 +266,7 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
                 .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
                 .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" })
                 .unwrap_or("Unknown");
+            let ready = if o["spec"]["unschedulable"] == json!(true) { format!("{ready},SchedulingDisabled") } else { ready.to_string() };
             vec![
                 name,
                 json!(ready),
@@ -217,7 +293,32 @@ fn columns(r: &Resource) -> Vec<Value> {
             col("Status", "string", "The aggregate status of the containers in this pod."),
             col("Restarts", "string", "The number of times the containers in this pod have been restarted."),
             age,
+            wide(col("IP", "string", "IP address allocated to the pod.")),
+            wide(col("Node", "string", "Name of the node where the pod is assigned.")),
+            wide(col("Nominated Node", "string", "Name of the node nominated by the scheduler.")),
+            wide(col("Readiness Gates", "string", "The readiness gates of the pod.")),
         ],
+        "events" => vec![
+            col("Last Seen", "string", "The time of the event's last occurrence."),
+            col("Type", "string", "The type of the event."),
+            col("Reason", "string", "Why the event happened."),
+            col("Object", "string", "The object the event is about."),
+            wide(col("Subobject", "string", "The part of the object the event is about.")),
+            wide(col("Source", "string", "The component reporting the event.")),
+            col("Message", "string", "A description of the event."),
+            wide(col("First Seen", "string", "The time of the event's first occurrence.")),
+            wide(col("Count", "integer", "How often the event occurred.")),
+            wide(name.clone()),
+        ],
+        "endpoints" => vec![name, col("Endpoints", "string", "The endpoints of the service."), age],
+        "endpointslices" => vec![
+            name,
+            col("AddressType", "string", "The type of the addresses."),
+            col("Ports", "string", "The ports of the slice."),
+            col("Endpoints", "string", "The endpoints of the slice."),
+            age,
+        ],
+        "leases" => vec![name, col("Holder", "string", "The holder of the lease."), age],
         "deployments" => vec![
             name,
             col("Ready", "string", "Number of the pod with ready state"),
@@ -272,7 +373,7 @@ fn columns(r: &Resource) -> Vec<Value> {
         ],
         _ => vec![name, age],
     };
-    for c in cols.iter_mut().skip(1) {
+    for c in cols.iter_mut().filter(|c| c["name"] != "Name") {
         c["format"] = json!("");
     }
     cols

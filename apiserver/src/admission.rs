@@ -1,0 +1,57 @@
+//! Admission steps applied to new objects after defaulting.
+
+use serde_json::{json, Value};
+
+/// How long pods tolerate their node being not-ready or unreachable before the node
+/// lifecycle controller evicts them (kube-apiserver's DefaultTolerationSeconds plugin:
+/// `--default-not-ready-toleration-seconds`, `--default-unreachable-toleration-seconds`).
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerations {
+    pub not_ready: i64,
+    pub unreachable: i64,
+}
+
+impl Default for Tolerations {
+    fn default() -> Tolerations {
+        Tolerations { not_ready: 300, unreachable: 300 }
+    }
+}
+
+/// Adds the NoExecute tolerations for not-ready and unreachable nodes unless the pod
+/// already tolerates those taints.
+pub fn default_tolerations(pod: &mut Value, t: Tolerations) {
+    if !pod["spec"].is_object() {
+        return;
+    }
+    let mut tols: Vec<Value> = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    for (key, secs) in [("node.kubernetes.io/not-ready", t.not_ready), ("node.kubernetes.io/unreachable", t.unreachable)] {
+        let covered = tols.iter().any(|x| {
+            let effect_ok = x["effect"].as_str().is_none_or(|e| e.is_empty() || e == "NoExecute");
+            let key_ok = x["key"].as_str() == Some(key) || (x["operator"] == "Exists" && x["key"].as_str().is_none_or(|k| k.is_empty()));
+            effect_ok && key_ok
+        });
+        if !covered {
+            tols.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": secs}));
+        }
+    }
+    pod["spec"]["tolerations"] = json!(tols);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_what_is_missing_only() {
+        let mut p = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}});
+        default_tolerations(&mut p, Tolerations { not_ready: 30, unreachable: 40 });
+        let t = p["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0]["tolerationSeconds"], 5);
+        assert_eq!(t[1]["key"], "node.kubernetes.io/not-ready");
+        assert_eq!(t[1]["tolerationSeconds"], 30);
+        let mut all = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default_tolerations(&mut all, Tolerations::default());
+        assert_eq!(all["spec"]["tolerations"].as_array().unwrap().len(), 1);
+    }
+}

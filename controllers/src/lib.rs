@@ -1,0 +1,196 @@
+//! skiff-controllers: the scheduler and the controller-manager, on kube-rs. Both talk
+//! only to the API server (never the store), each reconciler is small and idempotent,
+//! and each process can run as several replicas: one leads through a
+//! coordination.k8s.io Lease, the others wait to take over.
+
+pub mod client;
+pub mod deployment;
+pub mod endpoints;
+pub mod events;
+pub mod expectations;
+pub mod gc;
+pub mod informer;
+pub mod labels;
+pub mod leader;
+pub mod namespace;
+pub mod nodelifecycle;
+pub mod pods;
+pub mod quantity;
+pub mod replicaset;
+pub mod scheduler;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+
+use crate::informer::Informer;
+
+/// A reconcile failure; the object is retried shortly.
+#[derive(Debug)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Error {
+        Error(e.to_string())
+    }
+}
+
+/// What every controller of the controller-manager shares.
+pub struct Ctx {
+    pub client: kube::Client,
+    pub pods: Store<Pod>,
+    pub replicasets: Store<ReplicaSet>,
+    pub recorder: events::Recorder,
+    pub expectations: expectations::Expectations,
+}
+
+fn retry<K>(_obj: Arc<K>, e: &Error, _ctx: Arc<Ctx>) -> Action {
+    // Conflicts are routine (someone else wrote first); anything else is logged.
+    if !e.0.contains("409") && !e.0.contains("Conflict") {
+        tracing::warn!("reconcile: {e}");
+    }
+    Action::requeue(Duration::from_millis(500))
+}
+
+#[derive(Clone, Debug)]
+pub struct Election {
+    pub enabled: bool,
+    pub lease_duration: Duration,
+}
+
+pub struct ManagerConfig {
+    pub kubeconfig: PathBuf,
+    pub election: Election,
+    pub nodes: nodelifecycle::Settings,
+}
+
+async fn lead(name: &str, client: &kube::Client, e: &Election) -> futures::future::BoxFuture<'static, ()> {
+    if !e.enabled {
+        return Box::pin(futures::future::pending());
+    }
+    Box::pin(leader::Election::new(name, e.lease_duration).lead(client.clone()).await)
+}
+
+/// Runs the controller-manager until it is stopped or loses its leadership.
+pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
+    let client = client::from_kubeconfig(&cfg.kubeconfig).await?;
+    let lost = lead("kube-controller-manager", &client, &cfg.election).await;
+
+    let pods = Informer::new(Api::<Pod>::all(client.clone()));
+    let rss = Informer::new(Api::<ReplicaSet>::all(client.clone()));
+    let nodes = Informer::new(Api::<Node>::all(client.clone()));
+    let leases = Informer::new(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"));
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        pods: pods.store(),
+        replicasets: rss.store(),
+        recorder: events::Recorder::new(client.clone(), "controller-manager"),
+        expectations: Default::default(),
+    });
+
+    let drain = |s: futures::stream::BoxStream<'static, ()>| tokio::spawn(s.collect::<Vec<()>>());
+    let rs_ctrl = Controller::for_shared_stream(rss.subscribe(), rss.store())
+        .owns_shared_stream(pods.subscribe())
+        .run(replicaset::reconcile, retry, ctx.clone())
+        .map(|_| ())
+        .boxed();
+    let deploy_ctrl = Controller::new(Api::<Deployment>::all(client.clone()), watcher::Config::default())
+        .owns_shared_stream(rss.subscribe())
+        .run(deployment::reconcile, retry, ctx.clone())
+        .map(|_| ())
+        .boxed();
+    let svc = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
+    let services = svc.store();
+    let ep_ctrl = svc
+        .watches_shared_stream(pods.subscribe(), move |p: Arc<Pod>| endpoints::services_of(&p, &services))
+        .run(endpoints::reconcile, retry, ctx.clone())
+        .map(|_| ())
+        .boxed();
+    let ns_ctrl = Controller::new(Api::<Namespace>::all(client.clone()), watcher::Config::default())
+        .run(namespace::reconcile, retry, ctx.clone())
+        .map(|_| ())
+        .boxed();
+    let node_store = nodes.store();
+    let lease_store = leases.store();
+    drop(pods.run());
+    drop(rss.run());
+    drop(nodes.run());
+    drop(leases.run());
+    let tasks = vec![
+        drain(rs_ctrl),
+        drain(deploy_ctrl),
+        drain(ep_ctrl),
+        drain(ns_ctrl),
+        tokio::spawn(async move {
+            gc::Gc::start(client).run().await;
+            Vec::new()
+        }),
+        tokio::spawn(async move {
+            nodelifecycle::run(ctx, node_store, lease_store, cfg.nodes).await;
+            Vec::new()
+        }),
+    ];
+    tokio::select! {
+        _ = lost => anyhow::bail!("lost the kube-controller-manager lease; stopping so a standby can lead"),
+        _ = futures::future::select_all(tasks) => anyhow::bail!("a controller stopped"),
+    }
+}
+
+pub struct SchedulerConfig {
+    pub kubeconfig: PathBuf,
+    pub election: Election,
+}
+
+/// Runs the scheduler until it is stopped or loses its leadership.
+pub async fn run_scheduler(cfg: SchedulerConfig) -> anyhow::Result<()> {
+    let client = client::from_kubeconfig(&cfg.kubeconfig).await?;
+    let lost = lead("kube-scheduler", &client, &cfg.election).await;
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let mut stores = Vec::new();
+    let pods = watch_into(Api::<Pod>::all(client.clone()), changed.clone(), &mut stores);
+    let nodes = watch_into(Api::<Node>::all(client.clone()), changed.clone(), &mut stores);
+    let s = scheduler::Scheduler::new(client, pods, nodes, changed);
+    tokio::select! {
+        _ = lost => anyhow::bail!("lost the kube-scheduler lease; stopping so a standby can lead"),
+        _ = s.run() => anyhow::bail!("the scheduler stopped"),
+    }
+}
+
+/// A cache of `api` that pokes `changed` on every event.
+fn watch_into<K>(api: Api<K>, changed: Arc<tokio::sync::Notify>, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    tasks.push(tokio::spawn(async move {
+        stream
+            .for_each(|e| {
+                match e {
+                    Ok(_) => changed.notify_one(),
+                    Err(e) => tracing::warn!("watch: {e}"),
+                }
+                futures::future::ready(())
+            })
+            .await
+    }));
+    reader
+}

@@ -1,0 +1,495 @@
+//! The scheduler: binds each pending pod (no `spec.nodeName`, `schedulerName`
+//! default-scheduler) to a node through `pods/binding`. Filters: node readiness and
+//! `unschedulable` (as the not-ready / unschedulable taints), taints and
+//! tolerations, cpu / memory / pod-count requests against allocatable, host ports,
+//! nodeSelector and required node affinity, required pod affinity and anti-affinity
+//! (both directions for anti-affinity), topology spread constraints with
+//! DoNotSchedule. Scores: least allocated, balanced allocation, preferred node
+//! affinity, ScheduleAnyway spread and preferred pod anti-affinity. A pod nothing
+//! fits gets PodScheduled=False (reason Unschedulable) and a FailedScheduling event
+//! with Kubernetes' "0/N nodes are available: ..." message, and is tried again when
+//! pods or nodes change. Bound pods are assumed on their node until the watch shows
+//! the binding, so one pass can place many pods without overcommitting.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::Store;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::events::Recorder;
+use crate::nodelifecycle::{tolerates, NOT_READY};
+use crate::{labels, pods, quantity};
+
+const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// One node as a scheduling pass sees it.
+#[derive(Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub alloc: (i64, i64, i64),
+    pub used: (i64, i64, i64),
+    pub ports: HashSet<(String, i32)>,
+    pub pods: Vec<Arc<Pod>>,
+}
+
+impl NodeInfo {
+    pub fn from_node(n: &Node) -> NodeInfo {
+        let status = n.status.clone().unwrap_or_default();
+        let mut taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) && !taints.iter().any(|t| t.key == UNSCHEDULABLE_TAINT) {
+            taints.push(Taint { key: UNSCHEDULABLE_TAINT.into(), effect: "NoSchedule".into(), value: None, time_added: None });
+        }
+        let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+        if !ready && !taints.iter().any(|t| t.effect == "NoSchedule" && (t.key == NOT_READY || t.key.ends_with("/unreachable"))) {
+            taints.push(Taint { key: NOT_READY.into(), effect: "NoSchedule".into(), value: None, time_added: None });
+        }
+        NodeInfo {
+            name: pods::name(&n.metadata).into(),
+            labels: n.metadata.labels.clone().unwrap_or_default(),
+            taints,
+            alloc: quantity::allocatable(status.allocatable.as_ref().or(status.capacity.as_ref())),
+            used: (0, 0, 0),
+            ports: HashSet::new(),
+            pods: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, p: Arc<Pod>) {
+        if let Some(spec) = p.spec.as_ref() {
+            let (c, m) = quantity::pod_requests(spec);
+            self.used.0 += c;
+            self.used.1 += m;
+            self.used.2 += 1;
+            for port in host_ports(spec) {
+                self.ports.insert(port);
+            }
+        }
+        self.pods.push(p);
+    }
+}
+
+fn host_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<(String, i32)> {
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| p.host_port.filter(|h| *h > 0).map(|h| (p.protocol.clone().unwrap_or_else(|| "TCP".into()), h)))
+        .collect()
+}
+
+fn node_term_matches(term: &NodeSelectorTerm, n: &NodeInfo) -> bool {
+    let exprs = term.match_expressions.iter().flatten().all(|e| requirement(e, n.labels.get(&e.key).map(String::as_str)));
+    let fields = term
+        .match_fields
+        .iter()
+        .flatten()
+        .all(|e| requirement(e, (e.key == "metadata.name").then_some(n.name.as_str())));
+    (term.match_expressions.is_some() || term.match_fields.is_some()) && exprs && fields
+}
+
+fn requirement(e: &NodeSelectorRequirement, v: Option<&str>) -> bool {
+    let values = e.values.as_deref().unwrap_or_default();
+    let num = |s: &str| s.parse::<i64>().ok();
+    match e.operator.as_str() {
+        "In" => v.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => v.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => v.is_some(),
+        "DoesNotExist" => v.is_none(),
+        "Gt" => matches!((v.and_then(num), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a > b),
+        "Lt" => matches!((v.and_then(num), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a < b),
+        _ => false,
+    }
+}
+
+/// nodeSelector and required node affinity.
+fn node_affinity_ok(pod: &Pod, n: &NodeInfo) -> bool {
+    let spec = pod.spec.clone().unwrap_or_default();
+    if !spec.node_selector.iter().flatten().all(|(k, v)| n.labels.get(k) == Some(v)) {
+        return false;
+    }
+    let required = spec.affinity.and_then(|a| a.node_affinity).and_then(|na| na.required_during_scheduling_ignored_during_execution);
+    required.is_none_or(|r| r.node_selector_terms.iter().any(|t| node_term_matches(t, n)))
+}
+
+fn term_selects(term: &PodAffinityTerm, owner_ns: &str, p: &Pod) -> bool {
+    let nss = term.namespaces.clone().unwrap_or_default();
+    let ns_ok = if nss.is_empty() && term.namespace_selector.is_none() {
+        pods::namespace(&p.metadata) == owner_ns
+    } else {
+        nss.iter().any(|n| n == pods::namespace(&p.metadata)) || term.namespace_selector.as_ref().is_some_and(|s| *s == LabelSelector::default())
+    };
+    ns_ok && labels::matches(term.label_selector.as_ref(), p.metadata.labels.as_ref())
+}
+
+/// Why `pod` cannot go to `n`, if it cannot.
+pub fn filter(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> Result<(), String> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let ns = pods::namespace(&pod.metadata);
+    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    for t in n.taints.iter().filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute") {
+        if !tolerations.iter().any(|tol| tolerates(tol, t)) {
+            if t.key == UNSCHEDULABLE_TAINT {
+                return Err("node(s) were unschedulable".into());
+            }
+            return Err(format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value.as_deref().unwrap_or("")));
+        }
+    }
+    if !node_affinity_ok(pod, n) {
+        return Err("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    let (cpu, mem) = quantity::pod_requests(&spec);
+    if n.used.2 + 1 > n.alloc.2 {
+        return Err("Too many pods".into());
+    }
+    if cpu > 0 && n.used.0 + cpu > n.alloc.0 {
+        return Err("Insufficient cpu".into());
+    }
+    if mem > 0 && n.used.1 + mem > n.alloc.1 {
+        return Err("Insufficient memory".into());
+    }
+    if host_ports(&spec).iter().any(|p| n.ports.contains(p)) {
+        return Err("node(s) didn't have free ports for the requested pod ports".into());
+    }
+    let domain = |node: &NodeInfo, key: &str| node.labels.get(key).cloned();
+    let affinity = spec.affinity.clone().unwrap_or_default();
+    // Required anti-affinity: no selected pod in the same domain.
+    for term in affinity.pod_anti_affinity.iter().flat_map(|a| a.required_during_scheduling_ignored_during_execution.iter().flatten()) {
+        let Some(d) = domain(n, &term.topology_key) else { continue };
+        let clash = all.iter().filter(|o| domain(o, &term.topology_key).as_ref() == Some(&d)).any(|o| o.pods.iter().any(|p| term_selects(term, ns, p)));
+        if clash {
+            return Err("node(s) didn't match pod anti-affinity rules".into());
+        }
+    }
+    // ... and no pod there whose own anti-affinity rejects this one.
+    for o in all {
+        for p in &o.pods {
+            let terms = p.spec.as_ref().and_then(|s| s.affinity.as_ref()).and_then(|a| a.pod_anti_affinity.as_ref());
+            for term in terms.iter().flat_map(|a| a.required_during_scheduling_ignored_during_execution.iter().flatten()) {
+                if domain(o, &term.topology_key).is_some()
+                    && domain(o, &term.topology_key) == domain(n, &term.topology_key)
+                    && term_selects(term, pods::namespace(&p.metadata), pod)
+                {
+                    return Err("node(s) didn't satisfy existing pods anti-affinity rules".into());
+                }
+            }
+        }
+    }
+    // Required affinity: a selected pod in the same domain (or none anywhere, for the first of a group).
+    for term in affinity.pod_affinity.iter().flat_map(|a| a.required_during_scheduling_ignored_during_execution.iter().flatten()) {
+        let anywhere = all.iter().any(|o| o.pods.iter().any(|p| term_selects(term, ns, p)));
+        let here = domain(n, &term.topology_key).is_some_and(|d| {
+            all.iter().filter(|o| domain(o, &term.topology_key).as_ref() == Some(&d)).any(|o| o.pods.iter().any(|p| term_selects(term, ns, p)))
+        });
+        let first = !anywhere && term_selects(term, ns, pod) && domain(n, &term.topology_key).is_some();
+        if !here && !first {
+            return Err("node(s) didn't match pod affinity rules".into());
+        }
+    }
+    // Topology spread with DoNotSchedule.
+    for c in spec.topology_spread_constraints.iter().flatten().filter(|c| c.when_unsatisfiable == "DoNotSchedule") {
+        let Some(d) = domain(n, &c.topology_key) else {
+            return Err("node(s) didn't match pod topology spread constraints (missing required label)".into());
+        };
+        let counts = spread_counts(pod, c, all);
+        let min = counts.values().copied().min().unwrap_or(0);
+        if counts.get(&d).copied().unwrap_or(0) + 1 - min > c.max_skew as i64 {
+            return Err("node(s) didn't match pod topology spread constraints".into());
+        }
+    }
+    Ok(())
+}
+
+/// Matching pods per domain of the constraint, over nodes the pod may use.
+fn spread_counts(pod: &Pod, c: &k8s_openapi::api::core::v1::TopologySpreadConstraint, all: &[NodeInfo]) -> HashMap<String, i64> {
+    let ns = pods::namespace(&pod.metadata);
+    let mut counts: HashMap<String, i64> = HashMap::new();
+    for o in all.iter().filter(|o| node_affinity_ok(pod, o)) {
+        let Some(d) = o.labels.get(&c.topology_key) else { continue };
+        let n = o
+            .pods
+            .iter()
+            .filter(|p| pods::namespace(&p.metadata) == ns && pods::is_active(p) && labels::matches(c.label_selector.as_ref(), p.metadata.labels.as_ref()))
+            .count() as i64;
+        *counts.entry(d.clone()).or_default() += n;
+    }
+    counts
+}
+
+/// Higher is better: resources left, balance, preferences.
+pub fn score(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> i64 {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let (cpu, mem) = quantity::pod_requests(&spec);
+    // The scheduler's defaults for pods that request nothing: 100m and 200Mi.
+    let (cpu, mem) = (if cpu == 0 { 100 } else { cpu }, if mem == 0 { 200 << 20 } else { mem });
+    let frac = |used: i64, alloc: i64| if alloc <= 0 { 1.0 } else { ((used as f64) / (alloc as f64)).min(1.0) };
+    let (fc, fm) = (frac(n.used.0 + cpu, n.alloc.0), frac(n.used.1 + mem, n.alloc.1));
+    let least = ((1.0 - fc) + (1.0 - fm)) / 2.0 * 100.0;
+    let balanced = (1.0 - (fc - fm).abs()) * 100.0;
+    let mut s = least + balanced;
+    let affinity = spec.affinity.clone().unwrap_or_default();
+    for p in affinity.node_affinity.iter().flat_map(|a| a.preferred_during_scheduling_ignored_during_execution.iter().flatten()) {
+        if node_term_matches(&p.preference, n) {
+            s += p.weight as f64;
+        }
+    }
+    let ns = pods::namespace(&pod.metadata);
+    for w in affinity.pod_anti_affinity.iter().flat_map(|a| a.preferred_during_scheduling_ignored_during_execution.iter().flatten()) {
+        let t = &w.pod_affinity_term;
+        if let Some(d) = n.labels.get(&t.topology_key) {
+            if all.iter().filter(|o| o.labels.get(&t.topology_key) == Some(d)).any(|o| o.pods.iter().any(|p| term_selects(t, ns, p))) {
+                s -= w.weight as f64;
+            }
+        }
+    }
+    for c in spec.topology_spread_constraints.iter().flatten().filter(|c| c.when_unsatisfiable == "ScheduleAnyway") {
+        if let Some(d) = n.labels.get(&c.topology_key) {
+            s -= 10.0 * spread_counts(pod, c, all).get(d).copied().unwrap_or(0) as f64;
+        }
+    }
+    s.round() as i64
+}
+
+/// Kubernetes' summary of why no node fits.
+pub fn fit_error(total: usize, reasons: &[String]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reasons {
+        *counts.entry(r.as_str()).or_default() += 1;
+    }
+    let mut parts: Vec<String> = counts.into_iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.sort();
+    if parts.is_empty() {
+        return format!("0/{total} nodes are available.");
+    }
+    format!("0/{total} nodes are available: {}.", parts.join(", "))
+}
+
+/// Chooses a node for `pod`: Ok(name) or Err(the fit error message).
+pub fn choose(pod: &Pod, nodes: &[NodeInfo], turn: usize) -> Result<usize, String> {
+    let mut reasons = Vec::new();
+    let mut best: Vec<(i64, usize)> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        match filter(pod, n, nodes) {
+            Ok(()) => best.push((score(pod, n, nodes), i)),
+            Err(r) => reasons.push(r),
+        }
+    }
+    let top = best.iter().map(|(s, _)| *s).max().ok_or_else(|| fit_error(nodes.len(), &reasons))?;
+    let tied: Vec<usize> = best.iter().filter(|(s, _)| *s == top).map(|(_, i)| *i).collect();
+    Ok(tied[turn % tied.len()])
+}
+
+pub struct Scheduler {
+    pub client: kube::Client,
+    pub pods: Store<Pod>,
+    pub nodes: Store<Node>,
+    pub changed: Arc<Notify>,
+    pub recorder: Recorder,
+    /// Pods bound by us that the watch has not shown bound yet: uid -> node.
+    assumed: Mutex<HashMap<String, String>>,
+    /// The last failure reported per pod uid, so unchanged failures are not re-reported.
+    reported: Mutex<HashMap<String, String>>,
+}
+
+impl Scheduler {
+    pub fn new(client: kube::Client, pods: Store<Pod>, nodes: Store<Node>, changed: Arc<Notify>) -> Scheduler {
+        let recorder = Recorder::new(client.clone(), "default-scheduler");
+        Scheduler { client, pods, nodes, changed, recorder, assumed: Mutex::default(), reported: Mutex::default() }
+    }
+
+    pub async fn run(self) {
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.nodes.wait_until_ready().await;
+        let mut turn = 0usize;
+        loop {
+            turn = turn.wrapping_add(self.pass(turn).await);
+            tokio::select! {
+                _ = self.changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    fn pending(p: &Pod) -> bool {
+        let spec = p.spec.as_ref();
+        spec.is_some_and(|s| s.node_name.as_deref().unwrap_or("").is_empty())
+            && spec.and_then(|s| s.scheduler_name.as_deref()).is_none_or(|n| n == "default-scheduler")
+            && p.metadata.deletion_timestamp.is_none()
+            && pods::phase(p) == "Pending"
+    }
+
+    /// One scheduling pass over every pending pod; returns how many were placed.
+    async fn pass(&self, turn: usize) -> usize {
+        let all_pods = self.pods.state();
+        let mut nodes: Vec<NodeInfo> = self.nodes.state().iter().map(|n| NodeInfo::from_node(n)).collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let index: HashMap<String, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        let mut pending = Vec::new();
+        {
+            let mut assumed = self.assumed.lock().expect("not poisoned");
+            let live: HashSet<&str> = all_pods.iter().filter_map(|p| p.metadata.uid.as_deref()).collect();
+            assumed.retain(|uid, _| live.contains(uid.as_str()));
+            for p in &all_pods {
+                let uid = pods::uid(&p.metadata);
+                let bound = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
+                if bound.is_some() {
+                    assumed.remove(uid);
+                }
+                if pods::is_terminated(p) {
+                    continue;
+                }
+                match bound.or_else(|| assumed.get(uid).cloned()) {
+                    Some(n) => {
+                        if let Some(i) = index.get(&n) {
+                            nodes[*i].add(p.clone());
+                        }
+                    }
+                    None if Self::pending(p) => pending.push(p.clone()),
+                    None => {}
+                }
+            }
+        }
+        pending.sort_by_key(|p| {
+            (std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)), p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        });
+        let mut binds = Vec::new();
+        let mut failures = Vec::new();
+        for (k, p) in pending.into_iter().enumerate() {
+            match choose(&p, &nodes, turn + k) {
+                Ok(i) => {
+                    let node = nodes[i].name.clone();
+                    nodes[i].add(p.clone());
+                    self.assumed.lock().expect("not poisoned").insert(pods::uid(&p.metadata).into(), node.clone());
+                    binds.push((p, node));
+                }
+                Err(msg) => failures.push((p, msg)),
+            }
+        }
+        let placed = binds.len();
+        let results: Vec<_> = futures::stream::iter(binds.into_iter().map(|(p, node)| async move {
+            let r = self.bind(&p, &node).await;
+            (p, node, r)
+        }))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+        for (p, node, r) in results {
+            match r {
+                Ok(()) => {
+                    self.reported.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
+                    let msg = format!("Successfully assigned {}/{} to {node}", pods::namespace(&p.metadata), pods::name(&p.metadata));
+                    self.recorder.record(p.as_ref(), "Normal", "Scheduled", msg).await;
+                }
+                Err(e) => {
+                    tracing::warn!("binding {} to {node}: {e}", pods::name(&p.metadata));
+                    self.assumed.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
+                }
+            }
+        }
+        for (p, msg) in failures {
+            self.unschedulable(&p, msg).await;
+        }
+        placed
+    }
+
+    async fn bind(&self, p: &Pod, node: &str) -> kube::Result<()> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), pods::namespace(&p.metadata));
+        let body = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pods::name(&p.metadata), "uid": pods::uid(&p.metadata)}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+        let _: serde_json::Value = api.create_subresource("binding", pods::name(&p.metadata), &PostParams::default(), &body).await?;
+        Ok(())
+    }
+
+    async fn unschedulable(&self, p: &Pod, msg: String) {
+        let uid = pods::uid(&p.metadata).to_string();
+        if self.reported.lock().expect("not poisoned").get(&uid) == Some(&msg) {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), pods::namespace(&p.metadata));
+        let mut conds: Vec<_> = p.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        conds.retain(|c| c.type_ != "PodScheduled");
+        conds.push(k8s_openapi::api::core::v1::PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some(msg.clone()),
+            last_transition_time: Some(Time(Timestamp::now())),
+            ..Default::default()
+        });
+        let patch = json!({"status": {"conditions": conds}});
+        if api.patch_status(pods::name(&p.metadata), &PatchParams::default(), &Patch::Merge(&patch)).await.is_ok() {
+            self.recorder.record(p, "Warning", "FailedScheduling", msg.clone()).await;
+            self.reported.lock().expect("not poisoned").insert(uid, msg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, cpu: &str, labels: &[(&str, &str)]) -> NodeInfo {
+        let n: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()},
+            "status": {"allocatable": {"cpu": cpu, "memory": "1Gi", "pods": "3"}, "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        NodeInfo::from_node(&n)
+    }
+
+    fn pod(v: serde_json::Value) -> Arc<Pod> {
+        let mut base = json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        for (k, val) in v.as_object().unwrap() {
+            base["spec"][k] = val.clone();
+        }
+        Arc::new(serde_json::from_value(base).unwrap())
+    }
+
+    #[test]
+    fn resources_and_selectors_filter_nodes() {
+        let nodes = vec![node("a", "1", &[("zone", "x")]), node("b", "4", &[("zone", "y")])];
+        let big = pod(json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "2"}}}]}));
+        assert_eq!(choose(&big, &nodes, 0), Ok(1));
+        let huge = pod(json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "8"}}}]}));
+        assert_eq!(choose(&huge, &nodes, 0), Err("0/2 nodes are available: 2 Insufficient cpu.".into()));
+        let picky = pod(json!({"nodeSelector": {"zone": "x"}}));
+        assert_eq!(choose(&picky, &nodes, 0), Ok(0));
+        let mut full = nodes.clone();
+        for _ in 0..3 {
+            full[0].add(pod(json!({})));
+        }
+        assert_eq!(choose(&picky, &full, 0), Err("0/2 nodes are available: 1 Too many pods, 1 node(s) didn't match Pod's node affinity/selector.".into()));
+    }
+
+    #[test]
+    fn taints_and_anti_affinity() {
+        let mut nodes = vec![node("a", "4", &[("kubernetes.io/hostname", "a")]), node("b", "4", &[("kubernetes.io/hostname", "b")])];
+        nodes[1].taints.push(Taint { key: "dedicated".into(), value: Some("db".into()), effect: "NoSchedule".into(), time_added: None });
+        let plain = pod(json!({}));
+        assert_eq!(choose(&plain, &nodes, 1), Ok(0));
+        let tolerant = pod(json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}));
+        assert!(choose(&tolerant, &nodes, 0).is_ok());
+        nodes[0].add(pod(json!({})));
+        let anti = pod(json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "a"}}, "topologyKey": "kubernetes.io/hostname"}]}},
+            "tolerations": [{"operator": "Exists"}]}));
+        assert_eq!(choose(&anti, &nodes, 0), Ok(1));
+    }
+
+    #[test]
+    fn spread_constraints_balance_zones() {
+        let mut nodes = vec![node("a", "4", &[("zone", "x")]), node("b", "4", &[("zone", "y")])];
+        nodes[0].add(pod(json!({})));
+        let spread = pod(json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app": "a"}}}]}));
+        assert_eq!(choose(&spread, &nodes, 0), Ok(1));
+        assert!(filter(&spread, &nodes[0], &nodes).is_err());
+    }
+}

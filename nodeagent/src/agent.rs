@@ -1,0 +1,313 @@
+//! The agent: registers its Nodes, renews their Leases in kube-node-lease, and runs
+//! the pods bound to them on its runtime — starting new ones, reporting their status
+//! (through `podstatus`, whatever the runtime), and, for a pod marked for deletion,
+//! stopping it within its grace period and then deleting it for good.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::podstatus::{self, Placement};
+use crate::runtime::Runtime;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub kubeconfig: PathBuf,
+    /// How many nodes this agent registers and runs.
+    pub nodes: usize,
+    /// Nodes are named `<prefix>-<n>`.
+    pub node_prefix: String,
+    pub cpu: String,
+    pub memory: String,
+    pub max_pods: u32,
+    /// Nodes get `topology.kubernetes.io/zone: zone-<n mod zones>`.
+    pub zones: usize,
+    pub lease_duration: Duration,
+    pub renew: Duration,
+    /// How often every pod's status is recomputed.
+    pub sync_period: Duration,
+}
+
+struct Slot {
+    name: String,
+    host_ip: String,
+    index: usize,
+}
+
+pub struct Agent<R: Runtime> {
+    client: kube::Client,
+    cfg: Config,
+    rt: R,
+    slots: HashMap<String, Slot>,
+    /// Pod IPs handed out: pod uid -> IP, and per node the next host number.
+    ips: Mutex<(HashMap<String, String>, HashMap<String, u32>)>,
+}
+
+fn seconds(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+impl<R: Runtime> Agent<R> {
+    pub fn new(client: kube::Client, cfg: Config, rt: R) -> Agent<R> {
+        let slots = (0..cfg.nodes)
+            .map(|i| {
+                let name = format!("{}-{i}", cfg.node_prefix);
+                // Simulated nodes get addresses from 198.18.0.0/15 (reserved for benchmarks); nothing is sent there.
+                let host_ip = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+                (name.clone(), Slot { name, host_ip, index: i })
+            })
+            .collect();
+        Agent { client, cfg, rt, slots, ips: Mutex::new((HashMap::new(), HashMap::new())) }
+    }
+
+    fn node_object(&self, s: &Slot) -> Node {
+        serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": s.name, "labels": {
+                "kubernetes.io/hostname": s.name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "node.kubernetes.io/instance-type": "skiff-simulated",
+                "topology.kubernetes.io/zone": format!("zone-{}", s.index % self.cfg.zones.max(1)),
+            }},
+            "spec": {},
+        }))
+        .expect("a valid Node")
+    }
+
+    fn node_status(&self, s: &Slot) -> serde_json::Value {
+        let now = seconds(Timestamp::now()).to_string();
+        let cond = |t: &str, st: &str, reason: &str, msg: &str| {
+            json!({"type": t, "status": st, "reason": reason, "message": msg, "lastHeartbeatTime": now, "lastTransitionTime": now})
+        };
+        let res = json!({"cpu": self.cfg.cpu, "memory": self.cfg.memory, "pods": self.cfg.max_pods.to_string(), "ephemeral-storage": "100Gi"});
+        json!({
+            "capacity": res,
+            "allocatable": res,
+            "conditions": [
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            ],
+            "addresses": [{"type": "InternalIP", "address": s.host_ip}, {"type": "Hostname", "address": s.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "machineID": s.name, "systemUUID": s.name, "bootID": s.name,
+                "kernelVersion": "simulated", "osImage": "Skiff simulated node",
+                "containerRuntimeVersion": "fake://0.1.0", "kubeletVersion": "v1.32.0-skiff",
+                "kubeProxyVersion": "v1.32.0-skiff", "operatingSystem": "linux", "architecture": "amd64"
+            }
+        })
+    }
+
+    /// Creates the Node (or takes over an existing one) and reports it Ready.
+    async fn register(&self, s: &Slot) -> kube::Result<()> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        match api.create(&PostParams::default(), &self.node_object(s)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+        api.patch_status(&s.name, &PatchParams::default(), &Patch::Merge(json!({"status": self.node_status(s)}))).await?;
+        Ok(())
+    }
+
+    async fn renew_leases(&self, nodes: &Store<Node>, rvs: &Mutex<HashMap<String, String>>) {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+        let node_api: Api<Node> = Api::all(self.client.clone());
+        let work: Vec<_> = self.slots.values().map(|s| {
+            let (api, node_api) = (api.clone(), node_api.clone());
+            async move {
+                let rv = rvs.lock().expect("not poisoned").get(&s.name).cloned();
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(s.name.clone()),
+                        namespace: Some("kube-node-lease".into()),
+                        resource_version: rv.clone(),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(s.name.clone()),
+                        lease_duration_seconds: Some(self.cfg.lease_duration.as_secs().max(1) as i32),
+                        renew_time: Some(MicroTime(Timestamp::now())),
+                        ..Default::default()
+                    }),
+                };
+                let r = match rv {
+                    Some(_) => api.replace(&s.name, &PostParams::default(), &lease).await,
+                    None => match api.create(&PostParams::default(), &lease).await {
+                        Err(kube::Error::Api(e)) if e.code == 409 => {
+                            let cur = api.get(&s.name).await;
+                            match cur {
+                                Ok(cur) => {
+                                    let mut l = lease.clone();
+                                    l.metadata.resource_version = cur.metadata.resource_version;
+                                    api.replace(&s.name, &PostParams::default(), &l).await
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
+                        other => other,
+                    },
+                };
+                match r {
+                    Ok(l) => {
+                        rvs.lock().expect("not poisoned").insert(s.name.clone(), l.metadata.resource_version.unwrap_or_default());
+                    }
+                    Err(e) => {
+                        rvs.lock().expect("not poisoned").remove(&s.name);
+                        tracing::warn!("renewing the lease of {}: {e}", s.name);
+                    }
+                }
+                // Ready again after the node controller marked it Unknown.
+                let node = nodes.get(&ObjectRef::new(&s.name));
+                let ready = node.as_ref().and_then(|n| n.status.as_ref()).and_then(|st| st.conditions.as_ref()).is_some_and(|cs| {
+                    cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                });
+                if node.is_some() && !ready {
+                    let _ = node_api.patch_status(&s.name, &PatchParams::default(), &Patch::Merge(json!({"status": self.node_status(s)}))).await;
+                } else if node.is_none() && nodes.wait_until_ready().await.is_ok() {
+                    let _ = self.register(s).await;
+                }
+            }
+        }).collect();
+        futures::stream::iter(work).buffer_unordered(32).collect::<Vec<()>>().await;
+    }
+
+    fn pod_ip(&self, pod: &Pod, slot: &Slot) -> String {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let mut ips = self.ips.lock().expect("not poisoned");
+        if let Some(ip) = ips.0.get(&uid) {
+            return ip.clone();
+        }
+        let n = ips.1.entry(slot.name.clone()).or_insert(1);
+        *n = *n % 65_000 + 1;
+        // Simulated pods get addresses from 100.64.0.0/10 (one /16 per node); nothing is sent there.
+        let ip = format!("100.{}.{}.{}", 64 + (slot.index % 64), *n / 250, *n % 250 + 1);
+        ips.0.insert(uid, ip.clone());
+        ip
+    }
+
+    async fn sync_pod(&self, pod: Arc<Pod>) {
+        let Some(slot) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|n| self.slots.get(n)) else { return };
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_some() {
+            let grace = Duration::from_secs(pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64);
+            if let Err(e) = self.rt.stop(&pod, grace).await {
+                tracing::warn!("stopping {name}: {e}");
+                return;
+            }
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                ..Default::default()
+            };
+            let _ = api.delete(&name, &dp).await;
+            self.ips.lock().expect("not poisoned").0.remove(pod.metadata.uid.as_deref().unwrap_or_default());
+            return;
+        }
+        let terminal = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+        let ip = self.pod_ip(&pod, slot);
+        if self.rt.containers(&pod).is_none() && !terminal {
+            if let Err(e) = self.rt.start(&pod, &ip).await {
+                tracing::warn!("starting {name}: {e}");
+            }
+        }
+        let containers = self.rt.containers(&pod);
+        if containers.is_none() && terminal {
+            return; // finished before this agent started; its status stays as reported
+        }
+        let at = Placement { host_ip: &slot.host_ip, pod_ip: Some(&ip) };
+        let status = podstatus::compute(&pod, containers.as_deref(), &at, seconds(Timestamp::now()));
+        if pod.status.as_ref() != Some(&status) {
+            let mut next = (*pod).clone();
+            next.status = Some(status);
+            match api.replace_status(&name, &PostParams::default(), &next).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+                Err(e) => tracing::warn!("reporting the status of {name}: {e}"),
+            }
+        }
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        let this = Arc::new(self);
+        futures::stream::iter(this.slots.values().map(|s| this.register(s)))
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<kube::Result<Vec<()>>>()?;
+        tracing::info!("registered {} node(s) named {}-N", this.slots.len(), this.cfg.node_prefix);
+
+        let changed = Arc::new(Notify::new());
+        let pods = cache(Api::<Pod>::all(this.client.clone()), changed.clone());
+        let nodes = cache(Api::<Node>::all(this.client.clone()), Arc::new(Notify::new()));
+        {
+            let this = this.clone();
+            let nodes = nodes.clone();
+            tokio::spawn(async move {
+                let rvs = Mutex::new(HashMap::new());
+                loop {
+                    this.renew_leases(&nodes, &rvs).await;
+                    tokio::time::sleep(this.cfg.renew).await;
+                }
+            });
+        }
+        let _ = pods.wait_until_ready().await;
+        loop {
+            let mine: Vec<Arc<Pod>> = pods
+                .state()
+                .into_iter()
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| this.slots.contains_key(n)))
+                .collect();
+            // Pods removed behind our back (force-deleted) are stopped too.
+            let live: std::collections::HashSet<String> = mine.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+            for uid in this.rt.pods().into_iter().filter(|u| !live.contains(u)) {
+                let mut gone = Pod::default();
+                gone.metadata.uid = Some(uid);
+                let _ = this.rt.stop(&gone, Duration::ZERO).await;
+            }
+            futures::stream::iter(mine.into_iter().map(|p| this.sync_pod(p))).buffer_unordered(32).collect::<Vec<()>>().await;
+            tokio::select! {
+                _ = changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ = tokio::time::sleep(this.cfg.sync_period) => {}
+            }
+        }
+    }
+}
+
+fn cache<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    tokio::spawn(async move {
+        stream
+            .for_each(|e| {
+                match e {
+                    Ok(_) => changed.notify_one(),
+                    Err(e) => tracing::warn!("watch: {e}"),
+                }
+                futures::future::ready(())
+            })
+            .await
+    });
+    reader
+}

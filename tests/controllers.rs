@@ -1,0 +1,441 @@
+//! The control plane end to end: a store, the API server, `skiff controller-manager`,
+//! `skiff scheduler` and simulated nodes (`skiff agent --runtime fake`), driven by the
+//! real kubectl. Timings are shortened with flags (node grace periods, start delays)
+//! so each test takes seconds; nothing here asserts on speed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::apiserver::Api;
+use crate::common::*;
+
+struct Plane {
+    api: Api,
+    procs: Vec<(String, Child)>,
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const MANAGER: &[&str] = &["--node-monitor-grace-period", "3s", "--node-monitor-period", "500ms", "--leader-elect-lease-duration", "2s"];
+
+impl Plane {
+    /// API server, controller-manager, scheduler, and one agent with `nodes` nodes named `a-N`.
+    fn start(nodes: usize) -> Plane {
+        let api = Api::start_with(&["--default-unreachable-toleration-seconds", "2", "--default-not-ready-toleration-seconds", "2"]);
+        let mut p = Plane { api, procs: Vec::new() };
+        p.spawn("controller-manager", &[&["controller-manager"], MANAGER].concat());
+        p.spawn("scheduler", &["scheduler", "--leader-elect-lease-duration", "2s"]);
+        p.agent("a", nodes, &[]);
+        p.wait_for("the nodes to be Ready", Duration::from_secs(20), |p| p.ready_nodes() >= nodes);
+        p
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.api.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(skiff_bin())
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(self.api.kubeconfig())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.push((name.to_string(), child));
+    }
+
+    fn agent(&mut self, prefix: &str, nodes: usize, extra: &[&str]) {
+        let n = nodes.to_string();
+        let mut args = vec!["agent", "--runtime", "fake", "--nodes", &n, "--node-name-prefix", prefix];
+        args.extend(["--start-delay", "300ms", "--node-lease-renew-interval", "500ms", "--sync-period", "300ms"]);
+        args.extend(extra);
+        self.spawn(&format!("agent-{prefix}"), &args);
+    }
+
+    fn kill(&mut self, name: &str) {
+        for (n, c) in &mut self.procs {
+            if n == name {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.procs.retain(|(n, _)| n != name);
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (n, _) in &self.procs {
+            let l = std::fs::read_to_string(self.api.dir.path().join(format!("{n}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = l.lines().rev().take(15).collect();
+            out += &format!("--- {n}\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        out
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&Plane) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if ok(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("timed out waiting for {what}\n{}", self.state());
+    }
+
+    /// What a failing test prints: objects, node taints, pod conditions, events, logs.
+    fn state(&self) -> String {
+        let run = |args: &[&str]| text(&self.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", args, None));
+        format!(
+            "{}\n{}\n{}\n{}\n{}",
+            run(&["get", "nodes,deploy,rs,pods", "-o", "wide"]),
+            run(&["get", "nodes", "-o", "custom-columns=NAME:.metadata.name,TAINTS:.spec.taints[*].key,READY:.status.conditions[?(@.type=='Ready')].status"]),
+            run(&["get", "pods", "-o", "custom-columns=NAME:.metadata.name,SCHEDULED:.status.conditions[?(@.type=='PodScheduled')].message"]),
+            run(&["get", "events", "--sort-by=.lastTimestamp"]),
+            self.logs()
+        )
+    }
+
+    /// kubectl; on failure the test fails with the cluster's state and component logs.
+    fn k(&self, args: &[&str]) -> String {
+        let o = self.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", args, None);
+        if !o.status.success() {
+            panic!("kubectl {args:?} failed:\n{}\nstate:\n{}", text(&o), self.state());
+        }
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        self.api.k_json(args)
+    }
+
+    fn ready_nodes(&self) -> usize {
+        let nodes = self.json(&["get", "nodes"]);
+        nodes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            .count()
+    }
+
+    /// Pods matching `selector` that are not being deleted.
+    fn live_pods(&self, selector: &str) -> Vec<Value> {
+        let pods = self.json(&["get", "pods", "-l", selector]);
+        pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).cloned().collect()
+    }
+
+    fn deploy_available(&self, name: &str) -> i64 {
+        self.json(&["get", "deploy", name])["status"]["availableReplicas"].as_i64().unwrap_or(0)
+    }
+}
+
+fn is_ready(p: &Value) -> bool {
+    p["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// A watch on the plain-HTTP port that records events until stopped.
+struct Watch {
+    stream: TcpStream,
+    events: Arc<Mutex<Vec<Value>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Watch {
+    fn start(port: u16, path: &str) -> Watch {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let (reader, sink) = (s.try_clone().unwrap(), events.clone());
+        let thread = std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v.get("type").is_some() {
+                        sink.lock().unwrap().push(v);
+                    }
+                }
+            }
+        });
+        Watch { stream: s, events, thread }
+    }
+
+    fn stop(self) -> Vec<Value> {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.thread.join();
+        Arc::try_unwrap(self.events).unwrap().into_inner().unwrap()
+    }
+}
+
+fn pod_yaml_patch(image: &str) -> String {
+    json!({"spec": {"template": {"spec": {"containers": [{"name": "nginx", "image": image}]}}}}).to_string()
+}
+
+#[test]
+fn deployment_scales_rolls_out_without_outage_and_rolls_back() {
+    let mut p = Plane::start(3);
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/nginx-deployment.yaml")).unwrap();
+    p.api.k_in(&["apply", "-f", "-"], &manifest);
+    let out = p.k(&["rollout", "status", "deploy/nginx", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let get = p.k(&["get", "deploy", "nginx"]);
+    assert!(get.contains("nginx   3/3     3            3"), "{get}");
+    let pods = p.live_pods("app=nginx");
+    assert_eq!(pods.len(), 3);
+    for pod in &pods {
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+        assert!(pod["spec"]["nodeName"].as_str().unwrap().starts_with("a-"));
+        assert_eq!(pod["status"]["phase"], "Running");
+        assert!(pod["metadata"]["labels"]["pod-template-hash"].is_string());
+    }
+
+    // Scale to 10 and back: exactly that many pods.
+    p.k(&["scale", "deploy", "nginx", "--replicas=10"]);
+    p.wait_for("10 available", Duration::from_secs(30), |p| p.deploy_available("nginx") == 10);
+    assert_eq!(p.live_pods("app=nginx").len(), 10);
+    p.k(&["scale", "deploy", "nginx", "--replicas=3"]);
+    p.wait_for("3 pods", Duration::from_secs(30), |p| p.live_pods("app=nginx").len() == 3 && p.deploy_available("nginx") == 3);
+
+    // A rolling update watched pod by pod: with 3 replicas (maxSurge 1, maxUnavailable 0)
+    // never fewer than 3 ready pods, never more than 4 pods.
+    let list = p.api.raw_json("GET", "/api/v1/namespaces/default/pods?labelSelector=app%3Dnginx", None).1;
+    let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let w = Watch::start(p.api.http_port(), &format!("/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dnginx&resourceVersion={rv}"));
+    p.k(&["set", "image", "deploy/nginx", "nginx=nginx:1.26"]);
+    let out = p.k(&["rollout", "status", "deploy/nginx", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    let events = w.stop();
+    let mut state: std::collections::BTreeMap<String, (bool, bool)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["metadata"]["name"].as_str().unwrap().to_string(), (is_ready(p), false)))
+        .collect();
+    let (mut min_ready, mut max_pods) = (usize::MAX, 0);
+    for e in &events {
+        let o = &e["object"];
+        let name = o["metadata"]["name"].as_str().unwrap().to_string();
+        match e["type"].as_str().unwrap() {
+            "DELETED" => {
+                state.remove(&name);
+            }
+            _ => {
+                state.insert(name, (is_ready(o), o["metadata"]["deletionTimestamp"].is_string()));
+            }
+        }
+        min_ready = min_ready.min(state.values().filter(|(r, gone)| *r && !gone).count());
+        max_pods = max_pods.max(state.values().filter(|(_, gone)| !gone).count());
+    }
+    assert!(events.len() > 6, "the rollout was watched: {events:?}");
+    assert_eq!(min_ready, 3, "availability dropped during the rollout");
+    assert_eq!(max_pods, 4, "more pods than replicas + maxSurge");
+    let images: Vec<Value> = p.live_pods("app=nginx").iter().map(|p| p["spec"]["containers"][0]["image"].clone()).collect();
+    assert_eq!(images, vec![json!("nginx:1.26"); 3]);
+
+    // History and undo.
+    let hist = p.k(&["rollout", "history", "deploy/nginx"]);
+    assert!(hist.contains("1 ") && hist.contains("2 "), "{hist}");
+    p.k(&["rollout", "undo", "deploy/nginx"]);
+    p.k(&["rollout", "status", "deploy/nginx", "--timeout=60s"]);
+    let d = p.json(&["get", "deploy", "nginx"]);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.25");
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3");
+    let hist = p.k(&["rollout", "history", "deploy/nginx"]);
+    assert!(hist.contains("2 ") && hist.contains("3 ") && !hist.contains("\n1 "), "revision 1 became 3: {hist}");
+    assert_eq!(p.json(&["get", "rs"])["items"].as_array().unwrap().len(), 2, "one ReplicaSet per template");
+
+    // Paused: template changes wait for resume. Then a restart rolls again.
+    p.k(&["rollout", "pause", "deploy/nginx"]);
+    p.k(&["patch", "deploy", "nginx", "-p", &pod_yaml_patch("nginx:1.27")]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(p.json(&["get", "rs"])["items"].as_array().unwrap().len(), 2, "no rollout while paused");
+    p.k(&["rollout", "resume", "deploy/nginx"]);
+    p.k(&["rollout", "status", "deploy/nginx", "--timeout=60s"]);
+    p.k(&["rollout", "restart", "deploy/nginx"]);
+    p.k(&["rollout", "status", "deploy/nginx", "--timeout=60s"]);
+    assert_eq!(p.json(&["get", "rs"])["items"].as_array().unwrap().len(), 4);
+    let d = p.json(&["get", "deploy", "nginx"]);
+    let cond = |t: &str| d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).cloned().unwrap();
+    assert_eq!(cond("Available")["status"], "True");
+    assert_eq!(cond("Progressing")["reason"], "NewReplicaSetAvailable");
+    let events = p.k(&["get", "events", "--field-selector", "involvedObject.name=nginx"]);
+    assert!(events.contains("ScalingReplicaSet"), "{events}");
+
+    // Idempotent: a fresh controller-manager finds nothing to change.
+    let snapshot = |p: &Plane| -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        for kind in ["deploy", "rs", "pods", "endpoints"] {
+            for o in p.json(&["get", kind])["items"].as_array().unwrap() {
+                v.push((format!("{kind}/{}", o["metadata"]["name"].as_str().unwrap()), o["metadata"]["resourceVersion"].as_str().unwrap().to_string()));
+            }
+        }
+        v
+    };
+    let before = snapshot(&p);
+    p.kill("controller-manager");
+    p.spawn("controller-manager", &[&["controller-manager"], MANAGER].concat());
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(snapshot(&p), before, "reconciling again changed objects");
+}
+
+#[test]
+fn services_find_ready_pods_and_namespaces_empty_on_deletion() {
+    let p = Plane::start(2);
+    p.k(&["create", "deployment", "web", "--image=nginx", "--replicas=3", "--port=80"]);
+    p.k(&["expose", "deployment", "web", "--port=8080", "--target-port=80"]);
+    let addresses = |p: &Plane| -> (usize, usize) {
+        let ep = p.json(&["get", "endpoints", "web"]);
+        let n = |k: &str| ep["subsets"].as_array().into_iter().flatten().map(|s| s[k].as_array().map_or(0, |a| a.len())).sum();
+        (n("addresses"), n("notReadyAddresses"))
+    };
+    p.wait_for("3 ready endpoints", Duration::from_secs(30), |p| addresses(p) == (3, 0));
+    let ep = p.json(&["get", "endpoints", "web"]);
+    assert_eq!(ep["subsets"][0]["ports"][0]["port"], 80, "the target port");
+    let slices = p.json(&["get", "endpointslices", "-l", "kubernetes.io/service-name=web"]);
+    assert_eq!(slices["items"][0]["endpoints"].as_array().unwrap().len(), 3);
+
+    // A pod that turns unready moves to notReadyAddresses, and back.
+    let pod = p.live_pods("app=web")[0]["metadata"]["name"].as_str().unwrap().to_string();
+    p.k(&["annotate", "pod", &pod, "fake.skiff.io/ready=false"]);
+    p.wait_for("one unready endpoint", Duration::from_secs(20), |p| addresses(p) == (2, 1));
+    p.k(&["annotate", "pod", &pod, "fake.skiff.io/ready-"]);
+    p.wait_for("3 ready endpoints again", Duration::from_secs(20), |p| addresses(p) == (3, 0));
+    // A deleted pod leaves the endpoints; its replacement joins.
+    p.k(&["delete", "pod", &pod]);
+    p.wait_for("the replacement", Duration::from_secs(30), |p| {
+        let ep = p.json(&["get", "endpoints", "web"]);
+        let names: Vec<String> = ep["subsets"][0]["addresses"].as_array().into_iter().flatten().map(|a| a["targetRef"]["name"].as_str().unwrap().to_string()).collect();
+        names.len() == 3 && !names.contains(&pod)
+    });
+
+    // Deleting a namespace deletes what is in it, then the namespace.
+    p.k(&["create", "namespace", "scratch"]);
+    p.k(&["create", "deployment", "tmp", "--image=nginx", "--replicas=2", "-n", "scratch"]);
+    p.k(&["create", "configmap", "cfg", "--from-literal=a=b", "-n", "scratch"]);
+    p.wait_for("pods in scratch", Duration::from_secs(30), |p| p.json(&["get", "pods", "-n", "scratch"])["items"].as_array().unwrap().len() == 2);
+    p.k(&["delete", "namespace", "scratch", "--timeout=60s"]);
+    let o = p.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", &["get", "namespace", "scratch"], None);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn cascading_deletion_background_foreground_and_orphan() {
+    let p = Plane::start(2);
+    for name in ["bg", "fg", "orphan"] {
+        p.k(&["create", "deployment", name, "--image=nginx", "--replicas=2"]);
+    }
+    p.wait_for("6 running pods", Duration::from_secs(30), |p| {
+        p.json(&["get", "pods"])["items"].as_array().unwrap().iter().filter(|x| x["status"]["phase"] == "Running").count() == 6
+    });
+    let rs_of = |p: &Plane, app: &str| p.json(&["get", "rs", "-l", &format!("app={app}")])["items"].as_array().unwrap().clone();
+
+    // Background: the Deployment goes at once, its ReplicaSet and pods after.
+    p.k(&["delete", "deploy", "bg"]);
+    p.wait_for("bg's pods to go", Duration::from_secs(30), |p| rs_of(p, "bg").is_empty() && p.json(&["get", "pods", "-l", "app=bg"])["items"].as_array().unwrap().is_empty());
+
+    // Foreground: kubectl returns once dependents and then the Deployment are gone.
+    p.k(&["delete", "deploy", "fg", "--cascade=foreground", "--timeout=60s"]);
+    assert!(rs_of(&p, "fg").is_empty());
+    assert!(p.json(&["get", "pods", "-l", "app=fg"])["items"].as_array().unwrap().is_empty(), "pods went before their owner");
+
+    // Orphan: the ReplicaSet and pods stay, without the owner reference.
+    p.k(&["delete", "deploy", "orphan", "--cascade=orphan", "--timeout=60s"]);
+    let rss = rs_of(&p, "orphan");
+    assert_eq!(rss.len(), 1);
+    assert!(rss[0]["metadata"]["ownerReferences"].as_array().is_none_or(|r| r.is_empty()), "{}", rss[0]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(p.live_pods("app=orphan").len(), 2, "orphaned pods keep running");
+}
+
+#[test]
+fn scheduler_filters_reports_and_retries() {
+    let mut p = Plane::start(2);
+    let pod = |name: &str, extra: Value| {
+        let mut spec = json!({"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "6"}}}]});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}).to_string()
+    };
+    // 6 CPUs fit no 4-CPU node: Unschedulable, with Kubernetes' message and event.
+    p.api.k_in(&["create", "-f", "-"], &pod("big", json!({})));
+    p.wait_for("PodScheduled=False", Duration::from_secs(20), |p| {
+        let c = p.json(&["get", "pod", "big"])["status"]["conditions"].clone();
+        c.as_array().into_iter().flatten().any(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+    });
+    let pod_json = p.json(&["get", "pod", "big"]);
+    let cond = pod_json["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PodScheduled").unwrap().clone();
+    assert_eq!(cond["reason"], "Unschedulable");
+    assert_eq!(cond["message"], "0/2 nodes are available: 2 Insufficient cpu.");
+    let described = p.k(&["describe", "pod", "big"]);
+    assert!(described.contains("FailedScheduling") && described.contains("2 Insufficient cpu"), "{described}");
+
+    // A bigger node joins: the pod is retried and lands there.
+    p.agent("big", 1, &["--cpu", "16"]);
+    p.wait_for("big to be scheduled", Duration::from_secs(30), |p| p.json(&["get", "pod", "big"])["spec"]["nodeName"] == "big-0");
+
+    // nodeSelector and taints.
+    p.k(&["taint", "node", "a-0", "dedicated=db:NoSchedule"]);
+    p.api.k_in(&["create", "-f", "-"], &pod("zone", json!({"nodeSelector": {"kubernetes.io/hostname": "a-0"}, "containers": [{"name": "c", "image": "busybox"}]})));
+    p.api.k_in(
+        &["create", "-f", "-"],
+        &pod("tolerant", json!({"nodeSelector": {"kubernetes.io/hostname": "a-0"}, "containers": [{"name": "c", "image": "busybox"}],
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]})),
+    );
+    p.wait_for("tolerant on a-0", Duration::from_secs(20), |p| p.json(&["get", "pod", "tolerant"])["spec"]["nodeName"] == "a-0");
+    p.wait_for("zone unschedulable", Duration::from_secs(20), |p| {
+        let c = p.json(&["get", "pod", "zone"])["status"]["conditions"].clone();
+        c.as_array().into_iter().flatten().any(|c| {
+            c["type"] == "PodScheduled"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("1 node(s) had untolerated taint {dedicated: db}") && m.contains("node affinity/selector"))
+        })
+    });
+}
+
+#[test]
+fn pods_of_a_dead_node_are_replaced_and_a_standby_manager_takes_over() {
+    let mut p = Plane::start(2);
+    p.spawn("controller-manager-2", &[&["controller-manager"], MANAGER].concat());
+    p.k(&["create", "deployment", "web", "--image=nginx", "--replicas=4"]);
+    p.wait_for("4 available", Duration::from_secs(30), |p| p.deploy_available("web") == 4);
+    p.agent("b", 2, &[]);
+    p.wait_for("b nodes", Duration::from_secs(20), |p| p.ready_nodes() == 4);
+
+    // The leading controller-manager dies mid-rollout; the standby finishes it.
+    let lease = p.json(&["get", "lease", "-n", "kube-system", "kube-controller-manager"]);
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap().to_string();
+    p.k(&["set", "image", "deploy/web", "nginx=nginx:2"]);
+    let leader = p.procs.iter().find(|(n, c)| n.starts_with("controller-manager") && holder.ends_with(&format!("_{}", c.id()))).map(|(n, _)| n.clone());
+    p.kill(&leader.expect("the lease names a running controller-manager"));
+    let out = p.k(&["rollout", "status", "deploy/web", "--timeout=90s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let lease = p.json(&["get", "lease", "-n", "kube-system", "kube-controller-manager"]);
+    assert_ne!(lease["spec"]["holderIdentity"].as_str().unwrap(), holder);
+
+    // Node agent a dies: its nodes go NotReady, get the unreachable taint, and their pods
+    // are evicted after the 2 s toleration and replaced on b's nodes.
+    p.kill("agent-a");
+    p.wait_for("a-0 unreachable", Duration::from_secs(30), |p| {
+        let n = p.json(&["get", "node", "a-0"]);
+        n["spec"]["taints"].as_array().into_iter().flatten().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
+    });
+    assert!(p.k(&["get", "node", "a-0"]).contains("NotReady"));
+    p.wait_for("4 pods on b", Duration::from_secs(60), |p| {
+        let live = p.live_pods("app=web");
+        live.len() == 4 && live.iter().all(|x| x["spec"]["nodeName"].as_str().is_some_and(|n| n.starts_with("b-")) && is_ready(x))
+    });
+    p.wait_for("4 available again", Duration::from_secs(30), |p| p.deploy_available("web") == 4);
+}
