@@ -28,7 +28,7 @@ impl Drop for Plane {
     }
 }
 
-const MANAGER: &[&str] = &["--node-monitor-grace-period", "3s", "--node-monitor-period", "500ms", "--leader-elect-lease-duration", "2s"];
+const MANAGER: &[&str] = &["--node-monitor-grace-period", "4s", "--node-monitor-period", "500ms", "--leader-elect-lease-duration", "2s"];
 
 impl Plane {
     /// API server, controller-manager, scheduler, and one agent with `nodes` nodes named `a-N`.
@@ -269,7 +269,7 @@ fn deployment_scales_rolls_out_without_outage_and_rolls_back() {
     let cond = |t: &str| d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).cloned().unwrap();
     assert_eq!(cond("Available")["status"], "True");
     assert_eq!(cond("Progressing")["reason"], "NewReplicaSetAvailable");
-    let events = p.k(&["get", "events", "--field-selector", "involvedObject.name=nginx"]);
+    let events = p.k(&["get", "events", "--field-selector", "involvedObject.name=nginx", "--sort-by=.lastTimestamp"]);
     assert!(events.contains("ScalingReplicaSet"), "{events}");
 
     // Idempotent: a fresh controller-manager finds nothing to change.
@@ -438,4 +438,61 @@ fn pods_of_a_dead_node_are_replaced_and_a_standby_manager_takes_over() {
         live.len() == 4 && live.iter().all(|x| x["spec"]["nodeName"].as_str().is_some_and(|n| n.starts_with("b-")) && is_ready(x))
     });
     p.wait_for("4 available again", Duration::from_secs(30), |p| p.deploy_available("web") == 4);
+}
+
+#[test]
+fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() {
+    let p = Plane::start(2);
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/web-statefulset.yaml")).unwrap();
+    p.api.k_in(&["apply", "-f", "-"], &manifest);
+    let out = p.k(&["rollout", "status", "sts/web", "--timeout=60s"]);
+    assert!(out.contains("roll out complete"), "{out}");
+    let sts = p.json(&["get", "sts", "web"]);
+    let replicas = sts["spec"]["replicas"].as_i64().unwrap() as usize;
+    let selector: Vec<String> = sts["spec"]["selector"]["matchLabels"].as_object().unwrap().iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap())).collect();
+    let selector = selector.join(",");
+    let pods_by_name = |p: &Plane| -> std::collections::BTreeMap<String, Value> {
+        p.live_pods(&selector).into_iter().map(|x| (x["metadata"]["name"].as_str().unwrap().to_string(), x)).collect()
+    };
+    let pods = pods_by_name(&p);
+    let names: Vec<&String> = pods.keys().collect();
+    let want: Vec<String> = (0..replicas).map(|i| format!("web-{i}")).collect();
+    assert_eq!(names, want.iter().collect::<Vec<_>>(), "stable names web-0..");
+    // Ordered: each pod was created once the one before it was Ready.
+    for i in 1..replicas {
+        let created = pods[&format!("web-{i}")]["metadata"]["creationTimestamp"].as_str().unwrap().to_string();
+        let prev = &pods[&format!("web-{}", i - 1)];
+        let ready_at = prev["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["lastTransitionTime"].as_str().unwrap().to_string();
+        assert!(created >= ready_at, "web-{i} created at {created} before web-{} was ready at {ready_at}", i - 1);
+    }
+    for (name, pod) in &pods {
+        assert_eq!(pod["spec"]["hostname"], json!(name));
+        assert_eq!(pod["spec"]["subdomain"], sts["spec"]["serviceName"]);
+        let claim = pod["spec"]["volumes"].as_array().unwrap().iter().find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str()).unwrap().to_string();
+        assert!(claim.ends_with(name.as_str()), "{claim}");
+        p.k(&["get", "pvc", &claim]);
+    }
+
+    // A rolling update replaces pods from the highest ordinal down.
+    let container = sts["spec"]["template"]["spec"]["containers"][0]["name"].as_str().unwrap().to_string();
+    p.k(&["set", "image", "sts/web", &format!("{container}=nginx:next")]);
+    let out = p.k(&["rollout", "status", "sts/web", "--timeout=60s"]);
+    assert!(out.contains("roll out complete"), "{out}");
+    let pods = pods_by_name(&p);
+    for pod in pods.values() {
+        assert_eq!(pod["spec"]["containers"][0]["image"], "nginx:next");
+    }
+    let created: Vec<String> = (0..replicas).map(|i| pods[&format!("web-{i}")]["metadata"]["creationTimestamp"].as_str().unwrap().to_string()).collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "replaced from the top: {created:?}");
+    let hist = p.k(&["rollout", "history", "sts/web"]);
+    assert!(hist.contains("1 ") && hist.contains("2 "), "{hist}");
+
+    // Scaled down and deleted, the claims stay.
+    p.k(&["scale", "sts", "web", "--replicas=1"]);
+    p.wait_for("one pod", Duration::from_secs(30), |p| pods_by_name(p).len() == 1);
+    assert!(pods_by_name(&p).contains_key("web-0"));
+    p.k(&["delete", "sts", "web", "--timeout=60s"]);
+    p.wait_for("pods gone", Duration::from_secs(30), |p| pods_by_name(p).is_empty());
+    let claims = p.json(&["get", "pvc"]);
+    assert_eq!(claims["items"].as_array().unwrap().len(), replicas, "claims are retained");
 }

@@ -410,7 +410,7 @@ impl Handler<'_> {
             let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
             return json_response(
                 code,
-                &table::table(self.r, std::slice::from_ref(obj), rv, None, true),
+                &table::table(self.r, std::slice::from_ref(obj), rv, None, true, self.q.get("includeObject")),
                 Format::default(),
             );
         }
@@ -480,7 +480,7 @@ impl Handler<'_> {
         if self.fmt.table {
             return Ok(json_response(
                 200,
-                &table::table(self.r, &items, &rv, cont.as_deref(), true),
+                &table::table(self.r, &items, &rv, cont.as_deref(), true, self.q.get("includeObject")),
                 Format::default(),
             ));
         }
@@ -837,8 +837,9 @@ impl Handler<'_> {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
         let r = self.r;
         let table = self.fmt.table;
+        let include = self.q.get("includeObject").map(String::from);
         tokio::spawn(async move {
-            let mut out = Lines { r, table, headers: true };
+            let mut out = Lines { r, table, headers: true, include };
             for s in &initial {
                 if tx.send(out.line("ADDED", &s.obj)).await.is_err() {
                     return;
@@ -874,7 +875,9 @@ impl Handler<'_> {
                         continue;
                     }
                     watchcache::Event::Change { key, rev, obj, prev } => {
-                        if !key.starts_with(&prefix) {
+                        // The cache may still be delivering changes the client's list
+                        // already had; only later ones are news.
+                        if !key.starts_with(&prefix) || rev <= start {
                             continue;
                         }
                         let matches =
@@ -925,6 +928,8 @@ struct Lines {
     r: &'static Resource,
     table: bool,
     headers: bool,
+    /// `includeObject` for Table rows.
+    include: Option<String>,
 }
 
 impl Lines {
@@ -938,7 +943,7 @@ impl Lines {
         };
         let obj = if self.table && kind != "ERROR" && kind != "BOOKMARK" {
             let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
-            let t = table::table(self.r, std::slice::from_ref(obj), rv, None, self.headers);
+            let t = table::table(self.r, std::slice::from_ref(obj), rv, None, self.headers, self.include.as_deref());
             self.headers = false;
             t
         } else {

@@ -385,9 +385,18 @@ pub fn partial_metadata(o: &Value) -> Value {
 }
 
 /// A Table of `items`; `headers` false leaves out the column definitions (watch
-/// events after the first, as kube-apiserver does).
-pub fn table(r: &Resource, items: &[Value], resource_version: &str, cont: Option<&str>, headers: bool) -> Value {
-    let rows: Vec<Value> = items.iter().map(|o| json!({"cells": cells(r, o), "object": partial_metadata(o)})).collect();
+/// events after the first, as kube-apiserver does). `include` is the request's
+/// `includeObject`: each row carries the whole object (`Object`, what `kubectl get
+/// --sort-by` asks for), its metadata (`Metadata`, the default) or nothing (`None`).
+pub fn table(r: &Resource, items: &[Value], resource_version: &str, cont: Option<&str>, headers: bool, include: Option<&str>) -> Value {
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| match include {
+            Some("Object") => json!({"cells": cells(r, o), "object": o}),
+            Some("None") => json!({"cells": cells(r, o)}),
+            _ => json!({"cells": cells(r, o), "object": partial_metadata(o)}),
+        })
+        .collect();
     let mut meta = json!({"resourceVersion": resource_version});
     if let Some(c) = cont {
         meta["continue"] = json!(c);
@@ -419,7 +428,10 @@ mod tests {
         let r = crate::registry::find("", "v1", "pods").unwrap();
         let pod = json!({"metadata": {"name": "web"}, "spec": {"containers": [{}, {}]},
             "status": {"phase": "Running", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
-        let t = table(r, &[pod], "7", None, true);
+        let t = table(r, &[pod.clone()], "7", None, true, None);
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(table(r, &[pod.clone()], "7", None, true, Some("Object"))["rows"][0]["object"], pod, "for --sort-by");
+        assert!(table(r, &[pod], "7", None, true, Some("None"))["rows"][0].get("object").is_none());
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "web");
         assert_eq!(cells[1], "1/2");

@@ -76,6 +76,7 @@ impl WatchCaches {
             return Ok(c.clone()); // another request started one meanwhile
         }
         map.insert(prefix.to_string(), cache.clone());
+        tracing::info!("watch cache for {prefix} starts at revision {rev}");
         tokio::spawn(feed(self.clone(), prefix.to_string(), cache.clone(), stream));
         Ok(cache)
     }
@@ -106,7 +107,10 @@ async fn feed(caches: WatchCaches, prefix: String, cache: Arc<Mutex<Cache>>, mut
     loop {
         let resp = match stream.message().await {
             Ok(Some(r)) if !r.canceled() => r,
-            _ => break,
+            other => {
+                tracing::warn!("the store watch of {prefix} ended ({other:?}); clients will watch again");
+                break;
+            }
         };
         let events = events_of(&resp);
         let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,13 +1,15 @@
 //! One watch per resource type, shared: a reflector keeps the cache every controller
-//! reads (`store`), and each controller that reacts to changes takes a subscription.
-//! Subscriptions must all be taken before `run`, and each must be polled, since a
-//! full subscriber holds up the shared watch.
+//! reads (`store`), and each controller that reacts to changes takes a subscription
+//! (`subscribe`, before `run`), a stream of every object that changed — deleted ones
+//! included, which kube-rs's own shared streams leave out and a StatefulSet waiting
+//! for a pod to be gone depends on.
 
 use std::fmt::Debug;
 
-use futures::StreamExt;
+use futures::channel::mpsc;
+use futures::{Stream, StreamExt};
 use kube::api::Api;
-use kube::runtime::reflector::{self, store::Writer, ReflectHandle, Store};
+use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
 use serde::de::DeserializeOwned;
@@ -19,6 +21,7 @@ where
     api: Api<K>,
     store: Store<K>,
     writer: Writer<K>,
+    subscribers: Vec<mpsc::UnboundedSender<K>>,
 }
 
 impl<K> Informer<K>
@@ -26,27 +29,40 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     pub fn new(api: Api<K>) -> Informer<K> {
-        let (store, writer) = reflector::store_shared(4096);
-        Informer { api, store, writer }
+        let (store, writer) = reflector::store();
+        Informer { api, store, writer, subscribers: Vec::new() }
     }
 
     pub fn store(&self) -> Store<K> {
         self.store.clone()
     }
 
-    pub fn subscribe(&self) -> ReflectHandle<K> {
-        self.writer.subscribe().expect("shared stores accept subscribers")
+    /// Every object that changes from now on (as kube-rs trigger streams want them).
+    pub fn subscribe(&mut self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded();
+        self.subscribers.push(tx);
+        rx.map(Ok)
     }
 
     /// Starts the watch; the cache fills from here on.
     pub fn run(self) -> tokio::task::JoinHandle<()> {
-        let stream = watcher(self.api, watcher::Config::default()).default_backoff().reflect_shared(self.writer);
+        let Informer { api, mut writer, subscribers, .. } = self;
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
         tokio::spawn(async move {
             stream
-                .for_each(|e| async move {
-                    if let Err(e) = e {
-                        tracing::warn!("watch: {e}");
+                .for_each(|e| {
+                    match e {
+                        Ok(ev) => {
+                            writer.apply_watcher_event(&ev);
+                            if let watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) = ev {
+                                for s in &subscribers {
+                                    let _ = s.unbounded_send(o.clone());
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!("watch: {e}"),
                     }
+                    futures::future::ready(())
                 })
                 .await
         })

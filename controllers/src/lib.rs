@@ -18,13 +18,14 @@ pub mod pods;
 pub mod quantity;
 pub mod replicaset;
 pub mod scheduler;
+pub mod statefulset;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::Api;
@@ -93,8 +94,8 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let client = client::from_kubeconfig(&cfg.kubeconfig).await?;
     let lost = lead("kube-controller-manager", &client, &cfg.election).await;
 
-    let pods = Informer::new(Api::<Pod>::all(client.clone()));
-    let rss = Informer::new(Api::<ReplicaSet>::all(client.clone()));
+    let mut pods = Informer::new(Api::<Pod>::all(client.clone()));
+    let mut rss = Informer::new(Api::<ReplicaSet>::all(client.clone()));
     let nodes = Informer::new(Api::<Node>::all(client.clone()));
     let leases = Informer::new(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"));
     let ctx = Arc::new(Ctx {
@@ -106,20 +107,25 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     });
 
     let drain = |s: futures::stream::BoxStream<'static, ()>| tokio::spawn(s.collect::<Vec<()>>());
-    let rs_ctrl = Controller::for_shared_stream(rss.subscribe(), rss.store())
-        .owns_shared_stream(pods.subscribe())
+    let rs_ctrl = Controller::for_stream(rss.subscribe(), rss.store())
+        .owns_stream(pods.subscribe())
         .run(replicaset::reconcile, retry, ctx.clone())
         .map(|_| ())
         .boxed();
     let deploy_ctrl = Controller::new(Api::<Deployment>::all(client.clone()), watcher::Config::default())
-        .owns_shared_stream(rss.subscribe())
+        .owns_stream(rss.subscribe())
         .run(deployment::reconcile, retry, ctx.clone())
+        .map(|_| ())
+        .boxed();
+    let sts_ctrl = Controller::new(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
+        .owns_stream(pods.subscribe())
+        .run(statefulset::reconcile, retry, ctx.clone())
         .map(|_| ())
         .boxed();
     let svc = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let services = svc.store();
     let ep_ctrl = svc
-        .watches_shared_stream(pods.subscribe(), move |p: Arc<Pod>| endpoints::services_of(&p, &services))
+        .watches_stream(pods.subscribe(), move |p: Pod| endpoints::services_of(&p, &services))
         .run(endpoints::reconcile, retry, ctx.clone())
         .map(|_| ())
         .boxed();
@@ -136,6 +142,7 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let tasks = vec![
         drain(rs_ctrl),
         drain(deploy_ctrl),
+        drain(sts_ctrl),
         drain(ep_ctrl),
         drain(ns_ctrl),
         tokio::spawn(async move {
