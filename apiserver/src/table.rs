@@ -428,9 +428,9 @@ mod tests {
         let r = crate::registry::find("", "v1", "pods").unwrap();
         let pod = json!({"metadata": {"name": "web"}, "spec": {"containers": [{}, {}]},
             "status": {"phase": "Running", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
-        let t = table(r, &[pod.clone()], "7", None, true, None);
+        let t = table(r, std::slice::from_ref(&pod), "7", None, true, None);
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
-        assert_eq!(table(r, &[pod.clone()], "7", None, true, Some("Object"))["rows"][0]["object"], pod, "for --sort-by");
+        assert_eq!(table(r, std::slice::from_ref(&pod), "7", None, true, Some("Object"))["rows"][0]["object"], pod, "for --sort-by");
         assert!(table(r, &[pod], "7", None, true, Some("None"))["rows"][0].get("object").is_none());
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "web");

@@ -62,7 +62,7 @@ assert d.spec.replicas == 4 and d.metadata.generation == 2, (d.spec.replicas, d.
 assert d.spec.strategy.type == "RollingUpdate", d.spec.strategy
 scale = apps.read_namespaced_deployment_scale("web", "default")
 assert scale.spec.replicas == 4, scale
-apps.delete_namespaced_deployment("web", "default", propagation_policy="Foreground")
+apps.delete_namespaced_deployment("web", "default", propagation_policy="Background")
 try:
     apps.read_namespaced_deployment("web", "default")
     raise AssertionError("deleted")
