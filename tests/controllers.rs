@@ -496,3 +496,35 @@ fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() {
     let claims = p.json(&["get", "pvc"]);
     assert_eq!(claims["items"].as_array().unwrap().len(), replicas, "claims are retained");
 }
+
+#[test]
+fn jobs_complete_or_give_up() {
+    let p = Plane::start(2);
+    let job = |name: &str, completions: i32, parallelism: i32, exit: i32| {
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"completions": completions, "parallelism": parallelism, "backoffLimit": 2,
+                "template": {"metadata": {"annotations": {"fake.skiff.io/run-seconds": "1", "fake.skiff.io/exit-code": exit.to_string()}},
+                    "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}})
+        .to_string()
+    };
+    p.api.k_in(&["create", "-f", "-"], &job("ok", 3, 2, 0));
+    p.api.k_in(&["create", "-f", "-"], &job("bad", 1, 1, 1));
+    // The server generated the selector from the Job's uid.
+    let j = p.json(&["get", "job", "ok"]);
+    let uid = j["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], uid);
+    p.k(&["wait", "--for=condition=complete", "job/ok", "--timeout=60s"]);
+    let j = p.json(&["get", "job", "ok"]);
+    assert_eq!(j["status"]["succeeded"], 3);
+    assert!(j["status"]["completionTime"].is_string());
+    let pods = p.json(&["get", "pods", "-l", "job-name=ok"]);
+    assert_eq!(pods["items"].as_array().unwrap().len(), 3, "exactly completions pods, kept after success");
+    let get = p.k(&["get", "job", "ok"]);
+    assert!(get.contains("Complete") && get.contains("3/3"), "{get}");
+
+    p.k(&["wait", "--for=condition=failed", "job/bad", "--timeout=60s"]);
+    let j = p.json(&["get", "job", "bad"]);
+    assert_eq!(j["status"]["failed"], 3, "backoffLimit 2 allows 3 tries");
+    let failed = j["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Failed").unwrap().clone();
+    assert_eq!(failed["reason"], "BackoffLimitExceeded");
+}

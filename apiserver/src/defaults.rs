@@ -160,10 +160,32 @@ pub fn apply(r: &Resource, obj: &mut Value) {
             set_default(spec, "backoffLimit", json!(6));
             set_default(spec, "completions", json!(1));
             set_default(spec, "parallelism", json!(1));
+            set_default(spec, "completionMode", json!("NonIndexed"));
             if obj["spec"]["template"]["spec"].is_object() {
                 set_default(&mut obj["spec"]["template"]["spec"], "restartPolicy", json!("Never"));
             }
             template(obj);
+            // Without manualSelector, a Job selects its pods by its own uid, and its pod
+            // template carries the labels that match (as kube-apiserver generates them).
+            let uid = obj["metadata"]["uid"].clone();
+            let name = obj["metadata"]["name"].clone();
+            if obj["spec"]["manualSelector"] != json!(true) && obj["spec"]["selector"].is_null() && uid.is_string() {
+                obj["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+                if obj["spec"]["template"].is_object() {
+                    let meta = &mut obj["spec"]["template"]["metadata"];
+                    if !meta["labels"].is_object() {
+                        meta["labels"] = json!({});
+                    }
+                    for (k, v) in [
+                        ("batch.kubernetes.io/controller-uid", &uid),
+                        ("batch.kubernetes.io/job-name", &name),
+                        ("controller-uid", &uid),
+                        ("job-name", &name),
+                    ] {
+                        meta["labels"][k] = v.clone();
+                    }
+                }
+            }
         }
         _ => {}
     }

@@ -166,6 +166,23 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             vec![name, json!(o["addressType"].as_str().unwrap_or("")), json!(ports), json!(first_three(&addrs)), json!(age(o))]
         }
         "leases" => vec![name, json!(o["spec"]["holderIdentity"].as_str().unwrap_or("")), json!(age(o))],
+        "jobs" => {
+            let cond = |t: &str| o["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == t && c["status"] == "True");
+            let status = if cond("Complete") {
+                "Complete"
+            } else if cond("Failed") {
+                "Failed"
+            } else if o["spec"]["suspend"] == json!(true) {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let start = o["status"]["startTime"].as_str().and_then(parse_rfc3339);
+            let end = o["status"]["completionTime"].as_str().and_then(parse_rfc3339).unwrap_or_else(now);
+            let duration = start.map(|s| human_duration(end - s)).unwrap_or_default();
+            let completions = format!("{}/{}", int(&o["status"]["succeeded"]), int(&o["spec"]["completions"]).max(1));
+            vec![name, json!(status), json!(completions), json!(duration), json!(age(o))]
+        }
         "deployments" => vec![
             name,
             json!(format!("{}/{}", int(&o["status"]["readyReplicas"]), int(&o["spec"]["replicas"]))),
@@ -319,6 +336,13 @@ fn columns(r: &Resource) -> Vec<Value> {
             age,
         ],
         "leases" => vec![name, col("Holder", "string", "The holder of the lease."), age],
+        "jobs" => vec![
+            name,
+            col("Status", "string", "Status of the job."),
+            col("Completions", "string", "The desired number of successfully finished pods the job should be run with."),
+            col("Duration", "string", "Time required to complete the job."),
+            age,
+        ],
         "deployments" => vec![
             name,
             col("Ready", "string", "Number of the pod with ready state"),

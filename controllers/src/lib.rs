@@ -10,6 +10,7 @@ pub mod events;
 pub mod expectations;
 pub mod gc;
 pub mod informer;
+pub mod job;
 pub mod labels;
 pub mod leader;
 pub mod namespace;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::Api;
@@ -122,6 +124,11 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
         .run(statefulset::reconcile, retry, ctx.clone())
         .map(|_| ())
         .boxed();
+    let job_ctrl = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
+        .owns_stream(pods.subscribe())
+        .run(job::reconcile, retry, ctx.clone())
+        .map(|_| ())
+        .boxed();
     let svc = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let services = svc.store();
     let ep_ctrl = svc
@@ -143,6 +150,7 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
         drain(rs_ctrl),
         drain(deploy_ctrl),
         drain(sts_ctrl),
+        drain(job_ctrl),
         drain(ep_ctrl),
         drain(ns_ctrl),
         tokio::spawn(async move {
