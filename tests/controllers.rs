@@ -528,3 +528,37 @@ fn jobs_complete_or_give_up() {
     let failed = j["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Failed").unwrap().clone();
     assert_eq!(failed["reason"], "BackoffLimitExceeded");
 }
+
+#[test]
+fn daemonsets_run_one_pod_per_fitting_node() {
+    let mut p = Plane::start(2);
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+            "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}}}})
+    .to_string();
+    p.api.k_in(&["create", "-f", "-"], &ds);
+    let nodes_of = |p: &Plane| -> Vec<String> {
+        let mut n: Vec<String> = p.live_pods("app=agent").iter().filter_map(|x| x["spec"]["nodeName"].as_str().map(String::from)).collect();
+        n.sort();
+        n
+    };
+    p.k(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    assert_eq!(nodes_of(&p), ["a-0", "a-1"]);
+    // A new node gets one; a cordoned node keeps its pod (daemon pods tolerate unschedulable).
+    p.agent("b", 1, &[]);
+    p.wait_for("a pod on b-0", Duration::from_secs(30), |p| nodes_of(p) == ["a-0", "a-1", "b-0"]);
+    p.k(&["cordon", "a-1"]);
+    // A rolling update replaces each node's pod.
+    p.k(&["set", "image", "ds/agent", "c=busybox:2"]);
+    p.k(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    let live = p.live_pods("app=agent");
+    assert_eq!(live.len(), 3);
+    assert!(live.iter().all(|x| x["spec"]["containers"][0]["image"] == "busybox:2"), "{live:?}");
+    assert_eq!(nodes_of(&p), ["a-0", "a-1", "b-0"]);
+    // A node selector shrinks the set to the nodes that match.
+    p.k(&["label", "node", "b-0", "role=edge"]);
+    p.k(&["patch", "ds", "agent", "-p", r#"{"spec":{"template":{"spec":{"nodeSelector":{"role":"edge"}}}}}"#]);
+    p.wait_for("only b-0", Duration::from_secs(30), |p| nodes_of(p) == ["b-0"]);
+    let get = p.k(&["get", "ds", "agent"]);
+    assert!(get.contains("role=edge"), "{get}");
+}

@@ -166,6 +166,21 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             vec![name, json!(o["addressType"].as_str().unwrap_or("")), json!(ports), json!(first_three(&addrs)), json!(age(o))]
         }
         "leases" => vec![name, json!(o["spec"]["holderIdentity"].as_str().unwrap_or("")), json!(age(o))],
+        "daemonsets" => {
+            let sel = o["spec"]["template"]["spec"]["nodeSelector"].as_object().map(|m| {
+                m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
+            });
+            vec![
+                name,
+                json!(int(&o["status"]["desiredNumberScheduled"])),
+                json!(int(&o["status"]["currentNumberScheduled"])),
+                json!(int(&o["status"]["numberReady"])),
+                json!(int(&o["status"]["updatedNumberScheduled"])),
+                json!(int(&o["status"]["numberAvailable"])),
+                json!(sel.filter(|s| !s.is_empty()).unwrap_or_else(|| "<none>".into())),
+                json!(age(o)),
+            ]
+        }
         "jobs" => {
             let cond = |t: &str| o["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == t && c["status"] == "True");
             let status = if cond("Complete") {
@@ -336,6 +351,16 @@ fn columns(r: &Resource) -> Vec<Value> {
             age,
         ],
         "leases" => vec![name, col("Holder", "string", "The holder of the lease."), age],
+        "daemonsets" => vec![
+            name,
+            col("Desired", "integer", "The number of nodes that should be running the daemon pod."),
+            col("Current", "integer", "The number of nodes running at least one daemon pod."),
+            col("Ready", "integer", "The number of nodes with a ready daemon pod."),
+            col("Up-to-date", "integer", "The number of nodes running the updated daemon pod."),
+            col("Available", "integer", "The number of nodes with an available daemon pod."),
+            col("Node Selector", "string", "The node selector of the daemon pods."),
+            age,
+        ],
         "jobs" => vec![
             name,
             col("Status", "string", "Status of the job."),

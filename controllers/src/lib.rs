@@ -4,6 +4,7 @@
 //! coordination.k8s.io Lease, the others wait to take over.
 
 pub mod client;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -60,6 +61,7 @@ pub struct Ctx {
     pub client: kube::Client,
     pub pods: Store<Pod>,
     pub replicasets: Store<ReplicaSet>,
+    pub nodes: Store<Node>,
     pub recorder: events::Recorder,
     pub expectations: expectations::Expectations,
 }
@@ -98,12 +100,13 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
 
     let mut pods = Informer::new(Api::<Pod>::all(client.clone()));
     let mut rss = Informer::new(Api::<ReplicaSet>::all(client.clone()));
-    let nodes = Informer::new(Api::<Node>::all(client.clone()));
+    let mut nodes = Informer::new(Api::<Node>::all(client.clone()));
     let leases = Informer::new(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pods: pods.store(),
         replicasets: rss.store(),
+        nodes: nodes.store(),
         recorder: events::Recorder::new(client.clone(), "controller-manager"),
         expectations: Default::default(),
     });
@@ -122,6 +125,16 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let sts_ctrl = Controller::new(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
         .owns_stream(pods.subscribe())
         .run(statefulset::reconcile, retry, ctx.clone())
+        .map(|_| ())
+        .boxed();
+    let ds = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default());
+    let daemonsets = ds.store();
+    let ds_ctrl = ds
+        .owns_stream(pods.subscribe())
+        .watches_stream(nodes.subscribe(), move |_: Node| {
+            daemonsets.state().iter().map(|d| kube::runtime::reflector::ObjectRef::from_obj(d.as_ref())).collect::<Vec<_>>()
+        })
+        .run(daemonset::reconcile, retry, ctx.clone())
         .map(|_| ())
         .boxed();
     let job_ctrl = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
@@ -151,6 +164,7 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
         drain(deploy_ctrl),
         drain(sts_ctrl),
         drain(job_ctrl),
+        drain(ds_ctrl),
         drain(ep_ctrl),
         drain(ns_ctrl),
         tokio::spawn(async move {

@@ -111,7 +111,7 @@ fn requirement(e: &NodeSelectorRequirement, v: Option<&str>) -> bool {
 }
 
 /// nodeSelector and required node affinity.
-fn node_affinity_ok(pod: &Pod, n: &NodeInfo) -> bool {
+pub fn node_affinity_ok(pod: &Pod, n: &NodeInfo) -> bool {
     let spec = pod.spec.clone().unwrap_or_default();
     if !spec.node_selector.iter().flatten().all(|(k, v)| n.labels.get(k) == Some(v)) {
         return false;
