@@ -337,6 +337,7 @@ impl Scheduler {
             let mut assumed = self.assumed.lock().expect("not poisoned");
             let live: HashSet<&str> = all_pods.iter().filter_map(|p| p.metadata.uid.as_deref()).collect();
             assumed.retain(|uid, _| live.contains(uid.as_str()));
+            self.reported.lock().expect("not poisoned").retain(|uid, _| live.contains(uid.as_str()));
             for p in &all_pods {
                 let uid = pods::uid(&p.metadata);
                 let bound = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
