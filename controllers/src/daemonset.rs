@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
@@ -113,17 +113,6 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
             by_node.entry(node_of(&p).unwrap_or_default()).or_default().push(p);
         }
     }
-    let delete = |p: &Pod| {
-        let dp = DeleteParams { preconditions: Some(Preconditions { uid: p.metadata.uid.clone(), resource_version: None }), ..Default::default() };
-        let (api, n) = (pod_api.clone(), pods::name(&p.metadata).to_string());
-        async move {
-            match api.delete(&n, &dp).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-                Err(e) => Err(Error::from(e)),
-            }
-        }
-    };
     let met = ctx.expectations.met(
         uid,
         |n| ctx.pods.get(&ObjectRef::new(n).within(ns)).is_some(),
@@ -142,7 +131,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
             let keep = usize::from(*fit);
             for p in here.iter().skip(keep) {
                 ctx.expectations.deleted(uid, pods::name(&p.metadata).to_string());
-                delete(p).await?;
+                pods::delete(&pod_api, p).await?;
                 changed = true;
             }
         }
@@ -150,7 +139,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
         for (node, here) in &by_node {
             if !nodes.contains_key(node) {
                 for p in here {
-                    delete(p).await?;
+                    pods::delete(&pod_api, p).await?;
                     changed = true;
                 }
             }
@@ -176,7 +165,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
                 break;
             }
             ctx.expectations.deleted(uid, pods::name(&p.metadata).to_string());
-            delete(p).await?;
+            pods::delete(&pod_api, p).await?;
             budget -= 1;
         }
     }

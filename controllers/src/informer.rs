@@ -76,3 +76,25 @@ where
 {
     store.state().into_iter().filter(|o| o.meta().namespace.as_deref() == Some(namespace)).collect()
 }
+
+/// A cache of `api` that pokes `changed` on every event (for loops that look at the
+/// whole cache rather than at single objects: the scheduler, the node agent).
+pub fn notifying_cache<K>(api: Api<K>, changed: std::sync::Arc<tokio::sync::Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    tokio::spawn(async move {
+        stream
+            .for_each(|e| {
+                match e {
+                    Ok(_) => changed.notify_one(),
+                    Err(e) => tracing::warn!("watch: {e}"),
+                }
+                futures::future::ready(())
+            })
+            .await
+    });
+    reader
+}

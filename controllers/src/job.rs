@@ -13,7 +13,7 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
@@ -69,22 +69,11 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     } else {
         None
     };
-    let delete = |p: &Pod| {
-        let dp = DeleteParams { preconditions: Some(Preconditions { uid: p.metadata.uid.clone(), resource_version: None }), ..Default::default() };
-        let (api, n) = (pod_api.clone(), pods::name(&p.metadata).to_string());
-        async move {
-            match api.delete(&n, &dp).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-                Err(e) => Err(Error::from(e)),
-            }
-        }
-    };
     let mut active_count = active.len() as i32;
     match verdict {
         Some((type_, reason, message)) => {
             for p in &active {
-                delete(p).await?;
+                pods::delete(&pod_api, p).await?;
             }
             active_count = 0;
             if type_ == "Complete" {
@@ -124,7 +113,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             } else if met && active_count > want {
                 for p in active.iter().take((active_count - want) as usize) {
                     ctx.expectations.deleted(uid, pods::name(&p.metadata).to_string());
-                    delete(p).await?;
+                    pods::delete(&pod_api, p).await?;
                     active_count -= 1;
                 }
             }

@@ -192,34 +192,11 @@ pub async fn run_scheduler(cfg: SchedulerConfig) -> anyhow::Result<()> {
     let client = client::from_kubeconfig(&cfg.kubeconfig).await?;
     let lost = lead("kube-scheduler", &client, &cfg.election).await;
     let changed = Arc::new(tokio::sync::Notify::new());
-    let mut stores = Vec::new();
-    let pods = watch_into(Api::<Pod>::all(client.clone()), changed.clone(), &mut stores);
-    let nodes = watch_into(Api::<Node>::all(client.clone()), changed.clone(), &mut stores);
+    let pods = informer::notifying_cache(Api::<Pod>::all(client.clone()), changed.clone());
+    let nodes = informer::notifying_cache(Api::<Node>::all(client.clone()), changed.clone());
     let s = scheduler::Scheduler::new(client, pods, nodes, changed);
     tokio::select! {
         _ = lost => anyhow::bail!("lost the kube-scheduler lease; stopping so a standby can lead"),
         _ = s.run() => anyhow::bail!("the scheduler stopped"),
     }
-}
-
-/// A cache of `api` that pokes `changed` on every event.
-fn watch_into<K>(api: Api<K>, changed: Arc<tokio::sync::Notify>, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    use kube::runtime::WatchStreamExt;
-    let (reader, writer) = kube::runtime::reflector::store();
-    let stream = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
-    tasks.push(tokio::spawn(async move {
-        stream
-            .for_each(|e| {
-                match e {
-                    Ok(_) => changed.notify_one(),
-                    Err(e) => tracing::warn!("watch: {e}"),
-                }
-                futures::future::ready(())
-            })
-            .await
-    }));
-    reader
 }

@@ -3,6 +3,7 @@
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Preconditions};
 
 /// Counts toward a controller's replicas: not terminated and not being deleted.
 pub fn is_active(p: &Pod) -> bool {
@@ -120,4 +121,15 @@ pub fn namespace(meta: &ObjectMeta) -> &str {
 
 pub fn uid(meta: &ObjectMeta) -> &str {
     meta.uid.as_deref().unwrap_or_default()
+}
+
+/// Deletes this very pod (a uid precondition, so a namesake created meanwhile is safe);
+/// a pod already gone or replaced is not an error.
+pub async fn delete(api: &Api<Pod>, p: &Pod) -> kube::Result<()> {
+    let dp = DeleteParams { preconditions: Some(Preconditions { uid: p.metadata.uid.clone(), resource_version: None }), ..Default::default() };
+    match api.delete(name(&p.metadata), &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
 }

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVol
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
 
@@ -173,21 +173,10 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
         }
         by_ordinal.insert(o, p);
     }
-    let delete = |p: &Pod| {
-        let dp = DeleteParams { preconditions: Some(Preconditions { uid: p.metadata.uid.clone(), resource_version: None }), ..Default::default() };
-        let (api, pname) = (pod_api.clone(), pods::name(&p.metadata).to_string());
-        async move {
-            match api.delete(&pname, &dp).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-                Err(e) => Err(Error::from(e)),
-            }
-        }
-    };
 
     // Failed pods are replaced.
     for p in by_ordinal.values().filter(|p| pods::phase(p) == "Failed" && p.metadata.deletion_timestamp.is_none()) {
-        delete(p).await?;
+        pods::delete(&pod_api, p).await?;
     }
     // Create missing pods below `replicas`: in order (waiting for each) or all at once.
     let current_rev = set.status.as_ref().and_then(|s| s.current_revision.clone()).unwrap_or_else(|| update_rev.clone());
@@ -228,7 +217,7 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
         if !parallel && !all_healthy {
             break;
         }
-        delete(p).await?;
+        pods::delete(&pod_api, p).await?;
         let msg = format!("delete Pod {} in StatefulSet {name} successful", pods::name(&p.metadata));
         ctx.recorder.record(set.as_ref(), "Normal", "SuccessfulDelete", msg).await;
         if !parallel {
@@ -240,7 +229,7 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
     if !on_delete && extra.is_empty() && all_healthy {
         let stale = by_ordinal.range(partition..replicas).rev().find(|(_, p)| revision_of(p) != Some(update_rev.as_str()));
         if let Some((_, p)) = stale {
-            delete(p).await?;
+            pods::delete(&pod_api, p).await?;
         }
     }
 

@@ -15,9 +15,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
 use tokio::sync::Notify;
+
+use skiff_controllers::informer::notifying_cache;
 
 use crate::podstatus::{self, Placement};
 use crate::runtime::Runtime;
@@ -256,8 +257,8 @@ impl<R: Runtime> Agent<R> {
         tracing::info!("registered {} node(s) named {}-N", this.slots.len(), this.cfg.node_prefix);
 
         let changed = Arc::new(Notify::new());
-        let pods = cache(Api::<Pod>::all(this.client.clone()), changed.clone());
-        let nodes = cache(Api::<Node>::all(this.client.clone()), Arc::new(Notify::new()));
+        let pods = notifying_cache(Api::<Pod>::all(this.client.clone()), changed.clone());
+        let nodes = notifying_cache(Api::<Node>::all(this.client.clone()), Arc::new(Notify::new()));
         {
             let this = this.clone();
             let nodes = nodes.clone();
@@ -290,24 +291,4 @@ impl<R: Runtime> Agent<R> {
             }
         }
     }
-}
-
-fn cache<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = kube::runtime::reflector::store();
-    let stream = kube::runtime::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
-    tokio::spawn(async move {
-        stream
-            .for_each(|e| {
-                match e {
-                    Ok(_) => changed.notify_one(),
-                    Err(e) => tracing::warn!("watch: {e}"),
-                }
-                futures::future::ready(())
-            })
-            .await
-    });
-    reader
 }
