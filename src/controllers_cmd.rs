@@ -109,7 +109,10 @@ pub async fn controller_manager(a: ControllerManagerArgs) -> anyhow::Result<()> 
     until_stopped(skiff_controllers::run_controller_manager(skiff_controllers::ManagerConfig {
         kubeconfig: a.kubeconfig,
         election: a.election.election(),
-        nodes: skiff_controllers::nodelifecycle::Settings { grace: a.node_monitor_grace_period, period: a.node_monitor_period },
+        nodes: skiff_controllers::nodelifecycle::Settings {
+            grace: a.node_monitor_grace_period,
+            period: a.node_monitor_period,
+        },
     }))
     .await
 }

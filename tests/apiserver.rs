@@ -300,7 +300,10 @@ fn service_addresses_are_allocated_once() {
     assert!(err.contains("The range of valid IPs is 10.96.0.0/12"), "{err}");
     let taken = svc("c", "type: NodePort").replace("nodePort: 0", &format!("nodePort: {node_port}"));
     let err = api.k_fails(&["create", "-f", "-"], Some(&taken));
-    assert!(err.contains("spec.ports[0].nodePort: Invalid value") && err.contains("provided port is already allocated"), "{err}");
+    assert!(
+        err.contains("spec.ports[0].nodePort: Invalid value") && err.contains("provided port is already allocated"),
+        "{err}"
+    );
     // An update keeps the address; changing it is refused.
     api.k(&["label", "svc", "a", "x=y"]);
     assert_eq!(ip(&api.k_json(&["get", "svc", "a"])), ip(&a));
@@ -324,14 +327,20 @@ fn binding_eviction_graceful_deletion_and_finalizers() {
     let pods = "/api/v1/namespaces/default/pods";
     assert_eq!(api.raw("POST", pods, Some(("application/json", &pod("p")))).0, 201);
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
-    let (code, st) = api.raw_json("POST", &format!("{pods}/p/binding"), Some(("application/json", &binding.to_string())));
+    let (code, st) =
+        api.raw_json("POST", &format!("{pods}/p/binding"), Some(("application/json", &binding.to_string())));
     assert_eq!((code, st["status"].as_str()), (201, Some("Success")), "{st}");
-    let (code, st) = api.raw_json("POST", &format!("{pods}/p/binding"), Some(("application/json", &binding.to_string())));
+    let (code, st) =
+        api.raw_json("POST", &format!("{pods}/p/binding"), Some(("application/json", &binding.to_string())));
     assert_eq!(code, 409);
     assert!(st["message"].as_str().unwrap().contains("pod p is already assigned to node \"n1\""), "{st}");
     let p = api.k_json(&["get", "pod", "p"]);
     assert_eq!(p["spec"]["nodeName"], "n1");
-    assert!(p["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "True"));
+    assert!(p["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "PodScheduled" && c["status"] == "True"));
 
     // A pod on a node is only marked: the node agent stops it, then deletes it with grace 0.
     api.k(&["delete", "pod", "p", "--wait=false"]);
@@ -361,7 +370,8 @@ fn binding_eviction_graceful_deletion_and_finalizers() {
     assert_eq!(api.k_json(&["get", "ns", "gone"])["status"]["phase"], "Terminating");
     let err = api.k_fails(&["create", "configmap", "x", "-n", "gone"], None);
     assert!(err.contains("unable to create new content in namespace gone because it is being terminated"), "{err}");
-    let fin = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gone"}, "spec": {"finalizers": []}});
+    let fin =
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gone"}, "spec": {"finalizers": []}});
     let (code, _) = api.raw("PUT", "/api/v1/namespaces/gone/finalize", Some(("application/json", &fin.to_string())));
     assert_eq!(code, 200);
     assert_eq!(api.raw("GET", "/api/v1/namespaces/gone", None).0, 404);

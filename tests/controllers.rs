@@ -28,12 +28,18 @@ impl Drop for Plane {
     }
 }
 
-const MANAGER: &[&str] = &["--node-monitor-grace-period", "4s", "--node-monitor-period", "500ms", "--leader-elect-lease-duration", "2s"];
+const MANAGER: &[&str] =
+    &["--node-monitor-grace-period", "4s", "--node-monitor-period", "500ms", "--leader-elect-lease-duration", "2s"];
 
 impl Plane {
     /// API server, controller-manager, scheduler, and one agent with `nodes` nodes named `a-N`.
     fn start(nodes: usize) -> Plane {
-        let api = Api::start_with(&["--default-unreachable-toleration-seconds", "2", "--default-not-ready-toleration-seconds", "2"]);
+        let api = Api::start_with(&[
+            "--default-unreachable-toleration-seconds",
+            "2",
+            "--default-not-ready-toleration-seconds",
+            "2",
+        ]);
         let mut p = Plane { api, procs: Vec::new() };
         p.spawn("controller-manager", &[&["controller-manager"], MANAGER].concat());
         p.spawn("scheduler", &["scheduler", "--leader-elect-lease-duration", "2s"]);
@@ -43,7 +49,11 @@ impl Plane {
     }
 
     fn spawn(&mut self, name: &str, args: &[&str]) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.api.dir.path().join(format!("{name}.log"))).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.api.dir.path().join(format!("{name}.log")))
+            .unwrap();
         let child = Command::new(skiff_bin())
             .args(args)
             .arg("--kubeconfig")
@@ -96,7 +106,8 @@ impl Plane {
 
     /// What a failing test prints: objects, node taints, pod conditions, events, logs.
     fn state(&self) -> String {
-        let run = |args: &[&str]| text(&self.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", args, None));
+        let run =
+            |args: &[&str]| text(&self.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", args, None));
         format!(
             "{}\n{}\n{}\n{}\n{}",
             run(&["get", "nodes,deploy,rs,pods", "-o", "wide"]),
@@ -126,14 +137,26 @@ impl Plane {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|n| n["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            .filter(|n| {
+                n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
             .count()
     }
 
     /// Pods matching `selector` that are not being deleted.
     fn live_pods(&self, selector: &str) -> Vec<Value> {
         let pods = self.json(&["get", "pods", "-l", selector]);
-        pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).cloned().collect()
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .cloned()
+            .collect()
     }
 
     fn deploy_available(&self, name: &str) -> i64 {
@@ -184,7 +207,8 @@ fn pod_yaml_patch(image: &str) -> String {
 #[test]
 fn deployment_scales_rolls_out_without_outage_and_rolls_back() {
     let mut p = Plane::start(3);
-    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/nginx-deployment.yaml")).unwrap();
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/nginx-deployment.yaml")).unwrap();
     p.api.k_in(&["apply", "-f", "-"], &manifest);
     let out = p.k(&["rollout", "status", "deploy/nginx", "--timeout=60s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
@@ -204,13 +228,18 @@ fn deployment_scales_rolls_out_without_outage_and_rolls_back() {
     p.wait_for("10 available", Duration::from_secs(30), |p| p.deploy_available("nginx") == 10);
     assert_eq!(p.live_pods("app=nginx").len(), 10);
     p.k(&["scale", "deploy", "nginx", "--replicas=3"]);
-    p.wait_for("3 pods", Duration::from_secs(30), |p| p.live_pods("app=nginx").len() == 3 && p.deploy_available("nginx") == 3);
+    p.wait_for("3 pods", Duration::from_secs(30), |p| {
+        p.live_pods("app=nginx").len() == 3 && p.deploy_available("nginx") == 3
+    });
 
     // A rolling update watched pod by pod: with 3 replicas (maxSurge 1, maxUnavailable 0)
     // never fewer than 3 ready pods, never more than 4 pods.
     let list = p.api.raw_json("GET", "/api/v1/namespaces/default/pods?labelSelector=app%3Dnginx", None).1;
     let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let w = Watch::start(p.api.http_port(), &format!("/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dnginx&resourceVersion={rv}"));
+    let w = Watch::start(
+        p.api.http_port(),
+        &format!("/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dnginx&resourceVersion={rv}"),
+    );
     p.k(&["set", "image", "deploy/nginx", "nginx=nginx:1.26"]);
     let out = p.k(&["rollout", "status", "deploy/nginx", "--timeout=60s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
@@ -240,7 +269,8 @@ fn deployment_scales_rolls_out_without_outage_and_rolls_back() {
     assert!(events.len() > 6, "the rollout was watched: {events:?}");
     assert_eq!(min_ready, 3, "availability dropped during the rollout");
     assert_eq!(max_pods, 4, "more pods than replicas + maxSurge");
-    let images: Vec<Value> = p.live_pods("app=nginx").iter().map(|p| p["spec"]["containers"][0]["image"].clone()).collect();
+    let images: Vec<Value> =
+        p.live_pods("app=nginx").iter().map(|p| p["spec"]["containers"][0]["image"].clone()).collect();
     assert_eq!(images, vec![json!("nginx:1.26"); 3]);
 
     // History and undo.
@@ -266,7 +296,8 @@ fn deployment_scales_rolls_out_without_outage_and_rolls_back() {
     p.k(&["rollout", "status", "deploy/nginx", "--timeout=60s"]);
     assert_eq!(p.json(&["get", "rs"])["items"].as_array().unwrap().len(), 4);
     let d = p.json(&["get", "deploy", "nginx"]);
-    let cond = |t: &str| d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).cloned().unwrap();
+    let cond =
+        |t: &str| d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).cloned().unwrap();
     assert_eq!(cond("Available")["status"], "True");
     assert_eq!(cond("Progressing")["reason"], "NewReplicaSetAvailable");
     let events = p.k(&["get", "events", "--field-selector", "involvedObject.name=nginx", "--sort-by=.lastTimestamp"]);
@@ -277,7 +308,10 @@ fn deployment_scales_rolls_out_without_outage_and_rolls_back() {
         let mut v = Vec::new();
         for kind in ["deploy", "rs", "pods", "endpoints"] {
             for o in p.json(&["get", kind])["items"].as_array().unwrap() {
-                v.push((format!("{kind}/{}", o["metadata"]["name"].as_str().unwrap()), o["metadata"]["resourceVersion"].as_str().unwrap().to_string()));
+                v.push((
+                    format!("{kind}/{}", o["metadata"]["name"].as_str().unwrap()),
+                    o["metadata"]["resourceVersion"].as_str().unwrap().to_string(),
+                ));
             }
         }
         v
@@ -296,7 +330,9 @@ fn services_find_ready_pods_and_namespaces_empty_on_deletion() {
     p.k(&["expose", "deployment", "web", "--port=8080", "--target-port=80"]);
     let addresses = |p: &Plane| -> (usize, usize) {
         let ep = p.json(&["get", "endpoints", "web"]);
-        let n = |k: &str| ep["subsets"].as_array().into_iter().flatten().map(|s| s[k].as_array().map_or(0, |a| a.len())).sum();
+        let n = |k: &str| {
+            ep["subsets"].as_array().into_iter().flatten().map(|s| s[k].as_array().map_or(0, |a| a.len())).sum()
+        };
         (n("addresses"), n("notReadyAddresses"))
     };
     p.wait_for("3 ready endpoints", Duration::from_secs(30), |p| addresses(p) == (3, 0));
@@ -315,7 +351,12 @@ fn services_find_ready_pods_and_namespaces_empty_on_deletion() {
     p.k(&["delete", "pod", &pod]);
     p.wait_for("the replacement", Duration::from_secs(30), |p| {
         let ep = p.json(&["get", "endpoints", "web"]);
-        let names: Vec<String> = ep["subsets"][0]["addresses"].as_array().into_iter().flatten().map(|a| a["targetRef"]["name"].as_str().unwrap().to_string()).collect();
+        let names: Vec<String> = ep["subsets"][0]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| a["targetRef"]["name"].as_str().unwrap().to_string())
+            .collect();
         names.len() == 3 && !names.contains(&pod)
     });
 
@@ -323,7 +364,9 @@ fn services_find_ready_pods_and_namespaces_empty_on_deletion() {
     p.k(&["create", "namespace", "scratch"]);
     p.k(&["create", "deployment", "tmp", "--image=nginx", "--replicas=2", "-n", "scratch"]);
     p.k(&["create", "configmap", "cfg", "--from-literal=a=b", "-n", "scratch"]);
-    p.wait_for("pods in scratch", Duration::from_secs(30), |p| p.json(&["get", "pods", "-n", "scratch"])["items"].as_array().unwrap().len() == 2);
+    p.wait_for("pods in scratch", Duration::from_secs(30), |p| {
+        p.json(&["get", "pods", "-n", "scratch"])["items"].as_array().unwrap().len() == 2
+    });
     p.k(&["delete", "namespace", "scratch", "--timeout=60s"]);
     let o = p.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", &["get", "namespace", "scratch"], None);
     assert!(!o.status.success());
@@ -336,18 +379,30 @@ fn cascading_deletion_background_foreground_and_orphan() {
         p.k(&["create", "deployment", name, "--image=nginx", "--replicas=2"]);
     }
     p.wait_for("6 running pods", Duration::from_secs(30), |p| {
-        p.json(&["get", "pods"])["items"].as_array().unwrap().iter().filter(|x| x["status"]["phase"] == "Running").count() == 6
+        p.json(&["get", "pods"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["status"]["phase"] == "Running")
+            .count()
+            == 6
     });
-    let rs_of = |p: &Plane, app: &str| p.json(&["get", "rs", "-l", &format!("app={app}")])["items"].as_array().unwrap().clone();
+    let rs_of =
+        |p: &Plane, app: &str| p.json(&["get", "rs", "-l", &format!("app={app}")])["items"].as_array().unwrap().clone();
 
     // Background: the Deployment goes at once, its ReplicaSet and pods after.
     p.k(&["delete", "deploy", "bg"]);
-    p.wait_for("bg's pods to go", Duration::from_secs(30), |p| rs_of(p, "bg").is_empty() && p.json(&["get", "pods", "-l", "app=bg"])["items"].as_array().unwrap().is_empty());
+    p.wait_for("bg's pods to go", Duration::from_secs(30), |p| {
+        rs_of(p, "bg").is_empty() && p.json(&["get", "pods", "-l", "app=bg"])["items"].as_array().unwrap().is_empty()
+    });
 
     // Foreground: kubectl returns once dependents and then the Deployment are gone.
     p.k(&["delete", "deploy", "fg", "--cascade=foreground", "--timeout=60s"]);
     assert!(rs_of(&p, "fg").is_empty());
-    assert!(p.json(&["get", "pods", "-l", "app=fg"])["items"].as_array().unwrap().is_empty(), "pods went before their owner");
+    assert!(
+        p.json(&["get", "pods", "-l", "app=fg"])["items"].as_array().unwrap().is_empty(),
+        "pods went before their owner"
+    );
 
     // Orphan: the ReplicaSet and pods stay, without the owner reference.
     p.k(&["delete", "deploy", "orphan", "--cascade=orphan", "--timeout=60s"]);
@@ -362,7 +417,8 @@ fn cascading_deletion_background_foreground_and_orphan() {
 fn scheduler_filters_reports_and_retries() {
     let mut p = Plane::start(2);
     let pod = |name: &str, extra: Value| {
-        let mut spec = json!({"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "6"}}}]});
+        let mut spec =
+            json!({"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "6"}}}]});
         for (k, v) in extra.as_object().unwrap() {
             spec[k] = v.clone();
         }
@@ -375,7 +431,13 @@ fn scheduler_filters_reports_and_retries() {
         c.as_array().into_iter().flatten().any(|c| c["type"] == "PodScheduled" && c["status"] == "False")
     });
     let pod_json = p.json(&["get", "pod", "big"]);
-    let cond = pod_json["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PodScheduled").unwrap().clone();
+    let cond = pod_json["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PodScheduled")
+        .unwrap()
+        .clone();
     assert_eq!(cond["reason"], "Unschedulable");
     assert_eq!(cond["message"], "0/2 nodes are available: 2 Insufficient cpu.");
     let described = p.k(&["describe", "pod", "big"]);
@@ -383,24 +445,32 @@ fn scheduler_filters_reports_and_retries() {
 
     // A bigger node joins: the pod is retried and lands there.
     p.agent("big", 1, &["--cpu", "16"]);
-    p.wait_for("big to be scheduled", Duration::from_secs(30), |p| p.json(&["get", "pod", "big"])["spec"]["nodeName"] == "big-0");
+    p.wait_for("big to be scheduled", Duration::from_secs(30), |p| {
+        p.json(&["get", "pod", "big"])["spec"]["nodeName"] == "big-0"
+    });
 
     // nodeSelector and taints.
     p.k(&["taint", "node", "a-0", "dedicated=db:NoSchedule"]);
     p.api.k_in(&["create", "-f", "-"], &pod("zone", json!({"nodeSelector": {"kubernetes.io/hostname": "a-0"}, "containers": [{"name": "c", "image": "busybox"}]})));
     p.api.k_in(
         &["create", "-f", "-"],
-        &pod("tolerant", json!({"nodeSelector": {"kubernetes.io/hostname": "a-0"}, "containers": [{"name": "c", "image": "busybox"}],
-            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]})),
+        &pod(
+            "tolerant",
+            json!({"nodeSelector": {"kubernetes.io/hostname": "a-0"}, "containers": [{"name": "c", "image": "busybox"}],
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}),
+        ),
     );
-    p.wait_for("tolerant on a-0", Duration::from_secs(20), |p| p.json(&["get", "pod", "tolerant"])["spec"]["nodeName"] == "a-0");
+    p.wait_for("tolerant on a-0", Duration::from_secs(20), |p| {
+        p.json(&["get", "pod", "tolerant"])["spec"]["nodeName"] == "a-0"
+    });
     p.wait_for("zone unschedulable", Duration::from_secs(20), |p| {
         let c = p.json(&["get", "pod", "zone"])["status"]["conditions"].clone();
         c.as_array().into_iter().flatten().any(|c| {
             c["type"] == "PodScheduled"
-                && c["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("1 node(s) had untolerated taint {dedicated: db}") && m.contains("node affinity/selector"))
+                && c["message"].as_str().is_some_and(|m| {
+                    m.contains("1 node(s) had untolerated taint {dedicated: db}")
+                        && m.contains("node affinity/selector")
+                })
         })
     });
 }
@@ -418,7 +488,11 @@ fn pods_of_a_dead_node_are_replaced_and_a_standby_manager_takes_over() {
     let lease = p.json(&["get", "lease", "-n", "kube-system", "kube-controller-manager"]);
     let holder = lease["spec"]["holderIdentity"].as_str().unwrap().to_string();
     p.k(&["set", "image", "deploy/web", "nginx=nginx:2"]);
-    let leader = p.procs.iter().find(|(n, c)| n.starts_with("controller-manager") && holder.ends_with(&format!("_{}", c.id()))).map(|(n, _)| n.clone());
+    let leader = p
+        .procs
+        .iter()
+        .find(|(n, c)| n.starts_with("controller-manager") && holder.ends_with(&format!("_{}", c.id())))
+        .map(|(n, _)| n.clone());
     p.kill(&leader.expect("the lease names a running controller-manager"));
     let out = p.k(&["rollout", "status", "deploy/web", "--timeout=90s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
@@ -430,12 +504,17 @@ fn pods_of_a_dead_node_are_replaced_and_a_standby_manager_takes_over() {
     p.kill("agent-a");
     p.wait_for("a-0 unreachable", Duration::from_secs(30), |p| {
         let n = p.json(&["get", "node", "a-0"]);
-        n["spec"]["taints"].as_array().into_iter().flatten().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
+        n["spec"]["taints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
     });
     assert!(p.k(&["get", "node", "a-0"]).contains("NotReady"));
     p.wait_for("4 pods on b", Duration::from_secs(60), |p| {
         let live = p.live_pods("app=web");
-        live.len() == 4 && live.iter().all(|x| x["spec"]["nodeName"].as_str().is_some_and(|n| n.starts_with("b-")) && is_ready(x))
+        live.len() == 4
+            && live.iter().all(|x| x["spec"]["nodeName"].as_str().is_some_and(|n| n.starts_with("b-")) && is_ready(x))
     });
     p.wait_for("4 available again", Duration::from_secs(30), |p| p.deploy_available("web") == 4);
 }
@@ -443,13 +522,19 @@ fn pods_of_a_dead_node_are_replaced_and_a_standby_manager_takes_over() {
 #[test]
 fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() {
     let p = Plane::start(2);
-    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/web-statefulset.yaml")).unwrap();
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/web-statefulset.yaml")).unwrap();
     p.api.k_in(&["apply", "-f", "-"], &manifest);
     let out = p.k(&["rollout", "status", "sts/web", "--timeout=60s"]);
     assert!(out.contains("roll out complete"), "{out}");
     let sts = p.json(&["get", "sts", "web"]);
     let replicas = sts["spec"]["replicas"].as_i64().unwrap() as usize;
-    let selector: Vec<String> = sts["spec"]["selector"]["matchLabels"].as_object().unwrap().iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap())).collect();
+    let selector: Vec<String> = sts["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect();
     let selector = selector.join(",");
     let pods_by_name = |p: &Plane| -> std::collections::BTreeMap<String, Value> {
         p.live_pods(&selector).into_iter().map(|x| (x["metadata"]["name"].as_str().unwrap().to_string(), x)).collect()
@@ -462,13 +547,23 @@ fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() {
     for i in 1..replicas {
         let created = pods[&format!("web-{i}")]["metadata"]["creationTimestamp"].as_str().unwrap().to_string();
         let prev = &pods[&format!("web-{}", i - 1)];
-        let ready_at = prev["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["lastTransitionTime"].as_str().unwrap().to_string();
+        let ready_at = prev["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()
+            ["lastTransitionTime"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert!(created >= ready_at, "web-{i} created at {created} before web-{} was ready at {ready_at}", i - 1);
     }
     for (name, pod) in &pods {
         assert_eq!(pod["spec"]["hostname"], json!(name));
         assert_eq!(pod["spec"]["subdomain"], sts["spec"]["serviceName"]);
-        let claim = pod["spec"]["volumes"].as_array().unwrap().iter().find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str()).unwrap().to_string();
+        let claim = pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+            .unwrap()
+            .to_string();
         assert!(claim.ends_with(name.as_str()), "{claim}");
         p.k(&["get", "pvc", &claim]);
     }
@@ -482,7 +577,9 @@ fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() {
     for pod in pods.values() {
         assert_eq!(pod["spec"]["containers"][0]["image"], "nginx:next");
     }
-    let created: Vec<String> = (0..replicas).map(|i| pods[&format!("web-{i}")]["metadata"]["creationTimestamp"].as_str().unwrap().to_string()).collect();
+    let created: Vec<String> = (0..replicas)
+        .map(|i| pods[&format!("web-{i}")]["metadata"]["creationTimestamp"].as_str().unwrap().to_string())
+        .collect();
     assert!(created.windows(2).all(|w| w[0] >= w[1]), "replaced from the top: {created:?}");
     let hist = p.k(&["rollout", "history", "sts/web"]);
     assert!(hist.contains("1 ") && hist.contains("2 "), "{hist}");
@@ -538,7 +635,8 @@ fn daemonsets_run_one_pod_per_fitting_node() {
     .to_string();
     p.api.k_in(&["create", "-f", "-"], &ds);
     let nodes_of = |p: &Plane| -> Vec<String> {
-        let mut n: Vec<String> = p.live_pods("app=agent").iter().filter_map(|x| x["spec"]["nodeName"].as_str().map(String::from)).collect();
+        let mut n: Vec<String> =
+            p.live_pods("app=agent").iter().filter_map(|x| x["spec"]["nodeName"].as_str().map(String::from)).collect();
         n.sort();
         n
     };

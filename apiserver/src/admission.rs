@@ -24,10 +24,13 @@ pub fn default_tolerations(pod: &mut Value, t: Tolerations) {
         return;
     }
     let mut tols: Vec<Value> = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
-    for (key, secs) in [("node.kubernetes.io/not-ready", t.not_ready), ("node.kubernetes.io/unreachable", t.unreachable)] {
+    for (key, secs) in
+        [("node.kubernetes.io/not-ready", t.not_ready), ("node.kubernetes.io/unreachable", t.unreachable)]
+    {
         let covered = tols.iter().any(|x| {
             let effect_ok = x["effect"].as_str().is_none_or(|e| e.is_empty() || e == "NoExecute");
-            let key_ok = x["key"].as_str() == Some(key) || (x["operator"] == "Exists" && x["key"].as_str().is_none_or(|k| k.is_empty()));
+            let key_ok = x["key"].as_str() == Some(key)
+                || (x["operator"] == "Exists" && x["key"].as_str().is_none_or(|k| k.is_empty()));
             effect_ok && key_ok
         });
         if !covered {

@@ -31,14 +31,18 @@ impl Default for Ranges {
 
 impl Ranges {
     pub fn parse(cidr: &str, ports: &str) -> anyhow::Result<Ranges> {
-        let (ip, len) = cidr.split_once('/').ok_or_else(|| anyhow::anyhow!("{cidr:?} is not a CIDR like 10.96.0.0/12"))?;
+        let (ip, len) =
+            cidr.split_once('/').ok_or_else(|| anyhow::anyhow!("{cidr:?} is not a CIDR like 10.96.0.0/12"))?;
         let ip: Ipv4Addr = ip.parse().map_err(|_| anyhow::anyhow!("{cidr:?}: {ip:?} is not an IPv4 address"))?;
         let len: u32 = len.parse().ok().filter(|l| (8..=28).contains(l)).ok_or_else(|| {
-            anyhow::anyhow!("{cidr:?}: the prefix length must be between 8 and 28 (a service range of 16 to 2^24 addresses)")
+            anyhow::anyhow!(
+                "{cidr:?}: the prefix length must be between 8 and 28 (a service range of 16 to 2^24 addresses)"
+            )
         })?;
         let size = 1u32 << (32 - len);
         let net = u32::from(ip) & !(size - 1);
-        let (lo, hi) = ports.split_once('-').ok_or_else(|| anyhow::anyhow!("{ports:?} is not a port range like 30000-32767"))?;
+        let (lo, hi) =
+            ports.split_once('-').ok_or_else(|| anyhow::anyhow!("{ports:?} is not a port range like 30000-32767"))?;
         let (lo, hi): (u16, u16) = match (lo.trim().parse(), hi.trim().parse()) {
             (Ok(l), Ok(h)) if l > 0 && l <= h => (l, h),
             _ => anyhow::bail!("{ports:?} is not a port range like 30000-32767"),
@@ -139,15 +143,26 @@ async fn allocate_into(
     let ip = match (old_ip, asked) {
         _ if external => None,
         (Some(o), Some(n)) if o != n => {
-            return Err(invalid("spec.clusterIPs[0]".into(), format!("Invalid value: []string{{\"{n}\"}}: may not change once set")))
+            return Err(invalid(
+                "spec.clusterIPs[0]".into(),
+                format!("Invalid value: []string{{\"{n}\"}}: may not change once set"),
+            ))
         }
         (Some(o), _) => Some(o),
         (_, Some(n)) if n == "None" => Some(n),
         (_, Some(n)) => {
             let parsed: Ipv4Addr = n.parse().map_err(|_| {
-                invalid("spec.clusterIPs[0]".into(), format!("Invalid value: \"{n}\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))
+                invalid(
+                    "spec.clusterIPs[0]".into(),
+                    format!("Invalid value: \"{n}\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"),
+                )
             })?;
-            let fail = |why: String| invalid("spec.clusterIPs".into(), format!("Invalid value: []string{{\"{n}\"}}: failed to allocate IP {n}: {why}"));
+            let fail = |why: String| {
+                invalid(
+                    "spec.clusterIPs".into(),
+                    format!("Invalid value: []string{{\"{n}\"}}: failed to allocate IP {n}: {why}"),
+                )
+            };
             if !ranges.contains(parsed) {
                 return Err(fail(format!(
                     "the provided IP ({n}) is not in the valid range. The range of valid IPs is {}",
@@ -176,7 +191,11 @@ async fn allocate_into(
                 }
             }
             Some(found.ok_or_else(|| {
-                ApiError::new(500, "InternalError", format!("Internal error occurred: failed to allocate a serviceIP: range is full ({})", ranges.cidr))
+                ApiError::new(
+                    500,
+                    "InternalError",
+                    format!("Internal error occurred: failed to allocate a serviceIP: range is full ({})", ranges.cidr),
+                )
             })?)
         }
     };
@@ -194,10 +213,8 @@ async fn allocate_into(
     }
 
     // Node ports.
-    let old_ports: Vec<Value> = old
-        .filter(|o| wants_node_ports(o))
-        .and_then(|o| o["spec"]["ports"].as_array().cloned())
-        .unwrap_or_default();
+    let old_ports: Vec<Value> =
+        old.filter(|o| wants_node_ports(o)).and_then(|o| o["spec"]["ports"].as_array().cloned()).unwrap_or_default();
     let want = wants_node_ports(svc);
     let (lo, hi) = ranges.ports;
     let Some(ports) = svc["spec"]["ports"].as_array_mut() else { return Ok(()) };
@@ -248,7 +265,11 @@ async fn allocate_into(
                     }
                 }
                 found.ok_or_else(|| {
-                    ApiError::new(500, "InternalError", format!("Internal error occurred: failed to allocate a nodePort: range is full ({lo}-{hi})"))
+                    ApiError::new(
+                        500,
+                        "InternalError",
+                        format!("Internal error occurred: failed to allocate a nodePort: range is full ({lo}-{hi})"),
+                    )
                 })?
             }
         };
@@ -277,7 +298,10 @@ mod tests {
     #[test]
     fn held_lists_ip_and_node_ports() {
         let svc = json!({"spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80, "nodePort": 30001}, {"port": 81}]}});
-        assert_eq!(held(&svc), vec!["/registry/ranges/serviceips/10.96.0.9", "/registry/ranges/servicenodeports/30001"]);
+        assert_eq!(
+            held(&svc),
+            vec!["/registry/ranges/serviceips/10.96.0.9", "/registry/ranges/servicenodeports/30001"]
+        );
         assert!(held(&json!({"spec": {"clusterIP": "None"}})).is_empty());
     }
 }

@@ -295,7 +295,16 @@ async fn resource(
             )));
         }
     }
-    let h = Handler { store: &app.store, caches: &app.caches, ranges: &app.ranges, tolerations: app.tolerations, r: t.r, ns: t.namespace.as_deref(), q: &q, fmt };
+    let h = Handler {
+        store: &app.store,
+        caches: &app.caches,
+        ranges: &app.ranges,
+        tolerations: app.tolerations,
+        r: t.r,
+        ns: t.namespace.as_deref(),
+        q: &q,
+        fmt,
+    };
     match (method, t.name.as_deref(), t.sub.as_deref()) {
         (Method::GET, None, _) if q.flag("watch") => h.watch().await,
         (Method::GET, None, _) => h.list().await,
@@ -787,7 +796,11 @@ impl Handler<'_> {
         for _attempt in 0..5 {
             let cur = self.get(name).await?;
             let conflict = |why: String| {
-                ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"))
+                ApiError::new(
+                    409,
+                    "Conflict",
+                    format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"),
+                )
             };
             if cur.obj["metadata"]["deletionTimestamp"].is_string() {
                 return Err(conflict(format!("pod {name} is being deleted, cannot be assigned to a host")));

@@ -86,7 +86,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
     pki.write_kubeconfig(&kubeconfig, &format!("https://{host}:{}", https.port()))?;
 
-    let app = Arc::new(http::App { store, caches: watchcache::WatchCaches::default(), ranges: cfg.ranges.clone(), tolerations: cfg.tolerations });
+    let app = Arc::new(http::App {
+        store,
+        caches: watchcache::WatchCaches::default(),
+        ranges: cfg.ranges.clone(),
+        tolerations: cfg.tolerations,
+    });
     {
         let app = app.clone();
         tokio::spawn(async move {

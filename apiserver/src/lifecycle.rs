@@ -195,7 +195,8 @@ mod tests {
 
     #[test]
     fn namespaces_wait_for_their_spec_finalizers() {
-        let ns = json!({"metadata": {"name": "x"}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        let ns =
+            json!({"metadata": {"name": "x"}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
         let Deletion::Mark(m) = plan(res("namespaces"), &ns, &opts(json!({})), 0) else { panic!() };
         assert_eq!(m["status"]["phase"], json!("Terminating"));
         assert!(!finished(res("namespaces"), &m));

@@ -122,7 +122,8 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             ]
         }
         "events" => {
-            let seen = o["lastTimestamp"].as_str().or(o["eventTime"].as_str()).or(o["metadata"]["creationTimestamp"].as_str());
+            let seen =
+                o["lastTimestamp"].as_str().or(o["eventTime"].as_str()).or(o["metadata"]["creationTimestamp"].as_str());
             let first = o["firstTimestamp"].as_str().or(o["eventTime"].as_str());
             let since = |t: Option<&str>| match t.and_then(parse_rfc3339) {
                 Some(t) => human_duration(now() - t),
@@ -133,7 +134,11 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
                 json!(since(seen)),
                 json!(o["type"].as_str().unwrap_or("")),
                 json!(o["reason"].as_str().unwrap_or("")),
-                json!(format!("{}/{}", obj["kind"].as_str().unwrap_or("").to_lowercase(), obj["name"].as_str().unwrap_or(""))),
+                json!(format!(
+                    "{}/{}",
+                    obj["kind"].as_str().unwrap_or("").to_lowercase(),
+                    obj["name"].as_str().unwrap_or("")
+                )),
                 json!(obj["fieldPath"].as_str().unwrap_or("")),
                 json!(o["source"]["component"].as_str().or(o["reportingComponent"].as_str()).unwrap_or("")),
                 json!(o["message"].as_str().unwrap_or("")),
@@ -154,7 +159,8 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             vec![name, json!(first_three(&list)), json!(age(o))]
         }
         "endpointslices" => {
-            let ports: Vec<String> = o["ports"].as_array().into_iter().flatten().map(|p| int(&p["port"]).to_string()).collect();
+            let ports: Vec<String> =
+                o["ports"].as_array().into_iter().flatten().map(|p| int(&p["port"]).to_string()).collect();
             let addrs: Vec<String> = o["endpoints"]
                 .as_array()
                 .into_iter()
@@ -163,7 +169,13 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
                 .filter_map(|a| a.as_str().map(String::from))
                 .collect();
             let ports = if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") };
-            vec![name, json!(o["addressType"].as_str().unwrap_or("")), json!(ports), json!(first_three(&addrs)), json!(age(o))]
+            vec![
+                name,
+                json!(o["addressType"].as_str().unwrap_or("")),
+                json!(ports),
+                json!(first_three(&addrs)),
+                json!(age(o)),
+            ]
         }
         "leases" => vec![name, json!(o["spec"]["holderIdentity"].as_str().unwrap_or("")), json!(age(o))],
         "daemonsets" => {
@@ -182,7 +194,13 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             ]
         }
         "jobs" => {
-            let cond = |t: &str| o["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == t && c["status"] == "True");
+            let cond = |t: &str| {
+                o["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == t && c["status"] == "True")
+            };
             let status = if cond("Complete") {
                 "Complete"
             } else if cond("Failed") {
@@ -298,7 +316,11 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
                 .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
                 .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" })
                 .unwrap_or("Unknown");
-            let ready = if o["spec"]["unschedulable"] == json!(true) { format!("{ready},SchedulingDisabled") } else { ready.to_string() };
+            let ready = if o["spec"]["unschedulable"] == json!(true) {
+                format!("{ready},SchedulingDisabled")
+            } else {
+                ready.to_string()
+            };
             vec![
                 name,
                 json!(ready),
@@ -364,7 +386,11 @@ fn columns(r: &Resource) -> Vec<Value> {
         "jobs" => vec![
             name,
             col("Status", "string", "Status of the job."),
-            col("Completions", "string", "The desired number of successfully finished pods the job should be run with."),
+            col(
+                "Completions",
+                "string",
+                "The desired number of successfully finished pods the job should be run with.",
+            ),
             col("Duration", "string", "Time required to complete the job."),
             age,
         ],
@@ -437,7 +463,14 @@ pub fn partial_metadata(o: &Value) -> Value {
 /// events after the first, as kube-apiserver does). `include` is the request's
 /// `includeObject`: each row carries the whole object (`Object`, what `kubectl get
 /// --sort-by` asks for), its metadata (`Metadata`, the default) or nothing (`None`).
-pub fn table(r: &Resource, items: &[Value], resource_version: &str, cont: Option<&str>, headers: bool, include: Option<&str>) -> Value {
+pub fn table(
+    r: &Resource,
+    items: &[Value],
+    resource_version: &str,
+    cont: Option<&str>,
+    headers: bool,
+    include: Option<&str>,
+) -> Value {
     let rows: Vec<Value> = items
         .iter()
         .map(|o| match include {
@@ -479,7 +512,11 @@ mod tests {
             "status": {"phase": "Running", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
         let t = table(r, std::slice::from_ref(&pod), "7", None, true, None);
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
-        assert_eq!(table(r, std::slice::from_ref(&pod), "7", None, true, Some("Object"))["rows"][0]["object"], pod, "for --sort-by");
+        assert_eq!(
+            table(r, std::slice::from_ref(&pod), "7", None, true, Some("Object"))["rows"][0]["object"],
+            pod,
+            "for --sort-by"
+        );
         assert!(table(r, &[pod], "7", None, true, Some("None"))["rows"][0].get("object").is_none());
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "web");

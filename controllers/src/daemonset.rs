@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
-use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Toleration,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -45,7 +47,11 @@ fn daemon_tolerations() -> Vec<Toleration> {
 /// A pod of the set's template with the daemon tolerations, on no node yet.
 fn template_pod(ds: &DaemonSet, hash: &str) -> Pod {
     let spec = ds.spec.clone().unwrap_or_default();
-    let mut pod = pods::from_template(&spec.template, pods::namespace(&ds.metadata), pods::controller_ref("apps/v1", "DaemonSet", &ds.metadata));
+    let mut pod = pods::from_template(
+        &spec.template,
+        pods::namespace(&ds.metadata),
+        pods::controller_ref("apps/v1", "DaemonSet", &ds.metadata),
+    );
     pod.metadata.generate_name = Some(format!("{}-", pods::name(&ds.metadata)));
     pod.metadata.labels.get_or_insert_with(BTreeMap::new).insert(REVISION_LABEL.into(), hash.into());
     let tols = pod.spec.get_or_insert_with(Default::default).tolerations.get_or_insert_with(Vec::new);
@@ -61,7 +67,8 @@ fn template_pod(ds: &DaemonSet, hash: &str) -> Pod {
 /// of the template's required node-affinity terms, as Kubernetes does).
 fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
     let mut pod = template_pod(ds, hash);
-    let pin = NodeSelectorRequirement { key: "metadata.name".into(), operator: "In".into(), values: Some(vec![node.into()]) };
+    let pin =
+        NodeSelectorRequirement { key: "metadata.name".into(), operator: "In".into(), values: Some(vec![node.into()]) };
     let ps = pod.spec.get_or_insert_with(Default::default);
     let na = ps.affinity.get_or_insert_with(Affinity::default).node_affinity.get_or_insert_with(NodeAffinity::default);
     match na.required_during_scheduling_ignored_during_execution.as_mut() {
@@ -72,7 +79,8 @@ fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
         }
         _ => {
             let term = NodeSelectorTerm { match_fields: Some(vec![pin]), match_expressions: None };
-            na.required_during_scheduling_ignored_during_execution = Some(NodeSelector { node_selector_terms: vec![term] });
+            na.required_during_scheduling_ignored_during_execution =
+                Some(NodeSelector { node_selector_terms: vec![term] });
         }
     }
     pod
@@ -84,8 +92,19 @@ fn node_of(p: &Pod) -> Option<String> {
     if let Some(n) = spec.node_name.clone().filter(|n| !n.is_empty()) {
         return Some(n);
     }
-    let terms = &spec.affinity.as_ref()?.node_affinity.as_ref()?.required_during_scheduling_ignored_during_execution.as_ref()?.node_selector_terms;
-    terms.iter().flat_map(|t| t.match_fields.iter().flatten()).find(|f| f.key == "metadata.name").and_then(|f| f.values.as_ref()?.first().cloned())
+    let terms = &spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms
+        .iter()
+        .flat_map(|t| t.match_fields.iter().flatten())
+        .find(|f| f.key == "metadata.name")
+        .and_then(|f| f.values.as_ref()?.first().cloned())
 }
 
 pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -102,12 +121,21 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
     let fits = |n: &NodeInfo| {
         let tols = probe.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
         node_affinity_ok(&probe, n)
-            && n.taints.iter().filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute").all(|t| tols.iter().any(|tol| tolerates(tol, t)))
+            && n.taints
+                .iter()
+                .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+                .all(|t| tols.iter().any(|tol| tolerates(tol, t)))
     };
-    let nodes: BTreeMap<String, bool> = ctx.nodes.state().iter().map(|n| (pods::name(&n.metadata).to_string(), fits(&NodeInfo::from_node(n)))).collect();
+    let nodes: BTreeMap<String, bool> = ctx
+        .nodes
+        .state()
+        .iter()
+        .map(|n| (pods::name(&n.metadata).to_string(), fits(&NodeInfo::from_node(n))))
+        .collect();
     let mut by_node: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
     let mut owned = Vec::new();
-    for p in crate::informer::in_namespace(&ctx.pods, ns).into_iter().filter(|p| pods::controlled_by(&p.metadata, uid)) {
+    for p in crate::informer::in_namespace(&ctx.pods, ns).into_iter().filter(|p| pods::controlled_by(&p.metadata, uid))
+    {
         owned.push(p.clone());
         if pods::is_active(&p) {
             by_node.entry(node_of(&p).unwrap_or_default()).or_default().push(p);
@@ -125,7 +153,14 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
             if *fit && here.is_empty() {
                 let p = pod_api.create(&PostParams::default(), &pod_for(&ds, node, &hash)).await?;
                 ctx.expectations.created(uid, pods::name(&p.metadata).to_string());
-                ctx.recorder.record(ds.as_ref(), "Normal", "SuccessfulCreate", format!("Created pod: {}", pods::name(&p.metadata))).await;
+                ctx.recorder
+                    .record(
+                        ds.as_ref(),
+                        "Normal",
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", pods::name(&p.metadata)),
+                    )
+                    .await;
                 changed = true;
             }
             let keep = usize::from(*fit);
@@ -150,17 +185,25 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let strategy = spec.update_strategy.clone().unwrap_or_default();
     let desired = nodes.values().filter(|f| **f).count() as i32;
-    let scheduled: Vec<&Arc<Pod>> = nodes.iter().filter(|(_, f)| **f).filter_map(|(n, _)| by_node.get(n).and_then(|v| v.first())).collect();
+    let scheduled: Vec<&Arc<Pod>> =
+        nodes.iter().filter(|(_, f)| **f).filter_map(|(n, _)| by_node.get(n).and_then(|v| v.first())).collect();
     let available = scheduled.iter().filter(|p| pods::is_available(p, min_ready, now)).count() as i32;
-    let updated = scheduled.iter().filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(REVISION_LABEL)) == Some(&hash)).count() as i32;
+    let updated = scheduled
+        .iter()
+        .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(REVISION_LABEL)) == Some(&hash))
+        .count() as i32;
     if met && !changed && strategy.type_.as_deref() != Some("OnDelete") {
         let max_unavailable = match strategy.rolling_update.and_then(|r| r.max_unavailable) {
             Some(IntOrString::Int(i)) => i.max(1),
-            Some(IntOrString::String(s)) => ((s.trim_end_matches('%').parse::<i64>().unwrap_or(0) * desired as i64) / 100).max(1) as i32,
+            Some(IntOrString::String(s)) => {
+                ((s.trim_end_matches('%').parse::<i64>().unwrap_or(0) * desired as i64) / 100).max(1) as i32
+            }
             None => 1,
         };
         let mut budget = max_unavailable - (desired - available);
-        for p in scheduled.iter().filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(REVISION_LABEL)) != Some(&hash)) {
+        for p in
+            scheduled.iter().filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(REVISION_LABEL)) != Some(&hash))
+        {
             if budget <= 0 {
                 break;
             }
@@ -169,7 +212,11 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
             budget -= 1;
         }
     }
-    let misscheduled = by_node.iter().filter(|(n, _)| !nodes.get(*n).copied().unwrap_or(false)).map(|(_, v)| v.len() as i32).sum::<i32>();
+    let misscheduled = by_node
+        .iter()
+        .filter(|(n, _)| !nodes.get(*n).copied().unwrap_or(false))
+        .map(|(_, v)| v.len() as i32)
+        .sum::<i32>();
     let status = DaemonSetStatus {
         desired_number_scheduled: desired,
         current_number_scheduled: scheduled.len() as i32,

@@ -31,7 +31,8 @@ pub const HASH: &str = "pod-template-hash";
 const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
 const MAX: &str = "deployment.kubernetes.io/max-replicas";
 /// Annotations of the Deployment not copied to its ReplicaSets.
-const NOT_COPIED: [&str; 3] = ["kubectl.kubernetes.io/last-applied-configuration", REVISION, "deployment.kubernetes.io/revision-history"];
+const NOT_COPIED: [&str; 3] =
+    ["kubectl.kubernetes.io/last-applied-configuration", REVISION, "deployment.kubernetes.io/revision-history"];
 
 /// `maxSurge` and `maxUnavailable` as pod counts (surge rounds up, unavailable down;
 /// both zero would deadlock, so unavailable becomes 1).
@@ -215,7 +216,12 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
             match rs_api.create(&PostParams::default(), &rs).await {
                 Ok(rs) => {
                     ctx.recorder
-                        .record(d.as_ref(), "Normal", "ScalingReplicaSet", format!("Scaled up replica set {rs_name} from 0 to {initial}"))
+                        .record(
+                            d.as_ref(),
+                            "Normal",
+                            "ScalingReplicaSet",
+                            format!("Scaled up replica set {rs_name} from 0 to {initial}"),
+                        )
                         .await;
                     rss.push(rs);
                     created = true;
@@ -240,7 +246,9 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
     if let Some(n) = new_idx {
         if paused {
             // Scaling while paused resizes the current ReplicaSet.
-            if spec_replicas(&rss[n]) != replicas && rss.iter().enumerate().all(|(i, rs)| i == n || spec_replicas(rs) == 0) {
+            if spec_replicas(&rss[n]) != replicas
+                && rss.iter().enumerate().all(|(i, rs)| i == n || spec_replicas(rs) == 0)
+            {
                 scale(&ctx, &d, &rs_api, &mut rss[n], replicas, replicas + surge).await?;
             }
         } else if spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate") {
@@ -269,7 +277,12 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
 }
 
 fn copied_annotations(meta: &ObjectMeta) -> BTreeMap<String, String> {
-    meta.annotations.iter().flatten().filter(|(k, _)| !NOT_COPIED.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
+    meta.annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -420,7 +433,11 @@ fn condition(
         status: status.into(),
         reason: Some(reason.into()),
         message: Some(message),
-        last_update_time: if same && !progressed { old.and_then(|o| o.last_update_time.clone()) } else { Some(now.clone()) },
+        last_update_time: if same && !progressed {
+            old.and_then(|o| o.last_update_time.clone())
+        } else {
+            Some(now.clone())
+        },
         last_transition_time: if old.is_some_and(|o| o.status == status) {
             old.and_then(|o| o.last_transition_time.clone())
         } else {
@@ -453,7 +470,14 @@ fn status(
     let find = |t: &str| old.conditions.iter().flatten().find(|c| c.type_ == t);
 
     let available_cond = if avail >= replicas - max_unavailable {
-        condition(find("Available"), "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into(), false)
+        condition(
+            find("Available"),
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.".into(),
+            false,
+        )
     } else {
         condition(
             find("Available"),
@@ -471,20 +495,51 @@ fn status(
     let progressing = if paused {
         condition(prev, "Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), false)
     } else if complete {
-        condition(prev, "Progressing", "True", "NewReplicaSetAvailable", format!("ReplicaSet \"{new_name}\" has successfully progressed."), false)
+        condition(
+            prev,
+            "Progressing",
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+            false,
+        )
     } else if created {
-        condition(prev, "Progressing", "True", "NewReplicaSetCreated", format!("Created new replica set \"{new_name}\""), true)
+        condition(
+            prev,
+            "Progressing",
+            "True",
+            "NewReplicaSetCreated",
+            format!("Created new replica set \"{new_name}\""),
+            true,
+        )
     } else {
-        let since = prev.and_then(|c| c.last_update_time.as_ref()).map(|t| Timestamp::now().duration_since(t.0).as_secs());
+        let since =
+            prev.and_then(|c| c.last_update_time.as_ref()).map(|t| Timestamp::now().duration_since(t.0).as_secs());
         let stalled = !progressed
-            && prev.is_some_and(|c| c.reason.as_deref() != Some("NewReplicaSetAvailable") && c.reason.as_deref() != Some("DeploymentPaused"))
+            && prev.is_some_and(|c| {
+                c.reason.as_deref() != Some("NewReplicaSetAvailable") && c.reason.as_deref() != Some("DeploymentPaused")
+            })
             && since.is_some_and(|s| s > deadline);
         if stalled || prev.is_some_and(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded")) && !progressed {
-            condition(prev, "Progressing", "False", "ProgressDeadlineExceeded", format!("ReplicaSet \"{new_name}\" has timed out progressing."), false)
+            condition(
+                prev,
+                "Progressing",
+                "False",
+                "ProgressDeadlineExceeded",
+                format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+                false,
+            )
         } else {
             let left = deadline - if progressed { 0 } else { since.unwrap_or(0) };
             recheck = Some(Duration::from_secs(left.max(0) as u64 + 1));
-            condition(prev, "Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet \"{new_name}\" is progressing."), progressed)
+            condition(
+                prev,
+                "Progressing",
+                "True",
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{new_name}\" is progressing."),
+                progressed,
+            )
         }
     };
     let status = DeploymentStatus {
@@ -536,13 +591,19 @@ mod tests {
 
     #[test]
     fn hashes_are_stable_and_ignore_the_hash_label() {
-        let t: PodTemplateSpec = serde_json::from_value(json!({"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}})).unwrap();
+        let t: PodTemplateSpec = serde_json::from_value(
+            json!({"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+        )
+        .unwrap();
         assert_eq!(template_hash(&t, 0), template_hash(&t.clone(), 0));
         assert_ne!(template_hash(&t, 0), template_hash(&t, 1));
         assert!(template_hash(&t, 0).chars().all(|c| c.is_ascii_alphanumeric()));
         let mut labelled = t.clone();
         labelled.metadata.as_mut().unwrap().labels.as_mut().unwrap().insert(HASH.into(), "x".into());
-        let rs = ReplicaSet { spec: Some(ReplicaSetSpec { template: Some(labelled), ..Default::default() }), ..Default::default() };
+        let rs = ReplicaSet {
+            spec: Some(ReplicaSetSpec { template: Some(labelled), ..Default::default() }),
+            ..Default::default()
+        };
         assert!(same_template(&rs, &t));
     }
 }

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
 };
-use k8s_openapi::api::discovery::v1::{
-    Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice,
-};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
@@ -28,7 +26,10 @@ pub fn services_of(pod: &Pod, services: &kube::runtime::reflector::Store<Service
     crate::informer::in_namespace(services, ns)
         .into_iter()
         .filter(|s| {
-            s.spec.as_ref().and_then(|sp| sp.selector.as_ref()).is_some_and(|sel| labels::map_matches(sel, pod.metadata.labels.as_ref()))
+            s.spec
+                .as_ref()
+                .and_then(|sp| sp.selector.as_ref())
+                .is_some_and(|sel| labels::map_matches(sel, pod.metadata.labels.as_ref()))
         })
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
@@ -80,8 +81,9 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
         let ports: Option<Ports> = svc_ports
             .iter()
             .map(|sp| {
-                resolve_port(sp.target_port.as_ref(), sp.port, p)
-                    .map(|port| (sp.name.clone().unwrap_or_default(), port, sp.protocol.clone().unwrap_or_else(|| "TCP".into())))
+                resolve_port(sp.target_port.as_ref(), sp.port, p).map(|port| {
+                    (sp.name.clone().unwrap_or_default(), port, sp.protocol.clone().unwrap_or_else(|| "TCP".into()))
+                })
             })
             .collect();
         let Some(ports) = ports else { continue };
@@ -126,7 +128,12 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
             ports: Some(
                 ports
                     .into_iter()
-                    .map(|(n, port, proto)| EndpointPort { name: (!n.is_empty()).then_some(n), port, protocol: Some(proto), app_protocol: None })
+                    .map(|(n, port, proto)| EndpointPort {
+                        name: (!n.is_empty()).then_some(n),
+                        port,
+                        protocol: Some(proto),
+                        app_protocol: None,
+                    })
                     .collect(),
             ),
         })
@@ -164,7 +171,10 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
     }
 
     let slice_api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
-    let slice_name = format!("{name}-{}", &pods::uid(meta).chars().filter(|c| c.is_ascii_alphanumeric()).take(5).collect::<String>());
+    let slice_name = format!(
+        "{name}-{}",
+        &pods::uid(meta).chars().filter(|c| c.is_ascii_alphanumeric()).take(5).collect::<String>()
+    );
     let mut slice_labels = meta.labels.clone().unwrap_or_default();
     slice_labels.insert("kubernetes.io/service-name".into(), name.into());
     slice_labels.insert("endpointslice.kubernetes.io/managed-by".into(), "endpointslice-controller.k8s.io".into());
@@ -182,7 +192,12 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
             slice_ports
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(n, port, proto)| SlicePort { name: Some(n), port: Some(port), protocol: Some(proto), app_protocol: None })
+                .map(|(n, port, proto)| SlicePort {
+                    name: Some(n),
+                    port: Some(port),
+                    protocol: Some(proto),
+                    app_protocol: None,
+                })
                 .collect(),
         ),
     };

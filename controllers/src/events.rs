@@ -44,11 +44,7 @@ impl Recorder {
                 return;
             }
         }
-        let name = format!(
-            "{}.{:x}",
-            r.name.as_deref().unwrap_or("object"),
-            Timestamp::now().as_nanosecond() as u64
-        );
+        let name = format!("{}.{:x}", r.name.as_deref().unwrap_or("object"), Timestamp::now().as_nanosecond() as u64);
         let ev = Event {
             metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns), ..Default::default() },
             involved_object: r,

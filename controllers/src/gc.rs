@@ -15,6 +15,7 @@ use futures::StreamExt;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
+use kube::ResourceExt;
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -121,7 +122,11 @@ impl Gc {
     }
 
     /// Is the owner `r` of an object in `ns` really there (same uid)?
-    async fn owner_exists(&self, r: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference, ns: Option<&str>) -> kube::Result<bool> {
+    async fn owner_exists(
+        &self,
+        r: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+        ns: Option<&str>,
+    ) -> kube::Result<bool> {
         let Some(k) = self.kind_of(&r.api_version, &r.kind) else { return Ok(true) };
         Ok(self.api(k, ns).get_opt(&r.name).await?.is_some_and(|o| o.metadata.uid.as_deref() == Some(r.uid.as_str())))
     }
@@ -131,7 +136,8 @@ impl Gc {
         for k in &self.kinds {
             all.extend(k.store.state().into_iter().map(|o| (k, o)));
         }
-        let uids: HashMap<&str, ()> = all.iter().filter_map(|(_, o)| o.metadata.uid.as_deref()).map(|u| (u, ())).collect();
+        let uids: HashMap<&str, ()> =
+            all.iter().filter_map(|(_, o)| o.metadata.uid.as_deref()).map(|u| (u, ())).collect();
         let mut dependents: HashMap<String, Vec<(&Kind, Arc<DynamicObject>)>> = HashMap::new();
         for (k, o) in &all {
             for r in o.metadata.owner_references.iter().flatten() {
@@ -149,9 +155,14 @@ impl Gc {
             let deps = dependents.get(&uid).cloned().unwrap_or_default();
             if fins.iter().any(|f| f == "orphan") {
                 for (dk, d) in &deps {
-                    let refs: Vec<_> = d.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
-                    let p = json!({"metadata": {"ownerReferences": refs, "resourceVersion": d.metadata.resource_version}});
-                    let _ = self.api(dk, d.metadata.namespace.as_deref()).patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(&p)).await;
+                    let refs: Vec<_> =
+                        d.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
+                    let p =
+                        json!({"metadata": {"ownerReferences": refs, "resourceVersion": d.metadata.resource_version}});
+                    let _ = self
+                        .api(dk, d.metadata.namespace.as_deref())
+                        .patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(&p))
+                        .await;
                 }
                 if deps.is_empty() {
                     self.drop_finalizer(k, o, "orphan").await?;
@@ -188,7 +199,10 @@ impl Gc {
             } else {
                 let keep: Vec<_> = refs.iter().filter(|r| !missing.contains(&r.uid)).cloned().collect();
                 let p = json!({"metadata": {"ownerReferences": keep, "resourceVersion": o.metadata.resource_version}});
-                let _ = self.api(k, o.metadata.namespace.as_deref()).patch(&o.name_any(), &PatchParams::default(), &Patch::Merge(&p)).await;
+                let _ = self
+                    .api(k, o.metadata.namespace.as_deref())
+                    .patch(&o.name_any(), &PatchParams::default(), &Patch::Merge(&p))
+                    .await;
             }
         }
         Ok(())
@@ -210,12 +224,14 @@ impl Gc {
     async fn drop_finalizer(&self, k: &Kind, o: &DynamicObject, f: &str) -> kube::Result<()> {
         let fins: Vec<_> = o.metadata.finalizers.iter().flatten().filter(|x| *x != f).cloned().collect();
         let p = json!({"metadata": {"finalizers": fins, "resourceVersion": o.metadata.resource_version}});
-        match self.api(k, o.metadata.namespace.as_deref()).patch(&o.name_any(), &PatchParams::default(), &Patch::Merge(&p)).await {
+        match self
+            .api(k, o.metadata.namespace.as_deref())
+            .patch(&o.name_any(), &PatchParams::default(), &Patch::Merge(&p))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
             Err(e) => Err(e),
         }
     }
 }
-
-use kube::ResourceExt;

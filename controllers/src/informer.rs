@@ -54,7 +54,9 @@ where
                     match e {
                         Ok(ev) => {
                             writer.apply_watcher_event(&ev);
-                            if let watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) = ev {
+                            if let watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) =
+                                ev
+                            {
                                 for s in &subscribers {
                                     let _ = s.unbounded_send(o.clone());
                                 }

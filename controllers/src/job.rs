@@ -49,7 +49,10 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
     let backoff = spec.backoff_limit.unwrap_or(6).max(0);
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let owned: Vec<Arc<Pod>> = crate::informer::in_namespace(&ctx.pods, ns).into_iter().filter(|p| pods::controlled_by(&p.metadata, uid)).collect();
+    let owned: Vec<Arc<Pod>> = crate::informer::in_namespace(&ctx.pods, ns)
+        .into_iter()
+        .filter(|p| pods::controlled_by(&p.metadata, uid))
+        .collect();
     let succeeded = owned.iter().filter(|p| pods::phase(p) == "Succeeded").count() as i32;
     let failed = owned.iter().filter(|p| pods::phase(p) == "Failed").count() as i32;
     let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| pods::is_active(p)).collect();
@@ -85,7 +88,14 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             conditions.push(condition(type_, reason, message, &now));
             let kind = if type_ == "Complete" { "Normal" } else { "Warning" };
             let what = if type_ == "Complete" { "Completed" } else { reason };
-            ctx.recorder.record(job.as_ref(), kind, what, if type_ == "Complete" { "Job completed".into() } else { message.to_string() }).await;
+            ctx.recorder
+                .record(
+                    job.as_ref(),
+                    kind,
+                    what,
+                    if type_ == "Complete" { "Job completed".into() } else { message.to_string() },
+                )
+                .await;
         }
         None => {
             let met = ctx.expectations.met(
@@ -107,7 +117,9 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     let p = r?;
                     let pname = pods::name(&p.metadata).to_string();
                     ctx.expectations.created(uid, pname.clone());
-                    ctx.recorder.record(job.as_ref(), "Normal", "SuccessfulCreate", format!("Created pod: {pname}")).await;
+                    ctx.recorder
+                        .record(job.as_ref(), "Normal", "SuccessfulCreate", format!("Created pod: {pname}"))
+                        .await;
                     active_count += 1;
                 }
             } else if met && active_count > want {
@@ -127,7 +139,9 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         start_time: Some(start),
         completion_time,
         conditions: (!conditions.is_empty()).then_some(conditions),
-        terminating: Some(owned.iter().filter(|p| p.metadata.deletion_timestamp.is_some() && !pods::is_terminated(p)).count() as i32),
+        terminating: Some(
+            owned.iter().filter(|p| p.metadata.deletion_timestamp.is_some() && !pods::is_terminated(p)).count() as i32,
+        ),
         ..Default::default()
     };
     let mut cmp_old = old.clone();

@@ -132,7 +132,11 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let ds_ctrl = ds
         .owns_stream(pods.subscribe())
         .watches_stream(nodes.subscribe(), move |_: Node| {
-            daemonsets.state().iter().map(|d| kube::runtime::reflector::ObjectRef::from_obj(d.as_ref())).collect::<Vec<_>>()
+            daemonsets
+                .state()
+                .iter()
+                .map(|d| kube::runtime::reflector::ObjectRef::from_obj(d.as_ref()))
+                .collect::<Vec<_>>()
         })
         .run(daemonset::reconcile, retry, ctx.clone())
         .map(|_| ())

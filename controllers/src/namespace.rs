@@ -15,7 +15,8 @@ use crate::{Ctx, Error};
 
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = ns.metadata.name.clone().unwrap_or_default();
-    let waiting = ns.spec.as_ref().and_then(|s| s.finalizers.as_ref()).is_some_and(|f| f.iter().any(|x| x == "kubernetes"));
+    let waiting =
+        ns.spec.as_ref().and_then(|s| s.finalizers.as_ref()).is_some_and(|f| f.iter().any(|x| x == "kubernetes"));
     if ns.metadata.deletion_timestamp.is_none() || !waiting {
         return Ok(Action::await_change());
     }

@@ -43,7 +43,10 @@ pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
     }
     match tol.operator.as_deref() {
         Some("Exists") => tol.key.as_deref().is_none_or(|k| k.is_empty() || k == taint.key),
-        _ => tol.key.as_deref() == Some(taint.key.as_str()) && tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        _ => {
+            tol.key.as_deref() == Some(taint.key.as_str())
+                && tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+        }
     }
 }
 
@@ -54,7 +57,12 @@ pub fn eviction_time(pod: &Pod, taints: &[Taint]) -> Option<i64> {
     let mut when: Option<i64> = None;
     for t in taints.iter().filter(|t| t.effect == "NoExecute") {
         let added = t.time_added.as_ref().map(|x| x.0.as_second()).unwrap_or(0);
-        let at = match tols.iter().filter(|tol| tolerates(tol, t)).map(|tol| tol.toleration_seconds).min_by_key(|s| s.unwrap_or(i64::MAX)) {
+        let at = match tols
+            .iter()
+            .filter(|tol| tolerates(tol, t))
+            .map(|tol| tol.toleration_seconds)
+            .min_by_key(|s| s.unwrap_or(i64::MAX))
+        {
             None => 0,
             Some(None) => continue,
             Some(Some(secs)) => added + secs.max(0),
@@ -94,17 +102,19 @@ async fn pass(
         .filter_map(|l| Some((l.metadata.name.clone()?, l.spec.as_ref()?.renew_time.as_ref()?.0)))
         .collect();
     let mut taints_of: HashMap<String, Vec<Taint>> = HashMap::new();
-    let present: std::collections::HashSet<String> = nodes.state().iter().map(|n| pods::name(&n.metadata).to_string()).collect();
+    let present: std::collections::HashSet<String> =
+        nodes.state().iter().map(|n| pods::name(&n.metadata).to_string()).collect();
     first_seen.retain(|n, _| present.contains(n));
     for n in nodes.state() {
         let name = pods::name(&n.metadata).to_string();
         let ready = ready_condition(&n);
         let seen = *first_seen.entry(name.clone()).or_insert(now);
-        let beat = [renewals.get(&name).copied(), ready.and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0), Some(seen)]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(seen);
+        let beat =
+            [renewals.get(&name).copied(), ready.and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0), Some(seen)]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(seen);
         let stale = now.duration_since(beat).as_secs_f64() > s.grace.as_secs_f64();
         let status = ready.map(|c| c.status.as_str()).unwrap_or("Unknown");
         if stale && status != "Unknown" {
@@ -127,8 +137,12 @@ async fn pass(
                     c
                 })
                 .collect();
-            node_api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": conds}}))).await?;
-            ctx.recorder.record(n.as_ref(), "Normal", "NodeNotReady", format!("Node {name} status is now: NodeNotReady")).await;
+            node_api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": conds}})))
+                .await?;
+            ctx.recorder
+                .record(n.as_ref(), "Normal", "NodeNotReady", format!("Node {name} status is now: NodeNotReady"))
+                .await;
         }
         let current: Vec<Taint> = n.spec.as_ref().and_then(|sp| sp.taints.clone()).unwrap_or_default();
         let key = match (stale, status) {
@@ -141,11 +155,17 @@ async fn pass(
                 continue;
             }
         };
-        let mut want: Vec<Taint> = current.iter().filter(|t| t.key != UNREACHABLE && t.key != NOT_READY).cloned().collect();
+        let mut want: Vec<Taint> =
+            current.iter().filter(|t| t.key != UNREACHABLE && t.key != NOT_READY).cloned().collect();
         if let Some(k) = key {
             for effect in ["NoSchedule", "NoExecute"] {
                 let kept = current.iter().find(|t| t.key == k && t.effect == effect).cloned();
-                want.push(kept.unwrap_or(Taint { key: k.into(), effect: effect.into(), value: None, time_added: Some(Time(now)) }));
+                want.push(kept.unwrap_or(Taint {
+                    key: k.into(),
+                    effect: effect.into(),
+                    value: None,
+                    time_added: Some(Time(now)),
+                }));
             }
         }
         if want != current {
@@ -162,7 +182,8 @@ async fn pass(
         match taints_of.get(&node) {
             None => {
                 if node_api.get_opt(&node).await?.is_none() {
-                    let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(pre), ..Default::default() };
+                    let dp =
+                        DeleteParams { grace_period_seconds: Some(0), preconditions: Some(pre), ..Default::default() };
                     ignore_gone(api.delete(pods::name(&p.metadata), &dp).await)?;
                 }
             }
@@ -171,7 +192,11 @@ async fn pass(
                     if at <= now.as_second() {
                         let dp = DeleteParams { preconditions: Some(pre), ..Default::default() };
                         ignore_gone(api.delete(pods::name(&p.metadata), &dp).await)?;
-                        let msg = format!("Marking for deletion Pod {}/{}", pods::namespace(&p.metadata), pods::name(&p.metadata));
+                        let msg = format!(
+                            "Marking for deletion Pod {}/{}",
+                            pods::namespace(&p.metadata),
+                            pods::name(&p.metadata)
+                        );
                         ctx.recorder.record(p.as_ref(), "Normal", "TaintManagerEviction", msg).await;
                     }
                 }
@@ -195,7 +220,12 @@ mod tests {
     use super::*;
 
     fn taint(key: &str, effect: &str, added: i64) -> Taint {
-        Taint { key: key.into(), effect: effect.into(), value: None, time_added: Some(Time(Timestamp::from_second(added).unwrap())) }
+        Taint {
+            key: key.into(),
+            effect: effect.into(),
+            value: None,
+            time_added: Some(Time(Timestamp::from_second(added).unwrap())),
+        }
     }
 
     #[test]
@@ -213,7 +243,8 @@ mod tests {
         }]);
         assert_eq!(eviction_time(&pod, &t), Some(1300));
         assert_eq!(eviction_time(&pod, &[taint(UNREACHABLE, "NoSchedule", 0)]), None, "NoSchedule evicts nobody");
-        pod.spec.as_mut().unwrap().tolerations = Some(vec![Toleration { operator: Some("Exists".into()), ..Default::default() }]);
+        pod.spec.as_mut().unwrap().tolerations =
+            Some(vec![Toleration { operator: Some("Exists".into()), ..Default::default() }]);
         assert_eq!(eviction_time(&pod, &t), None, "tolerates everything forever");
     }
 }

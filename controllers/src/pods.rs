@@ -126,7 +126,10 @@ pub fn uid(meta: &ObjectMeta) -> &str {
 /// Deletes this very pod (a uid precondition, so a namesake created meanwhile is safe);
 /// a pod already gone or replaced is not an error.
 pub async fn delete(api: &Api<Pod>, p: &Pod) -> kube::Result<()> {
-    let dp = DeleteParams { preconditions: Some(Preconditions { uid: p.metadata.uid.clone(), resource_version: None }), ..Default::default() };
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions { uid: p.metadata.uid.clone(), resource_version: None }),
+        ..Default::default()
+    };
     match api.delete(name(&p.metadata), &dp).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),

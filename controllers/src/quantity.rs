@@ -53,7 +53,9 @@ pub fn pod_requests(spec: &PodSpec) -> (i64, i64) {
         let r = c.resources.as_ref()?;
         r.requests.as_ref().and_then(|m| m.get(k)).or_else(|| r.limits.as_ref().and_then(|m| m.get(k))).cloned()
     };
-    let sum = |k: &str, f: fn(&Quantity) -> i64| -> i64 { spec.containers.iter().filter_map(|c| req(c, k)).map(|q| f(&q)).sum() };
+    let sum = |k: &str, f: fn(&Quantity) -> i64| -> i64 {
+        spec.containers.iter().filter_map(|c| req(c, k)).map(|q| f(&q)).sum()
+    };
     let init = |k: &str, f: fn(&Quantity) -> i64| -> i64 {
         spec.init_containers.iter().flatten().filter_map(|c| req(c, k)).map(|q| f(&q)).max().unwrap_or(0)
     };

@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
@@ -72,7 +72,9 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
                 Ok(p) => {
                     let pname = pods::name(&p.metadata).to_string();
                     ctx.expectations.created(uid, pname.clone());
-                    ctx.recorder.record(rs.as_ref(), "Normal", "SuccessfulCreate", format!("Created pod: {pname}")).await;
+                    ctx.recorder
+                        .record(rs.as_ref(), "Normal", "SuccessfulCreate", format!("Created pod: {pname}"))
+                        .await;
                 }
                 Err(e) => {
                     ctx.recorder.record(rs.as_ref(), "Warning", "FailedCreate", format!("Error creating: {e}")).await;
@@ -92,7 +94,9 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
             };
             match pod_api.delete(&pname, &dp).await {
                 Ok(_) => {
-                    ctx.recorder.record(rs.as_ref(), "Normal", "SuccessfulDelete", format!("Deleted pod: {pname}")).await
+                    ctx.recorder
+                        .record(rs.as_ref(), "Normal", "SuccessfulDelete", format!("Deleted pod: {pname}"))
+                        .await
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),

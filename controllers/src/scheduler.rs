@@ -46,11 +46,22 @@ impl NodeInfo {
     pub fn from_node(n: &Node) -> NodeInfo {
         let status = n.status.clone().unwrap_or_default();
         let mut taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-        if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) && !taints.iter().any(|t| t.key == UNSCHEDULABLE_TAINT) {
-            taints.push(Taint { key: UNSCHEDULABLE_TAINT.into(), effect: "NoSchedule".into(), value: None, time_added: None });
+        if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+            && !taints.iter().any(|t| t.key == UNSCHEDULABLE_TAINT)
+        {
+            taints.push(Taint {
+                key: UNSCHEDULABLE_TAINT.into(),
+                effect: "NoSchedule".into(),
+                value: None,
+                time_added: None,
+            });
         }
         let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
-        if !ready && !taints.iter().any(|t| t.effect == "NoSchedule" && (t.key == NOT_READY || t.key.ends_with("/unreachable"))) {
+        if !ready
+            && !taints
+                .iter()
+                .any(|t| t.effect == "NoSchedule" && (t.key == NOT_READY || t.key.ends_with("/unreachable")))
+        {
             taints.push(Taint { key: NOT_READY.into(), effect: "NoSchedule".into(), value: None, time_added: None });
         }
         NodeInfo {
@@ -87,7 +98,8 @@ fn host_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<(String, i32)> 
 }
 
 fn node_term_matches(term: &NodeSelectorTerm, n: &NodeInfo) -> bool {
-    let exprs = term.match_expressions.iter().flatten().all(|e| requirement(e, n.labels.get(&e.key).map(String::as_str)));
+    let exprs =
+        term.match_expressions.iter().flatten().all(|e| requirement(e, n.labels.get(&e.key).map(String::as_str)));
     let fields = term
         .match_fields
         .iter()
@@ -116,7 +128,10 @@ pub fn node_affinity_ok(pod: &Pod, n: &NodeInfo) -> bool {
     if !spec.node_selector.iter().flatten().all(|(k, v)| n.labels.get(k) == Some(v)) {
         return false;
     }
-    let required = spec.affinity.and_then(|a| a.node_affinity).and_then(|na| na.required_during_scheduling_ignored_during_execution);
+    let required = spec
+        .affinity
+        .and_then(|a| a.node_affinity)
+        .and_then(|na| na.required_during_scheduling_ignored_during_execution);
     required.is_none_or(|r| r.node_selector_terms.iter().any(|t| node_term_matches(t, n)))
 }
 
@@ -125,7 +140,8 @@ fn term_selects(term: &PodAffinityTerm, owner_ns: &str, p: &Pod) -> bool {
     let ns_ok = if nss.is_empty() && term.namespace_selector.is_none() {
         pods::namespace(&p.metadata) == owner_ns
     } else {
-        nss.iter().any(|n| n == pods::namespace(&p.metadata)) || term.namespace_selector.as_ref().is_some_and(|s| *s == LabelSelector::default())
+        nss.iter().any(|n| n == pods::namespace(&p.metadata))
+            || term.namespace_selector.as_ref().is_some_and(|s| *s == LabelSelector::default())
     };
     ns_ok && labels::matches(term.label_selector.as_ref(), p.metadata.labels.as_ref())
 }
@@ -162,9 +178,16 @@ pub fn filter(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> Result<(), String> {
     let domain = |node: &NodeInfo, key: &str| node.labels.get(key).cloned();
     let affinity = spec.affinity.clone().unwrap_or_default();
     // Required anti-affinity: no selected pod in the same domain.
-    for term in affinity.pod_anti_affinity.iter().flat_map(|a| a.required_during_scheduling_ignored_during_execution.iter().flatten()) {
+    for term in affinity
+        .pod_anti_affinity
+        .iter()
+        .flat_map(|a| a.required_during_scheduling_ignored_during_execution.iter().flatten())
+    {
         let Some(d) = domain(n, &term.topology_key) else { continue };
-        let clash = all.iter().filter(|o| domain(o, &term.topology_key).as_ref() == Some(&d)).any(|o| o.pods.iter().any(|p| term_selects(term, ns, p)));
+        let clash = all
+            .iter()
+            .filter(|o| domain(o, &term.topology_key).as_ref() == Some(&d))
+            .any(|o| o.pods.iter().any(|p| term_selects(term, ns, p)));
         if clash {
             return Err("node(s) didn't match pod anti-affinity rules".into());
         }
@@ -173,7 +196,9 @@ pub fn filter(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> Result<(), String> {
     for o in all {
         for p in &o.pods {
             let terms = p.spec.as_ref().and_then(|s| s.affinity.as_ref()).and_then(|a| a.pod_anti_affinity.as_ref());
-            for term in terms.iter().flat_map(|a| a.required_during_scheduling_ignored_during_execution.iter().flatten()) {
+            for term in
+                terms.iter().flat_map(|a| a.required_during_scheduling_ignored_during_execution.iter().flatten())
+            {
                 if domain(o, &term.topology_key).is_some()
                     && domain(o, &term.topology_key) == domain(n, &term.topology_key)
                     && term_selects(term, pods::namespace(&p.metadata), pod)
@@ -184,10 +209,16 @@ pub fn filter(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> Result<(), String> {
         }
     }
     // Required affinity: a selected pod in the same domain (or none anywhere, for the first of a group).
-    for term in affinity.pod_affinity.iter().flat_map(|a| a.required_during_scheduling_ignored_during_execution.iter().flatten()) {
+    for term in affinity
+        .pod_affinity
+        .iter()
+        .flat_map(|a| a.required_during_scheduling_ignored_during_execution.iter().flatten())
+    {
         let anywhere = all.iter().any(|o| o.pods.iter().any(|p| term_selects(term, ns, p)));
         let here = domain(n, &term.topology_key).is_some_and(|d| {
-            all.iter().filter(|o| domain(o, &term.topology_key).as_ref() == Some(&d)).any(|o| o.pods.iter().any(|p| term_selects(term, ns, p)))
+            all.iter()
+                .filter(|o| domain(o, &term.topology_key).as_ref() == Some(&d))
+                .any(|o| o.pods.iter().any(|p| term_selects(term, ns, p)))
         });
         let first = !anywhere && term_selects(term, ns, pod) && domain(n, &term.topology_key).is_some();
         if !here && !first {
@@ -209,7 +240,11 @@ pub fn filter(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> Result<(), String> {
 }
 
 /// Matching pods per domain of the constraint, over nodes the pod may use.
-fn spread_counts(pod: &Pod, c: &k8s_openapi::api::core::v1::TopologySpreadConstraint, all: &[NodeInfo]) -> HashMap<String, i64> {
+fn spread_counts(
+    pod: &Pod,
+    c: &k8s_openapi::api::core::v1::TopologySpreadConstraint,
+    all: &[NodeInfo],
+) -> HashMap<String, i64> {
     let ns = pods::namespace(&pod.metadata);
     let mut counts: HashMap<String, i64> = HashMap::new();
     for o in all.iter().filter(|o| node_affinity_ok(pod, o)) {
@@ -217,7 +252,11 @@ fn spread_counts(pod: &Pod, c: &k8s_openapi::api::core::v1::TopologySpreadConstr
         let n = o
             .pods
             .iter()
-            .filter(|p| pods::namespace(&p.metadata) == ns && pods::is_active(p) && labels::matches(c.label_selector.as_ref(), p.metadata.labels.as_ref()))
+            .filter(|p| {
+                pods::namespace(&p.metadata) == ns
+                    && pods::is_active(p)
+                    && labels::matches(c.label_selector.as_ref(), p.metadata.labels.as_ref())
+            })
             .count() as i64;
         *counts.entry(d.clone()).or_default() += n;
     }
@@ -236,16 +275,28 @@ pub fn score(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> i64 {
     let balanced = (1.0 - (fc - fm).abs()) * 100.0;
     let mut s = least + balanced;
     let affinity = spec.affinity.clone().unwrap_or_default();
-    for p in affinity.node_affinity.iter().flat_map(|a| a.preferred_during_scheduling_ignored_during_execution.iter().flatten()) {
+    for p in affinity
+        .node_affinity
+        .iter()
+        .flat_map(|a| a.preferred_during_scheduling_ignored_during_execution.iter().flatten())
+    {
         if node_term_matches(&p.preference, n) {
             s += p.weight as f64;
         }
     }
     let ns = pods::namespace(&pod.metadata);
-    for w in affinity.pod_anti_affinity.iter().flat_map(|a| a.preferred_during_scheduling_ignored_during_execution.iter().flatten()) {
+    for w in affinity
+        .pod_anti_affinity
+        .iter()
+        .flat_map(|a| a.preferred_during_scheduling_ignored_during_execution.iter().flatten())
+    {
         let t = &w.pod_affinity_term;
         if let Some(d) = n.labels.get(&t.topology_key) {
-            if all.iter().filter(|o| o.labels.get(&t.topology_key) == Some(d)).any(|o| o.pods.iter().any(|p| term_selects(t, ns, p))) {
+            if all
+                .iter()
+                .filter(|o| o.labels.get(&t.topology_key) == Some(d))
+                .any(|o| o.pods.iter().any(|p| term_selects(t, ns, p)))
+            {
                 s -= w.weight as f64;
             }
         }
@@ -359,7 +410,10 @@ impl Scheduler {
             }
         }
         pending.sort_by_key(|p| {
-            (std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)), p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            (
+                std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
+                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            )
         });
         let mut binds = Vec::new();
         let mut failures = Vec::new();
@@ -386,7 +440,11 @@ impl Scheduler {
             match r {
                 Ok(()) => {
                     self.reported.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
-                    let msg = format!("Successfully assigned {}/{} to {node}", pods::namespace(&p.metadata), pods::name(&p.metadata));
+                    let msg = format!(
+                        "Successfully assigned {}/{} to {node}",
+                        pods::namespace(&p.metadata),
+                        pods::name(&p.metadata)
+                    );
                     self.recorder.record(p.as_ref(), "Normal", "Scheduled", msg).await;
                 }
                 Err(e) => {
@@ -404,7 +462,8 @@ impl Scheduler {
     async fn bind(&self, p: &Pod, node: &str) -> kube::Result<()> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), pods::namespace(&p.metadata));
         let body = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pods::name(&p.metadata), "uid": pods::uid(&p.metadata)}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-        let _: serde_json::Value = api.create_subresource("binding", pods::name(&p.metadata), &PostParams::default(), &body).await?;
+        let _: serde_json::Value =
+            api.create_subresource("binding", pods::name(&p.metadata), &PostParams::default(), &body).await?;
         Ok(())
     }
 
@@ -466,16 +525,29 @@ mod tests {
         for _ in 0..3 {
             full[0].add(pod(json!({})));
         }
-        assert_eq!(choose(&picky, &full, 0), Err("0/2 nodes are available: 1 Too many pods, 1 node(s) didn't match Pod's node affinity/selector.".into()));
+        assert_eq!(
+            choose(&picky, &full, 0),
+            Err("0/2 nodes are available: 1 Too many pods, 1 node(s) didn't match Pod's node affinity/selector.".into())
+        );
     }
 
     #[test]
     fn taints_and_anti_affinity() {
-        let mut nodes = vec![node("a", "4", &[("kubernetes.io/hostname", "a")]), node("b", "4", &[("kubernetes.io/hostname", "b")])];
-        nodes[1].taints.push(Taint { key: "dedicated".into(), value: Some("db".into()), effect: "NoSchedule".into(), time_added: None });
+        let mut nodes = vec![
+            node("a", "4", &[("kubernetes.io/hostname", "a")]),
+            node("b", "4", &[("kubernetes.io/hostname", "b")]),
+        ];
+        nodes[1].taints.push(Taint {
+            key: "dedicated".into(),
+            value: Some("db".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
         let plain = pod(json!({}));
         assert_eq!(choose(&plain, &nodes, 1), Ok(0));
-        let tolerant = pod(json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}));
+        let tolerant = pod(
+            json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}),
+        );
         assert!(choose(&tolerant, &nodes, 0).is_ok());
         nodes[0].add(pod(json!({})));
         let anti = pod(json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
@@ -488,8 +560,10 @@ mod tests {
     fn spread_constraints_balance_zones() {
         let mut nodes = vec![node("a", "4", &[("zone", "x")]), node("b", "4", &[("zone", "y")])];
         nodes[0].add(pod(json!({})));
-        let spread = pod(json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
-            "labelSelector": {"matchLabels": {"app": "a"}}}]}));
+        let spread = pod(
+            json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app": "a"}}}]}),
+        );
         assert_eq!(choose(&spread, &nodes, 0), Ok(1));
         assert!(filter(&spread, &nodes[0], &nodes).is_err());
     }

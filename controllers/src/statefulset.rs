@@ -62,7 +62,10 @@ fn new_pod(set: &StatefulSet, spec: &StatefulSetSpec, ordinal: i32, rev: &str) -
         volumes.retain(|v| v.name != vname);
         volumes.push(Volume {
             name: vname.clone(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: format!("{vname}-{name}"), read_only: None }),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: format!("{vname}-{name}"),
+                read_only: None,
+            }),
             ..Default::default()
         });
     }
@@ -74,7 +77,8 @@ async fn ensure_claims(ctx: &Ctx, set: &StatefulSet, spec: &StatefulSetSpec, ord
     let ns = pods::namespace(&set.metadata);
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     for t in spec.volume_claim_templates.iter().flatten() {
-        let name = format!("{}-{}-{ordinal}", t.metadata.name.as_deref().unwrap_or_default(), pods::name(&set.metadata));
+        let name =
+            format!("{}-{}-{ordinal}", t.metadata.name.as_deref().unwrap_or_default(), pods::name(&set.metadata));
         if api.get_opt(&name).await?.is_some() {
             continue;
         }
@@ -93,7 +97,11 @@ async fn ensure_claims(ctx: &Ctx, set: &StatefulSet, spec: &StatefulSetSpec, ord
         };
         match api.create(&PostParams::default(), &claim).await {
             Ok(_) => {
-                let msg = format!("create Claim {name} Pod {}-{ordinal} in StatefulSet {} success", pods::name(&set.metadata), pods::name(&set.metadata));
+                let msg = format!(
+                    "create Claim {name} Pod {}-{ordinal} in StatefulSet {} success",
+                    pods::name(&set.metadata),
+                    pods::name(&set.metadata)
+                );
                 ctx.recorder.record(set, "Normal", "SuccessfulCreate", msg).await;
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -104,12 +112,21 @@ async fn ensure_claims(ctx: &Ctx, set: &StatefulSet, spec: &StatefulSetSpec, ord
 }
 
 /// The ControllerRevision for the current template (created if missing) and all of the set's.
-async fn revisions(ctx: &Ctx, set: &StatefulSet, spec: &StatefulSetSpec) -> Result<(String, Vec<ControllerRevision>), Error> {
+async fn revisions(
+    ctx: &Ctx,
+    set: &StatefulSet,
+    spec: &StatefulSetSpec,
+) -> Result<(String, Vec<ControllerRevision>), Error> {
     let ns = pods::namespace(&set.metadata);
     let uid = pods::uid(&set.metadata);
     let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), ns);
-    let mut revs: Vec<ControllerRevision> =
-        api.list(&ListParams::default()).await?.items.into_iter().filter(|r| pods::controlled_by(&r.metadata, uid)).collect();
+    let mut revs: Vec<ControllerRevision> = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| pods::controlled_by(&r.metadata, uid))
+        .collect();
     revs.sort_by_key(|r| r.revision);
     let collisions = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let name = format!("{}-{}", pods::name(&set.metadata), template_hash(&spec.template, collisions));
@@ -139,7 +156,9 @@ async fn revisions(ctx: &Ctx, set: &StatefulSet, spec: &StatefulSetSpec) -> Resu
     };
     match api.create(&PostParams::default(), &rev).await {
         Ok(r) => revs.push(r),
-        Err(kube::Error::Api(e)) if e.code == 409 => return Err(Error(format!("controller revision {name} exists; retrying"))),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            return Err(Error(format!("controller revision {name} exists; retrying")))
+        }
         Err(e) => return Err(e.into()),
     }
     Ok((name, revs))
@@ -179,7 +198,8 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
         pods::delete(&pod_api, p).await?;
     }
     // Create missing pods below `replicas`: in order (waiting for each) or all at once.
-    let current_rev = set.status.as_ref().and_then(|s| s.current_revision.clone()).unwrap_or_else(|| update_rev.clone());
+    let current_rev =
+        set.status.as_ref().and_then(|s| s.current_revision.clone()).unwrap_or_else(|| update_rev.clone());
     for o in 0..replicas {
         let blocked = match by_ordinal.get(&o) {
             Some(p) => !running_and_ready(p),
@@ -206,7 +226,8 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
     }
     // Scale down: the highest ordinals first, one at a time unless Parallel.
     let extra: Vec<Arc<Pod>> = by_ordinal.range(replicas..).rev().map(|(_, p)| p.clone()).collect();
-    let all_healthy = by_ordinal.range(..replicas).all(|(_, p)| running_and_ready(p)) && by_ordinal.len() as i32 >= replicas;
+    let all_healthy =
+        by_ordinal.range(..replicas).all(|(_, p)| running_and_ready(p)) && by_ordinal.len() as i32 >= replicas;
     for p in &extra {
         if p.metadata.deletion_timestamp.is_some() {
             if parallel {
@@ -227,17 +248,20 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
     // Rolling update: replace the highest out-of-date pod at or above the partition,
     // once everything else is healthy.
     if !on_delete && extra.is_empty() && all_healthy {
-        let stale = by_ordinal.range(partition..replicas).rev().find(|(_, p)| revision_of(p) != Some(update_rev.as_str()));
+        let stale =
+            by_ordinal.range(partition..replicas).rev().find(|(_, p)| revision_of(p) != Some(update_rev.as_str()));
         if let Some((_, p)) = stale {
             pods::delete(&pod_api, p).await?;
         }
     }
 
     // Status.
-    let live: Vec<&Arc<Pod>> = by_ordinal.values().filter(|p| p.metadata.deletion_timestamp.is_none() && !pods::is_terminated(p)).collect();
+    let live: Vec<&Arc<Pod>> =
+        by_ordinal.values().filter(|p| p.metadata.deletion_timestamp.is_none() && !pods::is_terminated(p)).collect();
     let count = |rev: &str| live.iter().filter(|p| revision_of(p) == Some(rev)).count() as i32;
     let updated = count(&update_rev);
-    let current_rev = if updated >= replicas && live.len() as i32 == replicas { update_rev.clone() } else { current_rev };
+    let current_rev =
+        if updated >= replicas && live.len() as i32 == replicas { update_rev.clone() } else { current_rev };
     let now = Timestamp::now();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let status = StatefulSetStatus {
@@ -265,7 +289,9 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
         .iter()
         .filter(|r| {
             let n = pods::name(&r.metadata);
-            n != status.update_revision.as_deref().unwrap_or("") && n != status.current_revision.as_deref().unwrap_or("") && !in_use.iter().any(|u| u == n)
+            n != status.update_revision.as_deref().unwrap_or("")
+                && n != status.current_revision.as_deref().unwrap_or("")
+                && !in_use.iter().any(|u| u == n)
         })
         .collect();
     for r in old.iter().take(old.len().saturating_sub(limit)) {

@@ -91,9 +91,7 @@ impl<R: Runtime> Agent<R> {
 
     fn node_status(&self, s: &Slot) -> serde_json::Value {
         let now = seconds(Timestamp::now()).to_string();
-        let cond = |t: &str, st: &str, reason: &str, msg: &str| {
-            json!({"type": t, "status": st, "reason": reason, "message": msg, "lastHeartbeatTime": now, "lastTransitionTime": now})
-        };
+        let cond = |t: &str, st: &str, reason: &str, msg: &str| json!({"type": t, "status": st, "reason": reason, "message": msg, "lastHeartbeatTime": now, "lastTransitionTime": now});
         let res = json!({"cpu": self.cfg.cpu, "memory": self.cfg.memory, "pods": self.cfg.max_pods.to_string(), "ephemeral-storage": "100Gi"});
         json!({
             "capacity": res,
@@ -123,69 +121,84 @@ impl<R: Runtime> Agent<R> {
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => return Err(e),
         }
-        api.patch_status(&s.name, &PatchParams::default(), &Patch::Merge(json!({"status": self.node_status(s)}))).await?;
+        api.patch_status(&s.name, &PatchParams::default(), &Patch::Merge(json!({"status": self.node_status(s)})))
+            .await?;
         Ok(())
     }
 
     async fn renew_leases(&self, nodes: &Store<Node>, rvs: &Mutex<HashMap<String, String>>) {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
         let node_api: Api<Node> = Api::all(self.client.clone());
-        let work: Vec<_> = self.slots.values().map(|s| {
-            let (api, node_api) = (api.clone(), node_api.clone());
-            async move {
-                let rv = rvs.lock().expect("not poisoned").get(&s.name).cloned();
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(s.name.clone()),
-                        namespace: Some("kube-node-lease".into()),
-                        resource_version: rv.clone(),
-                        ..Default::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(s.name.clone()),
-                        lease_duration_seconds: Some(self.cfg.lease_duration.as_secs().max(1) as i32),
-                        renew_time: Some(MicroTime(Timestamp::now())),
-                        ..Default::default()
-                    }),
-                };
-                let r = match rv {
-                    Some(_) => api.replace(&s.name, &PostParams::default(), &lease).await,
-                    None => match api.create(&PostParams::default(), &lease).await {
-                        Err(kube::Error::Api(e)) if e.code == 409 => {
-                            let cur = api.get(&s.name).await;
-                            match cur {
-                                Ok(cur) => {
-                                    let mut l = lease.clone();
-                                    l.metadata.resource_version = cur.metadata.resource_version;
-                                    api.replace(&s.name, &PostParams::default(), &l).await
+        let work: Vec<_> = self
+            .slots
+            .values()
+            .map(|s| {
+                let (api, node_api) = (api.clone(), node_api.clone());
+                async move {
+                    let rv = rvs.lock().expect("not poisoned").get(&s.name).cloned();
+                    let lease = Lease {
+                        metadata: ObjectMeta {
+                            name: Some(s.name.clone()),
+                            namespace: Some("kube-node-lease".into()),
+                            resource_version: rv.clone(),
+                            ..Default::default()
+                        },
+                        spec: Some(LeaseSpec {
+                            holder_identity: Some(s.name.clone()),
+                            lease_duration_seconds: Some(self.cfg.lease_duration.as_secs().max(1) as i32),
+                            renew_time: Some(MicroTime(Timestamp::now())),
+                            ..Default::default()
+                        }),
+                    };
+                    let r = match rv {
+                        Some(_) => api.replace(&s.name, &PostParams::default(), &lease).await,
+                        None => match api.create(&PostParams::default(), &lease).await {
+                            Err(kube::Error::Api(e)) if e.code == 409 => {
+                                let cur = api.get(&s.name).await;
+                                match cur {
+                                    Ok(cur) => {
+                                        let mut l = lease.clone();
+                                        l.metadata.resource_version = cur.metadata.resource_version;
+                                        api.replace(&s.name, &PostParams::default(), &l).await
+                                    }
+                                    Err(e) => Err(e),
                                 }
-                                Err(e) => Err(e),
                             }
+                            other => other,
+                        },
+                    };
+                    match r {
+                        Ok(l) => {
+                            rvs.lock()
+                                .expect("not poisoned")
+                                .insert(s.name.clone(), l.metadata.resource_version.unwrap_or_default());
                         }
-                        other => other,
-                    },
-                };
-                match r {
-                    Ok(l) => {
-                        rvs.lock().expect("not poisoned").insert(s.name.clone(), l.metadata.resource_version.unwrap_or_default());
+                        Err(e) => {
+                            rvs.lock().expect("not poisoned").remove(&s.name);
+                            tracing::warn!("renewing the lease of {}: {e}", s.name);
+                        }
                     }
-                    Err(e) => {
-                        rvs.lock().expect("not poisoned").remove(&s.name);
-                        tracing::warn!("renewing the lease of {}: {e}", s.name);
+                    // Ready again after the node controller marked it Unknown.
+                    let node = nodes.get(&ObjectRef::new(&s.name));
+                    let ready = node
+                        .as_ref()
+                        .and_then(|n| n.status.as_ref())
+                        .and_then(|st| st.conditions.as_ref())
+                        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                    if node.is_some() && !ready {
+                        let _ = node_api
+                            .patch_status(
+                                &s.name,
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({"status": self.node_status(s)})),
+                            )
+                            .await;
+                    } else if node.is_none() && nodes.wait_until_ready().await.is_ok() {
+                        let _ = self.register(s).await;
                     }
                 }
-                // Ready again after the node controller marked it Unknown.
-                let node = nodes.get(&ObjectRef::new(&s.name));
-                let ready = node.as_ref().and_then(|n| n.status.as_ref()).and_then(|st| st.conditions.as_ref()).is_some_and(|cs| {
-                    cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                });
-                if node.is_some() && !ready {
-                    let _ = node_api.patch_status(&s.name, &PatchParams::default(), &Patch::Merge(json!({"status": self.node_status(s)}))).await;
-                } else if node.is_none() && nodes.wait_until_ready().await.is_ok() {
-                    let _ = self.register(s).await;
-                }
-            }
-        }).collect();
+            })
+            .collect();
         futures::stream::iter(work).buffer_unordered(32).collect::<Vec<()>>().await;
     }
 
@@ -204,8 +217,11 @@ impl<R: Runtime> Agent<R> {
     }
 
     async fn sync_pod(&self, pod: Arc<Pod>) {
-        let Some(slot) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|n| self.slots.get(n)) else { return };
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let Some(slot) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|n| self.slots.get(n)) else {
+            return;
+        };
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
         let name = pod.metadata.name.clone().unwrap_or_default();
         if pod.metadata.deletion_timestamp.is_some() {
             let grace = Duration::from_secs(pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64);
@@ -275,7 +291,9 @@ impl<R: Runtime> Agent<R> {
             let mine: Vec<Arc<Pod>> = pods
                 .state()
                 .into_iter()
-                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| this.slots.contains_key(n)))
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| this.slots.contains_key(n))
+                })
                 .collect();
             // Pods removed behind our back (force-deleted) are stopped too.
             let live: std::collections::HashSet<String> = mine.iter().filter_map(|p| p.metadata.uid.clone()).collect();
@@ -284,7 +302,10 @@ impl<R: Runtime> Agent<R> {
                 gone.metadata.uid = Some(uid);
                 let _ = this.rt.stop(&gone, Duration::ZERO).await;
             }
-            futures::stream::iter(mine.into_iter().map(|p| this.sync_pod(p))).buffer_unordered(32).collect::<Vec<()>>().await;
+            futures::stream::iter(mine.into_iter().map(|p| this.sync_pod(p)))
+                .buffer_unordered(32)
+                .collect::<Vec<()>>()
+                .await;
             tokio::select! {
                 _ = changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
                 _ = tokio::time::sleep(this.cfg.sync_period) => {}

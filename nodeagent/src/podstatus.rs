@@ -3,8 +3,8 @@
 //! the same function, so phases, conditions and container statuses look alike.
 
 use k8s_openapi::api::core::v1::{
-    ContainerState as K8sState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
-    Pod, PodCondition, PodIP, PodStatus, HostIP,
+    ContainerState as K8sState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -197,14 +197,21 @@ mod tests {
         assert_eq!(s.phase.as_deref(), Some("Running"));
         let ready = s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "True");
-        let exit = |code| [c(State::Terminated { exit_code: code, reason: "Completed".into(), started: now, finished: now }, false)];
+        let exit = |code| {
+            [c(State::Terminated { exit_code: code, reason: "Completed".into(), started: now, finished: now }, false)]
+        };
         assert_eq!(compute(&pod("Never"), Some(&exit(0)), &at, now).phase.as_deref(), Some("Succeeded"));
         assert_eq!(compute(&pod("Never"), Some(&exit(1)), &at, now).phase.as_deref(), Some("Failed"));
         assert_eq!(compute(&pod("OnFailure"), Some(&exit(1)), &at, now).phase.as_deref(), Some("Running"));
         // Unchanged conditions keep their transition time.
         let mut p = pod("Always");
         p.status = Some(compute(&p, Some(&running), &at, now));
-        let later = compute(&p, Some(&running), &at, now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(60)).unwrap());
+        let later = compute(
+            &p,
+            Some(&running),
+            &at,
+            now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(60)).unwrap(),
+        );
         assert_eq!(later.conditions, p.status.as_ref().unwrap().conditions);
     }
 }

@@ -67,7 +67,8 @@ impl Runtime for Fake {
         let delay = SignedDuration::try_from(self.start_delay).unwrap_or_default();
         let up = started.checked_add(delay).unwrap_or(started);
         let ready_wanted = annotation(pod, "fake.skiff.io/ready") != Some("false");
-        let run: Option<i64> = annotation(pod, "fake.skiff.io/run-seconds").and_then(|s| s.parse().ok()).filter(|s| *s > 0);
+        let run: Option<i64> =
+            annotation(pod, "fake.skiff.io/run-seconds").and_then(|s| s.parse().ok()).filter(|s| *s > 0);
         let code: i32 = annotation(pod, "fake.skiff.io/exit-code").and_then(|s| s.parse().ok()).unwrap_or(0);
         let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
         let spec = pod.spec.clone().unwrap_or_default();
@@ -77,7 +78,14 @@ impl Runtime for Fake {
             .map(|c| {
                 let id = format!("fake://{}-{}", uid(pod), c.name);
                 let image = c.image.clone().unwrap_or_default();
-                let mk = |state, ready, restarts| Container { name: c.name.clone(), image: image.clone(), id: id.clone(), state, ready, restarts };
+                let mk = |state, ready, restarts| Container {
+                    name: c.name.clone(),
+                    image: image.clone(),
+                    id: id.clone(),
+                    state,
+                    ready,
+                    restarts,
+                };
                 if now < up {
                     return mk(State::Waiting { reason: "ContainerCreating".into() }, false, 0);
                 }
@@ -90,7 +98,11 @@ impl Runtime for Fake {
                 if !restarts_allowed {
                     let finished = up.checked_add(SignedDuration::from_secs(run)).unwrap_or(up);
                     let reason = if code == 0 { "Completed" } else { "Error" };
-                    return mk(State::Terminated { exit_code: code, reason: reason.into(), started: up, finished }, false, 0);
+                    return mk(
+                        State::Terminated { exit_code: code, reason: reason.into(), started: up, finished },
+                        false,
+                        0,
+                    );
                 }
                 // Restarted at once each time it exits.
                 let n = alive / run;
