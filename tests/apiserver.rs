@@ -97,8 +97,14 @@ impl Api {
     }
 
     pub(crate) fn kubectl_with(&self, bin: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        self.kubectl_env(bin, &[], args, stdin)
+    }
+
+    /// kubectl `bin` with extra environment variables (`KUBE_EDITOR`, ...).
+    pub(crate) fn kubectl_env(&self, bin: &str, env: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> Output {
         let cache = self.dir.path().join(format!("cache-{}", Path::new(bin).file_name().unwrap().to_string_lossy()));
         let mut child = Command::new(bin)
+            .envs(env.iter().copied())
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
             .arg("--cache-dir")
@@ -788,4 +794,141 @@ fn the_course_examples_apply_and_read_back() {
     let out = api.k(&["delete", "-f", dir]);
     assert_eq!(out.lines().filter(|l| l.ends_with("deleted")).count(), 5, "{out}");
     assert!(api.k(&["get", "sts,deploy,secret", "-o", "name"]).is_empty());
+}
+
+#[test]
+fn explain_and_unknown_fields_under_each_field_validation() {
+    let api = Api::start();
+    for bin in [KUBECTL_132, KUBECTL_133] {
+        let o = api.kubectl_with(bin, &["explain", "deployment.spec"], None);
+        let out = text(&o);
+        assert!(o.status.success(), "{out}");
+        assert!(out.contains("KIND:       Deployment") && out.contains("FIELD: spec <DeploymentSpec>"), "{out}");
+        assert!(out.contains("replicas\t<integer>") && out.contains("Number of desired pods."), "{out}");
+        assert!(out.contains("selector\t<LabelSelector> -required-"), "{out}");
+    }
+    let out = api.k(&["explain", "pods.spec.containers.ports"]);
+    assert!(
+        out.contains("FIELD: ports <[]ContainerPort>") && out.contains("containerPort\t<integer> -required-"),
+        "{out}"
+    );
+    let out = api.k(&["explain", "hpa.spec", "--api-version=autoscaling/v2"]);
+    assert!(out.contains("VERSION:    v2") && out.contains("metrics\t<[]MetricSpec>"), "{out}");
+    let err = api.k_fails(&["explain", "deployment.spec.nosuchfield"], None);
+    assert!(err.contains("nosuchfield"), "{err}");
+
+    let bad = DEPLOYMENT
+        .replace("  replicas: 3", "  replicaz: 3")
+        .replace("image: nginx:1.25", "image: nginx:1.25\n        imagez: x");
+    // kubectl's default (--validate=strict): the server refuses, nothing is stored.
+    let err = api.k_fails(&["apply", "-f", "-"], Some(&bad));
+    assert!(
+        err.contains(
+            "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: \
+             unknown field \"spec.replicaz\", unknown field \"spec.template.spec.containers[0].imagez\""
+        ),
+        "{err}"
+    );
+    assert!(api.k_fails(&["get", "deploy", "nginx"], None).contains("not found"));
+    // Server-side apply types the configuration and names each undeclared field.
+    let err = api.k_fails(&["apply", "--server-side", "-f", "-"], Some(&bad));
+    assert!(err.contains(".spec.replicaz: field not declared in schema"), "{err}");
+    assert!(api.k_fails(&["get", "deploy", "nginx"], None).contains("not found"));
+    // --validate=warn: stored without the unknown fields, one warning each.
+    let o = api.kubectl_with(KUBECTL_132, &["apply", "--validate=warn", "-f", "-"], Some(&bad));
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stderr.contains("Warning: unknown field \"spec.replicaz\""), "{stderr}");
+    assert!(stderr.contains("Warning: unknown field \"spec.template.spec.containers[0].imagez\""), "{stderr}");
+    let d = api.k_json(&["get", "deploy", "nginx"]);
+    assert!(
+        d["spec"].get("replicaz").is_none() && d["spec"]["template"]["spec"]["containers"][0].get("imagez").is_none()
+    );
+    assert_eq!(d["spec"]["replicas"], 1, "defaulted, since replicas was misspelled");
+    // --validate=false (fieldValidation=Ignore): dropped silently.
+    let o = api.kubectl_with(KUBECTL_132, &["replace", "--validate=false", "-f", "-"], Some(&bad));
+    assert!(o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("Warning"), "{}", text(&o));
+    // A request naming a mode that does not exist.
+    let (code, s) = api.raw_json(
+        "POST",
+        "/api/v1/namespaces/default/configmaps?fieldValidation=Loose",
+        Some(("application/json", r#"{"metadata":{"name":"x"}}"#)),
+    );
+    assert_eq!((code, s["reason"].as_str()), (400, Some("BadRequest")), "{s}");
+}
+
+#[test]
+fn oversize_objects_are_refused_with_413() {
+    let api = Api::start();
+    let cm = |name: &str, size: usize| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"x": "a".repeat(size)}})
+            .to_string()
+    };
+    // Over the API server's 3 MiB body limit.
+    let file = api.dir.path().join("big.json");
+    std::fs::write(&file, cm("big", 4 << 20)).unwrap();
+    let err = api.k_fails(&["create", "-f", file.to_str().unwrap()], None);
+    assert!(err.contains("Error from server (RequestEntityTooLarge)") && err.contains("limit is 3145728"), "{err}");
+    // Under it, but over the store's request limit (1.5 MiB, as etcd's), and over its
+    // gRPC message limit (2 MiB).
+    for (name, size) in [("mid", 1_700_000), ("mid", 2_500_000)] {
+        std::fs::write(&file, cm(name, size)).unwrap();
+        let err = api.k_fails(&["create", "-f", file.to_str().unwrap()], None);
+        assert!(err.contains("(RequestEntityTooLarge)") && err.contains("etcdserver: request is too large"), "{err}");
+    }
+    assert!(api.k(&["get", "cm", "-o", "name"]).lines().all(|l| !l.contains("big") && !l.contains("mid")));
+    // The API server and the store are fine afterwards.
+    std::fs::write(&file, cm("small", 1 << 20)).unwrap();
+    assert!(api.k(&["create", "-f", file.to_str().unwrap()]).contains("configmap/small created"));
+}
+
+#[test]
+fn kubectl_describe_diff_and_edit() {
+    let api = Api::start();
+    api.k_in(&["apply", "-f", "-"], DEPLOYMENT);
+    let out = api.k(&["describe", "deployment", "nginx"]);
+    for want in [
+        "Name:                   nginx",
+        "Replicas:               3 desired",
+        "Image:         nginx:1.25",
+        "Port:          80/TCP",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
+    // diff: exit 1 and a unified diff when the live object would change; 0 when not.
+    let changed = DEPLOYMENT.replace("replicas: 3", "replicas: 5");
+    let o = api.kubectl_with(KUBECTL_132, &["diff", "-f", "-"], Some(&changed));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(out.contains("-  replicas: 3") && out.contains("+  replicas: 5"), "{out}");
+    let o = api.kubectl_with(KUBECTL_133, &["diff", "-f", "-"], Some(DEPLOYMENT));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // diff is a dry run: nothing changed.
+    assert_eq!(api.k_json(&["get", "deploy", "nginx"])["spec"]["replicas"], 3);
+    // edit: the editor's change is sent as a patch.
+    let editor = api.dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/replicas: 3/replicas: 4/; s/image: nginx:1.25/image: nginx:1.26/' \"$1\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&editor, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o =
+        api.kubectl_env(KUBECTL_132, &[("KUBE_EDITOR", editor.to_str().unwrap())], &["edit", "deploy", "nginx"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("deployment.apps/nginx edited"), "{}", text(&o));
+    let d = api.k_json(&["get", "deploy", "nginx"]);
+    assert_eq!(d["spec"]["replicas"], 4);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.26");
+    assert_eq!(d["metadata"]["generation"], 2);
+    // An edit that breaks the object is refused and the object is kept as it was.
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/name: nginx$/name: Not_Valid/' \"$1\"\n").unwrap();
+    let o =
+        api.kubectl_env(KUBECTL_132, &[("KUBE_EDITOR", editor.to_str().unwrap())], &["edit", "deploy", "nginx"], None);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(
+        api.k_json(&["get", "deploy", "nginx"])["metadata"]["resourceVersion"],
+        d["metadata"]["resourceVersion"]
+    );
 }

@@ -217,7 +217,7 @@ async fn allocate_into(
         old.filter(|o| wants_node_ports(o)).and_then(|o| o["spec"]["ports"].as_array().cloned()).unwrap_or_default();
     let want = wants_node_ports(svc);
     let (lo, hi) = ranges.ports;
-    let Some(ports) = svc["spec"]["ports"].as_array_mut() else { return Ok(()) };
+    let Some(ports) = svc["spec"].get_mut("ports").and_then(Value::as_array_mut) else { return Ok(()) };
     for (i, p) in ports.iter_mut().enumerate() {
         if !want {
             if let Some(m) = p.as_object_mut() {

@@ -45,7 +45,7 @@ fn pod_spec(spec: &mut Value) {
                 set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
                 set_default(c, "terminationMessagePolicy", json!("File"));
                 set_default(c, "resources", json!({}));
-                if let Some(ports) = c["ports"].as_array_mut() {
+                if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
                     for p in ports {
                         set_default(p, "protocol", json!("TCP"));
                     }
@@ -88,7 +88,7 @@ pub fn apply(r: &Resource, obj: &mut Value) {
             set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
             set_default(spec, "ipFamilies", json!(["IPv4"]));
             set_default(spec, "internalTrafficPolicy", json!("Cluster"));
-            if let Some(ports) = spec["ports"].as_array_mut() {
+            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ports {
                     set_default(p, "protocol", json!("TCP"));
                     let port = p["port"].clone();

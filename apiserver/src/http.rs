@@ -3,7 +3,7 @@
 //! status and scale subresources, from the same code.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -174,7 +174,7 @@ async fn read_body(req: Request<Incoming>) -> ApiResult<(String, Bytes)> {
     let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
     let body = limited.collect().await.map_err(|e| {
         if e.to_string().contains("length limit exceeded") {
-            ApiError::new(413, "RequestEntityTooLarge", format!("the request body is larger than {MAX_BODY} bytes"))
+            ApiError::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {MAX_BODY}"))
         } else {
             ApiError::bad_request(format!("cannot read the request body: {e}"))
         }
@@ -295,6 +295,7 @@ async fn resource(
             )));
         }
     }
+    let warnings = Mutex::new(Vec::new());
     let h = Handler {
         store: &app.store,
         caches: &app.caches,
@@ -304,8 +305,9 @@ async fn resource(
         ns: t.namespace.as_deref(),
         q: &q,
         fmt,
+        warnings: &warnings,
     };
-    match (method, t.name.as_deref(), t.sub.as_deref()) {
+    let answer = match (method, t.name.as_deref(), t.sub.as_deref()) {
         (Method::GET, None, _) if q.flag("watch") => h.watch().await,
         (Method::GET, None, _) => h.list().await,
         (Method::GET, Some(name), None | Some("status")) => {
@@ -354,7 +356,16 @@ async fn resource(
         (m, _, _) => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource: {m}"
         ))),
+    };
+    let mut resp = answer?;
+    for w in warnings.into_inner().unwrap_or_default() {
+        // RFC 7234 warn-text: a quoted string with `\` and `"` escaped.
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&text) {
+            resp.headers_mut().append("Warning", v);
+        }
     }
+    Ok(resp)
 }
 
 #[derive(Clone, Copy)]
@@ -367,6 +378,8 @@ struct Handler<'a> {
     ns: Option<&'a str>,
     q: &'a Query,
     fmt: Format,
+    /// Warnings for the client (`Warning: 299 - "..."` headers).
+    warnings: &'a Mutex<Vec<String>>,
 }
 
 /// The continue token: the revision of the first page and the last key returned.
@@ -524,7 +537,34 @@ impl Handler<'_> {
         self.r.group == group && self.r.plural == plural
     }
 
+    /// Unknown fields, as `fieldValidation` asks: rejected (Strict), dropped with a
+    /// warning (Warn, the default) or dropped silently (Ignore).
+    fn check_fields(&self, obj: &mut Value) -> ApiResult<()> {
+        let mode = self.q.get("fieldValidation").unwrap_or("Warn");
+        if !matches!(mode, "Ignore" | "Warn" | "Strict") {
+            return Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn or Strict, not {mode:?}"
+            )));
+        }
+        let unknown = openapi::unknown_fields(self.r, obj);
+        if unknown.is_empty() || mode == "Ignore" {
+            return Ok(());
+        }
+        let each: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        if mode == "Strict" {
+            let kind = self.r.kind;
+            return Err(ApiError::bad_request(format!(
+                "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+                self.r.version,
+                each.join(", ")
+            )));
+        }
+        self.warnings.lock().expect("warnings").extend(each);
+        Ok(())
+    }
+
     async fn create(&self, mut obj: Value) -> ApiResult<Response<Body>> {
+        self.check_fields(&mut obj)?;
         object::prepare_create(self.r, &mut obj, self.ns.filter(|_| self.r.namespaced))?;
         defaults::apply(self.r, &mut obj);
         if self.is("", "pods") {
@@ -563,6 +603,7 @@ impl Handler<'_> {
     /// Writes `new` over `cur` (compare-and-swap on its revision). A marked object
     /// left with nothing to wait for is deleted instead.
     async fn write(&self, name: &str, mut new: Value, cur: &Stored) -> ApiResult<Value> {
+        self.check_fields(&mut new)?;
         object::prepare_update(self.r, &mut new, &cur.obj)?;
         defaults::apply(self.r, &mut new);
         if self.q.dry_run() {
@@ -678,6 +719,22 @@ impl Handler<'_> {
                 .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?,
             other => return Err(ApiError::unsupported_media_type(other)),
         };
+        if media == "application/apply-patch+yaml" && sub.is_none() {
+            // Server-side apply types the whole configuration: undeclared fields are errors.
+            let unknown = openapi::unknown_fields(self.r, &mut p.clone());
+            if !unknown.is_empty() {
+                let r = self.r;
+                let ns = self.ns.map(|n| format!("{n}/")).unwrap_or_default();
+                let fields: Vec<String> =
+                    unknown.iter().map(|f| format!(".{f}: field not declared in schema")).collect();
+                return Err(ApiError::bad_request(format!(
+                    "failed to create typed patch object ({ns}{name}; {}, Kind={}): {}",
+                    r.api_version(),
+                    r.kind,
+                    fields.join(", ")
+                )));
+            }
+        }
         for _attempt in 0..5 {
             let cur = match self.store.get(&self.key(name)).await? {
                 Some(mut c) => {

@@ -129,6 +129,11 @@ impl From<etcd_client::Error> for ApiError {
         if text.contains("required revision has been compacted") {
             return ApiError::gone(format!("too old resource version: {text}"));
         }
+        if text.contains("etcdserver: request is too large") || text.contains("message length too large") {
+            // The object fits the API server's body limit but not the store's request
+            // limit (or even its gRPC message limit, 512 KiB above that, as etcd's).
+            return ApiError::new(413, "RequestEntityTooLarge", "etcdserver: request is too large");
+        }
         ApiError::unavailable(format!("the store did not answer: {text}"))
     }
 }
