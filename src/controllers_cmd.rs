@@ -39,6 +39,14 @@ pub struct ControllerManagerArgs {
     /// How often node health is checked.
     #[arg(long, default_value = "5s", value_parser = duration::parse)]
     node_monitor_period: Duration,
+    /// How often each HorizontalPodAutoscaler is evaluated.
+    #[arg(long, default_value = "15s", value_parser = duration::parse)]
+    horizontal_pod_autoscaler_sync_period: Duration,
+    /// How long an HPA waits, after its metrics call for fewer replicas, before scaling
+    /// down (the highest recommendation of this window wins), unless its
+    /// behavior.scaleDown sets a window.
+    #[arg(long, default_value = "5m", value_parser = duration::parse)]
+    horizontal_pod_autoscaler_downscale_stabilization: Duration,
 }
 
 #[derive(Args)]
@@ -112,6 +120,10 @@ pub async fn controller_manager(a: ControllerManagerArgs) -> anyhow::Result<()> 
         nodes: skiff_controllers::nodelifecycle::Settings {
             grace: a.node_monitor_grace_period,
             period: a.node_monitor_period,
+        },
+        autoscaling: skiff_controllers::hpa::Settings {
+            period: a.horizontal_pod_autoscaler_sync_period,
+            downscale_window: a.horizontal_pod_autoscaler_downscale_stabilization,
         },
     }))
     .await

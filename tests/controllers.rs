@@ -28,8 +28,18 @@ impl Drop for Plane {
     }
 }
 
-const MANAGER: &[&str] =
-    &["--node-monitor-grace-period", "4s", "--node-monitor-period", "500ms", "--leader-elect-lease-duration", "2s"];
+const MANAGER: &[&str] = &[
+    "--node-monitor-grace-period",
+    "4s",
+    "--node-monitor-period",
+    "500ms",
+    "--leader-elect-lease-duration",
+    "2s",
+    "--horizontal-pod-autoscaler-sync-period",
+    "500ms",
+    "--horizontal-pod-autoscaler-downscale-stabilization",
+    "2s",
+];
 
 impl Plane {
     /// API server, controller-manager, scheduler, and one agent with `nodes` nodes named `a-N`.
@@ -659,4 +669,80 @@ fn daemonsets_run_one_pod_per_fitting_node() {
     p.wait_for("only b-0", Duration::from_secs(30), |p| nodes_of(p) == ["b-0"]);
     let get = p.k(&["get", "ds", "agent"]);
     assert!(get.contains("role=edge"), "{get}");
+}
+
+const APP1RS: &str = "apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: app1rs
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: app1}
+  template:
+    metadata:
+      labels: {app: app1}
+      annotations: {fake.skiff.io/cpu-usage: 50m, fake.skiff.io/memory-usage: 64Mi}
+    spec:
+      containers:
+      - name: app
+        image: nginx:1.25
+        resources:
+          requests: {cpu: 100m, memory: 128Mi}
+";
+
+#[test]
+fn autoscaler_follows_reported_usage_and_top_shows_it() {
+    let p = Plane::start(3);
+    p.api.k_in(&["apply", "-f", "-"], APP1RS);
+    let rs_replicas = |p: &Plane| p.json(&["get", "rs", "app1rs"])["spec"]["replicas"].as_i64().unwrap_or(0);
+    // The course's command; min 2 lifts the ReplicaSet from 1 at once.
+    let out = p.k(&["autoscale", "rs", "app1rs", "--min=2", "--max=5", "--cpu-percent=80"]);
+    assert!(out.contains("horizontalpodautoscaler.autoscaling/app1rs autoscaled"), "{out}");
+    p.wait_for("2 replicas", Duration::from_secs(20), |p| rs_replicas(p) == 2);
+    p.wait_for("2 running pods with metrics", Duration::from_secs(20), |p| {
+        let top = text(&p.api.kubectl_with(
+            "/usr/lib/google-cloud-sdk/bin/kubectl.1.32",
+            &["top", "pods", "-l", "app=app1", "--no-headers"],
+            None,
+        ));
+        top.lines().filter(|l| l.contains("50m") && l.contains("64Mi")).count() == 2
+    });
+    // 50 % of requests against 80 %: within range, nothing changes; the table shows it.
+    p.wait_for("the HPA to report 50%", Duration::from_secs(20), |p| {
+        p.k(&["get", "hpa", "app1rs"]).contains("cpu: 50%/80%")
+    });
+    assert_eq!(rs_replicas(&p), 2);
+    let top = p.k(&["top", "nodes"]);
+    assert!(top.contains("CPU(cores)") && top.lines().filter(|l| l.starts_with("a-")).count() == 3, "{top}");
+
+    // 300 % of requests: up to the maximum (the policies allow doubling or +4 per step).
+    p.k(&["annotate", "pods", "-l", "app=app1", "fake.skiff.io/cpu-usage=300m", "--overwrite"]);
+    p.wait_for("5 replicas", Duration::from_secs(30), |p| rs_replicas(p) == 5);
+    p.wait_for("5 pods", Duration::from_secs(20), |p| p.live_pods("app=app1").len() == 5);
+    let hpa = p.json(&["get", "hpa.v2.autoscaling", "app1rs"]);
+    assert_eq!(hpa["spec"]["maxReplicas"], 5);
+    p.wait_for("ScalingLimited", Duration::from_secs(20), |p| {
+        let hpa = p.json(&["get", "hpa.v2.autoscaling", "app1rs"]);
+        hpa["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "ScalingLimited" && c["status"] == "True" && c["reason"] == "TooManyReplicas")
+            && hpa["status"]["currentReplicas"] == 5
+    });
+    let described = p.k(&["describe", "hpa", "app1rs"]);
+    assert!(described.contains("SuccessfulRescale") && described.contains("New size: 5"), "{described}");
+
+    // Idle: back down to the minimum once the stabilization window (2 s here) has passed.
+    p.k(&["annotate", "pods", "-l", "app=app1", "fake.skiff.io/cpu-usage=5m", "--overwrite"]);
+    p.wait_for("2 replicas again", Duration::from_secs(30), |p| rs_replicas(p) == 2);
+    p.wait_for("2 pods", Duration::from_secs(20), |p| p.live_pods("app=app1").len() == 2);
+    // The metrics of removed pods go with them.
+    p.wait_for("2 PodMetrics", Duration::from_secs(20), |p| {
+        p.api.raw_json("GET", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods", None).1["items"]
+            .as_array()
+            .map_or(0, |a| a.len())
+            == 2
+    });
 }

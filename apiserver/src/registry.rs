@@ -243,6 +243,10 @@ pub static RESOURCES: &[Resource] = &[
         [],
         "clusterrolebindings"
     ),
+    // The resource metrics API (metrics-server's in Kubernetes): node agents write the
+    // usage they measure, `kubectl top` and the HPA controller read it.
+    res!("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", "podmetrics", true, [], false, [], "podmetrics"),
+    res!("metrics.k8s.io", "v1beta1", "NodeMetrics", "nodes", "nodemetrics", false, [], false, [], "nodemetrics"),
 ];
 
 /// The groups in the order discovery lists them, each with its versions (preferred first).

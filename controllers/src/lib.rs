@@ -10,6 +10,7 @@ pub mod endpoints;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod hpa;
 pub mod informer;
 pub mod job;
 pub mod labels;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -84,6 +86,7 @@ pub struct ManagerConfig {
     pub kubeconfig: PathBuf,
     pub election: Election,
     pub nodes: nodelifecycle::Settings,
+    pub autoscaling: hpa::Settings,
 }
 
 async fn lead(name: &str, client: &kube::Client, e: &Election) -> futures::future::BoxFuture<'static, ()> {
@@ -102,6 +105,7 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let mut rss = Informer::new(Api::<ReplicaSet>::all(client.clone()));
     let mut nodes = Informer::new(Api::<Node>::all(client.clone()));
     let leases = Informer::new(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"));
+    let hpas = Informer::new(Api::<HorizontalPodAutoscaler>::all(client.clone()));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pods: pods.store(),
@@ -159,6 +163,8 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
         .boxed();
     let node_store = nodes.store();
     let lease_store = leases.store();
+    let hpa_store = hpas.store();
+    drop(hpas.run());
     drop(pods.run());
     drop(rss.run());
     drop(nodes.run());
@@ -175,6 +181,13 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
             gc::Gc::start(client).run().await;
             Vec::new()
         }),
+        {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                hpa::run(ctx, hpa_store, cfg.autoscaling, hpa::History::default()).await;
+                Vec::new()
+            })
+        },
         tokio::spawn(async move {
             nodelifecycle::run(ctx, node_store, lease_store, cfg.nodes).await;
             Vec::new()

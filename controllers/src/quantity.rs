@@ -36,6 +36,11 @@ pub fn milli(q: &str) -> Option<i64> {
     Some((v * mult * 1000.0).ceil() as i64)
 }
 
+/// Any quantity in millis (millicores, millibytes), 0 if it does not parse.
+pub fn milli_of(q: &Quantity) -> i64 {
+    milli(&q.0).unwrap_or(0)
+}
+
 /// CPU in millicores.
 pub fn cpu(q: &Quantity) -> i64 {
     milli(&q.0).unwrap_or(0)

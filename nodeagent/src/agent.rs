@@ -3,7 +3,7 @@
 //! (through `podstatus`, whatever the runtime), and, for a pod marked for deletion,
 //! stopping it within its grace period and then deleting it for good.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use skiff_controllers::informer::notifying_cache;
 
+use crate::metrics::Reporter;
 use crate::podstatus::{self, Placement};
 use crate::runtime::Runtime;
 
@@ -54,6 +55,7 @@ pub struct Agent<R: Runtime> {
     slots: HashMap<String, Slot>,
     /// Pod IPs handed out: pod uid -> IP, and per node the next host number.
     ips: Mutex<(HashMap<String, String>, HashMap<String, u32>)>,
+    metrics: Reporter,
 }
 
 fn seconds(t: Timestamp) -> Timestamp {
@@ -70,7 +72,8 @@ impl<R: Runtime> Agent<R> {
                 (name.clone(), Slot { name, host_ip, index: i })
             })
             .collect();
-        Agent { client, cfg, rt, slots, ips: Mutex::new((HashMap::new(), HashMap::new())) }
+        let metrics = Reporter::new(client.clone());
+        Agent { client, cfg, rt, slots, ips: Mutex::new((HashMap::new(), HashMap::new())), metrics }
     }
 
     fn node_object(&self, s: &Slot) -> Node {
@@ -262,6 +265,32 @@ impl<R: Runtime> Agent<R> {
         }
     }
 
+    /// Reports what each running pod, and each node in total, uses.
+    async fn report_usage(&self, mine: &[Arc<Pod>]) {
+        let mut totals: BTreeMap<String, (i64, i64)> = self.slots.keys().map(|n| (n.clone(), (0, 0))).collect();
+        let mut reports = Vec::new();
+        let mut live = HashSet::new();
+        for p in mine.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+            let Some(usage) = self.rt.usage(p) else { continue };
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+            if let Some(t) = totals.get_mut(&node) {
+                t.0 += usage.iter().map(|u| u.cpu_milli).sum::<i64>();
+                t.1 += usage.iter().map(|u| u.memory_bytes).sum::<i64>();
+            }
+            live.insert((
+                p.metadata.namespace.clone().unwrap_or_default(),
+                p.metadata.name.clone().unwrap_or_default(),
+            ));
+            reports.push((p.clone(), usage));
+        }
+        self.metrics.prune(&live).await;
+        futures::stream::iter(reports.into_iter().map(|(p, u)| async move { self.metrics.pod(&p, u).await }))
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+        self.metrics.nodes(totals).await;
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         let this = Arc::new(self);
         futures::stream::iter(this.slots.values().map(|s| this.register(s)))
@@ -296,16 +325,17 @@ impl<R: Runtime> Agent<R> {
                 })
                 .collect();
             // Pods removed behind our back (force-deleted) are stopped too.
-            let live: std::collections::HashSet<String> = mine.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+            let live: HashSet<String> = mine.iter().filter_map(|p| p.metadata.uid.clone()).collect();
             for uid in this.rt.pods().into_iter().filter(|u| !live.contains(u)) {
                 let mut gone = Pod::default();
                 gone.metadata.uid = Some(uid);
                 let _ = this.rt.stop(&gone, Duration::ZERO).await;
             }
-            futures::stream::iter(mine.into_iter().map(|p| this.sync_pod(p)))
+            futures::stream::iter(mine.iter().cloned().map(|p| this.sync_pod(p)))
                 .buffer_unordered(32)
                 .collect::<Vec<()>>()
                 .await;
+            this.report_usage(&mine).await;
             tokio::select! {
                 _ = changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
                 _ = tokio::time::sleep(this.cfg.sync_period) => {}

@@ -2,7 +2,9 @@
 //! running anything, steered by pod annotations (documented in the crate README):
 //! `fake.skiff.io/ready: "false"` keeps containers unready, `fake.skiff.io/run-seconds`
 //! makes them exit after that long with `fake.skiff.io/exit-code` (default 0),
-//! restarting as the restart policy says.
+//! restarting as the restart policy says. `fake.skiff.io/cpu-usage` and
+//! `fake.skiff.io/memory-usage` (quantities, default 0) are what each running
+//! container reports using.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,6 +25,16 @@ pub trait Runtime: Send + Sync + 'static {
     fn containers(&self, pod: &Pod) -> Option<Vec<Container>>;
     /// Pods the runtime holds (uids).
     fn pods(&self) -> Vec<String>;
+    /// What the running containers of a pod use now; None for a pod not running here.
+    fn usage(&self, pod: &Pod) -> Option<Vec<Usage>>;
+}
+
+/// One container's resource usage: CPU in millicores, memory in bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub container: String,
+    pub cpu_milli: i64,
+    pub memory_bytes: i64,
 }
 
 struct FakePod {
@@ -115,5 +127,19 @@ impl Runtime for Fake {
 
     fn pods(&self) -> Vec<String> {
         self.pods.lock().expect("not poisoned").keys().cloned().collect()
+    }
+
+    fn usage(&self, pod: &Pod) -> Option<Vec<Usage>> {
+        let quantity = |key| annotation(pod, key).and_then(skiff_controllers::quantity::milli).unwrap_or(0);
+        let (cpu_milli, memory_bytes) =
+            (quantity("fake.skiff.io/cpu-usage"), quantity("fake.skiff.io/memory-usage") / 1000);
+        let running = self.containers(pod)?;
+        Some(
+            running
+                .into_iter()
+                .filter(|c| matches!(c.state, State::Running { .. }))
+                .map(|c| Usage { container: c.name, cpu_milli, memory_bytes })
+                .collect(),
+        )
     }
 }
