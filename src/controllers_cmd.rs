@@ -102,6 +102,10 @@ pub struct AgentArgs {
     /// How often every pod's status is recomputed.
     #[arg(long, default_value = "1s", value_parser = duration::parse)]
     sync_period: Duration,
+    /// Where the local-path provisioner makes the directories of volumes for claims of
+    /// the default StorageClass (`<root>/<node>/<volume>_<namespace>_<claim>`).
+    #[arg(long, default_value = "/var/lib/skiff/local-path")]
+    local_path_root: PathBuf,
 }
 
 async fn until_stopped(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
@@ -152,6 +156,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
         lease_duration: a.node_lease_duration,
         renew: a.node_lease_renew_interval,
         sync_period: a.sync_period,
+        local_path_root: a.local_path_root,
     };
     match a.runtime {
         RuntimeKind::Fake => until_stopped(skiff_nodeagent::run_fake(cfg, a.start_delay)).await,

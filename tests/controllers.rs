@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,6 +80,8 @@ impl Plane {
         let n = nodes.to_string();
         let mut args = vec!["agent", "--runtime", "fake", "--nodes", &n, "--node-name-prefix", prefix];
         args.extend(["--start-delay", "300ms", "--node-lease-renew-interval", "500ms", "--sync-period", "300ms"]);
+        let root = self.api.dir.path().join("local-path").to_string_lossy().into_owned();
+        args.extend(["--local-path-root", &root]);
         args.extend(extra);
         self.spawn(&format!("agent-{prefix}"), &args);
     }
@@ -575,7 +578,19 @@ fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() {
             .unwrap()
             .to_string();
         assert!(claim.ends_with(name.as_str()), "{claim}");
-        p.k(&["get", "pvc", &claim]);
+        // Each claim got the default class and a volume made on its pod's node.
+        let pvc = p.json(&["get", "pvc", &claim]);
+        assert_eq!((&pvc["spec"]["storageClassName"], &pvc["status"]["phase"]), (&json!("standard"), &json!("Bound")));
+        let pv = p.json(&["get", "pv", pvc["spec"]["volumeName"].as_str().unwrap()]);
+        assert_eq!(pv["status"]["phase"], "Bound");
+        assert_eq!(pv["spec"]["claimRef"]["name"], json!(claim));
+        let node = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0];
+        assert_eq!(node, &pod["spec"]["nodeName"], "the volume is on the pod's node");
+        let dir = pv["spec"]["hostPath"]["path"].as_str().unwrap();
+        assert!(
+            dir.starts_with(p.api.dir.path().join("local-path").to_str().unwrap()) && Path::new(dir).is_dir(),
+            "{dir}"
+        );
     }
 
     // A rolling update replaces pods from the highest ordinal down.
@@ -602,6 +617,23 @@ fn statefulset_orders_pods_keeps_claims_and_rolls_from_the_top() {
     p.wait_for("pods gone", Duration::from_secs(30), |p| pods_by_name(p).is_empty());
     let claims = p.json(&["get", "pvc"]);
     assert_eq!(claims["items"].as_array().unwrap().len(), replicas, "claims are retained");
+    // Recreated, web-0 finds its old claim and so its old volume, on the same node.
+    let pv0 = p.json(&["get", "pvc", "www-web-0"])["spec"]["volumeName"].clone();
+    p.api.k_in(&["apply", "-f", "-"], &manifest);
+    let out = p.k(&["rollout", "status", "sts/web", "--timeout=60s"]);
+    assert!(out.contains("roll out complete"), "{out}");
+    let pv = p.json(&["get", "pv", pv0.as_str().unwrap()]);
+    let node = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0];
+    assert_eq!(&pods_by_name(&p)["web-0"]["spec"]["nodeName"], node, "web-0 follows its volume");
+    // A deleted claim releases its volume, which goes with its directory (reclaim Delete).
+    p.k(&["delete", "sts", "web", "--timeout=60s"]);
+    p.wait_for("pods gone", Duration::from_secs(30), |p| pods_by_name(p).is_empty());
+    let dir = pv["spec"]["hostPath"]["path"].as_str().unwrap().to_string();
+    p.k(&["delete", "pvc", "www-web-0"]);
+    p.wait_for("the volume to go", Duration::from_secs(30), |p| {
+        p.json(&["get", "pv"])["items"].as_array().unwrap().iter().all(|v| v["metadata"]["name"] != pv0)
+    });
+    assert!(!Path::new(&dir).exists(), "{dir} was removed");
 }
 
 #[test]
@@ -744,5 +776,50 @@ fn autoscaler_follows_reported_usage_and_top_shows_it() {
             .as_array()
             .map_or(0, |a| a.len())
             == 2
+    });
+}
+
+#[test]
+fn claims_bind_to_fitting_static_volumes() {
+    let p = Plane::start(1);
+    let pv = |name: &str, size: &str| {
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"], "storageClassName": "manual",
+                "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": "/nonexistent/skiff-test"}}})
+        .to_string()
+    };
+    let pvc = |name: &str, size: &str| {
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"storageClassName": "manual", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}})
+        .to_string()
+    };
+    p.api.k_in(&["apply", "-f", "-"], &pv("big", "10Gi"));
+    p.api.k_in(&["apply", "-f", "-"], &pv("small", "2Gi"));
+    p.wait_for("volumes Available", Duration::from_secs(20), |p| {
+        p.json(&["get", "pv"])["items"].as_array().unwrap().iter().all(|v| v["status"]["phase"] == "Available")
+    });
+    // The smallest volume that fits.
+    p.api.k_in(&["apply", "-f", "-"], &pvc("one", "1Gi"));
+    p.wait_for("claim one Bound", Duration::from_secs(20), |p| {
+        p.json(&["get", "pvc", "one"])["status"]["phase"] == "Bound"
+    });
+    assert_eq!(p.json(&["get", "pvc", "one"])["spec"]["volumeName"], "small");
+    assert_eq!(p.json(&["get", "pvc", "one"])["status"]["capacity"]["storage"], "2Gi");
+    // Nothing left that is big enough: Pending, with the reason as an event.
+    p.api.k_in(&["apply", "-f", "-"], &pvc("huge", "20Gi"));
+    p.wait_for("a FailedBinding event", Duration::from_secs(20), |p| {
+        p.k(&["describe", "pvc", "huge"]).contains("FailedBinding")
+    });
+    assert_eq!(p.json(&["get", "pvc", "huge"])["status"]["phase"], "Pending");
+    // A pod using the pending claim waits; deleting the bound claim releases (Retain) its volume.
+    p.k(&["delete", "pvc", "one"]);
+    p.wait_for("small Released", Duration::from_secs(20), |p| {
+        p.json(&["get", "pv", "small"])["status"]["phase"] == "Released"
+    });
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "user"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "huge"}}]}});
+    p.api.k_in(&["apply", "-f", "-"], &pod.to_string());
+    p.wait_for("FailedScheduling", Duration::from_secs(20), |p| {
+        p.k(&["describe", "pod", "user"]).contains("pod has unbound immediate PersistentVolumeClaims")
     });
 }

@@ -58,3 +58,34 @@ mod tests {
         assert_eq!(all["spec"]["tolerations"].as_array().unwrap().len(), 1);
     }
 }
+
+/// The annotation that makes a StorageClass the default one.
+pub const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
+
+/// DefaultStorageClass: a claim that names no class (the field absent, not "") gets the
+/// default StorageClass, the newest if several are marked.
+pub fn default_storage_class(claim: &mut Value, classes: &[Value]) {
+    if claim["spec"].get("storageClassName").is_some() {
+        return;
+    }
+    let default = classes
+        .iter()
+        .filter(|c| c["metadata"]["annotations"][DEFAULT_CLASS] == "true")
+        .max_by_key(|c| c["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
+    if let (Some(c), Some(spec)) = (default, claim.get_mut("spec").and_then(Value::as_object_mut)) {
+        spec.insert("storageClassName".into(), c["metadata"]["name"].clone());
+    }
+}
+
+/// The StorageClass a new cluster starts with: directories on the node the first pod
+/// using a claim is scheduled to, made by that node's agent.
+pub fn standard_storage_class() -> Value {
+    json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": "standard", "annotations": {DEFAULT_CLASS: "true"}},
+        "provisioner": "skiff.io/local-path",
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    })
+}

@@ -570,6 +570,12 @@ impl Handler<'_> {
         if self.is("", "pods") {
             admission::default_tolerations(&mut obj, self.tolerations);
         }
+        if self.is("", "persistentvolumeclaims") {
+            let r = registry::find("storage.k8s.io", "v1", "storageclasses").expect("storage classes are registered");
+            let page = self.store.list(&storage::prefix(r, None), None, 0, 0).await?;
+            let classes: Vec<Value> = page.items.into_iter().map(|s| s.obj).collect();
+            admission::default_storage_class(&mut obj, &classes);
+        }
         self.ensure_namespace().await?;
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         if self.q.dry_run() {

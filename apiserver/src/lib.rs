@@ -55,11 +55,21 @@ const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "
 
 async fn bootstrap(store: &storage::Store) -> anyhow::Result<()> {
     let r = registry::find("", "v1", "namespaces").expect("namespaces are registered");
+    let mut first_start = false;
     for ns in SYSTEM_NAMESPACES {
         let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         object::prepare_create(r, &mut obj, None).map_err(|e| anyhow::anyhow!(e.message))?;
         defaults::apply(r, &mut obj);
-        store.create(&storage::key(r, None, ns), &obj).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        let created = store.create(&storage::key(r, None, ns), &obj).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        first_start |= ns == "default" && created.is_some();
+    }
+    // A new cluster gets a default StorageClass once (as minikube's addon gives one);
+    // if an administrator deletes it, it stays deleted.
+    if first_start {
+        let r = registry::find("storage.k8s.io", "v1", "storageclasses").expect("storage classes are registered");
+        let mut class = admission::standard_storage_class();
+        object::prepare_create(r, &mut class, None).map_err(|e| anyhow::anyhow!(e.message))?;
+        store.create(&storage::key(r, None, "standard"), &class).await.map_err(|e| anyhow::anyhow!(e.message))?;
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ pub mod quantity;
 pub mod replicaset;
 pub mod scheduler;
 pub mod statefulset;
+pub mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -164,6 +165,8 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let node_store = nodes.store();
     let lease_store = leases.store();
     let hpa_store = hpas.store();
+    let volumes_changed = Arc::new(tokio::sync::Notify::new());
+    let volume_caches = volumes::Volumes::watch(&client, volumes_changed.clone());
     drop(hpas.run());
     drop(pods.run());
     drop(rss.run());
@@ -181,6 +184,13 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
             gc::Gc::start(client).run().await;
             Vec::new()
         }),
+        {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                volumes::run(ctx, volume_caches, volumes_changed).await;
+                Vec::new()
+            })
+        },
         {
             let ctx = ctx.clone();
             tokio::spawn(async move {
@@ -211,7 +221,8 @@ pub async fn run_scheduler(cfg: SchedulerConfig) -> anyhow::Result<()> {
     let changed = Arc::new(tokio::sync::Notify::new());
     let pods = informer::notifying_cache(Api::<Pod>::all(client.clone()), changed.clone());
     let nodes = informer::notifying_cache(Api::<Node>::all(client.clone()), changed.clone());
-    let s = scheduler::Scheduler::new(client, pods, nodes, changed);
+    let volumes = volumes::Volumes::watch(&client, changed.clone());
+    let s = scheduler::Scheduler::new(client, pods, nodes, volumes, changed);
     tokio::select! {
         _ = lost => anyhow::bail!("lost the kube-scheduler lease; stopping so a standby can lead"),
         _ = s.run() => anyhow::bail!("the scheduler stopped"),

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint};
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -26,6 +28,7 @@ use tokio::sync::Notify;
 
 use crate::events::Recorder;
 use crate::nodelifecycle::{tolerates, NOT_READY};
+use crate::volumes::{select_node, Volumes};
 use crate::{labels, pods, quantity};
 
 const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
@@ -106,6 +109,11 @@ fn node_term_matches(term: &NodeSelectorTerm, n: &NodeInfo) -> bool {
         .flatten()
         .all(|e| requirement(e, (e.key == "metadata.name").then_some(n.name.as_str())));
     (term.match_expressions.is_some() || term.match_fields.is_some()) && exprs && fields
+}
+
+/// Does node `n` satisfy a NodeSelector (any of its terms)?
+pub fn node_selector_matches(sel: &NodeSelector, n: &NodeInfo) -> bool {
+    sel.node_selector_terms.iter().any(|t| node_term_matches(t, n))
 }
 
 fn requirement(e: &NodeSelectorRequirement, v: Option<&str>) -> bool {
@@ -325,10 +333,20 @@ pub fn fit_error(total: usize, reasons: &[String]) -> String {
 
 /// Chooses a node for `pod`: Ok(name) or Err(the fit error message).
 pub fn choose(pod: &Pod, nodes: &[NodeInfo], turn: usize) -> Result<usize, String> {
+    choose_with(pod, nodes, turn, |_| Ok(()))
+}
+
+/// `choose` with one more filter (the pod's volumes).
+pub fn choose_with(
+    pod: &Pod,
+    nodes: &[NodeInfo],
+    turn: usize,
+    extra: impl Fn(&NodeInfo) -> Result<(), String>,
+) -> Result<usize, String> {
     let mut reasons = Vec::new();
     let mut best: Vec<(i64, usize)> = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
-        match filter(pod, n, nodes) {
+        match filter(pod, n, nodes).and_then(|()| extra(n)) {
             Ok(()) => best.push((score(pod, n, nodes), i)),
             Err(r) => reasons.push(r),
         }
@@ -348,17 +366,38 @@ pub struct Scheduler {
     assumed: Mutex<HashMap<String, String>>,
     /// The last failure reported per pod uid, so unchanged failures are not re-reported.
     reported: Mutex<HashMap<String, String>>,
+    pub volumes: Volumes,
+    /// Pods placed on a node whose claims are being provisioned there: uid -> (node, pod).
+    /// They are bound once their claims are.
+    awaiting: Mutex<HashMap<String, (String, Arc<Pod>)>>,
 }
 
 impl Scheduler {
-    pub fn new(client: kube::Client, pods: Store<Pod>, nodes: Store<Node>, changed: Arc<Notify>) -> Scheduler {
+    pub fn new(
+        client: kube::Client,
+        pods: Store<Pod>,
+        nodes: Store<Node>,
+        volumes: Volumes,
+        changed: Arc<Notify>,
+    ) -> Scheduler {
         let recorder = Recorder::new(client.clone(), "default-scheduler");
-        Scheduler { client, pods, nodes, changed, recorder, assumed: Mutex::default(), reported: Mutex::default() }
+        Scheduler {
+            client,
+            pods,
+            nodes,
+            changed,
+            recorder,
+            assumed: Mutex::default(),
+            reported: Mutex::default(),
+            volumes,
+            awaiting: Mutex::default(),
+        }
     }
 
     pub async fn run(self) {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
+        self.volumes.wait_until_ready().await;
         let mut turn = 0usize;
         loop {
             turn = turn.wrapping_add(self.pass(turn).await);
@@ -416,16 +455,54 @@ impl Scheduler {
             )
         });
         let mut binds = Vec::new();
+        {
+            // Pods whose claims were being provisioned go once the claims are bound.
+            let live: HashMap<&str, &Arc<Pod>> =
+                all_pods.iter().filter(|p| Self::pending(p)).map(|p| (pods::uid(&p.metadata), p)).collect();
+            let mut awaiting = self.awaiting.lock().expect("not poisoned");
+            awaiting.retain(|uid, _| live.contains_key(uid.as_str()));
+            let done: Vec<String> = awaiting
+                .iter()
+                .filter(|(uid, _)| self.volumes.all_bound(live[uid.as_str()]))
+                .map(|(uid, _)| uid.clone())
+                .collect();
+            for uid in done {
+                let (node, _) = awaiting.remove(&uid).expect("listed");
+                binds.push((live[uid.as_str()].clone(), node));
+            }
+        }
         let mut failures = Vec::new();
+        let mut provisions = Vec::new();
         for (k, p) in pending.into_iter().enumerate() {
-            match choose(&p, &nodes, turn + k) {
+            let vols = match self.volumes.for_pod(&p) {
+                Ok(v) => v,
+                Err(msg) => {
+                    failures.push((p, format!("0/{} nodes are available: {msg}.", nodes.len())));
+                    continue;
+                }
+            };
+            match choose_with(&p, &nodes, turn + k, |n| vols.fits(n)) {
                 Ok(i) => {
                     let node = nodes[i].name.clone();
                     nodes[i].add(p.clone());
                     self.assumed.lock().expect("not poisoned").insert(pods::uid(&p.metadata).into(), node.clone());
-                    binds.push((p, node));
+                    match vols.to_provision.is_empty() {
+                        true => binds.push((p, node)),
+                        false => provisions.push((p, node, vols.to_provision)),
+                    }
                 }
                 Err(msg) => failures.push((p, msg)),
+            }
+        }
+        for (p, node, claims) in provisions {
+            match select_node(&self.client, pods::namespace(&p.metadata), &claims, &node).await {
+                Ok(()) => {
+                    self.awaiting.lock().expect("not poisoned").insert(pods::uid(&p.metadata).into(), (node, p));
+                }
+                Err(e) => {
+                    tracing::warn!("choosing {node} for the claims of {}: {e}", pods::name(&p.metadata));
+                    self.assumed.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
+                }
             }
         }
         let placed = binds.len();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use skiff_controllers::informer::notifying_cache;
 
+use crate::localpath::LocalPath;
 use crate::metrics::Reporter;
 use crate::podstatus::{self, Placement};
 use crate::runtime::Runtime;
@@ -40,6 +41,8 @@ pub struct Config {
     pub renew: Duration,
     /// How often every pod's status is recomputed.
     pub sync_period: Duration,
+    /// Where the local-path provisioner keeps volume directories.
+    pub local_path_root: PathBuf,
 }
 
 struct Slot {
@@ -56,6 +59,7 @@ pub struct Agent<R: Runtime> {
     /// Pod IPs handed out: pod uid -> IP, and per node the next host number.
     ips: Mutex<(HashMap<String, String>, HashMap<String, u32>)>,
     metrics: Reporter,
+    local_path: LocalPath,
 }
 
 fn seconds(t: Timestamp) -> Timestamp {
@@ -64,7 +68,7 @@ fn seconds(t: Timestamp) -> Timestamp {
 
 impl<R: Runtime> Agent<R> {
     pub fn new(client: kube::Client, cfg: Config, rt: R) -> Agent<R> {
-        let slots = (0..cfg.nodes)
+        let slots: HashMap<String, Slot> = (0..cfg.nodes)
             .map(|i| {
                 let name = format!("{}-{i}", cfg.node_prefix);
                 // Simulated nodes get addresses from 198.18.0.0/15 (reserved for benchmarks); nothing is sent there.
@@ -73,7 +77,8 @@ impl<R: Runtime> Agent<R> {
             })
             .collect();
         let metrics = Reporter::new(client.clone());
-        Agent { client, cfg, rt, slots, ips: Mutex::new((HashMap::new(), HashMap::new())), metrics }
+        let local_path = LocalPath::new(client.clone(), cfg.local_path_root.clone(), slots.keys().cloned().collect());
+        Agent { client, cfg, rt, slots, ips: Mutex::new((HashMap::new(), HashMap::new())), metrics, local_path }
     }
 
     fn node_object(&self, s: &Slot) -> Node {
@@ -304,6 +309,8 @@ impl<R: Runtime> Agent<R> {
         let changed = Arc::new(Notify::new());
         let pods = notifying_cache(Api::<Pod>::all(this.client.clone()), changed.clone());
         let nodes = notifying_cache(Api::<Node>::all(this.client.clone()), Arc::new(Notify::new()));
+        let claims = notifying_cache(Api::<PersistentVolumeClaim>::all(this.client.clone()), changed.clone());
+        let volumes = notifying_cache(Api::<PersistentVolume>::all(this.client.clone()), changed.clone());
         {
             let this = this.clone();
             let nodes = nodes.clone();
@@ -336,6 +343,7 @@ impl<R: Runtime> Agent<R> {
                 .collect::<Vec<()>>()
                 .await;
             this.report_usage(&mine).await;
+            this.local_path.sync(&claims, &volumes).await;
             tokio::select! {
                 _ = changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
                 _ = tokio::time::sleep(this.cfg.sync_period) => {}

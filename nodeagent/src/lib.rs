@@ -4,6 +4,7 @@
 //! testing controllers; the containerd runtime comes with the node agent issue.
 
 pub mod agent;
+pub mod localpath;
 pub mod metrics;
 pub mod podstatus;
 pub mod runtime;
