@@ -823,3 +823,65 @@ fn claims_bind_to_fitting_static_volumes() {
         p.k(&["describe", "pod", "user"]).contains("pod has unbound immediate PersistentVolumeClaims")
     });
 }
+
+#[test]
+fn cronjobs_start_jobs_on_schedule_and_keep_their_history() {
+    let p = Plane::start(1);
+    let cj = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+        "spec": {"schedule": "* * * * *", "concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 1,
+            "jobTemplate": {"spec": {"template": {
+                "metadata": {"annotations": {"fake.skiff.io/run-seconds": "1"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}}});
+    p.api.k_in(&["apply", "-f", "-"], &cj.to_string());
+    let table = p.k(&["get", "cronjob", "tick"]);
+    assert!(
+        table.contains("SCHEDULE") && table.contains("* * * * *   <none>     False     0        <none>"),
+        "{table}"
+    );
+    // A Job started by hand from the CronJob belongs to it.
+    p.k(&["create", "job", "manual", "--from=cronjob/tick"]);
+    let manual = p.json(&["get", "job", "manual"]);
+    assert_eq!(manual["metadata"]["ownerReferences"][0]["kind"], "CronJob");
+    let complete = |p: &Plane, name: &str| {
+        p.json(&["get", "job", name])["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Complete" && c["status"] == "True")
+    };
+    p.wait_for("the manual job to complete", Duration::from_secs(20), |p| complete(p, "manual"));
+    // The next whole minute starts a Job named after it.
+    let scheduled = |p: &Plane| -> Option<String> {
+        let jobs = p.json(&["get", "jobs"]);
+        jobs["items"].as_array().unwrap().iter().find_map(|j| {
+            j["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+                .as_str()
+                .map(|_| j["metadata"]["name"].as_str().unwrap().to_string())
+        })
+    };
+    p.wait_for("a scheduled job", Duration::from_secs(75), |p| scheduled(p).is_some());
+    let name = scheduled(&p).unwrap();
+    let minutes: i64 = name.strip_prefix("tick-").unwrap().parse().unwrap();
+    let job = p.json(&["get", "job", &name]);
+    let stamp = job["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"].as_str().unwrap();
+    assert!(stamp.ends_with(":00Z"), "on the minute: {stamp}");
+    assert_eq!(job["metadata"]["ownerReferences"][0]["name"], "tick");
+    p.wait_for("the scheduled job to complete", Duration::from_secs(20), |p| complete(p, &name));
+    // Status follows, and only one successful Job is kept (the manual one goes).
+    p.wait_for("the history limit", Duration::from_secs(20), |p| {
+        let cj = p.json(&["get", "cronjob", "tick"]);
+        let jobs = p.json(&["get", "jobs"]);
+        cj["status"]["lastSuccessfulTime"].is_string()
+            && cj["status"]["active"].is_null()
+            && jobs["items"].as_array().unwrap().len() == 1
+    });
+    let cj = p.json(&["get", "cronjob", "tick"]);
+    let last = cj["status"]["lastScheduleTime"].as_str().unwrap().to_string();
+    assert!(last.as_str() >= stamp && last.ends_with(":00Z"), "{last} {stamp}");
+    let stamp_minutes = p.json(&["get", "job", &name])["status"]["startTime"].as_str().map(|_| minutes);
+    assert_eq!(stamp_minutes, Some(minutes));
+    let described = p.k(&["describe", "cronjob", "tick"]);
+    for want in ["SuccessfulCreate", "SawCompletedJob", "SuccessfulDelete", "Deleted job manual"] {
+        assert!(described.contains(want), "{want} missing:\n{described}");
+    }
+}

@@ -216,6 +216,21 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             let completions = format!("{}/{}", int(&o["status"]["succeeded"]), int(&o["spec"]["completions"]).max(1));
             vec![name, json!(status), json!(completions), json!(duration), json!(age(o))]
         }
+        "cronjobs" => {
+            let last = match o["status"]["lastScheduleTime"].as_str().and_then(parse_rfc3339) {
+                Some(t) => human_duration(now() - t),
+                None => "<none>".into(),
+            };
+            vec![
+                name,
+                o["spec"]["schedule"].clone(),
+                json!(o["spec"]["timeZone"].as_str().unwrap_or("<none>")),
+                json!(if o["spec"]["suspend"] == json!(true) { "True" } else { "False" }),
+                json!(o["status"]["active"].as_array().map_or(0, |a| a.len())),
+                json!(last),
+                json!(age(o)),
+            ]
+        }
         "deployments" => vec![
             name,
             json!(format!("{}/{}", int(&o["status"]["readyReplicas"]), int(&o["spec"]["replicas"]))),
@@ -392,6 +407,15 @@ fn columns(r: &Resource) -> Vec<Value> {
                 "The desired number of successfully finished pods the job should be run with.",
             ),
             col("Duration", "string", "Time required to complete the job."),
+            age,
+        ],
+        "cronjobs" => vec![
+            name,
+            col("Schedule", "string", "The schedule in Cron format."),
+            col("Timezone", "string", "The time zone name for the given schedule."),
+            col("Suspend", "boolean", "Whether the controller suspends subsequent executions."),
+            col("Active", "integer", "The number of pointers to currently running jobs."),
+            col("Last Schedule", "date", "Information when was the last time the job was successfully scheduled."),
             age,
         ],
         "deployments" => vec![

@@ -44,6 +44,7 @@ pub const KINDS: &[(&str, &str, &str, &str, bool)] = &[
     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true),
     ("rbac.authorization.k8s.io", "v1", "Role", "roles", true),
     ("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true),
+    ("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", true),
 ];
 
 pub fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {

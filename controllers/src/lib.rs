@@ -4,6 +4,8 @@
 //! coordination.k8s.io Lease, the others wait to take over.
 
 pub mod client;
+pub mod cron;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -31,7 +33,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::Api;
@@ -107,6 +109,8 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let mut nodes = Informer::new(Api::<Node>::all(client.clone()));
     let leases = Informer::new(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"));
     let hpas = Informer::new(Api::<HorizontalPodAutoscaler>::all(client.clone()));
+    let mut jobs = Informer::new(Api::<Job>::all(client.clone()));
+    let cronjobs = Informer::new(Api::<CronJob>::all(client.clone()));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pods: pods.store(),
@@ -146,7 +150,7 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
         .run(daemonset::reconcile, retry, ctx.clone())
         .map(|_| ())
         .boxed();
-    let job_ctrl = Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
+    let job_ctrl = Controller::for_stream(jobs.subscribe(), jobs.store())
         .owns_stream(pods.subscribe())
         .run(job::reconcile, retry, ctx.clone())
         .map(|_| ())
@@ -165,6 +169,9 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let node_store = nodes.store();
     let lease_store = leases.store();
     let hpa_store = hpas.store();
+    let cronjob_ctrl = cronjob::Controller::new(ctx.clone(), cronjobs.store(), jobs.store());
+    drop(jobs.run());
+    drop(cronjobs.run());
     let volumes_changed = Arc::new(tokio::sync::Notify::new());
     let volume_caches = volumes::Volumes::watch(&client, volumes_changed.clone());
     drop(hpas.run());
@@ -182,6 +189,10 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
         drain(ns_ctrl),
         tokio::spawn(async move {
             gc::Gc::start(client).run().await;
+            Vec::new()
+        }),
+        tokio::spawn(async move {
+            cronjob_ctrl.run().await;
             Vec::new()
         }),
         {
