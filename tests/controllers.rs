@@ -885,3 +885,40 @@ fn cronjobs_start_jobs_on_schedule_and_keep_their_history() {
         assert!(described.contains(want), "{want} missing:\n{described}");
     }
 }
+
+#[test]
+fn scaling_mid_rollout_is_proportional() {
+    let p = Plane::start(3);
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "prop"},
+        "spec": {"replicas": 10, "selector": {"matchLabels": {"app": "prop"}},
+            "template": {"metadata": {"labels": {"app": "prop"}},
+                "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}}}});
+    p.api.k_in(&["apply", "-f", "-"], &d.to_string());
+    p.wait_for("10 available", Duration::from_secs(30), |p| p.deploy_available("prop") == 10);
+    // A new template whose pods never become ready: the rollout stalls with both
+    // ReplicaSets up (25 % surge and unavailability of 10: 8 old, 5 new).
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {"fake.skiff.io/ready": "false"}},
+        "spec": {"containers": [{"name": "c", "image": "nginx:1.26"}]}}}});
+    p.k(&["patch", "deploy", "prop", "-p", &patch.to_string()]);
+    let sizes = |p: &Plane| -> Vec<(String, i64)> {
+        let rss = p.json(&["get", "rs", "-l", "app=prop"]);
+        let mut v: Vec<(String, i64)> = rss["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let image = r["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap().to_string();
+                (image, r["spec"]["replicas"].as_i64().unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let want = |old: i64, new: i64| vec![("nginx:1.25".to_string(), old), ("nginx:1.26".to_string(), new)];
+    p.wait_for("8 old and 5 new", Duration::from_secs(30), |p| sizes(p) == want(8, 5));
+    // Scaled to 20 (surge 5, 25 allowed): each grows by its share, 8 -> 15 and 5 -> 10.
+    p.k(&["scale", "deploy", "prop", "--replicas=20"]);
+    p.wait_for("15 old and 10 new", Duration::from_secs(30), |p| sizes(p) == want(15, 10));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(sizes(&p), want(15, 10), "and it stays so");
+}

@@ -5,8 +5,9 @@
 //! at least `replicas - maxUnavailable` pods stay available; Recreate scales the old
 //! ones to zero first. Old ReplicaSets beyond `revisionHistoryLimit` are deleted.
 //! Status carries the Available and Progressing conditions `kubectl rollout status`
-//! reads. Scaling while paused resizes only the current ReplicaSet (no proportional
-//! scaling across several).
+//! reads. Scaling in the middle of a rollout (or while paused with several ReplicaSets
+//! up) is proportional: each active ReplicaSet grows or shrinks by its share, from the
+//! `max-replicas` annotation it was last sized against, the rest going to the largest.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -109,6 +110,44 @@ fn available(rs: &ReplicaSet) -> i32 {
 
 fn status_replicas(rs: &ReplicaSet) -> i32 {
     rs.status.as_ref().map(|s| s.replicas).unwrap_or(0)
+}
+
+fn annotation_i32(rs: &ReplicaSet, key: &str) -> Option<i32> {
+    rs.metadata.annotations.as_ref()?.get(key)?.parse().ok()
+}
+
+/// Proportional scaling: the active ReplicaSets' `(size, max-replicas annotation)`,
+/// oldest first, and the total now allowed (replicas + maxSurge); returns their new
+/// sizes. Each moves by round(size * allowed / its max) - size, bounded by what is
+/// left to add or remove; the remainder goes to the largest (newest on ties when
+/// growing, oldest when shrinking).
+pub fn proportional(active: &[(i32, i32)], allowed: i32) -> Vec<i32> {
+    let total: i32 = active.iter().map(|a| a.0).sum();
+    let to_add = allowed - total;
+    let mut out: Vec<i32> = active.iter().map(|a| a.0).collect();
+    if to_add == 0 || active.is_empty() {
+        return out;
+    }
+    let mut order: Vec<usize> = (0..active.len()).collect();
+    if to_add > 0 {
+        order.sort_by_key(|i| (std::cmp::Reverse(active[*i].0), std::cmp::Reverse(*i)));
+    } else {
+        order.sort_by_key(|i| (std::cmp::Reverse(active[*i].0), *i));
+    }
+    let mut added = 0;
+    for &i in &order {
+        let (size, max) = active[i];
+        let share = if max > 0 { ((size as f64 * allowed as f64) / max as f64).round() as i32 - size } else { 0 };
+        let left = to_add - added;
+        let step = if to_add > 0 { share.clamp(0, left) } else { share.clamp(left, 0) };
+        out[i] += step;
+        added += step;
+    }
+    out[order[0]] += to_add - added;
+    for v in &mut out {
+        *v = (*v).max(0);
+    }
+    out
 }
 
 /// How big the new ReplicaSet may be now, given all ReplicaSets' sizes.
@@ -242,6 +281,25 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Erro
             Some(rss.len() - 1)
         }
     };
+
+    // A change of replicas while several ReplicaSets are up: proportional scaling first.
+    let active: Vec<usize> = (0..rss.len()).filter(|i| spec_replicas(&rss[*i]) > 0).collect();
+    let rolling_update = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) != Some("Recreate");
+    let resized = active.iter().any(|i| annotation_i32(&rss[*i], DESIRED) != Some(replicas));
+    if active.len() > 1 && rolling_update && resized {
+        let sizes: Vec<(i32, i32)> =
+            active.iter().map(|i| (spec_replicas(&rss[*i]), annotation_i32(&rss[*i], MAX).unwrap_or(0))).collect();
+        let allowed = if paused { replicas } else { replicas + surge };
+        let targets = proportional(&sizes, allowed);
+        for (i, to) in active.into_iter().zip(targets) {
+            scale(&ctx, &d, &rs_api, &mut rss[i], to, allowed).await?;
+            if spec_replicas(&rss[i]) == to && annotation_i32(&rss[i], DESIRED) != Some(replicas) {
+                // Same size, new desired count: only the annotations change.
+                let p = json!({"metadata": {"annotations": {DESIRED: replicas.to_string(), MAX: allowed.to_string()}}});
+                rss[i] = rs_api.patch(pods::name(&rss[i].metadata), &PatchParams::default(), &Patch::Merge(&p)).await?;
+            }
+        }
+    }
 
     if let Some(n) = new_idx {
         if paused {
@@ -558,6 +616,18 @@ fn status(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn proportional_scaling_shares_by_size() {
+        // Kubernetes' documented example: 10 replicas (surge 3) mid-rollout, 8 old and
+        // 5 new, scaled to 15 (allowed 18): +5 split 3 to the old, 2 to the new.
+        assert_eq!(super::proportional(&[(8, 13), (5, 13)], 18), vec![11, 7]);
+        // Scaled down to 5 (allowed 6).
+        assert_eq!(super::proportional(&[(8, 13), (5, 13)], 6), vec![4, 2]);
+        // Without annotations everything goes to the largest.
+        assert_eq!(super::proportional(&[(2, 0), (3, 0)], 10), vec![2, 8]);
+        assert_eq!(super::proportional(&[(4, 6), (2, 6)], 6), vec![4, 2], "nothing to change");
+    }
+
     use super::*;
 
     #[test]
