@@ -695,6 +695,22 @@ fn daemonsets_run_one_pod_per_fitting_node() {
     assert_eq!(live.len(), 3);
     assert!(live.iter().all(|x| x["spec"]["containers"][0]["image"] == "busybox:2"), "{live:?}");
     assert_eq!(nodes_of(&p), ["a-0", "a-1", "b-0"]);
+    // Each template is a revision; undo goes back to the first.
+    let hist = p.k(&["rollout", "history", "ds/agent"]);
+    assert!(hist.contains("1         <none>") && hist.contains("2         <none>"), "{hist}");
+    let rev1 = p.k(&["rollout", "history", "ds/agent", "--revision=1"]);
+    assert!(rev1.contains("busybox:1"), "{rev1}");
+    p.k(&["rollout", "undo", "ds/agent"]);
+    p.k(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    p.wait_for("busybox:1 everywhere", Duration::from_secs(30), |p| {
+        let live = p.live_pods("app=agent");
+        live.len() == 3 && live.iter().all(|x| x["spec"]["containers"][0]["image"] == "busybox:1")
+    });
+    let hist = p.k(&["rollout", "history", "ds/agent"]);
+    assert!(
+        hist.contains("2         <none>") && hist.contains("3         <none>") && !hist.contains("1         <none>"),
+        "{hist}"
+    );
     // A node selector shrinks the set to the nodes that match.
     p.k(&["label", "node", "b-0", "role=edge"]);
     p.k(&["patch", "ds", "agent", "-p", r#"{"spec":{"template":{"spec":{"nodeSelector":{"role":"edge"}}}}}"#]);

@@ -24,7 +24,7 @@ use crate::deployment::template_hash;
 use crate::nodelifecycle::tolerates;
 use crate::scheduler::{node_affinity_ok, NodeInfo};
 use crate::statefulset::REVISION_LABEL;
-use crate::{pods, Ctx, Error};
+use crate::{history, pods, Ctx, Error};
 
 /// The tolerations every daemon pod gets.
 fn daemon_tolerations() -> Vec<Toleration> {
@@ -115,6 +115,11 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
     }
     let spec = ds.spec.clone().unwrap_or_default();
     let hash = template_hash(&spec.template, ds.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0));
+    // The template's ControllerRevision (`kubectl rollout history|undo ds`).
+    let mut rev_labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    rev_labels.insert(REVISION_LABEL.into(), hash.clone());
+    let rev_name = format!("{name}-{hash}");
+    let revs = history::ensure(&ctx, meta, "DaemonSet", &rev_name, rev_labels, &spec.template).await?;
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     // What a pod of this set would look like, to test nodes against.
     let probe = template_pod(&ds, &hash);
@@ -229,6 +234,14 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
         collision_count: ds.status.as_ref().and_then(|s| s.collision_count),
         conditions: ds.status.as_ref().and_then(|s| s.conditions.clone()),
     };
+    // Old revisions beyond the history limit that no pod runs.
+    let mut in_use: Vec<String> = by_node
+        .values()
+        .flatten()
+        .filter_map(|p| p.metadata.labels.as_ref()?.get(REVISION_LABEL).map(|h| format!("{name}-{h}")))
+        .collect();
+    in_use.push(rev_name);
+    history::trim(&ctx, ns, &revs, &in_use, spec.revision_history_limit.unwrap_or(10)).await;
     if ds.status.as_ref() != Some(&status) {
         Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
             .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))

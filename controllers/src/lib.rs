@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod history;
 pub mod hpa;
 pub mod informer;
 pub mod job;

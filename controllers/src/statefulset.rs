@@ -15,14 +15,13 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetSpec, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
 
 use crate::deployment::template_hash;
-use crate::{labels, pods, Ctx, Error};
+use crate::{history, labels, pods, Ctx, Error};
 
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -117,50 +116,11 @@ async fn revisions(
     set: &StatefulSet,
     spec: &StatefulSetSpec,
 ) -> Result<(String, Vec<ControllerRevision>), Error> {
-    let ns = pods::namespace(&set.metadata);
-    let uid = pods::uid(&set.metadata);
-    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), ns);
-    let mut revs: Vec<ControllerRevision> = api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|r| pods::controlled_by(&r.metadata, uid))
-        .collect();
-    revs.sort_by_key(|r| r.revision);
     let collisions = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let name = format!("{}-{}", pods::name(&set.metadata), template_hash(&spec.template, collisions));
-    let data = json!({"spec": {"template": spec.template}});
-    if let Some(i) = revs.iter().position(|r| pods::name(&r.metadata) == name) {
-        // Back to an older template: it becomes the newest revision.
-        let newest = revs.last().map(|r| r.revision).unwrap_or(0);
-        if revs[i].revision < newest {
-            let p = json!({"revision": newest + 1});
-            revs[i] = api.patch(&name, &PatchParams::default(), &Patch::Merge(&p)).await?;
-            revs.sort_by_key(|r| r.revision);
-        }
-        return Ok((name, revs));
-    }
     let mut labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
     labels.insert(REVISION_LABEL.into(), name.clone());
-    let rev = ControllerRevision {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(ns.into()),
-            labels: Some(labels),
-            owner_references: Some(vec![pods::controller_ref("apps/v1", "StatefulSet", &set.metadata)]),
-            ..Default::default()
-        },
-        data: Some(RawExtension(data)),
-        revision: revs.last().map(|r| r.revision).unwrap_or(0) + 1,
-    };
-    match api.create(&PostParams::default(), &rev).await {
-        Ok(r) => revs.push(r),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            return Err(Error(format!("controller revision {name} exists; retrying")))
-        }
-        Err(e) => return Err(e.into()),
-    }
+    let revs = history::ensure(ctx, &set.metadata, "StatefulSet", &name, labels, &spec.template).await?;
     Ok((name, revs))
 }
 
@@ -282,21 +242,11 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
             .await?;
     }
     // Old revisions beyond the history limit, not used by any pod.
-    let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
-    let in_use: Vec<String> = live.iter().filter_map(|p| revision_of(p).map(String::from)).collect();
-    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), ns);
-    let old: Vec<&ControllerRevision> = revs
-        .iter()
-        .filter(|r| {
-            let n = pods::name(&r.metadata);
-            n != status.update_revision.as_deref().unwrap_or("")
-                && n != status.current_revision.as_deref().unwrap_or("")
-                && !in_use.iter().any(|u| u == n)
-        })
-        .collect();
-    for r in old.iter().take(old.len().saturating_sub(limit)) {
-        let _ = api.delete(pods::name(&r.metadata), &DeleteParams::default()).await;
-    }
+    let limit = spec.revision_history_limit.unwrap_or(10);
+    let mut in_use: Vec<String> = live.iter().filter_map(|p| revision_of(p).map(String::from)).collect();
+    in_use.extend(status.update_revision.clone());
+    in_use.extend(status.current_revision.clone());
+    history::trim(&ctx, ns, &revs, &in_use, limit).await;
     let mut next = live.iter().filter_map(|p| pods::available_in(p, min_ready, now)).min();
     // Waiting for a pod to finish terminating: look again even if no event comes.
     if by_ordinal.values().any(|p| p.metadata.deletion_timestamp.is_some()) {
@@ -307,11 +257,7 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
 
 /// The set's spec with the template of revision `name` (the current one if unknown).
 fn spec_at(spec: &StatefulSetSpec, revs: &[ControllerRevision], name: &str) -> StatefulSetSpec {
-    let template = revs
-        .iter()
-        .find(|r| pods::name(&r.metadata) == name)
-        .and_then(|r| r.data.as_ref()?.0.get("spec")?.get("template").cloned())
-        .and_then(|t| serde_json::from_value(t).ok());
+    let template = revs.iter().find(|r| pods::name(&r.metadata) == name).and_then(history::template_of);
     StatefulSetSpec { template: template.unwrap_or_else(|| spec.template.clone()), ..spec.clone() }
 }
 
