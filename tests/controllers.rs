@@ -827,8 +827,23 @@ fn claims_bind_to_fitting_static_volumes() {
         p.k(&["describe", "pvc", "huge"]).contains("FailedBinding")
     });
     assert_eq!(p.json(&["get", "pvc", "huge"])["status"]["phase"], "Pending");
-    // A pod using the pending claim waits; deleting the bound claim releases (Retain) its volume.
-    p.k(&["delete", "pvc", "one"]);
+    // A claim in use is kept (pvc-protection) until its pod is gone; then its volume is
+    // Released (and kept: Retain).
+    let holder = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "holder"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "one"}}]}});
+    p.api.k_in(&["apply", "-f", "-"], &holder.to_string());
+    p.wait_for("holder running", Duration::from_secs(20), |p| {
+        p.json(&["get", "pod", "holder"])["status"]["phase"] == "Running"
+    });
+    p.k(&["delete", "pvc", "one", "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let one = p.json(&["get", "pvc", "one"]);
+    assert!(one["metadata"]["deletionTimestamp"].is_string() && one["status"]["phase"] == "Bound", "{one}");
+    p.k(&["delete", "pod", "holder"]);
+    p.wait_for("claim one gone", Duration::from_secs(20), |p| {
+        p.json(&["get", "pvc"])["items"].as_array().unwrap().iter().all(|c| c["metadata"]["name"] != "one")
+    });
+    // A pod using the pending claim waits.
     p.wait_for("small Released", Duration::from_secs(20), |p| {
         p.json(&["get", "pv", "small"])["status"]["phase"] == "Released"
     });

@@ -77,6 +77,19 @@ pub fn default_storage_class(claim: &mut Value, classes: &[Value]) {
     }
 }
 
+/// StorageObjectInUseProtection: a claim keeps the `kubernetes.io/pvc-protection`
+/// finalizer, which the volume binder removes once no pod uses the claim.
+pub fn pvc_protection(claim: &mut Value) {
+    const FINALIZER: &str = "kubernetes.io/pvc-protection";
+    let Some(meta) = claim.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    let fins = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if let Some(list) = fins.as_array_mut() {
+        if !list.iter().any(|f| f == FINALIZER) {
+            list.push(json!(FINALIZER));
+        }
+    }
+}
+
 /// The StorageClass a new cluster starts with: directories on the node the first pod
 /// using a claim is scheduled to, made by that node's agent.
 pub fn standard_storage_class() -> Value {

@@ -575,6 +575,7 @@ impl Handler<'_> {
             let page = self.store.list(&storage::prefix(r, None), None, 0, 0).await?;
             let classes: Vec<Value> = page.items.into_iter().map(|s| s.obj).collect();
             admission::default_storage_class(&mut obj, &classes);
+            admission::pvc_protection(&mut obj);
         }
         self.ensure_namespace().await?;
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();

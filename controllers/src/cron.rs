@@ -27,8 +27,9 @@ fn value(s: &str, lo: u32, names: &[&str]) -> Result<u32, String> {
     s.parse().map_err(|_| format!("failed to parse int from {s}"))
 }
 
-/// One field as a bit set over lo..=hi; also whether it was `*`.
-fn field(text: &str, lo: u32, hi: u32, names: &[&str]) -> Result<(u64, bool), String> {
+/// One field as a bit set over lo..=hi; also whether it was `*`. `*` and `N/step` run
+/// up to `open_hi` (day of week: 6, though 7 may be named as Sunday).
+fn field(text: &str, lo: u32, hi: u32, open_hi: u32, names: &[&str]) -> Result<(u64, bool), String> {
     let mut bits = 0u64;
     let mut star = false;
     for part in text.split(',') {
@@ -36,19 +37,19 @@ fn field(text: &str, lo: u32, hi: u32, names: &[&str]) -> Result<(u64, bool), St
             Some((r, s)) => (r, s.parse::<u32>().map_err(|_| format!("failed to parse int from {s}"))?),
             None => (part, 1),
         };
-        if step == 0 {
-            return Err(format!("step of range should be a positive number: {part}"));
+        if step == 0 || step > hi {
+            return Err(format!("step of range should be a number from 1 to {hi}: {part}"));
         }
         let (a, b) = match range {
             "*" | "?" => {
                 star = part == range;
-                (lo, hi)
+                (lo, open_hi)
             }
             _ => match range.split_once('-') {
                 Some((a, b)) => (value(a, lo, names)?, value(b, lo, names)?),
                 None => {
                     let a = value(range, lo, names)?;
-                    (a, if step > 1 { hi } else { a })
+                    (a, if step > 1 { open_hi } else { a })
                 }
             },
         };
@@ -64,7 +65,7 @@ fn field(text: &str, lo: u32, hi: u32, names: &[&str]) -> Result<(u64, bool), St
         let mut v = a;
         while v <= b {
             bits |= 1 << v;
-            v += step;
+            v += step; // step <= hi <= 59 and b <= 59: no overflow
         }
     }
     Ok((bits, star))
@@ -86,11 +87,11 @@ impl Schedule {
         if fields.len() != 5 {
             return Err(format!("expected exactly 5 fields, found {}: {text}", fields.len()));
         }
-        let (minutes, _) = field(fields[0], 0, 59, &[])?;
-        let (hours, _) = field(fields[1], 0, 23, &[])?;
-        let (days, dom_star) = field(fields[2], 1, 31, &[])?;
-        let (months, _) = field(fields[3], 1, 12, &MONTHS)?;
-        let (mut weekdays, dow_star) = field(fields[4], 0, 7, &DAYS)?;
+        let (minutes, _) = field(fields[0], 0, 59, 59, &[])?;
+        let (hours, _) = field(fields[1], 0, 23, 23, &[])?;
+        let (days, dom_star) = field(fields[2], 1, 31, 31, &[])?;
+        let (months, _) = field(fields[3], 1, 12, 12, &MONTHS)?;
+        let (mut weekdays, dow_star) = field(fields[4], 0, 7, 6, &DAYS)?;
         if weekdays & (1 << 7) != 0 {
             weekdays |= 1; // 7 is Sunday too
         }
@@ -138,18 +139,35 @@ impl Schedule {
         None
     }
 
-    /// The latest scheduled time in (after, now], and how many there were (capped at 101,
-    /// as Kubernetes stops counting missed starts at 100).
-    pub fn last_between(&self, after: Timestamp, now: Timestamp) -> (Option<Timestamp>, usize) {
+    /// Scheduled times in (after, now]: the latest and how many, counting at most `cap`.
+    fn scan(&self, after: Timestamp, now: Timestamp, cap: usize) -> (Option<Timestamp>, usize) {
         let (mut last, mut n) = (None, 0);
         let mut t = after;
         while let Some(next) = self.next_after(t).filter(|x| *x <= now) {
             last = Some(next);
             n += 1;
-            if n > 100 {
+            if n >= cap {
                 break;
             }
             t = next;
+        }
+        (last, n)
+    }
+
+    /// The latest scheduled time in (after, now], and how many there were (counted up to
+    /// 101, as Kubernetes stops counting missed starts at 100).
+    pub fn last_between(&self, after: Timestamp, now: Timestamp) -> (Option<Timestamp>, usize) {
+        let (last, n) = self.scan(after, now, 101);
+        if n <= 100 {
+            return (last, n);
+        }
+        // Many missed: find the latest by looking back from now, in growing windows.
+        for days in [0.04, 1.0, 31.0, 366.0, 5.0 * 366.0] {
+            let back = k8s_openapi::jiff::SignedDuration::from_secs((days * 86400.0) as i64);
+            let from = now.checked_sub(back).unwrap_or(after).max(after);
+            if let (Some(latest), _) = self.scan(from, now, usize::MAX) {
+                return (Some(latest), n);
+            }
         }
         (last, n)
     }
@@ -179,6 +197,11 @@ mod tests {
         assert_eq!(either.next_after(ts("2026-01-01T00:00:00Z")), Some(ts("2026-01-02T00:00:00Z")));
         assert_eq!(either.next_after(ts("2026-01-10T00:00:00Z")), Some(ts("2026-01-13T00:00:00Z")));
         assert_eq!(Schedule::parse("0 0 30 2 *").unwrap().next_after(ts("2026-01-01T00:00:00Z")), None);
+        // Day of week 1/2 is Monday, Wednesday, Friday (not Sunday as 7); 7 alone is Sunday.
+        let odd = Schedule::parse("0 0 * * 1/2").unwrap();
+        assert_eq!(odd.next_after(ts("2026-01-02T12:00:00Z")), Some(ts("2026-01-05T00:00:00Z")));
+        let sunday = Schedule::parse("0 0 * * 7").unwrap();
+        assert_eq!(sunday.next_after(ts("2026-01-01T00:00:00Z")), Some(ts("2026-01-04T00:00:00Z")));
     }
 
     #[test]
@@ -187,6 +210,9 @@ mod tests {
         let (last, n) = every.last_between(ts("2026-01-01T10:00:00Z"), ts("2026-01-01T10:05:30Z"));
         assert_eq!((last, n), (Some(ts("2026-01-01T10:05:00Z")), 5));
         assert_eq!(every.last_between(ts("2026-01-01T10:00:00Z"), ts("2026-01-01T10:00:59Z")), (None, 0));
+        // A day of missed minutes: counted to 101, and the latest is still the latest.
+        let (last, n) = every.last_between(ts("2026-01-01T10:00:00Z"), ts("2026-01-02T10:00:30Z"));
+        assert_eq!((last, n), (Some(ts("2026-01-02T10:00:00Z")), 101));
     }
 
     #[test]
@@ -194,7 +220,8 @@ mod tests {
         assert!(Schedule::parse("* * * *").unwrap_err().contains("expected exactly 5 fields"));
         assert!(Schedule::parse("61 * * * *").unwrap_err().contains("above maximum (59)"));
         assert!(Schedule::parse("x * * * *").unwrap_err().contains("failed to parse int from x"));
-        assert!(Schedule::parse("*/0 * * * *").unwrap_err().contains("positive"));
+        assert!(Schedule::parse("*/0 * * * *").unwrap_err().contains("from 1 to 59"));
+        assert!(Schedule::parse("5/4294967295 * * * *").is_err());
         assert!(Schedule::parse("@sometimes").is_err());
         assert!(Schedule::parse("0 0 * jan-mar sun,sat").is_ok());
     }

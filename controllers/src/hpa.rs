@@ -267,11 +267,18 @@ fn metrics_resource() -> ApiResource {
     }
 }
 
+/// The pod's request for `resource` (a container's limit stands for its request when it
+/// sets none, as the API server defaults it in Kubernetes); None if a container has neither.
 fn container_request(p: &Pod, resource: &str) -> Option<i64> {
     let spec = p.spec.as_ref()?;
     let mut sum = 0;
     for c in &spec.containers {
-        let q = c.resources.as_ref()?.requests.as_ref()?.get(resource)?;
+        let r = c.resources.as_ref()?;
+        let q = r
+            .requests
+            .as_ref()
+            .and_then(|m| m.get(resource))
+            .or_else(|| r.limits.as_ref().and_then(|m| m.get(resource)))?;
         sum += quantity::milli_of(q);
     }
     Some(sum)
@@ -532,7 +539,12 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), pods::namespace(&hpa.metadata));
-    let patch = json!({"status": status});
+    let mut body = serde_json::to_value(&status).map_err(|e| kube::Error::SerdeError(e))?;
+    // Fields now absent must be cleared, not left as they were.
+    for key in ["currentMetrics", "lastScaleTime", "observedGeneration", "currentReplicas"] {
+        body.as_object_mut().expect("an object").entry(key).or_insert(serde_json::Value::Null);
+    }
+    let patch = json!({"status": body});
     api.patch_status(pods::name(&hpa.metadata), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }

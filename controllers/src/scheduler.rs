@@ -32,6 +32,8 @@ use crate::volumes::{select_node, Volumes};
 use crate::{labels, pods, quantity};
 
 const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+/// How long a pod waits for its claims to be provisioned and bound (Kubernetes' bind timeout).
+const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// One node as a scheduling pass sees it.
 #[derive(Clone)]
@@ -367,9 +369,9 @@ pub struct Scheduler {
     /// The last failure reported per pod uid, so unchanged failures are not re-reported.
     reported: Mutex<HashMap<String, String>>,
     pub volumes: Volumes,
-    /// Pods placed on a node whose claims are being provisioned there: uid -> (node, pod).
-    /// They are bound once their claims are.
-    awaiting: Mutex<HashMap<String, (String, Arc<Pod>)>>,
+    /// Pods placed on a node whose claims are being provisioned there: uid -> (node,
+    /// since). They are bound once their claims are, or given up after `VOLUME_BIND_TIMEOUT`.
+    awaiting: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl Scheduler {
@@ -455,21 +457,43 @@ impl Scheduler {
             )
         });
         let mut binds = Vec::new();
+        let mut retry = Vec::new();
         {
             // Pods whose claims were being provisioned go once the claims are bound.
             let live: HashMap<&str, &Arc<Pod>> =
                 all_pods.iter().filter(|p| Self::pending(p)).map(|p| (pods::uid(&p.metadata), p)).collect();
             let mut awaiting = self.awaiting.lock().expect("not poisoned");
             awaiting.retain(|uid, _| live.contains_key(uid.as_str()));
-            let done: Vec<String> = awaiting
+            let settled: Vec<String> = awaiting
                 .iter()
-                .filter(|(uid, _)| self.volumes.all_bound(live[uid.as_str()]))
+                .filter(|(uid, (_, since))| {
+                    self.volumes.all_bound(live[uid.as_str()]) || since.elapsed() > VOLUME_BIND_TIMEOUT
+                })
                 .map(|(uid, _)| uid.clone())
                 .collect();
-            for uid in done {
-                let (node, _) = awaiting.remove(&uid).expect("listed");
-                binds.push((live[uid.as_str()].clone(), node));
+            for uid in settled {
+                let (node, since) = awaiting.remove(&uid).expect("listed");
+                let pod = live[uid.as_str()].clone();
+                // Bound where the volumes ended up; anything else goes back to the queue.
+                let fits = self.volumes.all_bound(&pod)
+                    && index
+                        .get(&node)
+                        .is_some_and(|i| self.volumes.for_pod(&pod).is_ok_and(|v| v.fits(&nodes[*i]).is_ok()));
+                if fits {
+                    binds.push((pod, node));
+                } else {
+                    self.assumed.lock().expect("not poisoned").remove(uid.as_str());
+                    if since.elapsed() > VOLUME_BIND_TIMEOUT {
+                        retry.push(pod);
+                    }
+                }
             }
+        }
+        for p in retry {
+            // Kubernetes' words for a PreBind that gave up waiting.
+            let msg =
+                "running PreBind plugin \"VolumeBinding\": binding volumes: context deadline exceeded".to_string();
+            self.unschedulable(&p, msg).await;
         }
         let mut failures = Vec::new();
         let mut provisions = Vec::new();
@@ -497,7 +521,8 @@ impl Scheduler {
         for (p, node, claims) in provisions {
             match select_node(&self.client, pods::namespace(&p.metadata), &claims, &node).await {
                 Ok(()) => {
-                    self.awaiting.lock().expect("not poisoned").insert(pods::uid(&p.metadata).into(), (node, p));
+                    let since = std::time::Instant::now();
+                    self.awaiting.lock().expect("not poisoned").insert(pods::uid(&p.metadata).into(), (node, since));
                 }
                 Err(e) => {
                     tracing::warn!("choosing {node} for the claims of {}: {e}", pods::name(&p.metadata));

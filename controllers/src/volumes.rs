@@ -35,6 +35,8 @@ pub const BETA_STORAGE_PROVISIONER: &str = "volume.beta.kubernetes.io/storage-pr
 pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 pub const BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
 pub const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
+/// The finalizer that keeps a claim while a pod uses it (added by the API server).
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
 /// The provisioner of Skiff's default StorageClass (the node agents).
 pub const LOCAL_PATH: &str = "skiff.io/local-path";
 
@@ -83,10 +85,15 @@ pub struct PodVolumes {
     affinities: Vec<k8s_openapi::api::core::v1::NodeSelector>,
     /// Claims to provision on the chosen node.
     pub to_provision: Vec<String>,
+    /// A node already chosen for one of those claims (by an earlier pod): only it fits.
+    selected: Option<String>,
 }
 
 impl PodVolumes {
     pub fn fits(&self, n: &NodeInfo) -> Result<(), String> {
+        if self.selected.as_deref().is_some_and(|s| s != n.name) {
+            return Err("node(s) did not match the node selected for its volumes".into());
+        }
         match self.affinities.iter().all(|a| node_selector_matches(a, n)) {
             true => Ok(()),
             false => Err("node(s) had volume node affinity conflict".into()),
@@ -150,7 +157,15 @@ impl Volumes {
                         out.affinities.push(req);
                     }
                 }
-                _ if self.waits_for_consumer(&c) => out.to_provision.push(name),
+                _ if self.waits_for_consumer(&c) => {
+                    if let Some(n) = annotation(&c.metadata, SELECTED_NODE) {
+                        if out.selected.as_deref().is_some_and(|s| s != n) {
+                            return Err("its volumes were selected for different nodes".into());
+                        }
+                        out.selected = Some(n.to_string());
+                    }
+                    out.to_provision.push(name)
+                }
                 _ => return Err("pod has unbound immediate PersistentVolumeClaims".into()),
             }
         }
@@ -161,19 +176,6 @@ impl Volumes {
     pub fn all_bound(&self, pod: &Pod) -> bool {
         let ns = pods::namespace(&pod.metadata);
         claim_names(pod).iter().all(|n| self.claim(ns, n).is_some_and(|c| claim_phase(&c) == "Bound"))
-    }
-
-    /// Was the node choice of these claims withdrawn (or never made)?
-    pub fn node_choice(&self, pod: &Pod, claims: &[String]) -> Option<String> {
-        let ns = pods::namespace(&pod.metadata);
-        let nodes: HashSet<Option<String>> = claims
-            .iter()
-            .map(|n| self.claim(ns, n).and_then(|c| annotation(&c.metadata, SELECTED_NODE).map(String::from)))
-            .collect();
-        match nodes.into_iter().collect::<Vec<_>>().as_slice() {
-            [Some(n)] => Some(n.clone()),
-            _ => None,
-        }
     }
 }
 
@@ -261,7 +263,7 @@ impl Binder {
 
     async fn sync_claim(&self, c: &PersistentVolumeClaim) -> kube::Result<()> {
         if c.metadata.deletion_timestamp.is_some() {
-            return Ok(());
+            return self.release_protection(c).await;
         }
         let name = pods::name(&c.metadata);
         let spec = c.spec.clone().unwrap_or_default();
@@ -280,6 +282,14 @@ impl Binder {
                 }
                 return Ok(());
             };
+            let taken = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_some_and(|r| {
+                r.uid.as_deref().is_some_and(|u| !u.is_empty() && Some(u) != c.metadata.uid.as_deref())
+            });
+            if taken {
+                let msg = format!("volume \"{v}\" already bound to a different claim.");
+                self.say(c, "Warning", "FailedBinding", msg).await;
+                return Ok(());
+            }
             if claim_phase(c) != "Bound" || volume_phase(&pv) != "Bound" {
                 return self.bind(&pv, c).await;
             }
@@ -330,6 +340,29 @@ impl Binder {
             }
         }
         Ok(())
+    }
+
+    /// pvc-protection: a claim being deleted goes once no pod uses it.
+    async fn release_protection(&self, c: &PersistentVolumeClaim) -> kube::Result<()> {
+        let fins = c.metadata.finalizers.clone().unwrap_or_default();
+        if !fins.iter().any(|f| f == PVC_PROTECTION) {
+            return Ok(());
+        }
+        let ns = pods::namespace(&c.metadata);
+        let name = pods::name(&c.metadata);
+        let used = crate::informer::in_namespace(&self.ctx.pods, ns)
+            .iter()
+            .any(|p| !pods::is_terminated(p) && claim_names(p).iter().any(|n| n == name));
+        if used {
+            return Ok(());
+        }
+        let rest: Vec<&String> = fins.iter().filter(|f| *f != PVC_PROTECTION).collect();
+        let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": c.metadata.resource_version}});
+        match self.claims(ns).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn set_claim_phase(&self, c: &PersistentVolumeClaim, phase: &str) -> kube::Result<()> {

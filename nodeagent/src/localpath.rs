@@ -42,6 +42,8 @@ fn pinned_node(pv: &PersistentVolume) -> Option<String> {
 impl LocalPath {
     pub fn new(client: kube::Client, root: PathBuf, nodes: HashSet<String>) -> LocalPath {
         let recorder = Recorder::new(client.clone(), "skiff.io/local-path");
+        // hostPath volumes need absolute paths.
+        let root = std::path::absolute(&root).unwrap_or(root);
         LocalPath { client, root, nodes, recorder }
     }
 
@@ -143,7 +145,12 @@ impl LocalPath {
         }
     }
 
+    /// Is `p` a volume directory of this provisioner: `<root>/<one of our nodes>/pvc-...`?
     fn owns(&self, p: &Path) -> bool {
-        p.starts_with(&self.root) && p.components().all(|c| !matches!(c, std::path::Component::ParentDir))
+        let plain =
+            p.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::RootDir));
+        let node = p.parent().filter(|n| n.parent() == Some(self.root.as_path())).and_then(|n| n.file_name());
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        plain && node.is_some_and(|n| self.nodes.contains(n.to_string_lossy().as_ref())) && name.starts_with("pvc-")
     }
 }

@@ -133,13 +133,13 @@ impl Runtime for Fake {
         let quantity = |key| annotation(pod, key).and_then(skiff_controllers::quantity::milli).unwrap_or(0);
         let (cpu_milli, memory_bytes) =
             (quantity("fake.skiff.io/cpu-usage"), quantity("fake.skiff.io/memory-usage") / 1000);
-        let running = self.containers(pod)?;
-        Some(
-            running
-                .into_iter()
-                .filter(|c| matches!(c.state, State::Running { .. }))
-                .map(|c| Usage { container: c.name, cpu_milli, memory_bytes })
-                .collect(),
-        )
+        let running: Vec<Usage> = self
+            .containers(pod)?
+            .into_iter()
+            .filter(|c| matches!(c.state, State::Running { .. }))
+            .map(|c| Usage { container: c.name, cpu_milli, memory_bytes })
+            .collect();
+        // A pod with nothing running has no metrics (not zero usage).
+        (!running.is_empty()).then_some(running)
     }
 }
