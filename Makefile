@@ -9,7 +9,7 @@ UP_DIR ?= $(CURDIR)/.skiff
 SKIFF := target/debug/skiff
 DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server procps
 
-.PHONY: deps test-deps build up down test fmt clippy bench-vs-etcd chaos
+.PHONY: deps test-deps build up down test fmt clippy bench-vs-etcd bench-cluster chaos
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -50,6 +50,12 @@ test: deps test-deps
 # Takes about 10 minutes; QUICK=1 runs a tenth of the requests.
 bench-vs-etcd: deps
 	scripts/bench-vs-etcd.sh
+
+# The control plane at scale with simulated nodes (docs/PERFORMANCE.md); override with
+# e.g. `make bench-cluster BENCH_CLUSTER="--nodes 100 --pods 3000"`.
+BENCH_CLUSTER ?= --nodes 1000 --pods 30000 --deployments 30
+bench-cluster: build
+	target/debug/skiff bench-cluster $(BENCH_CLUSTER)
 
 # Long chaos runs (docs/chaos.md): 60 s on 3 and on 5 members, every fault kind.
 chaos: build

@@ -81,5 +81,9 @@ for sys in etcd skiff; do
   stop
 done
 
-python3 scripts/perf_report.py "$RESULTS" "bash scripts/bench-vs-etcd.sh${QUICK:+ (QUICK=1)}" >docs/PERFORMANCE.md
+# The control-plane section (written from `skiff bench-cluster` runs) is kept as it is.
+KEEP=$(sed -n '/^# Control plane at scale/,$p' docs/PERFORMANCE.md 2>/dev/null || true)
+python3 scripts/perf_report.py "$RESULTS" "bash scripts/bench-vs-etcd.sh${QUICK:+ (QUICK=1)}" >docs/PERFORMANCE.md.new
+if [ -n "$KEEP" ]; then printf '\n%s\n' "$KEEP" >>docs/PERFORMANCE.md.new; fi
+mv docs/PERFORMANCE.md.new docs/PERFORMANCE.md
 echo "wrote docs/PERFORMANCE.md" >&2

@@ -4,6 +4,7 @@
 mod apiserver_cmd;
 mod bench_cmd;
 mod chaos_cmd;
+mod cluster_bench;
 mod controllers_cmd;
 mod duration;
 mod endpoint;
@@ -47,6 +48,9 @@ enum Command {
     },
     /// Load any etcd v3 endpoint (Skiff or etcd) and report throughput and latency.
     Bench(bench_cmd::BenchArgs),
+    /// Run the whole control plane with simulated nodes at scale and measure it
+    /// (scheduler throughput, pod start latency, API latency, memory and CPU).
+    BenchCluster(cluster_bench::ClusterBenchArgs),
     /// Back up a store cluster and restore backups into new clusters.
     Snapshot {
         #[command(subcommand)]
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
             Command::Snapshot { command } => snapshot::run(command).await,
             Command::Member { command } => member_cmd::run(command).await,
             Command::Bench(args) => bench_cmd::run(args).await,
+            Command::BenchCluster(args) => cluster_bench::run(args).await,
             Command::Chaos { command } => return chaos_cmd::run(command).await,
             Command::Apiserver(args) => apiserver_cmd::run(args).await,
             Command::ControllerManager(args) => controllers_cmd::controller_manager(args).await,

@@ -932,3 +932,22 @@ fn kubectl_describe_diff_and_edit() {
         d["metadata"]["resourceVersion"]
     );
 }
+
+#[test]
+fn a_list_larger_than_one_store_message_is_served_whole() {
+    let api = Api::start();
+    // 1,200 ConfigMaps of 2 KiB: more keys than one store page and more bytes than one
+    // gRPC message (2 MiB); a list without a limit must still return them all.
+    let data = "x".repeat(2048);
+    for i in 0..1200 {
+        let body = json!({"metadata": {"name": format!("cm-{i:04}")}, "data": {"d": data}}).to_string();
+        let (code, _) = api.raw("POST", "/api/v1/namespaces/default/configmaps", Some(("application/json", &body)));
+        assert_eq!(code, 201, "creating cm-{i}");
+    }
+    let (code, list) = api.raw_json("GET", "/api/v1/namespaces/default/configmaps", None);
+    assert_eq!(code, 200, "{}", list["message"]);
+    let names: Vec<&str> =
+        list["items"].as_array().unwrap().iter().filter_map(|c| c["metadata"]["name"].as_str()).collect();
+    assert_eq!(names.iter().filter(|n| n.starts_with("cm-")).count(), 1200);
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "in key order");
+}

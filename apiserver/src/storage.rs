@@ -136,7 +136,23 @@ impl Store {
 
     /// Up to `limit` objects (0: all) under `prefix` with keys after `after`, read at
     /// `revision` (0: now).
+    /// Lists keys under `prefix` (after `after`), at most `limit` (0: all of them, read in
+    /// pages of 1000 at one revision, so no single store response grows without bound).
     pub async fn list(&self, prefix: &str, after: Option<&str>, limit: i64, revision: i64) -> ApiResult<Page> {
+        if limit > 0 {
+            return self.list_page(prefix, after, limit, revision).await;
+        }
+        let mut page = self.list_page(prefix, after, 1000, revision).await?;
+        while page.more {
+            let last = page.items.last().map(|s| s.key.clone()).unwrap_or_default();
+            let next = self.list_page(prefix, Some(&last), 1000, page.revision).await?;
+            page.items.extend(next.items);
+            page.more = next.more;
+        }
+        Ok(page)
+    }
+
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: i64, revision: i64) -> ApiResult<Page> {
         let start = match after {
             Some(k) => format!("{k}\0"),
             None => prefix.to_string(),

@@ -45,6 +45,8 @@ pub struct NodeInfo {
     pub used: (i64, i64, i64),
     pub ports: HashSet<(String, i32)>,
     pub pods: Vec<Arc<Pod>>,
+    /// How many of `pods` carry required pod anti-affinity (which every placement must respect).
+    pub anti_pods: usize,
 }
 
 impl NodeInfo {
@@ -77,6 +79,7 @@ impl NodeInfo {
             used: (0, 0, 0),
             ports: HashSet::new(),
             pods: Vec::new(),
+            anti_pods: 0,
         }
     }
 
@@ -88,6 +91,12 @@ impl NodeInfo {
             self.used.2 += 1;
             for port in host_ports(spec) {
                 self.ports.insert(port);
+            }
+            let anti = spec.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref());
+            if anti.is_some_and(|a| {
+                a.required_during_scheduling_ignored_during_execution.as_ref().is_some_and(|t| !t.is_empty())
+            }) {
+                self.anti_pods += 1;
             }
         }
         self.pods.push(p);
@@ -134,14 +143,15 @@ fn requirement(e: &NodeSelectorRequirement, v: Option<&str>) -> bool {
 
 /// nodeSelector and required node affinity.
 pub fn node_affinity_ok(pod: &Pod, n: &NodeInfo) -> bool {
-    let spec = pod.spec.clone().unwrap_or_default();
+    let Some(spec) = pod.spec.as_ref() else { return true };
     if !spec.node_selector.iter().flatten().all(|(k, v)| n.labels.get(k) == Some(v)) {
         return false;
     }
     let required = spec
         .affinity
-        .and_then(|a| a.node_affinity)
-        .and_then(|na| na.required_during_scheduling_ignored_during_execution);
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
     required.is_none_or(|r| r.node_selector_terms.iter().any(|t| node_term_matches(t, n)))
 }
 
@@ -158,9 +168,16 @@ fn term_selects(term: &PodAffinityTerm, owner_ns: &str, p: &Pod) -> bool {
 
 /// Why `pod` cannot go to `n`, if it cannot.
 pub fn filter(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> Result<(), String> {
-    let spec = pod.spec.clone().unwrap_or_default();
+    filter_with(pod, n, all, all.iter().any(|o| o.anti_pods > 0))
+}
+
+/// `filter`, told whether any placed pod has required anti-affinity (so the check of
+/// existing pods' rules can be skipped, as it usually can, without a scan per node).
+fn filter_with(pod: &Pod, n: &NodeInfo, all: &[NodeInfo], existing_anti: bool) -> Result<(), String> {
+    let default = k8s_openapi::api::core::v1::PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&default);
     let ns = pods::namespace(&pod.metadata);
-    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    let tolerations = spec.tolerations.as_deref().unwrap_or_default();
     for t in n.taints.iter().filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute") {
         if !tolerations.iter().any(|tol| tolerates(tol, t)) {
             if t.key == UNSCHEDULABLE_TAINT {
@@ -172,7 +189,7 @@ pub fn filter(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> Result<(), String> {
     if !node_affinity_ok(pod, n) {
         return Err("node(s) didn't match Pod's node affinity/selector".into());
     }
-    let (cpu, mem) = quantity::pod_requests(&spec);
+    let (cpu, mem) = quantity::pod_requests(spec);
     if n.used.2 + 1 > n.alloc.2 {
         return Err("Too many pods".into());
     }
@@ -182,11 +199,12 @@ pub fn filter(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> Result<(), String> {
     if mem > 0 && n.used.1 + mem > n.alloc.1 {
         return Err("Insufficient memory".into());
     }
-    if host_ports(&spec).iter().any(|p| n.ports.contains(p)) {
+    if host_ports(spec).iter().any(|p| n.ports.contains(p)) {
         return Err("node(s) didn't have free ports for the requested pod ports".into());
     }
     let domain = |node: &NodeInfo, key: &str| node.labels.get(key).cloned();
-    let affinity = spec.affinity.clone().unwrap_or_default();
+    let no_affinity = k8s_openapi::api::core::v1::Affinity::default();
+    let affinity = spec.affinity.as_ref().unwrap_or(&no_affinity);
     // Required anti-affinity: no selected pod in the same domain.
     for term in affinity
         .pod_anti_affinity
@@ -203,7 +221,7 @@ pub fn filter(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> Result<(), String> {
         }
     }
     // ... and no pod there whose own anti-affinity rejects this one.
-    for o in all {
+    for o in all.iter().filter(|o| existing_anti && o.anti_pods > 0) {
         for p in &o.pods {
             let terms = p.spec.as_ref().and_then(|s| s.affinity.as_ref()).and_then(|a| a.pod_anti_affinity.as_ref());
             for term in
@@ -275,8 +293,9 @@ fn spread_counts(
 
 /// Higher is better: resources left, balance, preferences.
 pub fn score(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> i64 {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let (cpu, mem) = quantity::pod_requests(&spec);
+    let default = k8s_openapi::api::core::v1::PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&default);
+    let (cpu, mem) = quantity::pod_requests(spec);
     // The scheduler's defaults for pods that request nothing: 100m and 200Mi.
     let (cpu, mem) = (if cpu == 0 { 100 } else { cpu }, if mem == 0 { 200 << 20 } else { mem });
     let frac = |used: i64, alloc: i64| if alloc <= 0 { 1.0 } else { ((used as f64) / (alloc as f64)).min(1.0) };
@@ -284,7 +303,8 @@ pub fn score(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> i64 {
     let least = ((1.0 - fc) + (1.0 - fm)) / 2.0 * 100.0;
     let balanced = (1.0 - (fc - fm).abs()) * 100.0;
     let mut s = least + balanced;
-    let affinity = spec.affinity.clone().unwrap_or_default();
+    let no_affinity = k8s_openapi::api::core::v1::Affinity::default();
+    let affinity = spec.affinity.as_ref().unwrap_or(&no_affinity);
     for p in affinity
         .node_affinity
         .iter()
@@ -347,10 +367,24 @@ pub fn choose_with(
 ) -> Result<usize, String> {
     let mut reasons = Vec::new();
     let mut best: Vec<(i64, usize)> = Vec::new();
-    for (i, n) in nodes.iter().enumerate() {
-        match filter(pod, n, nodes).and_then(|()| extra(n)) {
+    let existing_anti = nodes.iter().any(|o| o.anti_pods > 0);
+    // Like Kubernetes (percentageOfNodesToScore), stop once enough nodes fit: all of
+    // them up to 100 nodes, then a share falling from 50 % (at least 100 nodes), starting
+    // where the last search left off so every node gets its turn.
+    let enough = match nodes.len() {
+        n if n <= 100 => n,
+        n => (n * (50usize.saturating_sub(n / 125)).max(5) / 100).max(100),
+    };
+    let start = if nodes.is_empty() { 0 } else { turn % nodes.len() };
+    for k in 0..nodes.len() {
+        let i = (start + k) % nodes.len();
+        let n = &nodes[i];
+        match filter_with(pod, n, nodes, existing_anti).and_then(|()| extra(n)) {
             Ok(()) => best.push((score(pod, n, nodes), i)),
             Err(r) => reasons.push(r),
+        }
+        if best.len() >= enough {
+            break;
         }
     }
     let top = best.iter().map(|(s, _)| *s).max().ok_or_else(|| fit_error(nodes.len(), &reasons))?;
@@ -497,7 +531,13 @@ impl Scheduler {
         }
         let mut failures = Vec::new();
         let mut provisions = Vec::new();
+        let mut placed = 0;
         for (k, p) in pending.into_iter().enumerate() {
+            // Bind as we go, so a long queue starts running before the whole pass is done.
+            if binds.len() >= 256 {
+                placed += binds.len();
+                self.bind_all(std::mem::take(&mut binds)).await;
+            }
             let vols = match self.volumes.for_pod(&p) {
                 Ok(v) => v,
                 Err(msg) => {
@@ -530,7 +570,16 @@ impl Scheduler {
                 }
             }
         }
-        let placed = binds.len();
+        placed += binds.len();
+        self.bind_all(binds).await;
+        for (p, msg) in failures {
+            self.unschedulable(&p, msg).await;
+        }
+        placed
+    }
+
+    /// Binds pods to their chosen nodes (64 at a time), with a Scheduled event each.
+    async fn bind_all(&self, binds: Vec<(Arc<Pod>, String)>) {
         let results: Vec<_> = futures::stream::iter(binds.into_iter().map(|(p, node)| async move {
             let r = self.bind(&p, &node).await;
             (p, node, r)
@@ -555,10 +604,6 @@ impl Scheduler {
                 }
             }
         }
-        for (p, msg) in failures {
-            self.unschedulable(&p, msg).await;
-        }
-        placed
     }
 
     async fn bind(&self, p: &Pod, node: &str) -> kube::Result<()> {
