@@ -816,6 +816,10 @@ fn explain_and_unknown_fields_under_each_field_validation() {
     assert!(out.contains("VERSION:    v2") && out.contains("metrics\t<[]MetricSpec>"), "{out}");
     let err = api.k_fails(&["explain", "deployment.spec.nosuchfield"], None);
     assert!(err.contains("nosuchfield"), "{err}");
+    // The same schemas as Swagger 2.0 for clients that read /openapi/v2 as JSON.
+    let (code, v2) = api.raw_json("GET", "/openapi/v2", None);
+    assert_eq!((code, &v2["swagger"]), (200, &json!("2.0")));
+    assert!(v2["definitions"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"].is_object());
 
     let bad = DEPLOYMENT
         .replace("  replicas: 3", "  replicaz: 3")

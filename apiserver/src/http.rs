@@ -247,6 +247,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> ApiResult<Response<Body
         ["apis", g, v] => {
             discovery::resource_list(g, v).map(|l| json_response(200, &l, fmt)).ok_or_else(ApiError::not_found_path)
         }
+        // kubectl asks for v2 as protobuf, which is not served: it falls back to v3 (and to
+        // its compiled-in patch metadata), as it does on a 404.
+        ["openapi", "v2"] if accept.contains("protobuf") => Err(ApiError::not_found_path()),
+        ["openapi", "v2"] => Ok(json_response(200, openapi::v2(), fmt)),
         ["openapi", "v3"] => Ok(json_response(200, &openapi::root(), fmt)),
         ["openapi", "v3", "api", v] => {
             openapi::group_version("", v).map(|d| json_response(200, &d, fmt)).ok_or_else(ApiError::not_found_path)

@@ -162,6 +162,34 @@ pub fn group_version(group: &str, version: &str) -> Option<&'static Value> {
     documents().iter().find(|((g, v), _)| *g == group && *v == version).map(|(_, d)| &d.doc)
 }
 
+/// `/openapi/v2` (JSON): the same schemas, all group-versions in one Swagger 2.0
+/// document, references as `#/definitions/...`.
+pub fn v2() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut defs = Map::new();
+        for gv in documents().values() {
+            for (name, schema) in gv.doc["components"]["schemas"].as_object().into_iter().flatten() {
+                match defs.get_mut(name).and_then(Value::as_object_mut) {
+                    // A kind served in several group-versions (none today) lists each.
+                    Some(seen) => {
+                        let extra = schema["x-kubernetes-group-version-kind"].as_array().cloned().unwrap_or_default();
+                        if let Some(list) = seen.get_mut("x-kubernetes-group-version-kind").and_then(Value::as_array_mut) {
+                            list.extend(extra.into_iter().filter(|g| !list.contains(g)).collect::<Vec<_>>());
+                        }
+                    }
+                    None => {
+                        defs.insert(name.clone(), schema.clone());
+                    }
+                }
+            }
+        }
+        let text = Value::Object(defs).to_string().replace("#/components/schemas/", "#/definitions/");
+        let defs: Value = serde_json::from_str(&text).expect("valid JSON stays valid");
+        json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": {}, "definitions": defs})
+    })
+}
+
 /// The schema `s` stands for once `$ref`s and single-element `allOf`s are followed.
 fn resolve<'a>(schemas: &'a Map<String, Value>, mut s: &'a Value) -> &'a Value {
     for _ in 0..16 {
@@ -299,6 +327,20 @@ mod tests {
         assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"], "1");
         assert_eq!(d["metadata"]["labels"]["any-key"], "v");
         assert_eq!(d["status"]["replicas"], 1);
+    }
+
+    #[test]
+    fn v2_holds_every_kind_with_v2_references() {
+        let doc = v2();
+        assert_eq!(doc["swagger"], "2.0");
+        let text = doc.to_string();
+        assert!(!text.contains("#/components/schemas/"));
+        let d = &doc["definitions"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(d["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        for part in text.split("\"#/definitions/").skip(1) {
+            let name = &part[..part.find('"').unwrap()];
+            assert!(doc["definitions"].get(name).is_some(), "dangling reference to {name}");
+        }
     }
 
     #[test]
