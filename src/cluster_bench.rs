@@ -175,6 +175,23 @@ async fn rolled_out(deploys: &Api<Deployment>, want: usize, image: &str) -> bool
     available == want
 }
 
+async fn wait_rolled_out(
+    deploys: &Api<Deployment>,
+    want: usize,
+    image: &str,
+    timeout: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    while !rolled_out(deploys, want, image).await {
+        if t.elapsed() > timeout {
+            anyhow::bail!("{what} did not finish within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
 fn deployment(name: &str, replicas: usize) -> Deployment {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -396,15 +413,7 @@ pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
         lat.add("PATCH deployment/scale", s.elapsed());
     }
     let want = (per / 2) * a.deployments;
-    loop {
-        if rolled_out(&deploys, want, "bench:1").await {
-            break;
-        }
-        if t.elapsed() > a.phase_timeout {
-            anyhow::bail!("scaling down did not finish");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_rolled_out(&deploys, want, "bench:1", a.phase_timeout, "scaling down").await?;
     phases.push((format!("scale to half: {want} pods available"), t.elapsed()));
     eprintln!("scaled down in {:.1} s", t.elapsed().as_secs_f64());
 
@@ -416,15 +425,7 @@ pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
         deploys.patch(&format!("bench-{d}"), &PatchParams::default(), &Patch::Strategic(&p)).await?;
         lat.add("PATCH deployment", s.elapsed());
     }
-    loop {
-        if rolled_out(&deploys, want, "bench:2").await {
-            break;
-        }
-        if t.elapsed() > a.phase_timeout {
-            anyhow::bail!("the rollout did not finish");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_rolled_out(&deploys, want, "bench:2", a.phase_timeout, "the rolling update").await?;
     phases.push(("rolling update: all updated and available".into(), t.elapsed()));
     eprintln!("rolled out in {:.1} s", t.elapsed().as_secs_f64());
 
