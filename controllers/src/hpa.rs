@@ -36,7 +36,7 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use serde_json::json;
 
-use crate::{labels, pods, quantity, Ctx};
+use crate::{gc, labels, pods, quantity, Ctx};
 
 const TOLERANCE: f64 = 0.1;
 
@@ -248,23 +248,7 @@ fn target_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
         _ => return None,
     };
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    Some(ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: api_version.into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    })
-}
-
-fn metrics_resource() -> ApiResource {
-    ApiResource {
-        group: "metrics.k8s.io".into(),
-        version: "v1beta1".into(),
-        api_version: "metrics.k8s.io/v1beta1".into(),
-        kind: "PodMetrics".into(),
-        plural: "pods".into(),
-    }
+    Some(gc::api_resource(group, version, kind, plural))
 }
 
 /// The pod's request for `resource` (a container's limit stands for its request when it
@@ -386,7 +370,11 @@ pub async fn reconcile(
                 && labels::matches(selector.as_ref(), p.metadata.labels.as_ref())
         })
         .collect();
-    let metrics: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &metrics_resource());
+    let metrics: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &ns,
+        &gc::api_resource("metrics.k8s.io", "v1beta1", "PodMetrics", "pods"),
+    );
     let reported = metrics.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
 
     let specs = spec.metrics.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| {

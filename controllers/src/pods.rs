@@ -111,6 +111,11 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> std::cmp::Ordering {
     key(a).cmp(&key(b))
 }
 
+/// The value of one annotation.
+pub fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
 pub fn name(meta: &ObjectMeta) -> &str {
     meta.name.as_deref().unwrap_or_default()
 }

@@ -22,10 +22,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use tokio::sync::Notify;
 
+use crate::pods::annotation;
 use crate::scheduler::{node_selector_matches, NodeInfo};
 use crate::{pods, quantity, Ctx};
 
@@ -39,10 +40,6 @@ pub const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
 pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
 /// The provisioner of Skiff's default StorageClass (the node agents).
 pub const LOCAL_PATH: &str = "skiff.io/local-path";
-
-fn annotation<'a>(meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations.as_ref()?.get(key).map(String::as_str)
-}
 
 pub fn claim_phase(c: &PersistentVolumeClaim) -> &str {
     c.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending")
@@ -118,15 +115,15 @@ impl Volumes {
     }
 
     fn claim(&self, ns: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
-        self.claims.state().into_iter().find(|c| pods::namespace(&c.metadata) == ns && pods::name(&c.metadata) == name)
+        self.claims.get(&ObjectRef::new(name).within(ns))
     }
 
     fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
-        self.volumes.state().into_iter().find(|v| pods::name(&v.metadata) == name)
+        self.volumes.get(&ObjectRef::new(name))
     }
 
     fn class(&self, name: &str) -> Option<Arc<StorageClass>> {
-        self.classes.state().into_iter().find(|c| pods::name(&c.metadata) == name)
+        self.classes.get(&ObjectRef::new(name))
     }
 
     fn waits_for_consumer(&self, c: &PersistentVolumeClaim) -> bool {

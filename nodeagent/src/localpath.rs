@@ -15,7 +15,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::Store;
 use serde_json::json;
 use skiff_controllers::events::Recorder;
-use skiff_controllers::pods;
+use skiff_controllers::pods::{self, annotation};
 use skiff_controllers::volumes::{
     claim_phase, volume_phase, LOCAL_PATH, PROVISIONED_BY, SELECTED_NODE, STORAGE_PROVISIONER,
 };
@@ -25,10 +25,6 @@ pub struct LocalPath {
     root: PathBuf,
     nodes: HashSet<String>,
     recorder: Recorder,
-}
-
-fn annotation<'a>(meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
 /// The node a volume is pinned to (its `kubernetes.io/hostname In [node]` affinity).

@@ -14,13 +14,7 @@ use serde_json::json;
 use crate::runtime::Usage;
 
 fn resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: "metrics.k8s.io".into(),
-        version: "v1beta1".into(),
-        api_version: "metrics.k8s.io/v1beta1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
+    skiff_controllers::gc::api_resource("metrics.k8s.io", "v1beta1", kind, plural)
 }
 
 fn cpu(milli: i64) -> String {
