@@ -7,7 +7,8 @@ UP_DIR ?= $(CURDIR)/.skiff
 # One build profile for everything (optimized, see Cargo.toml), so `make up`, `make test`
 # and the benchmarks share a single rocksdb build.
 SKIFF := target/debug/skiff
-DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server procps
+DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server procps \
+  containerd runc containernetworking-plugins busybox-static iptables iproute2
 
 .PHONY: deps test-deps build up down test fmt clippy bench-vs-etcd bench-cluster chaos
 

@@ -62,6 +62,59 @@ pub struct SchedulerArgs {
 enum RuntimeKind {
     /// Simulated containers: nothing runs, pods go Running after --start-delay.
     Fake,
+    /// Real containers on containerd + runc, networked by the CNI plugins (needs root).
+    Containerd,
+}
+
+/// Where and how the containerd runtime keeps pods; shared by `agent` and `reset-node`.
+#[derive(Args, Clone)]
+pub struct ContainerdArgs {
+    /// Directory of the agent's pods (volumes, logs) and of its private containerd.
+    #[arg(long, default_value = "/var/lib/skiff/agent")]
+    root: PathBuf,
+    /// Use the containerd listening here instead of starting a private one under --root.
+    #[arg(long)]
+    containerd_socket: Option<PathBuf>,
+    /// containerd namespace the agent's images and containers live in.
+    #[arg(long, default_value = "skiff")]
+    containerd_namespace: String,
+    /// Bridge the pods' interfaces attach to (created by the CNI bridge plugin).
+    #[arg(long, default_value = "skiff0")]
+    bridge: String,
+    /// Subnet pod addresses come from; the bridge takes its first address.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pod_cidr: String,
+    /// Directory of the CNI plugin binaries (Debian's containernetworking-plugins).
+    #[arg(long, default_value = "/usr/lib/cni")]
+    cni_bin_dir: PathBuf,
+    /// cgroup under which pods get `pod<uid>/<container>` cgroups.
+    #[arg(long, default_value = "/skiff")]
+    cgroup_parent: String,
+    /// First CrashLoopBackOff delay; it doubles on each crash up to --crash-loop-backoff-max.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    crash_loop_backoff: Duration,
+    /// Longest CrashLoopBackOff delay.
+    #[arg(long, default_value = "300s", value_parser = duration::parse)]
+    crash_loop_backoff_max: Duration,
+}
+
+impl ContainerdArgs {
+    pub fn settings(&self, images: Vec<PathBuf>) -> skiff_nodeagent::ctr::Settings {
+        skiff_nodeagent::ctr::Settings {
+            root: self.root.clone(),
+            socket: self.containerd_socket.clone(),
+            namespace: self.containerd_namespace.clone(),
+            network: skiff_nodeagent::ctr::cni::Network {
+                bridge: self.bridge.clone(),
+                subnet: self.pod_cidr.clone(),
+                bin_dir: self.cni_bin_dir.clone(),
+                state_dir: self.root.join("cni"),
+            },
+            cgroup_parent: self.cgroup_parent.clone(),
+            backoff: (self.crash_loop_backoff, self.crash_loop_backoff_max),
+            images,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -75,15 +128,30 @@ pub struct AgentArgs {
     /// How many nodes this agent registers and runs (simulated runtime).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// Name of the node (containerd runtime). Default: the host name, lowercased.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Address of the node (containerd runtime), reported as its InternalIP and pods'
+    /// hostIP. Default: the address of the interface of the default route.
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// OCI-layout or docker-archive image tarballs to import before running pods
+    /// (containerd runtime; repeatable).
+    #[arg(long)]
+    image_archive: Vec<PathBuf>,
+    #[command(flatten)]
+    containerd: ContainerdArgs,
     /// Nodes are named `<prefix>-0`, `<prefix>-1`, ...
     #[arg(long, default_value = "node")]
     node_name_prefix: String,
-    /// CPU capacity of each node (a Kubernetes quantity).
-    #[arg(long, default_value = "4")]
-    cpu: String,
-    /// Memory capacity of each node.
-    #[arg(long, default_value = "16Gi")]
-    memory: String,
+    /// CPU capacity of each node (a Kubernetes quantity). Default: 4 when simulated,
+    /// the machine's CPUs with containerd.
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory capacity of each node. Default: 16Gi when simulated, the machine's memory
+    /// with containerd.
+    #[arg(long)]
+    memory: Option<String>,
     /// Most pods each node runs.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
@@ -141,24 +209,114 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
     .await
 }
 
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "node".into()).trim().to_lowercase()
+}
+
+/// The source address of the default route (what the node is reached at), from /proc.
+fn default_route_ip() -> Option<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    let dev = routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"00000000")).then(|| f[0].to_string())
+    })?;
+    let out = std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "dev", &dev]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cidr = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+    Some(cidr.split('/').next()?.to_string())
+}
+
 pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
     if a.nodes == 0 {
         anyhow::bail!("--nodes must be at least 1");
     }
+    let real = matches!(a.runtime, RuntimeKind::Containerd);
+    if real && a.nodes != 1 {
+        anyhow::bail!("--nodes applies to the simulated runtime; a containerd agent runs one node");
+    }
+    let (cpu, memory) = if real {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mem = skiff_nodeagent::ctr::node_memory_bytes() / 1024;
+        (a.cpu.unwrap_or_else(|| cpus.to_string()), a.memory.unwrap_or_else(|| format!("{mem}Ki")))
+    } else {
+        (a.cpu.unwrap_or_else(|| "4".into()), a.memory.unwrap_or_else(|| "16Gi".into()))
+    };
+    let node_ip = if real {
+        let ip = a.node_ip.or_else(default_route_ip);
+        Some(ip.ok_or_else(|| anyhow::anyhow!("cannot tell the node's address; pass --node-ip"))?)
+    } else {
+        a.node_ip
+    };
     let cfg = skiff_nodeagent::agent::Config {
         kubeconfig: a.kubeconfig,
         nodes: a.nodes,
         node_prefix: a.node_name_prefix,
-        cpu: a.cpu,
-        memory: a.memory,
+        node_name: if real { Some(a.node_name.unwrap_or_else(host_name)) } else { a.node_name },
+        cpu,
+        memory,
         max_pods: a.max_pods,
         zones: a.zones,
         lease_duration: a.node_lease_duration,
         renew: a.node_lease_renew_interval,
         sync_period: a.sync_period,
         local_path_root: a.local_path_root,
+        node_ip,
+        runtime_version: "fake://0.1.0".into(),
     };
     match a.runtime {
         RuntimeKind::Fake => until_stopped(skiff_nodeagent::run_fake(cfg, a.start_delay)).await,
+        RuntimeKind::Containerd => {
+            let settings = a.containerd.settings(a.image_archive);
+            skiff_nodeagent::run_containerd(cfg, settings, async {
+                let _ = until_stopped(std::future::pending::<anyhow::Result<()>>()).await;
+            })
+            .await
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ResetNodeArgs {
+    #[command(flatten)]
+    containerd: ContainerdArgs,
+}
+
+/// `skiff reset-node`: removes what a containerd agent left on this machine.
+pub async fn reset_node(a: ResetNodeArgs) -> anyhow::Result<()> {
+    let root = a.containerd.root.clone();
+    skiff_nodeagent::reset(a.containerd.settings(vec![])).await?;
+    eprintln!("removed the pods, network, cgroups and data of the agent under {}", root.display());
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum ImageCommand {
+    /// Import OCI-layout or docker-archive tarballs into the agent's containerd.
+    Import {
+        /// The containerd socket (the agent's private one is `<root>/containerd/state/containerd.sock`).
+        #[arg(long, default_value = "/var/lib/skiff/agent/containerd/state/containerd.sock")]
+        containerd_socket: PathBuf,
+        /// containerd namespace to import into (the agent's).
+        #[arg(long, default_value = "skiff")]
+        containerd_namespace: String,
+        /// Tarballs to import.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+pub async fn image(c: ImageCommand) -> anyhow::Result<()> {
+    match c {
+        ImageCommand::Import { containerd_socket, containerd_namespace, files } => {
+            let ch = skiff_nodeagent::ctr::daemon::connect(&containerd_socket).await?;
+            let conn = skiff_nodeagent::ctr::Conn::new(ch, &containerd_namespace);
+            for f in files {
+                let names = conn.import(&f).await.map_err(|e| e.context(format!("importing {}", f.display())))?;
+                for n in names {
+                    println!("{n}");
+                }
+            }
+            Ok(())
+        }
     }
 }

@@ -64,6 +64,13 @@ enum Command {
     Scheduler(controllers_cmd::SchedulerArgs),
     /// Run a node agent: register nodes and run the pods bound to them.
     Agent(controllers_cmd::AgentArgs),
+    /// Remove what a containerd node agent left on this machine (pods, network, cgroups, data).
+    ResetNode(controllers_cmd::ResetNodeArgs),
+    /// Manage the images of a node agent's containerd.
+    Image {
+        #[command(subcommand)]
+        command: controllers_cmd::ImageCommand,
+    },
     /// Kill, pause and partition store members under load and check that nothing was lost.
     Chaos {
         #[command(subcommand)]
@@ -187,6 +194,8 @@ fn main() -> ExitCode {
             Command::ControllerManager(args) => controllers_cmd::controller_manager(args).await,
             Command::Scheduler(args) => controllers_cmd::scheduler(args).await,
             Command::Agent(args) => controllers_cmd::agent(args).await,
+            Command::ResetNode(args) => controllers_cmd::reset_node(args).await,
+            Command::Image { command } => controllers_cmd::image(command).await,
         }
         .map(|()| ExitCode::SUCCESS)
     });

@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use crate::apiserver::Api;
 use crate::common::*;
 
-struct Plane {
-    api: Api,
+pub(crate) struct Plane {
+    pub(crate) api: Api,
     procs: Vec<(String, Child)>,
 }
 
@@ -45,6 +45,14 @@ const MANAGER: &[&str] = &[
 impl Plane {
     /// API server, controller-manager, scheduler, and one agent with `nodes` nodes named `a-N`.
     fn start(nodes: usize) -> Plane {
+        let mut p = Plane::control_plane();
+        p.agent("a", nodes, &[]);
+        p.wait_for("the nodes to be Ready", Duration::from_secs(20), |p| p.ready_nodes() >= nodes);
+        p
+    }
+
+    /// API server, controller-manager and scheduler; no nodes.
+    pub(crate) fn control_plane() -> Plane {
         let api = Api::start_with(&[
             "--default-unreachable-toleration-seconds",
             "2",
@@ -54,12 +62,10 @@ impl Plane {
         let mut p = Plane { api, procs: Vec::new() };
         p.spawn("controller-manager", &[&["controller-manager"], MANAGER].concat());
         p.spawn("scheduler", &["scheduler", "--leader-elect-lease-duration", "2s"]);
-        p.agent("a", nodes, &[]);
-        p.wait_for("the nodes to be Ready", Duration::from_secs(20), |p| p.ready_nodes() >= nodes);
         p
     }
 
-    fn spawn(&mut self, name: &str, args: &[&str]) {
+    pub(crate) fn spawn(&mut self, name: &str, args: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -86,7 +92,7 @@ impl Plane {
         self.spawn(&format!("agent-{prefix}"), &args);
     }
 
-    fn kill(&mut self, name: &str) {
+    pub(crate) fn kill(&mut self, name: &str) {
         for (n, c) in &mut self.procs {
             if n == name {
                 let _ = c.kill();
@@ -96,7 +102,7 @@ impl Plane {
         self.procs.retain(|(n, _)| n != name);
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
         for (n, _) in &self.procs {
             let l = std::fs::read_to_string(self.api.dir.path().join(format!("{n}.log"))).unwrap_or_default();
@@ -106,7 +112,7 @@ impl Plane {
         out
     }
 
-    fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&Plane) -> bool) {
+    pub(crate) fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&Plane) -> bool) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if ok(self) {
@@ -118,21 +124,21 @@ impl Plane {
     }
 
     /// What a failing test prints: objects, node taints, pod conditions, events, logs.
-    fn state(&self) -> String {
+    pub(crate) fn state(&self) -> String {
         let run =
             |args: &[&str]| text(&self.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", args, None));
         format!(
             "{}\n{}\n{}\n{}\n{}",
             run(&["get", "nodes,deploy,rs,pods", "-o", "wide"]),
             run(&["get", "nodes", "-o", "custom-columns=NAME:.metadata.name,TAINTS:.spec.taints[*].key,READY:.status.conditions[?(@.type=='Ready')].status"]),
-            run(&["get", "pods", "-o", "custom-columns=NAME:.metadata.name,SCHEDULED:.status.conditions[?(@.type=='PodScheduled')].message"]),
+            run(&["get", "pods", "-o", "custom-columns=NAME:.metadata.name,SCHEDULED:.status.conditions[?(@.type=='PodScheduled')].message,WAITING:.status.containerStatuses[*].state.waiting.message"]),
             run(&["get", "events", "--sort-by=.lastTimestamp"]),
             self.logs()
         )
     }
 
     /// kubectl; on failure the test fails with the cluster's state and component logs.
-    fn k(&self, args: &[&str]) -> String {
+    pub(crate) fn k(&self, args: &[&str]) -> String {
         let o = self.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", args, None);
         if !o.status.success() {
             panic!("kubectl {args:?} failed:\n{}\nstate:\n{}", text(&o), self.state());
@@ -140,11 +146,11 @@ impl Plane {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         self.api.k_json(args)
     }
 
-    fn ready_nodes(&self) -> usize {
+    pub(crate) fn ready_nodes(&self) -> usize {
         let nodes = self.json(&["get", "nodes"]);
         nodes["items"]
             .as_array()
@@ -161,7 +167,7 @@ impl Plane {
     }
 
     /// Pods matching `selector` that are not being deleted.
-    fn live_pods(&self, selector: &str) -> Vec<Value> {
+    pub(crate) fn live_pods(&self, selector: &str) -> Vec<Value> {
         let pods = self.json(&["get", "pods", "-l", selector]);
         pods["items"]
             .as_array()

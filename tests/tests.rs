@@ -15,4 +15,5 @@ mod kv;
 mod lease;
 mod maintenance;
 mod membership;
+mod node;
 mod watch;

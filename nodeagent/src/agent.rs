@@ -43,6 +43,12 @@ pub struct Config {
     pub sync_period: Duration,
     /// Where the local-path provisioner keeps volume directories.
     pub local_path_root: PathBuf,
+    /// The name of the (single) real node; simulated ones are `<prefix>-<n>`.
+    pub node_name: Option<String>,
+    /// The address of the (single) real node; simulated nodes get made-up ones.
+    pub node_ip: Option<String>,
+    /// What runs the containers, for nodeInfo (`fake://0.1.0`, `containerd://1.6.20`).
+    pub runtime_version: String,
 }
 
 struct Slot {
@@ -60,25 +66,57 @@ pub struct Agent<R: Runtime> {
     ips: Mutex<(HashMap<String, String>, HashMap<String, u32>)>,
     metrics: Reporter,
     local_path: LocalPath,
+    /// Pods being stopped (uids), each by its own task.
+    stopping: Mutex<HashSet<String>>,
 }
 
 fn seconds(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
+/// The kernel release and the OS's PRETTY_NAME, for a real node's nodeInfo.
+fn host_info() -> (String, String) {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        .unwrap_or_else(|| "Linux".into());
+    (kernel, os)
+}
+
 impl<R: Runtime> Agent<R> {
+    fn simulated(&self) -> bool {
+        self.cfg.runtime_version.starts_with("fake://")
+    }
+
     pub fn new(client: kube::Client, cfg: Config, rt: R) -> Agent<R> {
         let slots: HashMap<String, Slot> = (0..cfg.nodes)
             .map(|i| {
-                let name = format!("{}-{i}", cfg.node_prefix);
+                let name = match (&cfg.node_name, i) {
+                    (Some(n), 0) => n.clone(),
+                    _ => format!("{}-{i}", cfg.node_prefix),
+                };
                 // Simulated nodes get addresses from 198.18.0.0/15 (reserved for benchmarks); nothing is sent there.
-                let host_ip = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+                let host_ip = match (&cfg.node_ip, i) {
+                    (Some(ip), 0) => ip.clone(),
+                    _ => format!("198.18.{}.{}", i / 250, i % 250 + 1),
+                };
                 (name.clone(), Slot { name, host_ip, index: i })
             })
             .collect();
         let metrics = Reporter::new(client.clone());
         let local_path = LocalPath::new(client.clone(), cfg.local_path_root.clone(), slots.keys().cloned().collect());
-        Agent { client, cfg, rt, slots, ips: Mutex::new((HashMap::new(), HashMap::new())), metrics, local_path }
+        Agent {
+            client,
+            cfg,
+            rt,
+            slots,
+            ips: Mutex::new((HashMap::new(), HashMap::new())),
+            metrics,
+            local_path,
+            stopping: Mutex::new(HashSet::new()),
+        }
     }
 
     fn node_object(&self, s: &Slot) -> Node {
@@ -89,7 +127,7 @@ impl<R: Runtime> Agent<R> {
                 "kubernetes.io/hostname": s.name,
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64",
-                "node.kubernetes.io/instance-type": "skiff-simulated",
+                "node.kubernetes.io/instance-type": if self.simulated() { "skiff-simulated" } else { "skiff" },
                 "topology.kubernetes.io/zone": format!("zone-{}", s.index % self.cfg.zones.max(1)),
             }},
             "spec": {},
@@ -100,6 +138,8 @@ impl<R: Runtime> Agent<R> {
     fn node_status(&self, s: &Slot) -> serde_json::Value {
         let now = seconds(Timestamp::now()).to_string();
         let cond = |t: &str, st: &str, reason: &str, msg: &str| json!({"type": t, "status": st, "reason": reason, "message": msg, "lastHeartbeatTime": now, "lastTransitionTime": now});
+        let (kernel, os_image) =
+            if self.simulated() { ("simulated".to_string(), "Skiff simulated node".to_string()) } else { host_info() };
         let res = json!({"cpu": self.cfg.cpu, "memory": self.cfg.memory, "pods": self.cfg.max_pods.to_string(), "ephemeral-storage": "100Gi"});
         json!({
             "capacity": res,
@@ -114,8 +154,8 @@ impl<R: Runtime> Agent<R> {
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
             "nodeInfo": {
                 "machineID": s.name, "systemUUID": s.name, "bootID": s.name,
-                "kernelVersion": "simulated", "osImage": "Skiff simulated node",
-                "containerRuntimeVersion": "fake://0.1.0", "kubeletVersion": "v1.32.0-skiff",
+                "kernelVersion": kernel, "osImage": os_image,
+                "containerRuntimeVersion": self.cfg.runtime_version, "kubeletVersion": "v1.32.0-skiff",
                 "kubeProxyVersion": "v1.32.0-skiff", "operatingSystem": "linux", "architecture": "amd64"
             }
         })
@@ -210,6 +250,7 @@ impl<R: Runtime> Agent<R> {
         futures::stream::iter(work).buffer_unordered(32).collect::<Vec<()>>().await;
     }
 
+    /// A made-up address for a pod on a simulated node.
     fn pod_ip(&self, pod: &Pod, slot: &Slot) -> String {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let mut ips = self.ips.lock().expect("not poisoned");
@@ -224,7 +265,37 @@ impl<R: Runtime> Agent<R> {
         ip
     }
 
-    async fn sync_pod(&self, pod: Arc<Pod>) {
+    /// Stops a pod marked for deletion within its grace period, then deletes it for good.
+    /// Runs in its own task, so a long grace period holds up no other pod.
+    fn stop_pod(self: &Arc<Self>, pod: Arc<Pod>) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if !self.stopping.lock().expect("not poisoned").insert(uid.clone()) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let api: Api<Pod> =
+                Api::namespaced(this.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+            let grace = Duration::from_secs(pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64);
+            match this.rt.stop(&pod, grace).await {
+                Err(e) => tracing::warn!("stopping {name}: {e}"),
+                Ok(()) if pod.metadata.name.is_some() => {
+                    let dp = DeleteParams {
+                        grace_period_seconds: Some(0),
+                        preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                        ..Default::default()
+                    };
+                    let _ = api.delete(&name, &dp).await;
+                    this.ips.lock().expect("not poisoned").0.remove(&uid);
+                }
+                Ok(()) => {}
+            }
+            this.stopping.lock().expect("not poisoned").remove(&uid);
+        });
+    }
+
+    async fn sync_pod(self: &Arc<Self>, pod: Arc<Pod>) {
         let Some(slot) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|n| self.slots.get(n)) else {
             return;
         };
@@ -232,32 +303,25 @@ impl<R: Runtime> Agent<R> {
             Api::namespaced(self.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
         let name = pod.metadata.name.clone().unwrap_or_default();
         if pod.metadata.deletion_timestamp.is_some() {
-            let grace = Duration::from_secs(pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64);
-            if let Err(e) = self.rt.stop(&pod, grace).await {
-                tracing::warn!("stopping {name}: {e}");
-                return;
-            }
-            let dp = DeleteParams {
-                grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
-                ..Default::default()
-            };
-            let _ = api.delete(&name, &dp).await;
-            self.ips.lock().expect("not poisoned").0.remove(pod.metadata.uid.as_deref().unwrap_or_default());
+            self.stop_pod(pod);
             return;
         }
         let terminal = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
-        let ip = self.pod_ip(&pod, slot);
+        let made_up = self.pod_ip(&pod, slot);
         if self.rt.containers(&pod).is_none() && !terminal {
-            if let Err(e) = self.rt.start(&pod, &ip).await {
+            if let Err(e) = self.rt.start(&pod, &made_up).await {
                 tracing::warn!("starting {name}: {e}");
             }
         }
+        let ip = match self.rt.pod_ip(&pod) {
+            None => Some(made_up),
+            Some(ip) => ip,
+        };
         let containers = self.rt.containers(&pod);
         if containers.is_none() && terminal {
             return; // finished before this agent started; its status stays as reported
         }
-        let at = Placement { host_ip: &slot.host_ip, pod_ip: Some(&ip) };
+        let at = Placement { host_ip: &slot.host_ip, pod_ip: ip.as_deref() };
         let status = podstatus::compute(&pod, containers.as_deref(), &at, seconds(Timestamp::now()));
         if pod.status.as_ref() != Some(&status) {
             let mut next = (*pod).clone();
@@ -304,7 +368,10 @@ impl<R: Runtime> Agent<R> {
             .await
             .into_iter()
             .collect::<kube::Result<Vec<()>>>()?;
-        tracing::info!("registered {} node(s) named {}-N", this.slots.len(), this.cfg.node_prefix);
+        match &this.cfg.node_name {
+            Some(n) if this.slots.len() == 1 => tracing::info!("registered node {n}"),
+            _ => tracing::info!("registered {} node(s) named {}-N", this.slots.len(), this.cfg.node_prefix),
+        }
 
         let changed = Arc::new(Notify::new());
         let pods = notifying_cache(Api::<Pod>::all(this.client.clone()), changed.clone());
@@ -336,7 +403,8 @@ impl<R: Runtime> Agent<R> {
             for uid in this.rt.pods().into_iter().filter(|u| !live.contains(u)) {
                 let mut gone = Pod::default();
                 gone.metadata.uid = Some(uid);
-                let _ = this.rt.stop(&gone, Duration::ZERO).await;
+                gone.metadata.deletion_grace_period_seconds = Some(0);
+                this.stop_pod(Arc::new(gone));
             }
             futures::stream::iter(mine.iter().cloned().map(|p| this.sync_pod(p)))
                 .buffer_unordered(32)

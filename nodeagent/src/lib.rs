@@ -1,9 +1,11 @@
 //! skiff-nodeagent: the node agent (`skiff agent`). It registers Nodes, keeps their
-//! Leases fresh, and runs the pods bound to them on a `runtime::Runtime`. The
-//! simulated runtime (`--runtime fake`) lets one process hold hundreds of nodes for
-//! testing controllers; the containerd runtime comes with the node agent issue.
+//! Leases fresh, and runs the pods bound to them on a `runtime::Runtime`: the simulated
+//! runtime (`--runtime fake`) lets one process hold hundreds of nodes for testing
+//! controllers; the containerd runtime (`ctr`, `--runtime containerd`) runs real
+//! containers with CNI networking.
 
 pub mod agent;
+pub mod ctr;
 pub mod localpath;
 pub mod metrics;
 pub mod podstatus;
@@ -13,4 +15,29 @@ pub mod runtime;
 pub async fn run_fake(cfg: agent::Config, start_delay: std::time::Duration) -> anyhow::Result<()> {
     let client = skiff_controllers::client::from_kubeconfig(&cfg.kubeconfig).await?;
     agent::Agent::new(client, cfg, runtime::Fake::new(start_delay)).run().await
+}
+
+/// Runs an agent on containerd until `stopped` resolves; then stops the private
+/// containerd (if it started one), leaving running pods to be adopted next time.
+pub async fn run_containerd(
+    mut cfg: agent::Config,
+    settings: ctr::Settings,
+    stopped: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let client = skiff_controllers::client::from_kubeconfig(&cfg.kubeconfig).await?;
+    let rt = ctr::Containerd::start(client.clone(), settings).await?;
+    cfg.runtime_version = rt.version();
+    let result = tokio::select! {
+        r = agent::Agent::new(client, cfg, rt.clone()).run() => r,
+        _ = stopped => Ok(()),
+    };
+    rt.shutdown().await;
+    result
+}
+
+/// Removes everything an agent with these settings left on the node: containers and
+/// their tasks, pod network namespaces and addresses, volumes, cgroups, the bridge, and
+/// the private containerd's data (like `kubeadm reset`).
+pub async fn reset(settings: ctr::Settings) -> anyhow::Result<()> {
+    ctr::reset(settings).await
 }

@@ -16,6 +16,12 @@ pub struct Container {
     pub image: String,
     pub id: String,
     pub state: State,
+    /// The state of the previous run (lastState), once it has restarted.
+    pub last: Option<State>,
+    /// Why it waits, in words (e.g. the back-off), for `state.waiting.message`.
+    pub message: Option<String>,
+    /// The image as resolved by the runtime (`repo@sha256:...`), if known.
+    pub image_id: Option<String>,
     pub ready: bool,
     pub restarts: i32,
 }
@@ -37,7 +43,7 @@ fn seconds(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
-fn qos(pod: &Pod) -> &'static str {
+pub fn qos(pod: &Pod) -> &'static str {
     let Some(spec) = pod.spec.as_ref() else { return "BestEffort" };
     let mut any = false;
     let mut guaranteed = true;
@@ -78,7 +84,11 @@ fn phase(pod: &Pod, containers: &[Container]) -> &'static str {
             return "Failed";
         }
     }
-    if containers.iter().any(|c| matches!(c.state, State::Running { .. } | State::Terminated { .. })) {
+    // A container waiting to restart (it has a last state) counts as having run, as in the kubelet.
+    if containers
+        .iter()
+        .any(|c| matches!(c.state, State::Running { .. } | State::Terminated { .. }) || c.last.is_some())
+    {
         "Running"
     } else {
         "Pending"
@@ -100,6 +110,30 @@ fn condition(prev: Option<&PodStatus>, type_: &str, ok: bool, reason: Option<&st
         last_probe_time: None,
         message: None,
         observed_generation: None,
+    }
+}
+
+fn k8s_state(state: &State, id: &str, message: Option<&str>) -> K8sState {
+    match state {
+        State::Waiting { reason } => K8sState {
+            waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.map(String::from) }),
+            ..Default::default()
+        },
+        State::Running { since } => K8sState {
+            running: Some(ContainerStateRunning { started_at: Some(Time(seconds(*since))) }),
+            ..Default::default()
+        },
+        State::Terminated { exit_code, reason, started, finished } => K8sState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: *exit_code,
+                reason: Some(reason.clone()),
+                started_at: Some(Time(seconds(*started))),
+                finished_at: Some(Time(seconds(*finished))),
+                container_id: Some(id.to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
     }
 }
 
@@ -125,37 +159,18 @@ pub fn compute(pod: &Pod, containers: Option<&[Container]>, at: &Placement, now:
     let statuses: Vec<ContainerStatus> = cs
         .iter()
         .map(|c| {
-            let state = match &c.state {
-                State::Waiting { reason } => K8sState {
-                    waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: None }),
-                    ..Default::default()
-                },
-                State::Running { since } => K8sState {
-                    running: Some(ContainerStateRunning { started_at: Some(Time(seconds(*since))) }),
-                    ..Default::default()
-                },
-                State::Terminated { exit_code, reason, started, finished } => K8sState {
-                    terminated: Some(ContainerStateTerminated {
-                        exit_code: *exit_code,
-                        reason: Some(reason.clone()),
-                        started_at: Some(Time(seconds(*started))),
-                        finished_at: Some(Time(seconds(*finished))),
-                        container_id: Some(c.id.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            };
+            let state = k8s_state(&c.state, &c.id, c.message.as_deref());
             let started = matches!(c.state, State::Running { .. });
             ContainerStatus {
                 name: c.name.clone(),
                 image: c.image.clone(),
-                image_id: format!("{}@sha256:{:064x}", c.image, 0),
+                image_id: c.image_id.clone().unwrap_or_else(|| format!("{}@sha256:{:064x}", c.image, 0)),
                 container_id: (!matches!(c.state, State::Waiting { .. })).then(|| c.id.clone()),
                 ready: c.ready,
                 started: Some(started),
                 restart_count: c.restarts,
                 state: Some(state),
+                last_state: c.last.as_ref().map(|l| k8s_state(l, &c.id, None)),
                 ..Default::default()
             }
         })
@@ -183,7 +198,17 @@ mod tests {
     }
 
     fn c(state: State, ready: bool) -> Container {
-        Container { name: "c".into(), image: "i".into(), id: "fake://1".into(), state, ready, restarts: 0 }
+        Container {
+            name: "c".into(),
+            image: "i".into(),
+            id: "fake://1".into(),
+            state,
+            last: None,
+            message: None,
+            image_id: None,
+            ready,
+            restarts: 0,
+        }
     }
 
     #[test]

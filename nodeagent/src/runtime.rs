@@ -27,6 +27,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn pods(&self) -> Vec<String>;
     /// What the running containers of a pod use now; None for a pod not running here.
     fn usage(&self, pod: &Pod) -> Option<Vec<Usage>>;
+    /// The pod's address as the runtime's network gave it: None when the runtime has no
+    /// network of its own (the agent then makes one up), Some(None) while not yet known.
+    fn pod_ip(&self, _pod: &Pod) -> Option<Option<String>> {
+        None
+    }
 }
 
 /// One container's resource usage: CPU in millicores, memory in bytes.
@@ -95,6 +100,9 @@ impl Runtime for Fake {
                     image: image.clone(),
                     id: id.clone(),
                     state,
+                    last: None,
+                    message: None,
+                    image_id: None,
                     ready,
                     restarts,
                 };

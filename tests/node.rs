@@ -1,0 +1,320 @@
+//! The node agent on a real containerd + runc with CNI networking (`skiff agent
+//! --runtime containerd`), driven by kubectl. Needs root, containerd, runc, the CNI
+//! plugins and busybox-static (`make test` installs them).
+//!
+//! Each test gets its own private containerd (under its temp dir), its own bridge and pod
+//! subnet, and its own cgroup parent; `skiff reset-node` removes all of it afterwards,
+//! also when the test fails. The only traffic is from this host to pod addresses on the
+//! test's own bridge.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+use crate::controllers::Plane;
+
+/// A control plane plus one real node.
+struct Node {
+    plane: Plane,
+    /// Flags naming this test's root, bridge, subnet and cgroup parent.
+    flags: Vec<String>,
+    root: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.plane.kill("agent");
+        let out = Command::new(skiff_bin()).arg("reset-node").args(&self.flags).output();
+        if let Ok(o) = out {
+            if !o.status.success() {
+                eprintln!("reset-node failed: {}", text(&o));
+            }
+        }
+    }
+}
+
+impl Node {
+    /// `net` picks the test's bridge (`sktest<net>`) and subnet (`10.<200+net>.0.0/24`).
+    fn start(net: u8) -> Node {
+        let plane = Plane::control_plane();
+        let root = plane.api.dir.path().join("agent");
+        let flags: Vec<String> = [
+            "--root",
+            &root.display().to_string(),
+            "--bridge",
+            &format!("sktest{net}"),
+            "--pod-cidr",
+            &format!("10.{}.0.0/24", 200 + net),
+            "--cgroup-parent",
+            &format!("/skiff-test-{net}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let image = plane.api.dir.path().join("busybox.tar");
+        let built = Command::new("scripts/busybox-image.sh")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg(&image)
+            .arg("skiff.local/busybox:test")
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "building the test image: {}", text(&built));
+        let mut node = Node { plane, flags, root };
+        node.start_agent(Some(&image));
+        node.plane.wait_for("the node to be Ready", Duration::from_secs(60), |p| p.ready_nodes() >= 1);
+        node
+    }
+
+    fn start_agent(&mut self, image: Option<&std::path::Path>) {
+        let mut args: Vec<String> =
+            ["agent", "--runtime", "containerd", "--node-name", "real", "--node-ip", "127.0.0.1"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        args.extend(self.flags.iter().cloned());
+        args.extend(["--crash-loop-backoff", "1s", "--crash-loop-backoff-max", "2s"].map(String::from));
+        args.extend(["--node-lease-renew-interval", "1s", "--sync-period", "300ms"].map(String::from));
+        args.extend(["--local-path-root".into(), self.root.join("local-path").display().to_string()]);
+        if let Some(i) = image {
+            args.extend(["--image-archive".into(), i.display().to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.plane.spawn("agent", &refs);
+    }
+
+    fn apply(&self, yaml: &str) {
+        let o = self.plane.api.kubectl_with(
+            "/usr/lib/google-cloud-sdk/bin/kubectl.1.32",
+            &["apply", "-f", "-"],
+            Some(yaml),
+        );
+        assert!(o.status.success(), "kubectl apply: {}", text(&o));
+    }
+
+    fn pod(&self, name: &str) -> Value {
+        self.plane.json(&["get", "pod", name])
+    }
+
+    fn wait_pod(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        self.plane
+            .wait_for(&format!("pod {name}: {what}"), Duration::from_secs(60), |p| ok(&p.json(&["get", "pod", name])));
+        self.pod(name)
+    }
+}
+
+fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn running(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running"
+        && pod["status"]["containerStatuses"].as_array().is_some_and(|cs| cs.iter().all(|c| c["ready"] == true))
+}
+
+/// GET http://ip:port/path from this host; the body, or None if it cannot connect.
+fn http_get(ip: &str, port: u16, path: &str) -> Option<String> {
+    let addr = format!("{ip}:{port}").parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+}
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: greeting}
+stringData: {word: hello}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  terminationGracePeriodSeconds: 2
+  volumes:
+  - {name: shared, emptyDir: {}}
+  - {name: secret, secret: {secretName: greeting}}
+  containers:
+  - name: httpd
+    image: skiff.local/busybox:test
+    command: [httpd, -f, -p, "80", -h, /shared]
+    ports: [{containerPort: 80}]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  - name: writer
+    image: skiff.local/busybox:test
+    env:
+    - name: WORD
+      valueFrom: {secretKeyRef: {name: greeting, key: word}}
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    - name: MESSAGE
+      value: "$(WORD) from $(POD_NAME)"
+    command: [sh, -c]
+    args:
+    - |
+      echo "$MESSAGE" > /shared/index.html
+      cp /etc/secret/word /shared/secret-file
+      echo started
+      until wget -q -O /shared/seen http://127.0.0.1:80/index.html; do sleep 0.2; done
+      exec sleep 3600
+    volumeMounts:
+    - {name: shared, mountPath: /shared}
+    - {name: secret, mountPath: /etc/secret, readOnly: true}
+"#;
+
+/// A pod of two containers serves over its own address; they share localhost and an
+/// emptyDir; a secret arrives as env and as a file; a killed agent's pods are adopted
+/// by the next one without restarting; deletion waits for the grace period and the
+/// network, volumes and cgroups go with the pod.
+#[test]
+fn a_pod_runs_as_real_containers_on_its_own_network() {
+    let mut n = Node::start(1);
+    n.apply(WEB);
+    let pod = n.wait_pod("web", "Running and Ready", running);
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.201.0."), "pod IP {ip} is from the test's subnet");
+    assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
+    let httpd = container(&pod, "httpd");
+    assert!(httpd["containerID"].as_str().unwrap().starts_with("containerd://"), "{httpd}");
+    assert!(httpd["imageID"].as_str().unwrap().contains("@sha256:"), "{httpd}");
+
+    n.plane.wait_for("the writer's page", Duration::from_secs(30), |_| http_get(&ip, 80, "/seen").is_some());
+    assert_eq!(http_get(&ip, 80, "/").as_deref(), Some("hello from web\n"));
+    // The writer fetched the page from httpd over the pod's localhost.
+    assert_eq!(http_get(&ip, 80, "/seen").as_deref(), Some("hello from web\n"));
+    assert_eq!(http_get(&ip, 80, "/secret-file").as_deref(), Some("hello"));
+
+    // The pod's cgroup, network namespace and volume directory exist on the node.
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let netns = PathBuf::from(format!("/var/run/netns/skiff-{uid}"));
+    let pod_dir = n.root.join("pods").join(&uid);
+    assert!(netns.exists() && pod_dir.join("volumes/shared/index.html").exists());
+
+    // Kill the agent (its containerd goes with it); the next one adopts the running containers.
+    let (started, id) = (httpd["state"]["running"]["startedAt"].clone(), httpd["containerID"].clone());
+    n.plane.kill("agent");
+    assert_eq!(http_get(&ip, 80, "/").as_deref(), Some("hello from web\n"), "pods outlive the agent");
+    n.start_agent(None);
+    std::thread::sleep(Duration::from_secs(2));
+    let pod = n.wait_pod("web", "Running after the agent restarted", running);
+    let httpd = container(&pod, "httpd");
+    assert_eq!(httpd["restartCount"], 0, "{httpd}");
+    assert_eq!(httpd["containerID"], id, "the same container");
+    assert_eq!(http_get(&ip, 80, "/").as_deref(), Some("hello from web\n"));
+    assert_eq!(httpd["state"]["running"]["startedAt"], started, "not restarted");
+
+    // httpd as PID 1 ignores SIGTERM: deletion waits out the 2 s grace period, then kills.
+    let t = Instant::now();
+    n.plane.k(&["delete", "pod", "web", "--wait=true", "--timeout=60s"]);
+    assert!(t.elapsed() >= Duration::from_secs(2), "deleted after {:?}, before the grace period", t.elapsed());
+    assert!(http_get(&ip, 80, "/").is_none(), "nothing answers at the old pod address");
+    assert!(!netns.exists(), "the network namespace is removed");
+    assert!(!pod_dir.exists(), "the pod's directory (volumes, logs) is removed");
+}
+
+const JOBS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: fails}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: main, image: skiff.local/busybox:test, command: [sh, -c, "echo hi; exit 3"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: succeeds}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: main, image: skiff.local/busybox:test, command: [sh, -c, "exit 0"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crashes}
+spec:
+  containers:
+  - {name: main, image: skiff.local/busybox:test, command: [sh, -c, "echo crash; exit 1"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: skiff.local/busybox:test
+    command: [sh, -c, "dd if=/dev/zero of=/dev/null bs=256M count=1"]
+    resources: {limits: {memory: 32Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: missing}
+spec:
+  containers:
+  - {name: main, image: skiff.local/not-there:1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nosecret}
+spec:
+  containers:
+  - name: main
+    image: skiff.local/busybox:test
+    env: [{name: X, valueFrom: {secretKeyRef: {name: absent, key: k}}}]
+"#;
+
+fn terminated(pod: &Value) -> &Value {
+    &container(pod, "main")["state"]["terminated"]
+}
+
+/// Exit codes decide the phase; a crashing container backs off and its restartCount
+/// grows; the OOM killer is reported as OOMKilled; a missing image or secret leaves the
+/// container waiting with the kubelet's reason.
+#[test]
+fn containers_exit_crash_and_are_oom_killed_as_kubernetes_reports() {
+    let n = Node::start(2);
+    n.apply(JOBS);
+    let p = n.wait_pod("fails", "Failed", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(terminated(&p)["exitCode"], 3);
+    assert_eq!(terminated(&p)["reason"], "Error");
+    let p = n.wait_pod("succeeds", "Succeeded", |p| p["status"]["phase"] == "Succeeded");
+    assert_eq!(terminated(&p)["exitCode"], 0);
+    assert_eq!(terminated(&p)["reason"], "Completed");
+
+    let p = n.wait_pod("crashes", "restarted twice", |p| container(p, "main")["restartCount"].as_i64() >= Some(2));
+    assert_eq!(p["status"]["phase"], "Running");
+    let p = n.wait_pod("crashes", "in CrashLoopBackOff", |p| {
+        container(p, "main")["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let c = container(&p, "main");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 1, "{c}");
+    assert!(c["state"]["waiting"]["message"].as_str().unwrap().contains("back-off"), "{c}");
+
+    let p = n.wait_pod("hog", "Failed", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(terminated(&p)["reason"], "OOMKilled", "{}", terminated(&p));
+    assert_eq!(terminated(&p)["exitCode"], 137);
+
+    let p = n.wait_pod("missing", "waiting for its image", |p| {
+        matches!(container(p, "main")["state"]["waiting"]["reason"].as_str(), Some("ErrImagePull" | "ImagePullBackOff"))
+    });
+    let msg = container(&p, "main")["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("skiff.local/not-there:1"), "{msg}");
+    let p = n.wait_pod("nosecret", "waiting for its secret", |p| {
+        container(p, "main")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    });
+    assert_eq!(container(&p, "main")["state"]["waiting"]["message"], "secret \"absent\" not found");
+
+    n.plane.k(&["delete", "pods", "--all", "--wait=true", "--timeout=60s"]);
+}
