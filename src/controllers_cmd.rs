@@ -139,6 +139,10 @@ pub struct AgentArgs {
     /// (containerd runtime; repeatable).
     #[arg(long)]
     image_archive: Vec<PathBuf>,
+    /// Port on the node's address where the agent serves container logs to the API
+    /// server (the kubelet's port).
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
     #[command(flatten)]
     containerd: ContainerdArgs,
     /// Nodes are named `<prefix>-0`, `<prefix>-1`, ...
@@ -261,6 +265,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
         sync_period: a.sync_period,
         local_path_root: a.local_path_root,
         node_ip,
+        port: a.port,
         runtime_version: "fake://0.1.0".into(),
     };
     match a.runtime {

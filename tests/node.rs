@@ -24,6 +24,8 @@ struct Node {
     /// Flags naming this test's root, bridge, subnet and cgroup parent.
     flags: Vec<String>,
     root: PathBuf,
+    /// The agent's log port.
+    port: u16,
 }
 
 impl Drop for Node {
@@ -64,7 +66,7 @@ impl Node {
             .output()
             .unwrap();
         assert!(built.status.success(), "building the test image: {}", text(&built));
-        let mut node = Node { plane, flags, root };
+        let mut node = Node { plane, flags, root, port: free_port() };
         node.start_agent(Some(&image));
         node.plane.wait_for("the node to be Ready", Duration::from_secs(60), |p| p.ready_nodes() >= 1);
         node
@@ -77,6 +79,7 @@ impl Node {
                 .map(|s| s.to_string())
                 .collect();
         args.extend(self.flags.iter().cloned());
+        args.extend(["--port".into(), self.port.to_string()]);
         args.extend(["--crash-loop-backoff", "1s", "--crash-loop-backoff-max", "2s"].map(String::from));
         args.extend(["--node-lease-renew-interval", "1s", "--sync-period", "300ms"].map(String::from));
         args.extend(["--local-path-root".into(), self.root.join("local-path").display().to_string()]);
@@ -195,6 +198,13 @@ fn a_pod_runs_as_real_containers_on_its_own_network() {
     assert_eq!(http_get(&ip, 80, "/seen").as_deref(), Some("hello from web\n"));
     assert_eq!(http_get(&ip, 80, "/secret-file").as_deref(), Some("hello"));
 
+    // Logs through the API server, from the agent.
+    assert_eq!(n.plane.k(&["logs", "web", "-c", "writer"]), "started\n");
+    assert_eq!(n.plane.k(&["logs", "web", "-c", "writer", "--tail=1"]), "started\n");
+    let bad =
+        n.plane.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", &["logs", "web", "-c", "nope"], None);
+    assert!(text(&bad).contains("container nope is not valid for pod web"), "{}", text(&bad));
+
     // The pod's cgroup, network namespace and volume directory exist on the node.
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
     let netns = PathBuf::from(format!("/var/run/netns/skiff-{uid}"));
@@ -231,6 +241,14 @@ spec:
   restartPolicy: Never
   containers:
   - {name: main, image: skiff.local/busybox:test, command: [sh, -c, "echo hi; exit 3"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: counter}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: main, image: skiff.local/busybox:test, command: [sh, -c, "for i in 1 2 3; do echo line $i; sleep 1; done"]}
 ---
 apiVersion: v1
 kind: Pod
@@ -289,6 +307,10 @@ fn containers_exit_crash_and_are_oom_killed_as_kubernetes_reports() {
     let p = n.wait_pod("fails", "Failed", |p| p["status"]["phase"] == "Failed");
     assert_eq!(terminated(&p)["exitCode"], 3);
     assert_eq!(terminated(&p)["reason"], "Error");
+    assert_eq!(n.plane.k(&["logs", "fails"]), "hi\n");
+    // Following a running container streams its lines until it exits.
+    n.wait_pod("counter", "Running", |p| p["status"]["phase"] == "Running");
+    assert_eq!(n.plane.k(&["logs", "-f", "counter"]), "line 1\nline 2\nline 3\n");
     let p = n.wait_pod("succeeds", "Succeeded", |p| p["status"]["phase"] == "Succeeded");
     assert_eq!(terminated(&p)["exitCode"], 0);
     assert_eq!(terminated(&p)["reason"], "Completed");
@@ -301,6 +323,7 @@ fn containers_exit_crash_and_are_oom_killed_as_kubernetes_reports() {
     let c = container(&p, "main");
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 1, "{c}");
     assert!(c["state"]["waiting"]["message"].as_str().unwrap().contains("back-off"), "{c}");
+    assert_eq!(n.plane.k(&["logs", "crashes", "--previous"]), "crash\n");
 
     let p = n.wait_pod("hog", "Failed", |p| p["status"]["phase"] == "Failed");
     assert_eq!(terminated(&p)["reason"], "OOMKilled", "{}", terminated(&p));
@@ -311,6 +334,8 @@ fn containers_exit_crash_and_are_oom_killed_as_kubernetes_reports() {
     });
     let msg = container(&p, "main")["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("skiff.local/not-there:1"), "{msg}");
+    let o = n.plane.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", &["logs", "missing"], None);
+    assert!(!o.status.success() && text(&o).contains("is waiting to start"), "{}", text(&o));
     let p = n.wait_pod("nosecret", "waiting for its secret", |p| {
         container(p, "main")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
     });

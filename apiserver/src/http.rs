@@ -292,8 +292,13 @@ async fn resource(
     fmt: Format,
     req: Request<Incoming>,
 ) -> ApiResult<Response<Body>> {
+    if let (Some("log"), Some(name), Some(ns), true) =
+        (t.sub.as_deref(), t.name.as_deref(), t.namespace.as_deref(), method == Method::GET)
+    {
+        return crate::nodeproxy::pod_log(&app.store, ns, name, q.get("container"), &q.0).await;
+    }
     if let Some(sub) = t.sub.as_deref() {
-        if matches!(sub, "log" | "exec" | "attach" | "portforward") {
+        if matches!(sub, "exec" | "attach" | "portforward") {
             return Err(ApiError::unavailable(format!(
                 "pods/{sub} is served by the node agent, which this cluster does not run yet"
             )));

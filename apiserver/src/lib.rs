@@ -10,6 +10,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod http;
 pub mod lifecycle;
+pub mod nodeproxy;
 pub mod object;
 pub mod openapi;
 pub mod patch;

@@ -47,6 +47,8 @@ pub struct Config {
     pub node_name: Option<String>,
     /// The address of the (single) real node; simulated nodes get made-up ones.
     pub node_ip: Option<String>,
+    /// The port the agent serves container logs on (daemonEndpoints.kubeletEndpoint).
+    pub port: u16,
     /// What runs the containers, for nodeInfo (`fake://0.1.0`, `containerd://1.6.20`).
     pub runtime_version: String,
 }
@@ -151,7 +153,7 @@ impl<R: Runtime> Agent<R> {
                 cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
             ],
             "addresses": [{"type": "InternalIP", "address": s.host_ip}, {"type": "Hostname", "address": s.name}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.cfg.port}},
             "nodeInfo": {
                 "machineID": s.name, "systemUUID": s.name, "bootID": s.name,
                 "kernelVersion": kernel, "osImage": os_image,

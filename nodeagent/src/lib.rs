@@ -27,8 +27,14 @@ pub async fn run_containerd(
     let client = skiff_controllers::client::from_kubeconfig(&cfg.kubeconfig).await?;
     let rt = ctr::Containerd::start(client.clone(), settings).await?;
     cfg.runtime_version = rt.version();
+    let ip: std::net::IpAddr = match &cfg.node_ip {
+        Some(ip) => ip.parse().map_err(|_| anyhow::anyhow!("--node-ip {ip} is not an IP address"))?,
+        None => anyhow::bail!("the containerd agent needs the node's address"),
+    };
+    let addr = std::net::SocketAddr::new(ip, cfg.port);
     let result = tokio::select! {
         r = agent::Agent::new(client, cfg, rt.clone()).run() => r,
+        r = ctr::server::serve(rt.clone(), addr) => r,
         _ = stopped => Ok(()),
     };
     rt.shutdown().await;

@@ -13,6 +13,7 @@
 pub mod cni;
 pub mod daemon;
 pub mod image;
+pub mod server;
 pub mod spec;
 mod volumes;
 
@@ -698,6 +699,30 @@ impl Containerd {
             r.status.ready = true;
         });
         Ok(())
+    }
+
+    /// The uid of a pod running here, by `namespace/name`.
+    pub fn pod_uid(&self, name: &str) -> Option<String> {
+        let pods = self.inner.pods.lock().expect("not poisoned");
+        pods.iter().find(|(_, p)| p.name == name && p.worker.is_some()).map(|(uid, _)| uid.clone())
+    }
+
+    fn container_state(&self, uid: &str, container: &str) -> Option<State> {
+        let pods = self.inner.pods.lock().expect("not poisoned");
+        let rec = pods.get(uid)?;
+        rec.containers.iter().find(|r| r.status.name == container).map(|r| r.status.state.clone())
+    }
+
+    /// Why a container is waiting, if it is.
+    pub fn waiting_reason(&self, uid: &str, container: &str) -> Option<String> {
+        match self.container_state(uid, container)? {
+            State::Waiting { reason } => Some(reason),
+            _ => None,
+        }
+    }
+
+    pub fn is_running(&self, uid: &str, container: &str) -> bool {
+        matches!(self.container_state(uid, container), Some(State::Running { .. }))
     }
 
     /// Where a container's output goes: one file per run, so `--previous` can read the last.

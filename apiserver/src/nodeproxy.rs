@@ -1,0 +1,132 @@
+//! Subresources the node agent serves: `pods/log` is looked up here (pod, container,
+//! node address and agent port from the Node's daemonEndpoints) and then streamed from
+//! the agent's `/containerLogs/...` endpoint, as kube-apiserver proxies to the kubelet.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::Response;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::http::Body;
+use crate::registry;
+use crate::status::{ApiError, ApiResult};
+use crate::storage::{self, Store};
+
+async fn get(store: &Store, plural: &str, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+    let r = registry::find("", "v1", plural).expect("a core resource");
+    let s = store.get(&storage::key(r, ns, name)).await?;
+    s.map(|s| s.obj).ok_or_else(|| ApiError::not_found(plural, "", name))
+}
+
+/// The container a log request means: the named one, or the only one.
+fn pick_container(pod: &Value, name: &str, asked: Option<&str>) -> ApiResult<String> {
+    let names: Vec<String> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| pod["spec"][k].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
+    match asked.filter(|c| !c.is_empty()) {
+        Some(c) if names.iter().any(|n| n == c) => Ok(c.to_string()),
+        Some(c) => Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
+        None => {
+            let regular: Vec<&str> = pod["spec"]["containers"]
+                .as_array()
+                .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
+                .unwrap_or_default();
+            match regular.as_slice() {
+                [only] => Ok(only.to_string()),
+                _ => Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    names.join(" ")
+                ))),
+            }
+        }
+    }
+}
+
+/// The agent's address for the node a pod runs on.
+async fn agent_address(store: &Store, pod: &Value, name: &str) -> ApiResult<String> {
+    let node = pod["spec"]["nodeName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?;
+    let n = get(store, "nodes", None, node).await?;
+    let ip = n["status"]["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+        .and_then(|a| a["address"].as_str())
+        .ok_or_else(|| ApiError::internal(format!("node {node} has no InternalIP")))?;
+    let port = n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
+    Ok(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") })
+}
+
+/// `GET pods/<name>/log`: streams the container's log from its node's agent.
+pub async fn pod_log(
+    store: &Store,
+    ns: &str,
+    name: &str,
+    container: Option<&str>,
+    params: &[(String, String)],
+) -> ApiResult<Response<Body>> {
+    let pod = get(store, "pods", Some(ns), name).await?;
+    let container = pick_container(&pod, name, container)?;
+    let addr = agent_address(store, &pod, name).await?;
+    let mut query: Vec<String> = Vec::new();
+    for k in ["follow", "previous", "tailLines", "limitBytes"] {
+        if let Some((_, v)) = params.iter().find(|(key, _)| key == k) {
+            query.push(format!("{k}={v}"));
+        }
+    }
+    let path = format!("/containerLogs/{ns}/{name}/{container}?{}", query.join("&"));
+    let unreachable = |e: std::io::Error| ApiError::internal(format!("the node agent at {addr} did not answer: {e}"));
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|_| ApiError::internal(format!("the node agent at {addr} did not answer in 5 s")))?
+        .map_err(unreachable)?;
+    // HTTP/1.0: the agent answers with a plain body ended by closing the connection.
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.map_err(unreachable)?;
+    let mut reader = BufReader::new(conn);
+    let mut status = String::new();
+    reader.read_line(&mut status).await.map_err(unreachable)?;
+    let code: u16 = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(502);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.map_err(unreachable)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    if code != 200 {
+        let mut body = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut body).await;
+        let msg = String::from_utf8_lossy(&body).trim().to_string();
+        return Err(if code == 404 { ApiError::new(404, "NotFound", msg) } else { ApiError::bad_request(msg) });
+    }
+    let stream = tokio_util_stream(reader).map(|chunk| Ok::<_, std::convert::Infallible>(Frame::data(chunk)));
+    Ok(Response::builder()
+        .status(200)
+        .header("Content-Type", "text/plain")
+        .header("Cache-Control", "no-cache, private")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .expect("a valid response"))
+}
+
+/// The rest of a connection as a stream of chunks.
+fn tokio_util_stream<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    reader: R,
+) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    futures::stream::unfold(reader, |mut r| async move {
+        let mut buf = vec![0u8; 16 << 10];
+        match tokio::io::AsyncReadExt::read(&mut r, &mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Bytes::from(buf), r))
+            }
+        }
+    })
+}

@@ -1,0 +1,195 @@
+//! The agent's own HTTP endpoint (the kubelet's port, 10250 by default), which the API
+//! server proxies `pods/log` to: `GET /containerLogs/<namespace>/<pod>/<container>` with
+//! the query parameters of `kubectl logs` (`follow`, `tailLines`, `limitBytes`,
+//! `previous`). Plain HTTP; it serves only what the API server would show anyway.
+
+use std::convert::Infallible;
+use std::io::SeekFrom;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::Containerd;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn text(code: u16, msg: impl Into<String>) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("Content-Type", "text/plain")
+        .body(Full::new(Bytes::from(msg.into())).boxed())
+        .expect("a valid response")
+}
+
+fn query(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('=').or(Some((p, ""))))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Serves until the process ends.
+pub async fn serve(rt: Containerd, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listening on {addr}: {e}"))?;
+    tracing::info!("serving container logs on {addr}");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accepting a connection: {e}");
+                continue;
+            }
+        };
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let rt = rt.clone();
+                async move { Ok::<_, Infallible>(handle(&rt, req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+        });
+    }
+}
+
+async fn handle(rt: &Containerd, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let q = query(req.uri().query());
+    let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    match parts.as_slice() {
+        ["containerLogs", ns, pod, container] => {
+            let flag = |k: &str| matches!(get(k), Some("true" | "1"));
+            let number = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
+            logs(rt, ns, pod, container, flag("previous"), flag("follow"), number("tailLines"), number("limitBytes"))
+                .await
+        }
+        ["healthz"] => text(200, "ok"),
+        _ => text(404, format!("no such endpoint: {path}")),
+    }
+}
+
+/// Byte offset where the last `n` lines of `data` start.
+fn tail_start(data: &[u8], n: u64) -> usize {
+    if n == 0 {
+        return data.len();
+    }
+    let mut seen = 0;
+    // A final newline ends the last line; it does not start another.
+    let end = if data.ends_with(b"\n") { data.len() - 1 } else { data.len() };
+    for i in (0..end).rev() {
+        if data[i] == b'\n' {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn logs(
+    rt: &Containerd,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    previous: bool,
+    follow: bool,
+    tail: Option<u64>,
+    limit: Option<u64>,
+) -> Response<Body> {
+    let Some(uid) = rt.pod_uid(&format!("{ns}/{pod}")) else {
+        return text(404, format!("pod \"{pod}\" is not running on this node"));
+    };
+    let Some(file) = rt.log_file(&uid, container, previous) else {
+        let msg = if previous {
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
+        } else {
+            match rt.waiting_reason(&uid, container) {
+                Some(reason) => format!("container \"{container}\" in pod \"{pod}\" is waiting to start: {reason}"),
+                None => format!("container \"{container}\" in pod \"{pod}\" not found"),
+            }
+        };
+        return text(400, msg);
+    };
+    let data = match tokio::fs::read(&file).await {
+        Ok(d) => d,
+        Err(e) => return text(500, format!("reading {}: {e}", file.display())),
+    };
+    let start = tail.map_or(0, |n| tail_start(&data, n));
+    let mut first = data[start..].to_vec();
+    if let Some(l) = limit {
+        first.truncate(l as usize);
+    }
+    if !follow {
+        return Response::builder()
+            .header("Content-Type", "text/plain")
+            .body(Full::new(Bytes::from(first)).boxed())
+            .expect("a valid response");
+    }
+    // Follow: send what is there, then what is appended, until this run of the container ends.
+    let offset = data.len() as u64;
+    let rt = rt.clone();
+    let (uid, container) = (uid.clone(), container.to_string());
+    let stream = futures::stream::unfold(
+        (Some(first), offset, file, false),
+        move |(pending, offset, file, done): (Option<Vec<u8>>, u64, PathBuf, bool)| {
+            let rt = rt.clone();
+            let (uid, container) = (uid.clone(), container.clone());
+            async move {
+                if let Some(p) = pending {
+                    return Some((Ok(Frame::data(Bytes::from(p))), (None, offset, file, false)));
+                }
+                if done {
+                    return None;
+                }
+                loop {
+                    let current = rt.log_file(&uid, &container, false);
+                    let ended = current.as_ref() != Some(&file) || !rt.is_running(&uid, &container);
+                    let mut f = tokio::fs::File::open(&file).await.ok()?;
+                    f.seek(SeekFrom::Start(offset)).await.ok()?;
+                    let mut more = Vec::new();
+                    f.read_to_end(&mut more).await.ok()?;
+                    if !more.is_empty() {
+                        let next = offset + more.len() as u64;
+                        return Some((Ok(Frame::data(Bytes::from(more))), (None, next, file, ended)));
+                    }
+                    if ended {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        },
+    );
+    Response::builder()
+        .header("Content-Type", "text/plain")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .expect("a valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_start;
+
+    #[test]
+    fn tail_counts_lines_from_the_end() {
+        let d = b"a\nb\nc\n";
+        assert_eq!(&d[tail_start(d, 2)..], b"b\nc\n");
+        assert_eq!(&d[tail_start(d, 10)..], b"a\nb\nc\n");
+        assert_eq!(&d[tail_start(d, 0)..], b"");
+        let d = b"a\nb\nno newline";
+        assert_eq!(&d[tail_start(d, 1)..], b"no newline");
+    }
+}
