@@ -84,6 +84,10 @@ pub struct ContainerdArgs {
     /// Subnet pod addresses come from; the bridge takes its first address.
     #[arg(long, default_value = "10.88.0.0/16")]
     pod_cidr: String,
+    /// The API server's --service-cluster-ip-range; routed to the bridge so that
+    /// Service addresses never leave the machine.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
     /// Directory of the CNI plugin binaries (Debian's containernetworking-plugins).
     #[arg(long, default_value = "/usr/lib/cni")]
     cni_bin_dir: PathBuf,
@@ -113,6 +117,7 @@ impl ContainerdArgs {
             cgroup_parent: self.cgroup_parent.clone(),
             backoff: (self.crash_loop_backoff, self.crash_loop_backoff_max),
             images,
+            service_cidr: self.service_cidr.clone(),
         }
     }
 }

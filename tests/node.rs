@@ -7,6 +7,7 @@
 //! also when the test fails. The only traffic is from this host to pod addresses on the
 //! test's own bridge.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -341,5 +342,93 @@ fn containers_exit_crash_and_are_oom_killed_as_kubernetes_reports() {
     });
     assert_eq!(container(&p, "main")["state"]["waiting"]["message"], "secret \"absent\" not found");
 
+    n.plane.k(&["delete", "pods", "--all", "--wait=true", "--timeout=60s"]);
+}
+
+const SERVICE: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: skiff.local/busybox:test
+        command: [sh, -c, "hostname > /www/index.html; exec httpd -f -p 8080 -h /www"]
+        ports: [{containerPort: 8080, name: web}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello}
+spec:
+  type: NodePort
+  selector: {app: hello}
+  ports: [{port: 80, targetPort: web}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody}
+spec:
+  selector: {app: nobody}
+  ports: [{port: 80}]
+"#;
+
+/// A Deployment of three httpd replicas answers through its Service's VIP from the
+/// node and from another pod, and through its NodePort; every replica gets traffic; a
+/// Service without endpoints refuses connections at once.
+#[test]
+fn services_balance_over_ready_pods_by_vip_and_node_port() {
+    let n = Node::start(3);
+    n.apply(SERVICE);
+    n.plane.wait_for("3 ready replicas", Duration::from_secs(60), |p| {
+        p.json(&["get", "deploy", "hello"])["status"]["readyReplicas"] == 3
+    });
+    let svc = n.plane.json(&["get", "svc", "hello"]);
+    let vip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap() as u16;
+    let pods: BTreeSet<String> =
+        n.plane.live_pods("app=hello").iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect();
+
+    // From the node: every answer is one of the replicas, and all of them answer.
+    let mut seen = BTreeSet::new();
+    n.plane.wait_for("the VIP to answer", Duration::from_secs(30), |_| http_get(&vip, 80, "/").is_some());
+    for _ in 0..60 {
+        let body = http_get(&vip, 80, "/").expect("the VIP answers");
+        seen.insert(body.trim().to_string());
+    }
+    assert_eq!(seen, pods, "answers came from exactly the replicas");
+    // Through the NodePort on the node's address.
+    assert!(pods.contains(http_get("127.0.0.1", node_port, "/").expect("the NodePort answers").trim()));
+
+    // From another pod, by VIP.
+    let client = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: main, image: skiff.local/busybox:test, command: [sh, -c, \"for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://{vip}/; done\"]}}\n"
+    );
+    n.apply(&client);
+    n.wait_pod("client", "Succeeded", |p| p["status"]["phase"] == "Succeeded");
+    let answers = n.plane.k(&["logs", "client"]);
+    assert_eq!(answers.lines().count(), 10, "{answers}");
+    assert!(answers.lines().all(|l| pods.contains(l)), "{answers}");
+
+    // No endpoints: refused at once rather than hanging.
+    let nobody = n.plane.json(&["get", "svc", "nobody"])["spec"]["clusterIP"].as_str().unwrap().to_string();
+    n.plane.wait_for("the empty service to refuse", Duration::from_secs(30), |_| {
+        let addr = format!("{nobody}:80").parse().unwrap();
+        matches!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+
+    // Scaled to one: only that replica answers.
+    n.plane.k(&["scale", "deploy", "hello", "--replicas=1"]);
+    n.plane.wait_for("one replica left", Duration::from_secs(60), |p| p.live_pods("app=hello").len() == 1);
+    let left = n.plane.live_pods("app=hello")[0]["metadata"]["name"].as_str().unwrap().to_string();
+    n.plane.wait_for("the VIP to answer from the last replica only", Duration::from_secs(30), |_| {
+        (0..10).all(|_| http_get(&vip, 80, "/").is_some_and(|b| b.trim() == left))
+    });
+    n.plane.k(&["delete", "deploy", "hello", "--wait=true"]);
     n.plane.k(&["delete", "pods", "--all", "--wait=true", "--timeout=60s"]);
 }

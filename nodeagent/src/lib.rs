@@ -25,6 +25,7 @@ pub async fn run_containerd(
     stopped: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let client = skiff_controllers::client::from_kubeconfig(&cfg.kubeconfig).await?;
+    let proxy = settings.proxy();
     let rt = ctr::Containerd::start(client.clone(), settings).await?;
     cfg.runtime_version = rt.version();
     let ip: std::net::IpAddr = match &cfg.node_ip {
@@ -33,8 +34,9 @@ pub async fn run_containerd(
     };
     let addr = std::net::SocketAddr::new(ip, cfg.port);
     let result = tokio::select! {
-        r = agent::Agent::new(client, cfg, rt.clone()).run() => r,
+        r = agent::Agent::new(client.clone(), cfg, rt.clone()).run() => r,
         r = ctr::server::serve(rt.clone(), addr) => r,
+        r = ctr::proxy::run_proxy(client.clone(), proxy) => r,
         _ = stopped => Ok(()),
     };
     rt.shutdown().await;

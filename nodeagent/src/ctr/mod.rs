@@ -13,6 +13,7 @@
 pub mod cni;
 pub mod daemon;
 pub mod image;
+pub mod proxy;
 pub mod server;
 pub mod spec;
 mod volumes;
@@ -152,6 +153,14 @@ pub struct Settings {
     pub backoff: (Duration, Duration),
     /// Image archives imported at start.
     pub images: Vec<PathBuf>,
+    /// The API server's --service-cluster-ip-range, routed to the bridge.
+    pub service_cidr: String,
+}
+
+impl Settings {
+    pub fn proxy(&self) -> proxy::ProxyConfig {
+        proxy::ProxyConfig::new(&self.network.bridge, &self.network.subnet, &self.service_cidr)
+    }
 }
 
 /// One container of a pod as last seen.
@@ -1050,6 +1059,9 @@ pub async fn reset(s: Settings) -> anyhow::Result<()> {
     // Any client will do; teardown never calls the API server.
     let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().expect("a valid URL")))?;
     let root = s.root.clone();
+    if let Err(e) = proxy::remove(&s.proxy()).await {
+        tracing::warn!("removing service rules: {e:#}");
+    }
     let mut s = s;
     s.images.clear();
     let rt = Containerd::start(client, s).await?;
