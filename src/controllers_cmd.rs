@@ -88,6 +88,9 @@ pub struct ContainerdArgs {
     /// Service addresses never leave the machine.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
+    /// Domain of the cluster DNS the agent serves to pods (on the bridge's address).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     /// Directory of the CNI plugin binaries (Debian's containernetworking-plugins).
     #[arg(long, default_value = "/usr/lib/cni")]
     cni_bin_dir: PathBuf,
@@ -118,6 +121,7 @@ impl ContainerdArgs {
             backoff: (self.crash_loop_backoff, self.crash_loop_backoff_max),
             images,
             service_cidr: self.service_cidr.clone(),
+            cluster_domain: self.cluster_domain.clone(),
         }
     }
 }

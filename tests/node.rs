@@ -372,6 +372,28 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{port: 5432}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: skiff.local/busybox:test, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Service
 metadata: {name: nobody}
 spec:
   selector: {app: nobody}
@@ -415,6 +437,24 @@ fn services_balance_over_ready_pods_by_vip_and_node_port() {
     assert_eq!(answers.lines().count(), 10, "{answers}");
     assert!(answers.lines().all(|l| pods.contains(l)), "{answers}");
 
+    // Cluster DNS: a Service by its full and its short name, a StatefulSet pod by its
+    // stable name; names outside the cluster are not resolved (nothing leaves the node).
+    n.wait_pod("db-0", "Running", running);
+    let db_ip = n.pod("db-0")["status"]["podIP"].as_str().unwrap().to_string();
+    let script = "nslookup hello.default.svc.cluster.local; nslookup db-0.db.default.svc.cluster.local; \
+                  wget -q -O - http://hello/; nslookup example.com || echo outside-refused";
+    let dns = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: resolver}}\nspec:\n  restartPolicy: Never\n  containers:\n  - {{name: main, image: skiff.local/busybox:test, command: [sh, -c, {script:?}]}}\n"
+    );
+    n.apply(&dns);
+    n.wait_pod("resolver", "finished", |p| matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")));
+    let out = n.plane.k(&["logs", "resolver"]);
+    let after = |name: &str| out.split(name).nth(1).unwrap_or_default().to_string();
+    assert!(after("hello.default.svc.cluster.local").contains(&format!("Address: {vip}")), "{out}");
+    assert!(after("db-0.db.default.svc.cluster.local").contains(&format!("Address: {db_ip}")), "{out}");
+    assert!(out.lines().any(|l| pods.contains(l.trim())), "the short name reached a replica: {out}");
+    assert!(out.contains("outside-refused"), "{out}");
+
     // No endpoints: refused at once rather than hanging.
     let nobody = n.plane.json(&["get", "svc", "nobody"])["spec"]["clusterIP"].as_str().unwrap().to_string();
     n.plane.wait_for("the empty service to refuse", Duration::from_secs(30), |_| {
@@ -429,6 +469,6 @@ fn services_balance_over_ready_pods_by_vip_and_node_port() {
     n.plane.wait_for("the VIP to answer from the last replica only", Duration::from_secs(30), |_| {
         (0..10).all(|_| http_get(&vip, 80, "/").is_some_and(|b| b.trim() == left))
     });
-    n.plane.k(&["delete", "deploy", "hello", "--wait=true"]);
+    n.plane.k(&["delete", "deploy,sts", "--all", "--wait=true"]);
     n.plane.k(&["delete", "pods", "--all", "--wait=true", "--timeout=60s"]);
 }

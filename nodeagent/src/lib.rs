@@ -11,6 +11,11 @@ pub mod metrics;
 pub mod podstatus;
 pub mod runtime;
 
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use skiff_controllers::informer::notifying_cache;
+
 /// Runs an agent with the simulated runtime until it is stopped.
 pub async fn run_fake(cfg: agent::Config, start_delay: std::time::Duration) -> anyhow::Result<()> {
     let client = skiff_controllers::client::from_kubeconfig(&cfg.kubeconfig).await?;
@@ -26,7 +31,21 @@ pub async fn run_containerd(
 ) -> anyhow::Result<()> {
     let client = skiff_controllers::client::from_kubeconfig(&cfg.kubeconfig).await?;
     let proxy = settings.proxy();
+    let dns_addr = settings.network.gateway().map(|(ip, _)| std::net::SocketAddr::from((ip, 53)));
+    let domain = settings.cluster_domain.clone();
     let rt = ctr::Containerd::start(client.clone(), settings).await?;
+    // Services and EndpointSlices feed both the service rules and the cluster DNS.
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let services = notifying_cache(Api::<Service>::all(client.clone()), changed.clone());
+    let slices = notifying_cache(Api::<EndpointSlice>::all(client.clone()), changed.clone());
+    let pods = notifying_cache(Api::<Pod>::all(client.clone()), std::sync::Arc::new(tokio::sync::Notify::new()));
+    let dns = ctr::dns::Dns { domain, services: services.clone(), slices: slices.clone(), pods };
+    let dns = async move {
+        match dns_addr {
+            Some(a) => dns.serve(a).await,
+            None => std::future::pending().await,
+        }
+    };
     cfg.runtime_version = rt.version();
     let ip: std::net::IpAddr = match &cfg.node_ip {
         Some(ip) => ip.parse().map_err(|_| anyhow::anyhow!("--node-ip {ip} is not an IP address"))?,
@@ -36,7 +55,8 @@ pub async fn run_containerd(
     let result = tokio::select! {
         r = agent::Agent::new(client.clone(), cfg, rt.clone()).run() => r,
         r = ctr::server::serve(rt.clone(), addr) => r,
-        r = ctr::proxy::run_proxy(client.clone(), proxy) => r,
+        r = ctr::proxy::run_proxy(proxy, services, slices, changed) => r,
+        r = dns => r,
         _ = stopped => Ok(()),
     };
     rt.shutdown().await;

@@ -12,6 +12,7 @@
 
 pub mod cni;
 pub mod daemon;
+pub mod dns;
 pub mod image;
 pub mod proxy;
 pub mod server;
@@ -155,11 +156,14 @@ pub struct Settings {
     pub images: Vec<PathBuf>,
     /// The API server's --service-cluster-ip-range, routed to the bridge.
     pub service_cidr: String,
+    /// Names under this domain are answered by the cluster DNS (`cluster.local`).
+    pub cluster_domain: String,
 }
 
 impl Settings {
     pub fn proxy(&self) -> proxy::ProxyConfig {
-        proxy::ProxyConfig::new(&self.network.bridge, &self.network.subnet, &self.service_cidr)
+        let gw = self.network.gateway().map(|(ip, len)| format!("{ip}/{len}"));
+        proxy::ProxyConfig::new(&self.network.bridge, &self.network.subnet, &self.service_cidr, gw)
     }
 }
 
@@ -372,6 +376,9 @@ impl Containerd {
         };
         if let Some(p) = self.inner.pods.lock().expect("not poisoned").get_mut(&uid) {
             p.ip = Some(ip.clone());
+        }
+        if let Err(e) = self.write_etc(&pod, &dir, &ip) {
+            tracing::warn!("writing /etc files of pod {}: {e:#}", pod_name(&pod));
         }
         let vols = loop {
             match volumes::prepare(&self.inner.client, &pod, &dir).await {
@@ -610,7 +617,18 @@ impl Containerd {
         let env = volumes::env(&self.inner.client, pod, c, ip)
             .await
             .map_err(|e| ("CreateContainerConfigError".to_string(), format!("{e:#}")))?;
-        let binds = vols.binds(c).map_err(|e| ("CreateContainerConfigError".to_string(), format!("{e:#}")))?;
+        let mut binds = vols.binds(c).map_err(|e| ("CreateContainerConfigError".to_string(), format!("{e:#}")))?;
+        let etc = self.pod_dir(&uid).join("etc");
+        for f in ["hosts", "hostname", "resolv.conf"] {
+            let dest = format!("/etc/{f}");
+            if etc.join(f).exists() && !binds.iter().any(|b| b.destination == dest) {
+                binds.push(spec::Bind {
+                    source: etc.join(f).display().to_string(),
+                    destination: dest,
+                    read_only: false,
+                });
+            }
+        }
         let err = |e: anyhow::Error| ("CreateContainerError".to_string(), format!("{e:#}"));
         // Leftovers of an earlier run under the same id go first.
         conn.remove(cid).await;
@@ -707,6 +725,86 @@ impl Containerd {
             r.status.message = None;
             r.status.ready = true;
         });
+        Ok(())
+    }
+
+    /// The pod's /etc/hosts, /etc/hostname and /etc/resolv.conf (cluster DNS first, as
+    /// for `dnsPolicy: ClusterFirst`; `Default` copies the node's; `None` takes dnsConfig).
+    fn write_etc(&self, pod: &Pod, dir: &Path, ip: &str) -> anyhow::Result<()> {
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc)?;
+        let host = spec::hostname(pod);
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let domain = &self.inner.s.cluster_domain;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let fqdn = spec.subdomain.as_ref().map(|sub| format!("{host}.{sub}.{ns}.svc.{domain} "));
+        let hosts = format!(
+            "# Kubernetes-managed hosts file (skiff).
+127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+{ip}	{}{host}
+",
+            fqdn.unwrap_or_default()
+        );
+        std::fs::write(etc.join("hosts"), hosts)?;
+        std::fs::write(
+            etc.join("hostname"),
+            format!(
+                "{host}
+"
+            ),
+        )?;
+        let cfg = spec.dns_config.clone().unwrap_or_default();
+        let mut servers: Vec<String> = Vec::new();
+        let mut searches: Vec<String> = Vec::new();
+        let mut options: Vec<String> = Vec::new();
+        match spec.dns_policy.as_deref().unwrap_or("ClusterFirst") {
+            "Default" => {
+                let host_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                std::fs::write(etc.join("resolv.conf"), host_conf)?;
+                return Ok(());
+            }
+            "None" => {}
+            _ => {
+                if let Some((gw, _)) = self.inner.s.network.gateway() {
+                    servers.push(gw.to_string());
+                }
+                searches = vec![format!("{ns}.svc.{domain}"), format!("svc.{domain}"), domain.clone()];
+                options.push("ndots:5".into());
+            }
+        }
+        servers.extend(cfg.nameservers.unwrap_or_default());
+        searches.extend(cfg.searches.unwrap_or_default());
+        for o in cfg.options.unwrap_or_default() {
+            let name = o.name.unwrap_or_default();
+            options.retain(|x| x.split(':').next() != Some(name.as_str()));
+            options.push(match o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name,
+            });
+        }
+        let mut conf = String::new();
+        if !searches.is_empty() {
+            conf += &format!(
+                "search {}
+",
+                searches.join(" ")
+            );
+        }
+        for s in servers {
+            conf += &format!(
+                "nameserver {s}
+"
+            );
+        }
+        if !options.is_empty() {
+            conf += &format!(
+                "options {}
+",
+                options.join(" ")
+            );
+        }
+        std::fs::write(etc.join("resolv.conf"), conf)?;
         Ok(())
     }
 

@@ -18,11 +18,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Api;
+use kube::runtime::reflector::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
-
-use skiff_controllers::informer::notifying_cache;
 
 /// Where the proxy's rules go and what they may touch.
 #[derive(Clone, Debug)]
@@ -32,12 +30,20 @@ pub struct ProxyConfig {
     pub bridge: String,
     pub pod_cidr: String,
     pub service_cidr: String,
+    /// The bridge's address (`ip/len`), which also serves cluster DNS.
+    pub gateway: Option<String>,
 }
 
 impl ProxyConfig {
-    pub fn new(bridge: &str, pod_cidr: &str, service_cidr: &str) -> ProxyConfig {
+    pub fn new(bridge: &str, pod_cidr: &str, service_cidr: &str, gateway: Option<String>) -> ProxyConfig {
         let prefix: String = bridge.to_uppercase().chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
-        ProxyConfig { prefix, bridge: bridge.into(), pod_cidr: pod_cidr.into(), service_cidr: service_cidr.into() }
+        ProxyConfig {
+            prefix,
+            bridge: bridge.into(),
+            pod_cidr: pod_cidr.into(),
+            service_cidr: service_cidr.into(),
+            gateway,
+        }
     }
 }
 
@@ -285,6 +291,10 @@ async fn ensure_route(cfg: &ProxyConfig) -> anyhow::Result<()> {
         let _ = run("ip", &["link", "add", &cfg.bridge, "type", "bridge"], None).await;
     }
     run("ip", &["link", "set", &cfg.bridge, "up"], None).await?;
+    // The address the CNI plugin would give it, so cluster DNS can listen before any pod.
+    if let Some(gw) = &cfg.gateway {
+        run("ip", &["addr", "replace", gw, "dev", &cfg.bridge], None).await?;
+    }
     run("ip", &["route", "replace", &cfg.service_cidr, "dev", &cfg.bridge], None).await?;
     // NodePorts on 127.0.0.1 need loopback-sourced packets to be routable to the bridge.
     let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{}/route_localnet", cfg.bridge), "1");
@@ -292,10 +302,12 @@ async fn ensure_route(cfg: &ProxyConfig) -> anyhow::Result<()> {
 }
 
 /// Keeps the rules in step with Services and EndpointSlices until the agent stops.
-pub async fn run_proxy(client: kube::Client, cfg: ProxyConfig) -> anyhow::Result<()> {
-    let changed = Arc::new(Notify::new());
-    let services = notifying_cache(Api::<Service>::all(client.clone()), changed.clone());
-    let slices = notifying_cache(Api::<EndpointSlice>::all(client), changed.clone());
+pub async fn run_proxy(
+    cfg: ProxyConfig,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    changed: Arc<Notify>,
+) -> anyhow::Result<()> {
     let _ = services.wait_until_ready().await;
     let _ = slices.wait_until_ready().await;
     let mut applied: Option<Vec<Port>> = None;
@@ -370,7 +382,7 @@ mod tests {
 
     #[test]
     fn endpoints_are_picked_with_falling_probabilities_and_empty_services_reject() {
-        let cfg = ProxyConfig::new("skiff0", "10.88.0.0/16", "10.96.0.0/12");
+        let cfg = ProxyConfig::new("skiff0", "10.88.0.0/16", "10.96.0.0/12", None);
         let three = port(&[("10.88.0.2", 8080), ("10.88.0.3", 8080), ("10.88.0.4", 8080)], Some(30080));
         let out = render(&cfg, &[three], &BTreeSet::new());
         assert!(out.contains("--probability 0.3333333333"), "{out}");

@@ -102,6 +102,14 @@ fn oom_score_adj(pod: &Pod, c: &Container, node_memory: i64) -> i64 {
     }
 }
 
+/// The pod's host name: `spec.hostname`, else its name (truncated to 63 characters).
+pub fn hostname(pod: &Pod) -> String {
+    let name = pod.spec.as_ref().and_then(|s| s.hostname.clone()).or_else(|| pod.metadata.name.clone());
+    let mut h = name.unwrap_or_default();
+    h.truncate(63);
+    h.trim_end_matches(['-', '.']).to_string()
+}
+
 pub fn build(pod: &Pod, c: &Container, inp: Inputs) -> Value {
     let mut env: Vec<String> = inp.image.env.clone();
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
@@ -124,7 +132,7 @@ pub fn build(pod: &Pod, c: &Container, inp: Inputs) -> Value {
             inp.image.working_dir.clone()
         }
     });
-    let hostname = pod.metadata.name.clone().unwrap_or_default();
+    let hostname = hostname(pod);
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
