@@ -253,6 +253,50 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: live-http}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: skiff.local/busybox:test
+    command: [sh, -c, "mkdir -p /w; echo ok > /w/healthz; (sleep 2; rm /w/healthz) & exec httpd -f -p 8080 -h /w"]
+    livenessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: live-exec}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: skiff.local/busybox:test
+    command: [sh, -c, "touch /tmp/alive; sleep 2; rm /tmp/alive; exec sleep 3600"]
+    livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ready-later}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: skiff.local/busybox:test
+    command: [sh, -c, "sleep 2; touch /tmp/ready; exec sleep 3600"]
+    readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: never-ready}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: skiff.local/busybox:test
+    command: [sleep, "3600"]
+    readinessProbe: {tcpSocket: {port: 9999}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: succeeds}
 spec:
   restartPolicy: Never
@@ -263,6 +307,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: crashes}
 spec:
+  terminationGracePeriodSeconds: 1
   containers:
   - {name: main, image: skiff.local/busybox:test, command: [sh, -c, "echo crash; exit 1"]}
 ---
@@ -281,6 +326,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: missing}
 spec:
+  terminationGracePeriodSeconds: 1
   containers:
   - {name: main, image: skiff.local/not-there:1}
 ---
@@ -288,6 +334,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: nosecret}
 spec:
+  terminationGracePeriodSeconds: 1
   containers:
   - name: main
     image: skiff.local/busybox:test
@@ -325,6 +372,21 @@ fn containers_exit_crash_and_are_oom_killed_as_kubernetes_reports() {
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 1, "{c}");
     assert!(c["state"]["waiting"]["message"].as_str().unwrap().contains("back-off"), "{c}");
     assert_eq!(n.plane.k(&["logs", "crashes", "--previous"]), "crash\n");
+
+    // Probes: failing liveness (HTTP, exec) restarts; readiness gates Ready.
+    for name in ["live-http", "live-exec"] {
+        let p = n.wait_pod(name, "restarted by its liveness probe", |p| {
+            container(p, "main")["restartCount"].as_i64() >= Some(1)
+        });
+        let c = container(&p, "main");
+        assert!(c["lastState"]["terminated"].is_object(), "{c}");
+    }
+    n.wait_pod("ready-later", "Ready once its file exists", running);
+    let p = n.pod("never-ready");
+    assert_eq!(p["status"]["phase"], "Running");
+    assert_eq!(container(&p, "main")["ready"], false, "a failing readiness probe keeps it unready");
+    let ready = p["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    assert_eq!(ready["status"], "False", "{ready}");
 
     let p = n.wait_pod("hog", "Failed", |p| p["status"]["phase"] == "Failed");
     assert_eq!(terminated(&p)["reason"], "OOMKilled", "{}", terminated(&p));

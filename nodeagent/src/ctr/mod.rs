@@ -14,6 +14,7 @@ pub mod cni;
 pub mod daemon;
 pub mod dns;
 pub mod image;
+pub mod probe;
 pub mod proxy;
 pub mod server;
 pub mod spec;
@@ -462,7 +463,6 @@ impl Containerd {
                         self.set(&uid, i, |r| {
                             r.status.image_id = image_id;
                             r.status.state = State::Running { since: created };
-                            r.status.ready = true;
                             r.status.id = format!("containerd://{cid}");
                         });
                         Ok(())
@@ -496,29 +496,40 @@ impl Containerd {
                 _ => started,
             };
             // Wait for the exit, or stop it when the pod goes.
-            let waiter = {
+            let mut waiter = {
                 let conn = conn.clone();
                 let cid = cid.clone();
                 tokio::spawn(async move {
                     conn.tasks().wait(conn.req(WaitRequest { container_id: cid, exec_id: String::new() })).await
                 })
             };
-            tokio::pin!(waiter);
+            // Probes run for as long as this run of the container does.
+            let (events, mut probe_events) = tokio::sync::mpsc::channel(4);
+            let (probes_done, probes_stop) = watch::channel(false);
+            let prober =
+                tokio::spawn(probe::run(conn.clone(), cid.clone(), c.clone(), ip.to_string(), events, probes_stop));
+            let pod_grace = Duration::from_secs(
+                pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0) as u64,
+            );
             let mut stopped = stop.clone();
-            let exited = tokio::select! {
-                r = &mut waiter => r.ok().and_then(|r| r.ok()).map(|r| r.into_inner().exit_status),
-                _ = async { let _ = stopped.wait_for(|s| s.is_some()).await; } => {
-                    let grace = (*stop.borrow()).unwrap_or_default();
-                    conn.kill(&cid, libc::SIGTERM).await;
-                    match tokio::time::timeout(grace, &mut waiter).await {
-                        Ok(r) => r.ok().and_then(|r| r.ok()).map(|r| r.into_inner().exit_status),
-                        Err(_) => {
-                            conn.kill(&cid, libc::SIGKILL).await;
-                            waiter.await.ok().and_then(|r| r.ok()).map(|r| r.into_inner().exit_status)
-                        }
+            let exited = loop {
+                tokio::select! {
+                    r = &mut waiter => break r.ok().and_then(|r| r.ok()).map(|r| r.into_inner().exit_status),
+                    _ = async { let _ = stopped.wait_for(|s| s.is_some()).await; } => {
+                        let grace = (*stop.borrow()).unwrap_or_default();
+                        break stop_task(&conn, &cid, &mut waiter, grace).await;
                     }
+                    Some(ev) = probe_events.recv() => match ev {
+                        probe::Event::Ready(ready) => self.set(&uid, i, |r| r.status.ready = ready),
+                        probe::Event::Kill(why) => {
+                            tracing::info!("{}: container {} {why}, will be restarted", pod_name(&pod), c.name);
+                            break stop_task(&conn, &cid, &mut waiter, pod_grace).await;
+                        }
+                    },
                 }
             };
+            let _ = probes_done.send(true);
+            prober.abort();
             let code = exited.unwrap_or(255) as i32;
             let oom = oom_killed(&self.cgroups_path(&uid, &cid));
             conn.remove(&cid).await;
@@ -723,7 +734,7 @@ impl Containerd {
             r.status.image_id = Some(img.id.clone());
             r.status.state = State::Running { since: Timestamp::now() };
             r.status.message = None;
-            r.status.ready = true;
+            r.status.ready = false; // until the probes (or their absence) say so
         });
         Ok(())
     }
@@ -938,6 +949,34 @@ fn host_ports(pod: &Pod) -> Vec<serde_json::Value> {
             Some(serde_json::json!({"hostPort": host, "containerPort": p.container_port, "protocol": proto}))
         })
         .collect()
+}
+
+type Waiter = tokio::task::JoinHandle<
+    Result<
+        containerd_client::tonic::Response<containerd_client::services::v1::WaitResponse>,
+        containerd_client::tonic::Status,
+    >,
+>;
+
+/// SIGTERM, up to `grace` for the exit, then SIGKILL; the exit status.
+async fn stop_task(conn: &Conn, cid: &str, waiter: &mut Waiter, grace: Duration) -> Option<u32> {
+    let status = |r: Result<_, tokio::task::JoinError>| {
+        r.ok()
+            .and_then(
+                |r: Result<containerd_client::tonic::Response<containerd_client::services::v1::WaitResponse>, _>| {
+                    r.ok()
+                },
+            )
+            .map(|r| r.into_inner().exit_status)
+    };
+    conn.kill(cid, libc::SIGTERM).await;
+    match tokio::time::timeout(grace, &mut *waiter).await {
+        Ok(r) => status(r),
+        Err(_) => {
+            conn.kill(cid, libc::SIGKILL).await;
+            status(waiter.await)
+        }
+    }
 }
 
 /// Sleeps for `d`; true if the pod is being stopped meanwhile (or already).
