@@ -297,6 +297,28 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: initialized}
+spec:
+  restartPolicy: Never
+  volumes: [{name: work, emptyDir: {}}]
+  initContainers:
+  - {name: first, image: skiff.local/busybox:test, command: [sh, -c, "echo one > /work/msg"], volumeMounts: [{name: work, mountPath: /work}]}
+  - {name: second, image: skiff.local/busybox:test, command: [sh, -c, "echo two >> /work/msg"], volumeMounts: [{name: work, mountPath: /work}]}
+  containers:
+  - {name: main, image: skiff.local/busybox:test, command: [cat, /work/msg], volumeMounts: [{name: work, mountPath: /work}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: init-fails}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: first, image: skiff.local/busybox:test, command: [sh, -c, "exit 2"]}
+  containers:
+  - {name: main, image: skiff.local/busybox:test, command: [sh, -c, "echo should not run"]}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: succeeds}
 spec:
   restartPolicy: Never
@@ -372,6 +394,14 @@ fn containers_exit_crash_and_are_oom_killed_as_kubernetes_reports() {
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 1, "{c}");
     assert!(c["state"]["waiting"]["message"].as_str().unwrap().contains("back-off"), "{c}");
     assert_eq!(n.plane.k(&["logs", "crashes", "--previous"]), "crash\n");
+
+    // Init containers run in order before the main one; a failed one fails the pod.
+    n.wait_pod("initialized", "Succeeded", |p| p["status"]["phase"] == "Succeeded");
+    assert_eq!(n.plane.k(&["logs", "initialized"]), "one\ntwo\n");
+    assert_eq!(n.plane.k(&["logs", "initialized", "-c", "second"]), "");
+    let p = n.wait_pod("init-fails", "Failed", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 2, "{}", p["status"]);
+    assert_eq!(container(&p, "main")["state"]["waiting"]["reason"], "PodInitializing", "{}", p["status"]);
 
     // Probes: failing liveness (HTTP, exec) restarts; readiness gates Ready.
     for name in ["live-http", "live-exec"] {

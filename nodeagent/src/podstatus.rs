@@ -24,6 +24,8 @@ pub struct Container {
     pub image_id: Option<String>,
     pub ready: bool,
     pub restarts: i32,
+    /// An init container (reported in initContainerStatuses).
+    pub init: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -144,41 +146,53 @@ pub fn compute(pod: &Pod, containers: Option<&[Container]>, at: &Placement, now:
     let now = seconds(now);
     let prev = pod.status.as_ref();
     let now_t = Time(now);
-    let cs = containers.unwrap_or_default();
-    let phase = phase(pod, cs);
+    let all = containers.unwrap_or_default();
+    let inits: Vec<Container> = all.iter().filter(|c| c.init).cloned().collect();
+    let cs: &[Container] = &all.iter().filter(|c| !c.init).cloned().collect::<Vec<_>>();
+    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+    let initialized = inits.iter().all(|c| matches!(c.state, State::Terminated { exit_code: 0, .. }));
+    let init_failed = policy == "Never"
+        && inits.iter().any(|c| matches!(c.state, State::Terminated { exit_code, .. } if exit_code != 0));
+    let phase = if init_failed {
+        "Failed"
+    } else if !initialized {
+        "Pending"
+    } else {
+        phase(pod, cs)
+    };
     let all_ready = !cs.is_empty() && cs.iter().all(|c| c.ready);
     let done = matches!(phase, "Succeeded" | "Failed");
     let not_ready = if done { "PodCompleted" } else { "ContainersNotReady" };
     let conditions = vec![
         condition(prev, "PodReadyToStartContainers", at.pod_ip.is_some(), None, &now_t),
-        condition(prev, "Initialized", true, None, &now_t),
+        condition(prev, "Initialized", initialized, Some("ContainersNotInitialized"), &now_t),
         condition(prev, "Ready", all_ready && !done, Some(not_ready), &now_t),
         condition(prev, "ContainersReady", all_ready && !done, Some(not_ready), &now_t),
         condition(prev, "PodScheduled", true, None, &now_t),
     ];
-    let statuses: Vec<ContainerStatus> = cs
-        .iter()
-        .map(|c| {
-            let state = k8s_state(&c.state, &c.id, c.message.as_deref());
-            let started = matches!(c.state, State::Running { .. });
-            ContainerStatus {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                image_id: c.image_id.clone().unwrap_or_else(|| format!("{}@sha256:{:064x}", c.image, 0)),
-                container_id: (!matches!(c.state, State::Waiting { .. })).then(|| c.id.clone()),
-                ready: c.ready,
-                started: Some(started),
-                restart_count: c.restarts,
-                state: Some(state),
-                last_state: c.last.as_ref().map(|l| k8s_state(l, &c.id, None)),
-                ..Default::default()
-            }
-        })
-        .collect();
+    let status_of = |c: &Container| {
+        let state = k8s_state(&c.state, &c.id, c.message.as_deref());
+        let started = matches!(c.state, State::Running { .. });
+        ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            image_id: c.image_id.clone().unwrap_or_else(|| format!("{}@sha256:{:064x}", c.image, 0)),
+            container_id: (!matches!(c.state, State::Waiting { .. })).then(|| c.id.clone()),
+            ready: c.ready,
+            started: Some(started),
+            restart_count: c.restarts,
+            state: Some(state),
+            last_state: c.last.as_ref().map(|l| k8s_state(l, &c.id, None)),
+            ..Default::default()
+        }
+    };
+    let statuses: Vec<ContainerStatus> = cs.iter().map(status_of).collect();
+    let init_statuses: Vec<ContainerStatus> = inits.iter().map(status_of).collect();
     PodStatus {
         phase: Some(phase.into()),
         conditions: Some(conditions),
         container_statuses: (!statuses.is_empty()).then_some(statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         host_ip: Some(at.host_ip.into()),
         host_ips: Some(vec![HostIP { ip: at.host_ip.into() }]),
         pod_ip: at.pod_ip.map(String::from),
@@ -208,6 +222,7 @@ mod tests {
             image_id: None,
             ready,
             restarts: 0,
+            init: false,
         }
     }
 

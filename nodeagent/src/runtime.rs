@@ -105,6 +105,7 @@ impl Runtime for Fake {
                     image_id: None,
                     ready,
                     restarts,
+                    init: false,
                 };
                 if now < up {
                     return mk(State::Waiting { reason: "ContainerCreating".into() }, false, 0);

@@ -398,15 +398,46 @@ impl Containerd {
             }
         };
         let vols = Arc::new(vols);
-        let containers = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let inits = spec.init_containers.clone().unwrap_or_default();
+        let n_init = inits.len();
         let pod = Arc::new(pod);
         let ip = Arc::new(ip);
-        let handles: Vec<_> = containers
+        // Init containers run one after another, each to success, before the others start;
+        // not again for a pod whose containers an earlier agent already started.
+        let initialized = self.inner.pods.lock().expect("not poisoned").get(&uid).is_some_and(|p| !p.found.is_empty());
+        for (i, c) in inits.into_iter().enumerate() {
+            if initialized {
+                self.set(&uid, i, |r| {
+                    let now = Timestamp::now();
+                    r.status.state =
+                        State::Terminated { exit_code: 0, reason: "Completed".into(), started: now, finished: now };
+                });
+                continue;
+            }
+            self.clone().supervise(pod.clone(), i, c, vols.clone(), ip.clone(), stop.clone(), true).await;
+            let ok = self
+                .inner
+                .pods
+                .lock()
+                .expect("not poisoned")
+                .get(&uid)
+                .and_then(|p| p.containers.get(i))
+                .is_some_and(|r| matches!(r.status.state, State::Terminated { exit_code: 0, .. }));
+            if !ok {
+                return; // failed under restartPolicy Never, or the pod is going away
+            }
+        }
+        for i in n_init..n_init + spec.containers.len() {
+            self.set_waiting(&uid, i, "ContainerCreating", None);
+        }
+        let handles: Vec<_> = spec
+            .containers
             .into_iter()
             .enumerate()
             .map(|(i, c)| {
                 let (this, pod, vols, ip, stop) = (self.clone(), pod.clone(), vols.clone(), ip.clone(), stop.clone());
-                tokio::spawn(async move { this.supervise(pod, i, c, vols, ip, stop).await })
+                tokio::spawn(async move { this.supervise(pod, n_init + i, c, vols, ip, stop, false).await })
             })
             .collect();
         for h in handles {
@@ -423,6 +454,7 @@ impl Containerd {
         vols: Arc<volumes::Volumes>,
         ip: Arc<String>,
         stop: watch::Receiver<Option<Duration>>,
+        init: bool,
     ) {
         let uid = uid_of(&pod);
         let conn = self.inner.conn.clone();
@@ -550,9 +582,10 @@ impl Containerd {
             });
             let stopping = stop.borrow().is_some();
             let restart = match policy.as_str() {
+                _ if init && code == 0 => false, // an init container that succeeded is done
                 "Never" => false,
                 "OnFailure" => code != 0,
-                _ => true,
+                _ => !init || code != 0,
             };
             if stopping || !restart {
                 break;
@@ -1057,19 +1090,23 @@ impl Runtime for Containerd {
         }
         rec.name = pod_name(pod);
         let spec = pod.spec.clone().unwrap_or_default();
-        rec.containers = spec
-            .containers
+        let inits = spec.init_containers.clone().unwrap_or_default();
+        let first = if inits.is_empty() { "ContainerCreating" } else { "PodInitializing" };
+        rec.containers = inits
             .iter()
-            .map(|c| Record {
+            .map(|c| (c, true))
+            .chain(spec.containers.iter().map(|c| (c, false)))
+            .map(|(c, init)| Record {
                 status: Status {
                     name: c.name.clone(),
                     image: c.image.clone().unwrap_or_default(),
                     id: String::new(),
-                    state: State::Waiting { reason: "ContainerCreating".into() },
+                    state: State::Waiting { reason: if init { "ContainerCreating" } else { first }.into() },
                     last: None,
                     message: None,
                     image_id: None,
                     ready: false,
+                    init,
                     restarts: rec.found.get(&c.name).map_or(0, |f| f.restarts),
                 },
                 cid: container_id(&uid, &c.name),
