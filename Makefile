@@ -10,7 +10,7 @@ SKIFF := target/debug/skiff
 DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server procps \
   containerd runc containernetworking-plugins busybox-static iptables iproute2
 
-.PHONY: deps test-deps build up down test fmt clippy bench-vs-etcd bench-cluster chaos
+.PHONY: deps test-deps build up down test fmt clippy bench-vs-etcd bench-cluster bench-pod-start chaos
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -57,6 +57,10 @@ bench-vs-etcd: deps
 BENCH_CLUSTER ?= --nodes 1000 --pods 30000 --deployments 30
 bench-cluster: build
 	target/debug/skiff bench-cluster $(BENCH_CLUSTER)
+
+# Pod start latency on a real containerd node (docs/PERFORMANCE.md); needs root.
+bench-pod-start: build
+	target/debug/skiff bench-pod-start --pods 100 --concurrency 10
 
 # Long chaos runs (docs/chaos.md): 60 s on 3 and on 5 members, every fault kind.
 chaos: build

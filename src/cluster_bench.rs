@@ -51,7 +51,7 @@ pub struct ClusterBenchArgs {
 }
 
 /// The child processes; all killed (and the directory removed) when dropped.
-struct Plane {
+pub(crate) struct Plane {
     dir: PathBuf,
     keep: bool,
     procs: Vec<(String, Child)>,
@@ -69,12 +69,12 @@ impl Drop for Plane {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Plane {
-    fn spawn(&mut self, name: &str, args: &[String]) -> anyhow::Result<()> {
+    pub(crate) fn spawn(&mut self, name: &str, args: &[String]) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
         let child = Command::new(std::env::current_exe()?)
             .args(args)
@@ -87,7 +87,7 @@ impl Plane {
     }
 
     /// (peak RSS in MiB so far, CPU seconds) per component.
-    fn usage(&self) -> Vec<(String, u64, f64)> {
+    pub(crate) fn usage(&self) -> Vec<(String, u64, f64)> {
         self.procs
             .iter()
             .map(|(n, c)| {
@@ -120,7 +120,7 @@ impl Latencies {
     }
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -205,19 +205,10 @@ fn deployment(name: &str, replicas: usize) -> Deployment {
     .expect("a valid Deployment")
 }
 
-pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
-    if a.nodes == 0 || a.pods == 0 || a.deployments == 0 {
-        anyhow::bail!("--nodes, --pods and --deployments must be at least 1");
-    }
-    let dir = a
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("skiff-bench-cluster-{}", std::process::id())));
-    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-        anyhow::bail!("{} is not empty; give an empty or new --dir", dir.display());
-    }
-    std::fs::create_dir_all(&dir)?;
-    let mut plane = Plane { dir: dir.clone(), keep: a.keep, procs: Vec::new() };
+/// A one-member store, the API server, controller-manager and scheduler under `dir`
+/// (no nodes); the Plane and the admin kubeconfig.
+pub(crate) async fn start_control_plane(dir: &std::path::Path, keep: bool) -> anyhow::Result<(Plane, PathBuf)> {
+    let mut plane = Plane { dir: dir.to_path_buf(), keep, procs: Vec::new() };
     let s = |x: &str| x.to_string();
     let (client_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
     let store_dir = dir.join("store");
@@ -272,6 +263,24 @@ pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
     let kc = kubeconfig.display().to_string();
     plane.spawn("controller-manager", &[s("controller-manager"), s("--kubeconfig"), kc.clone()])?;
     plane.spawn("scheduler", &[s("scheduler"), s("--kubeconfig"), kc.clone()])?;
+    Ok((plane, kubeconfig))
+}
+
+pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
+    if a.nodes == 0 || a.pods == 0 || a.deployments == 0 {
+        anyhow::bail!("--nodes, --pods and --deployments must be at least 1");
+    }
+    let dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("skiff-bench-cluster-{}", std::process::id())));
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        anyhow::bail!("{} is not empty; give an empty or new --dir", dir.display());
+    }
+    std::fs::create_dir_all(&dir)?;
+    let (mut plane, kubeconfig) = start_control_plane(&dir, a.keep).await?;
+    let s = |x: &str| x.to_string();
+    let kc = kubeconfig.display().to_string();
     plane.spawn(
         "agent",
         &[

@@ -317,6 +317,18 @@ pub enum ImageCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Write a small OCI image tarball built from a static busybox (for tests, demos and
+    /// benchmarks without a registry): busybox and its applets, /etc/passwd, /www.
+    BuildBusybox {
+        /// The tarball to write.
+        out: PathBuf,
+        /// The image's name.
+        #[arg(long, default_value = "skiff.local/busybox:latest")]
+        name: String,
+        /// The static busybox binary to use (Debian's busybox-static).
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+    },
 }
 
 pub async fn image(c: ImageCommand) -> anyhow::Result<()> {
@@ -330,6 +342,11 @@ pub async fn image(c: ImageCommand) -> anyhow::Result<()> {
                     println!("{n}");
                 }
             }
+            Ok(())
+        }
+        ImageCommand::BuildBusybox { out, name, busybox } => {
+            skiff_nodeagent::ctr::image::build_busybox(&busybox, &name, &out)?;
+            println!("{}: {}", out.display(), skiff_nodeagent::ctr::image::normalize(&name));
             Ok(())
         }
     }

@@ -9,6 +9,7 @@ mod controllers_cmd;
 mod duration;
 mod endpoint;
 mod member_cmd;
+mod pod_bench;
 mod snapshot;
 
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ enum Command {
     /// Run the whole control plane with simulated nodes at scale and measure it
     /// (scheduler throughput, pod start latency, API latency, memory and CPU).
     BenchCluster(cluster_bench::ClusterBenchArgs),
+    /// Time pods from creation to Running on a real containerd node (needs root).
+    BenchPodStart(pod_bench::PodBenchArgs),
     /// Back up a store cluster and restore backups into new clusters.
     Snapshot {
         #[command(subcommand)]
@@ -189,6 +192,7 @@ fn main() -> ExitCode {
             Command::Member { command } => member_cmd::run(command).await,
             Command::Bench(args) => bench_cmd::run(args).await,
             Command::BenchCluster(args) => cluster_bench::run(args).await,
+            Command::BenchPodStart(args) => pod_bench::run(args).await,
             Command::Chaos { command } => return chaos_cmd::run(command).await,
             Command::Apiserver(args) => apiserver_cmd::run(args).await,
             Command::ControllerManager(args) => controllers_cmd::controller_manager(args).await,

@@ -60,10 +60,9 @@ impl Node {
         .map(|s| s.to_string())
         .collect();
         let image = plane.api.dir.path().join("busybox.tar");
-        let built = Command::new("scripts/busybox-image.sh")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+        let built = Command::new(skiff_bin())
+            .args(["image", "build-busybox", "--name", "skiff.local/busybox:test"])
             .arg(&image)
-            .arg("skiff.local/busybox:test")
             .output()
             .unwrap();
         assert!(built.status.success(), "building the test image: {}", text(&built));

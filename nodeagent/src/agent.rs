@@ -414,8 +414,15 @@ impl<R: Runtime> Agent<R> {
                 .await;
             this.report_usage(&mine).await;
             this.local_path.sync(&claims, &volumes).await;
+            let runtime_changed = async {
+                match this.rt.changes() {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ = runtime_changed => tokio::time::sleep(Duration::from_millis(5)).await,
                 _ = tokio::time::sleep(this.cfg.sync_period) => {}
             }
         }

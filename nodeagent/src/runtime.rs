@@ -32,6 +32,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn pod_ip(&self, _pod: &Pod) -> Option<Option<String>> {
         None
     }
+    /// Woken when a container changes state on its own (started, exited, became ready),
+    /// so the agent reports it at once instead of at its next periodic sync.
+    fn changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// One container's resource usage: CPU in millicores, memory in bytes.

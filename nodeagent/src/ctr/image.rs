@@ -524,6 +524,77 @@ impl Conn {
     }
 }
 
+/// Writes a small OCI-layout image tarball built from a static busybox binary: one
+/// uncompressed layer with `/bin/busybox`, a link per applet, `/etc/passwd`, `/tmp` and a
+/// web root `/www` holding `index.html`. Reproducible: fixed owners and times.
+pub fn build_busybox(busybox: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
+    let bin = std::fs::read(busybox)
+        .with_context(|| format!("reading {} (apt-get install busybox-static)", busybox.display()))?;
+    let list = std::process::Command::new(busybox).arg("--list").output().context("listing busybox applets")?;
+    let applets: Vec<String> =
+        String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox").map(String::from).collect();
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_577_836_800);
+        h
+    };
+    let mut layer = tar::Builder::new(Vec::new());
+    for dir in ["bin/", "etc/", "tmp/", "www/", "var/", "root/"] {
+        let mode = if dir == "tmp/" { 0o1777 } else { 0o755 };
+        layer.append_data(&mut header(tar::EntryType::Directory, mode, 0), dir, std::io::empty())?;
+    }
+    layer.append_data(&mut header(tar::EntryType::Regular, 0o755, bin.len() as u64), "bin/busybox", &bin[..])?;
+    for a in &applets {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        layer.append_link(&mut h, format!("bin/{a}"), "busybox")?;
+    }
+    let files: [(&str, &[u8]); 3] = [
+        ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+        ("etc/group", b"root:x:0:\nnogroup:x:65534:\n"),
+        ("www/index.html", b"hello from skiff\n"),
+    ];
+    for (path, data) in files {
+        layer.append_data(&mut header(tar::EntryType::Regular, 0o644, data.len() as u64), path, data)?;
+    }
+    let layer = layer.into_inner()?;
+    let layer_digest = sha256(&layer);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    }))?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+    }))?;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sha256(&manifest), "size": manifest.len(),
+            "annotations": {"io.containerd.image.name": normalize(name)}}],
+    }))?;
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut tar = tar::Builder::new(file);
+    let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
+    let entries: Vec<(String, &[u8])> = vec![
+        ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#),
+        ("index.json".into(), &index),
+        (blob(&sha256(&manifest)), &manifest),
+        (blob(&sha256(&config)), &config),
+        (blob(&layer_digest), &layer),
+    ];
+    for (path, data) in entries {
+        tar.append_data(&mut header(tar::EntryType::Regular, 0o644, data.len() as u64), path, data)?;
+    }
+    tar.finish()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -203,6 +203,8 @@ struct Inner {
     node_memory: i64,
     daemon: tokio::sync::Mutex<Option<daemon::Daemon>>,
     version: String,
+    /// Woken on every container state change (see `Runtime::changes`).
+    changes: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Clone)]
@@ -275,6 +277,7 @@ impl Containerd {
             node_memory: node_memory_bytes(),
             daemon: tokio::sync::Mutex::new(daemon),
             version,
+            changes: Arc::new(tokio::sync::Notify::new()),
         };
         let rt = Containerd { inner: Arc::new(inner) };
         rt.find_existing().await?;
@@ -325,6 +328,7 @@ impl Containerd {
         {
             f(r)
         }
+        self.inner.changes.notify_one();
     }
 
     fn set_waiting(&self, uid: &str, i: usize, reason: &str, message: Option<String>) {
@@ -1168,6 +1172,10 @@ impl Runtime for Containerd {
             out.push(Usage { container: r.status.name.clone(), cpu_milli, memory_bytes: mem });
         }
         (!out.is_empty()).then_some(out)
+    }
+
+    fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.inner.changes.clone())
     }
 
     fn pod_ip(&self, pod: &Pod) -> Option<Option<String>> {
