@@ -169,7 +169,7 @@ spec:
       echo "$MESSAGE" > /shared/index.html
       cp /etc/secret/word /shared/secret-file
       echo started
-      until wget -q -O /shared/seen http://127.0.0.1:80/index.html; do sleep 0.2; done
+      until wget -q -O /shared/seen http://127.0.0.1:80/index.html 2>/dev/null; do sleep 0.2; done
       exec sleep 3600
     volumeMounts:
     - {name: shared, mountPath: /shared}
@@ -204,6 +204,23 @@ fn a_pod_runs_as_real_containers_on_its_own_network() {
     let bad =
         n.plane.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", &["logs", "web", "-c", "nope"], None);
     assert!(text(&bad).contains("container nope is not valid for pod web"), "{}", text(&bad));
+
+    // Exec through the API server (WebSocket, v5 channel protocol): output, exit codes, stdin.
+    assert_eq!(n.plane.k(&["exec", "web", "-c", "writer", "--", "cat", "/etc/secret/word"]), "hello");
+    let o = n.plane.api.kubectl_with(
+        "/usr/lib/google-cloud-sdk/bin/kubectl.1.32",
+        &["exec", "web", "-c", "writer", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("err"), "{}", text(&o));
+    let o = n.plane.api.kubectl_with(
+        "/usr/lib/google-cloud-sdk/bin/kubectl.1.32",
+        &["exec", "-i", "web", "-c", "writer", "--", "tr", "a-z", "A-Z"],
+        Some("piped through\n"),
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "PIPED THROUGH\n", "{}", text(&o));
 
     // The pod's cgroup, network namespace and volume directory exist on the node.
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
@@ -308,6 +325,17 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: escape}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: data, emptyDir: {}}]
+  initContainers:
+  - {name: plant, image: skiff.local/busybox:test, command: [ln, -s, /, /data/root], volumeMounts: [{name: data, mountPath: /data}]}
+  containers:
+  - {name: main, image: skiff.local/busybox:test, command: [sleep, "3600"], volumeMounts: [{name: data, mountPath: /host, subPath: root}]}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: init-fails}
 spec:
   restartPolicy: Never
@@ -401,6 +429,13 @@ fn containers_exit_crash_and_are_oom_killed_as_kubernetes_reports() {
     let p = n.wait_pod("init-fails", "Failed", |p| p["status"]["phase"] == "Failed");
     assert_eq!(p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 2, "{}", p["status"]);
     assert_eq!(container(&p, "main")["state"]["waiting"]["reason"], "PodInitializing", "{}", p["status"]);
+
+    // A symlink planted in a volume cannot make a subPath mount reach the host.
+    let p = n.wait_pod("escape", "refused its subPath", |p| {
+        container(p, "main")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    });
+    let msg = container(&p, "main")["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("leads outside volume"), "{msg}");
 
     // Probes: failing liveness (HTTP, exec) restarts; readiness gates Ready.
     for name in ["live-http", "live-exec"] {

@@ -77,9 +77,16 @@ pub async fn pod_log(
     let container = pick_container(&pod, name, container)?;
     let addr = agent_address(store, &pod, name).await?;
     let mut query: Vec<String> = Vec::new();
-    for k in ["follow", "previous", "tailLines", "limitBytes"] {
+    // Only parsed values are passed on: nothing from the client reaches the request line raw.
+    for k in ["follow", "previous"] {
         if let Some((_, v)) = params.iter().find(|(key, _)| key == k) {
-            query.push(format!("{k}={v}"));
+            query.push(format!("{k}={}", v == "true" || v == "1"));
+        }
+    }
+    for k in ["tailLines", "limitBytes"] {
+        if let Some((_, v)) = params.iter().find(|(key, _)| key == k) {
+            let n: u64 = v.parse().map_err(|_| ApiError::bad_request(format!("invalid {k}: {v:?}")))?;
+            query.push(format!("{k}={n}"));
         }
     }
     let path = format!("/containerLogs/{ns}/{name}/{container}?{}", query.join("&"));
@@ -129,4 +136,86 @@ fn tokio_util_stream<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
             }
         }
     })
+}
+
+/// `pods/<name>/exec`: the client's WebSocket upgrade is passed to the agent of the pod's
+/// node, and once the agent accepts it, bytes are copied both ways until either side
+/// closes (the agent speaks the channel protocol; see nodeagent's `ctr::exec`).
+pub async fn pod_exec(
+    store: &Store,
+    ns: &str,
+    name: &str,
+    container: Option<&str>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> ApiResult<Response<Body>> {
+    let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if !header("upgrade").eq_ignore_ascii_case("websocket") {
+        return Err(ApiError::bad_request(
+            "exec needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported".to_string(),
+        ));
+    }
+    let pod = get(store, "pods", Some(ns), name).await?;
+    let container = pick_container(&pod, name, container)?;
+    let addr = agent_address(store, &pod, name).await?;
+    // The query as sent (percent-encoded); a URI holds no spaces or line breaks.
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let path = format!("/exec/{ns}/{name}/{container}?{query}");
+    let unreachable = |e: std::io::Error| ApiError::internal(format!("the node agent at {addr} did not answer: {e}"));
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|_| ApiError::internal(format!("the node agent at {addr} did not answer in 5 s")))?
+        .map_err(unreachable)?;
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
+        header("sec-websocket-key"),
+        header("sec-websocket-protocol"),
+    );
+    conn.write_all(head.as_bytes()).await.map_err(unreachable)?;
+    let mut reader = BufReader::new(conn);
+    let mut status = String::new();
+    reader.read_line(&mut status).await.map_err(unreachable)?;
+    let code: u16 = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(502);
+    let mut headers = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.map_err(unreachable)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+        if let Some((k, v)) = line.trim_end().split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    if code != 101 {
+        let mut body = vec![0u8; length.min(64 << 10)];
+        let _ = tokio::io::AsyncReadExt::read_exact(&mut reader, &mut body).await;
+        let msg = String::from_utf8_lossy(&body).trim().to_string();
+        return Err(if code == 404 { ApiError::new(404, "NotFound", msg) } else { ApiError::bad_request(msg) });
+    }
+    let mut resp = Response::builder().status(101);
+    for (k, v) in &headers {
+        if ["upgrade", "connection", "sec-websocket-accept", "sec-websocket-protocol"]
+            .contains(&k.to_lowercase().as_str())
+        {
+            resp = resp.header(k.as_str(), v.as_str());
+        }
+    }
+    let leftover = reader.buffer().to_vec();
+    let mut agent = reader.into_inner();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(up) => {
+                let mut client = hyper_util::rt::TokioIo::new(up);
+                if !leftover.is_empty() && client.write_all(&leftover).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
+            }
+            Err(e) => tracing::warn!("exec upgrade: {e}"),
+        }
+    });
+    Ok(resp.body(http_body_util::Empty::new().map_err(|never| match never {}).boxed()).expect("a valid response"))
 }

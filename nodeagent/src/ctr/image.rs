@@ -43,6 +43,8 @@ pub struct ImageConfig {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub working_dir: String,
+    /// The image's `User` (numeric `uid[:gid]` is honoured).
+    pub user: String,
 }
 
 /// The name containerd stores an image reference under, as the kubelet normalizes it:
@@ -520,6 +522,7 @@ impl Conn {
             entrypoint: strings(&c["Entrypoint"]),
             cmd: strings(&c["Cmd"]),
             working_dir: c["WorkingDir"].as_str().unwrap_or_default().into(),
+            user: c["User"].as_str().unwrap_or_default().into(),
         }))
     }
 }

@@ -13,6 +13,7 @@
 pub mod cni;
 pub mod daemon;
 pub mod dns;
+pub mod exec;
 pub mod image;
 pub mod probe;
 pub mod proxy;
@@ -312,8 +313,18 @@ impl Containerd {
             rec.ip = std::fs::read_to_string(self.pod_dir(uid).join("ip")).ok();
             rec.found.insert(name.clone(), Found { restarts });
         }
+        // Pods whose containers are all gone still have a network and volumes to remove.
+        if let Ok(dirs) = std::fs::read_dir(self.inner.s.root.join("pods")) {
+            for d in dirs.filter_map(|e| e.ok()) {
+                let uid = d.file_name().to_string_lossy().into_owned();
+                let rec = pods.entry(uid.clone()).or_default();
+                if rec.ip.is_none() {
+                    rec.ip = std::fs::read_to_string(d.path().join("ip")).ok();
+                }
+            }
+        }
         if !pods.is_empty() {
-            tracing::info!("found {} pod(s) left running by an earlier agent", pods.len());
+            tracing::info!("found {} pod(s) left by an earlier agent", pods.len());
         }
         Ok(())
     }
@@ -392,7 +403,8 @@ impl Containerd {
                     let msg = format!("{e:#}");
                     tracing::warn!("volumes of pod {}: {msg}", pod_name(&pod));
                     let n = pod.spec.as_ref().map_or(0, |s| s.containers.len());
-                    for i in 0..n {
+                    let n_init = pod.spec.as_ref().and_then(|s| s.init_containers.as_ref()).map_or(0, |c| c.len());
+                    for i in 0..n_init + n {
                         self.set_waiting(&uid, i, "ContainerCreating", Some(msg.clone()));
                     }
                     if wait_or_stop(&stop, Duration::from_secs(2)).await {
@@ -409,7 +421,13 @@ impl Containerd {
         let ip = Arc::new(ip);
         // Init containers run one after another, each to success, before the others start;
         // not again for a pod whose containers an earlier agent already started.
-        let initialized = self.inner.pods.lock().expect("not poisoned").get(&uid).is_some_and(|p| !p.found.is_empty());
+        let initialized = self
+            .inner
+            .pods
+            .lock()
+            .expect("not poisoned")
+            .get(&uid)
+            .is_some_and(|p| spec.containers.iter().any(|c| p.found.contains_key(&c.name)));
         for (i, c) in inits.into_iter().enumerate() {
             if initialized {
                 self.set(&uid, i, |r| {
@@ -479,7 +497,9 @@ impl Containerd {
                 let got =
                     conn.tasks().get(conn.req(GetRequest { container_id: cid.clone(), exec_id: String::new() })).await;
                 match got.ok().and_then(|r| r.into_inner().process) {
-                    Some(p) if p.status == TaskStatus::Running as i32 => {
+                    // A task that exited while no agent watched is adopted too: its Wait
+                    // returns at once and the exit goes through the restart policy.
+                    Some(p) if p.status == TaskStatus::Running as i32 || p.status == TaskStatus::Stopped as i32 => {
                         // The container record is made just before its task starts.
                         let record = conn
                             .containers()
@@ -514,14 +534,14 @@ impl Containerd {
             let started = Timestamp::now();
             if let Err(why) = running {
                 if let Some((reason, msg)) = why {
+                    // The kubelet reports ErrImagePull once, then ImagePullBackOff while it waits.
+                    let reason =
+                        if reason == "ErrImagePull" && crashes > 0 { "ImagePullBackOff".into() } else { reason };
                     self.set_waiting(&uid, i, &reason, Some(msg));
                     let delay = backoff(base, cap, crashes.max(1));
                     crashes += 1;
                     if wait_or_stop(&stop, delay).await {
                         break;
-                    }
-                    if reason == "ErrImagePull" {
-                        self.set(&uid, i, |r| r.status.state = State::Waiting { reason: "ImagePullBackOff".into() });
                     }
                 }
                 continue;
@@ -639,6 +659,12 @@ impl Containerd {
     ) -> Result<(), (String, String)> {
         let uid = uid_of(pod);
         let conn = &self.inner.conn;
+        if !volumes::is_label(&c.name) {
+            return Err((
+                "CreateContainerConfigError".into(),
+                format!("container name \"{}\" is not a valid DNS-1123 label", c.name),
+            ));
+        }
         let image_ref = c.image.clone().unwrap_or_default();
         let img = match conn.image_config(&image_ref).await {
             Ok(Some(img)) => img,
@@ -662,6 +688,7 @@ impl Containerd {
             }
             Err(e) => return Err(("ErrImagePull".into(), format!("{e:#}"))),
         };
+        spec::check_non_root(pod, c, &img).map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
         let env = volumes::env(&self.inner.client, pod, c, ip)
             .await
             .map_err(|e| ("CreateContainerConfigError".to_string(), format!("{e:#}")))?;
@@ -736,6 +763,10 @@ impl Containerd {
             .await
             .map_err(err)?;
         let log = self.log_path(&uid, &c.name, restarts);
+        // Only this run's and the previous run's logs are kept (`kubectl logs --previous`).
+        if restarts >= 2 {
+            let _ = std::fs::remove_file(self.log_path(&uid, &c.name, restarts - 2));
+        }
         let prepared = (|| {
             std::fs::create_dir_all(log.parent().expect("a log directory"))?;
             std::fs::OpenOptions::new().create(true).append(true).open(&log)
@@ -874,6 +905,13 @@ impl Containerd {
             State::Waiting { reason } => Some(reason),
             _ => None,
         }
+    }
+
+    /// containerd's id of a container that runs now.
+    pub fn running_container(&self, uid: &str, container: &str) -> Option<String> {
+        let pods = self.inner.pods.lock().expect("not poisoned");
+        let r = pods.get(uid)?.containers.iter().find(|r| r.status.name == container)?;
+        matches!(r.status.state, State::Running { .. }).then(|| r.cid.clone())
     }
 
     pub fn is_running(&self, uid: &str, container: &str) -> bool {

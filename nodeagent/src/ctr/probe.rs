@@ -48,6 +48,14 @@ async fn run_once(conn: &Conn, cid: &str, c: &Container, p: &Probe, ip: &str) ->
     if let Some(h) = &p.http_get {
         let port = port_of(c, &h.port).ok_or("unknown port")?;
         let host = h.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| ip.to_string());
+        if h.scheme.as_deref() == Some("HTTPS") {
+            // No TLS client here: an HTTPS probe checks that the port accepts connections.
+            let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+            return match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(_)) => Ok(()),
+                _ => Err(format!("dial tcp {host}:{port} failed")),
+            };
+        }
         let path = h.path.clone().unwrap_or_else(|| "/".into());
         let get = async {
             let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;

@@ -68,8 +68,10 @@ fn ports(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Vec<Port> 
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
         let Some(spec) = &svc.spec else { continue };
-        let vip = spec.cluster_ip.clone().unwrap_or_default();
-        if vip.is_empty() || vip == "None" || spec.type_.as_deref() == Some("ExternalName") {
+        // Only IPv4 addresses go into the rules (parsed, so nothing else can end up in them).
+        let Some(vip) = spec.cluster_ip.as_deref().and_then(|v| v.parse::<std::net::Ipv4Addr>().ok()) else { continue };
+        let vip = vip.to_string();
+        if spec.type_.as_deref() == Some("ExternalName") {
             continue;
         }
         for sp in spec.ports.clone().unwrap_or_default() {
@@ -97,13 +99,17 @@ fn ports(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Vec<Port> 
                     if !ready {
                         continue;
                     }
-                    for a in &ep.addresses {
-                        endpoints.insert((a.clone(), target_port));
+                    for a in ep.addresses.iter().filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok()) {
+                        endpoints.insert((a.to_string(), target_port));
                     }
                 }
             }
+            let id: String = format!("{ns}/{name}:{port_name}/{protocol}")
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | ':' | '-' | '.' | '_'))
+                .collect();
             out.push(Port {
-                id: format!("{ns}/{name}:{port_name}/{protocol}"),
+                id,
                 vip: vip.clone(),
                 port: sp.port,
                 node_port: sp.node_port.filter(|p| *p > 0),

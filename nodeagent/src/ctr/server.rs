@@ -57,7 +57,7 @@ pub async fn serve(rt: Containerd, addr: SocketAddr) -> anyhow::Result<()> {
                 async move { Ok::<_, Infallible>(handle(&rt, req).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades().await;
         });
     }
 }
@@ -73,6 +73,16 @@ async fn handle(rt: &Containerd, req: Request<hyper::body::Incoming>) -> Respons
             let number = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
             logs(rt, ns, pod, container, flag("previous"), flag("follow"), number("tailLines"), number("limitBytes"))
                 .await
+        }
+        ["exec", ns, pod, container] => {
+            let Some(uid) = rt.pod_uid(&format!("{ns}/{pod}")) else {
+                return text(404, format!("pod \"{pod}\" is not running on this node"));
+            };
+            let Some(cid) = rt.running_container(&uid, container) else {
+                return text(400, format!("container {container} is not valid for pod {pod} or not running"));
+            };
+            let ex = super::exec::ExecRequest::parse(&q);
+            super::exec::upgrade(rt, req, &uid, cid, ex)
         }
         ["healthz"] => text(200, "ok"),
         _ => text(404, format!("no such endpoint: {path}")),

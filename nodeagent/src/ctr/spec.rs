@@ -105,9 +105,37 @@ fn oom_score_adj(pod: &Pod, c: &Container, node_memory: i64) -> i64 {
 /// The pod's host name: `spec.hostname`, else its name (truncated to 63 characters).
 pub fn hostname(pod: &Pod) -> String {
     let name = pod.spec.as_ref().and_then(|s| s.hostname.clone()).or_else(|| pod.metadata.name.clone());
-    let mut h = name.unwrap_or_default();
-    h.truncate(63);
+    let h: String = name.unwrap_or_default().chars().take(63).collect();
     h.trim_end_matches(['-', '.']).to_string()
+}
+
+/// The uid and gid a container runs as: its securityContext, else the pod's, else the
+/// image's numeric `User` (`uid[:gid]`), else root.
+pub fn run_as(pod: &Pod, c: &Container, img: &ImageConfig) -> (i64, i64) {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let c_sc = c.security_context.as_ref();
+    let (img_user, img_group) = match img.user.split_once(':') {
+        Some((u, g)) => (u.parse().ok(), g.parse().ok()),
+        None => (img.user.parse().ok(), None),
+    };
+    let user = c_sc.and_then(|s| s.run_as_user).or(pod_sc.and_then(|s| s.run_as_user)).or(img_user).unwrap_or(0);
+    let group = c_sc.and_then(|s| s.run_as_group).or(pod_sc.and_then(|s| s.run_as_group)).or(img_group).unwrap_or(0);
+    (user, group)
+}
+
+/// `runAsNonRoot` refuses to run as uid 0, with the kubelet's message.
+pub fn check_non_root(pod: &Pod, c: &Container, img: &ImageConfig) -> Result<(), String> {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let non_root = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.run_as_non_root)
+        .or(pod_sc.and_then(|s| s.run_as_non_root))
+        .unwrap_or(false);
+    if non_root && run_as(pod, c, img).0 == 0 {
+        return Err("container has runAsNonRoot and image will run as root".into());
+    }
+    Ok(())
 }
 
 pub fn build(pod: &Pod, c: &Container, inp: Inputs) -> Value {
@@ -159,8 +187,7 @@ pub fn build(pod: &Pod, c: &Container, inp: Inputs) -> Value {
         resources["memory"] = json!({"limit": mem / 1000});
     }
     let caps = json!(CAPS);
-    let user = c.security_context.as_ref().and_then(|s| s.run_as_user).unwrap_or(0);
-    let group = c.security_context.as_ref().and_then(|s| s.run_as_group).unwrap_or(0);
+    let (user, group) = run_as(pod, c, inp.image);
     json!({
         "ociVersion": "1.0.2-dev",
         "process": {

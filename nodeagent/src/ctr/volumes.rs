@@ -21,6 +21,19 @@ use super::spec::Bind;
 /// Host paths of the pod's volumes, by volume name.
 pub struct Volumes {
     paths: HashMap<String, PathBuf>,
+    /// Secret and configMap volumes: always mounted read-only, as in Kubernetes.
+    read_only: std::collections::HashSet<String>,
+}
+
+/// A DNS-1123 label, as Kubernetes requires of volume and container names; anything
+/// else would be unsafe to use as a path component on the node.
+pub fn is_label(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
 }
 
 impl Volumes {
@@ -35,14 +48,21 @@ impl Volumes {
                     bail!("subPath \"{sub}\" must be a relative path without '..'");
                 }
                 source = base.join(sub);
-                if !source.exists() {
+                if std::fs::symlink_metadata(&source).is_err() {
                     std::fs::create_dir_all(&source)?;
                 }
+                // A container may have planted symlinks in its volume: the resolved path
+                // must stay inside the volume.
+                let (real, root) = (std::fs::canonicalize(&source)?, std::fs::canonicalize(base)?);
+                if !real.starts_with(&root) {
+                    bail!("subPath \"{sub}\" leads outside volume \"{}\"", m.name);
+                }
+                source = real;
             }
             out.push(Bind {
                 source: source.display().to_string(),
                 destination: m.mount_path.clone(),
-                read_only: m.read_only.unwrap_or(false),
+                read_only: m.read_only.unwrap_or(false) || self.read_only.contains(&m.name),
             });
         }
         Ok(out)
@@ -109,8 +129,11 @@ fn write_keys(
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&file, value)?;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode as u32 & 0o777))?;
+        // Never through a symlink: remove what is there, then create anew.
+        let _ = std::fs::remove_file(&file);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&file)?;
+        std::io::Write::write_all(&mut f, value)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode as u32 & 0o777))?;
     }
     Ok(())
 }
@@ -135,7 +158,14 @@ fn run(cmd: &mut std::process::Command) -> anyhow::Result<()> {
 pub async fn prepare(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> anyhow::Result<Volumes> {
     let ns = namespace(pod);
     let mut paths = HashMap::new();
+    let mut read_only = std::collections::HashSet::new();
     for v in pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default() {
+        if !is_label(&v.name) {
+            bail!("volume name \"{}\" is not a valid DNS-1123 label", v.name);
+        }
+        if v.secret.is_some() || v.config_map.is_some() {
+            read_only.insert(v.name.clone());
+        }
         let dir = pod_dir.join("volumes").join(&v.name);
         let path = if let Some(e) = &v.empty_dir {
             std::fs::create_dir_all(&dir)?;
@@ -219,7 +249,7 @@ pub async fn prepare(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> anyhow
         };
         paths.insert(v.name.clone(), path);
     }
-    Ok(Volumes { paths })
+    Ok(Volumes { paths, read_only })
 }
 
 /// Unmounts the tmpfs volumes under a pod directory before it is removed.
