@@ -103,10 +103,16 @@ impl Node {
         self.plane.json(&["get", "pod", name])
     }
 
+    /// Waits until the pod satisfies `ok`; the pod as it was then.
     fn wait_pod(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        self.plane
-            .wait_for(&format!("pod {name}: {what}"), Duration::from_secs(60), |p| ok(&p.json(&["get", "pod", name])));
-        self.pod(name)
+        let seen = std::cell::RefCell::new(Value::Null);
+        self.plane.wait_for(&format!("pod {name}: {what}"), Duration::from_secs(60), |p| {
+            let pod = p.json(&["get", "pod", name]);
+            let good = ok(&pod);
+            *seen.borrow_mut() = pod;
+            good
+        });
+        seen.into_inner()
     }
 }
 
@@ -148,6 +154,7 @@ spec:
   volumes:
   - {name: shared, emptyDir: {}}
   - {name: secret, secret: {secretName: greeting}}
+  - {name: out, hostPath: {path: OUT_DIR, type: DirectoryOrCreate}}
   containers:
   - name: httpd
     image: skiff.local/busybox:test
@@ -156,6 +163,8 @@ spec:
     volumeMounts: [{name: shared, mountPath: /shared}]
   - name: writer
     image: skiff.local/busybox:test
+    lifecycle:
+      preStop: {exec: {command: [sh, -c, "echo stopping > /out/prestop"]}}
     env:
     - name: WORD
       valueFrom: {secretKeyRef: {name: greeting, key: word}}
@@ -174,6 +183,7 @@ spec:
     volumeMounts:
     - {name: shared, mountPath: /shared}
     - {name: secret, mountPath: /etc/secret, readOnly: true}
+    - {name: out, mountPath: /out}
 "#;
 
 /// A pod of two containers serves over its own address; they share localhost and an
@@ -183,7 +193,8 @@ spec:
 #[test]
 fn a_pod_runs_as_real_containers_on_its_own_network() {
     let mut n = Node::start(1);
-    n.apply(WEB);
+    let out_dir = n.root.parent().unwrap().join("out");
+    n.apply(&WEB.replace("OUT_DIR", &out_dir.display().to_string()));
     let pod = n.wait_pod("web", "Running and Ready", running);
     let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
     assert!(ip.starts_with("10.201.0."), "pod IP {ip} is from the test's subnet");
@@ -204,6 +215,26 @@ fn a_pod_runs_as_real_containers_on_its_own_network() {
     let bad =
         n.plane.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", &["logs", "web", "-c", "nope"], None);
     assert!(text(&bad).contains("container nope is not valid for pod web"), "{}", text(&bad));
+
+    // Usage measured from the containers' cgroups, as `kubectl top` shows it.
+    n.plane.wait_for("pod metrics", Duration::from_secs(30), |p| {
+        let m = p.api.kubectl_with(
+            "/usr/lib/google-cloud-sdk/bin/kubectl.1.32",
+            &["top", "pod", "web", "--containers"],
+            None,
+        );
+        m.status.success() && text(&m).contains("httpd") && text(&m).contains("writer")
+    });
+    let (code, body) = n.plane.api.raw("GET", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/web", None);
+    assert_eq!(code, 200, "{body}");
+    let usage: Value = serde_json::from_str(&body).unwrap();
+    let mem = usage["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["usage"]["memory"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert!(mem.iter().all(|m| m != "0"), "real containers use some memory: {usage}");
 
     // Exec through the API server (WebSocket, v5 channel protocol): output, exit codes, stdin.
     assert_eq!(n.plane.k(&["exec", "web", "-c", "writer", "--", "cat", "/etc/secret/word"]), "hello");
@@ -245,6 +276,8 @@ fn a_pod_runs_as_real_containers_on_its_own_network() {
     let t = Instant::now();
     n.plane.k(&["delete", "pod", "web", "--wait=true", "--timeout=60s"]);
     assert!(t.elapsed() >= Duration::from_secs(2), "deleted after {:?}, before the grace period", t.elapsed());
+    let hook = std::fs::read_to_string(out_dir.join("prestop")).unwrap_or_default();
+    assert_eq!(hook, "stopping\n", "the preStop hook ran before the container stopped");
     assert!(http_get(&ip, 80, "/").is_none(), "nothing answers at the old pod address");
     assert!(!netns.exists(), "the network namespace is removed");
     assert!(!pod_dir.exists(), "the pod's directory (volumes, logs) is removed");

@@ -573,13 +573,13 @@ impl Containerd {
                     r = &mut waiter => break r.ok().and_then(|r| r.ok()).map(|r| r.into_inner().exit_status),
                     _ = async { let _ = stopped.wait_for(|s| s.is_some()).await; } => {
                         let grace = (*stop.borrow()).unwrap_or_default();
-                        break stop_task(&conn, &cid, &mut waiter, grace).await;
+                        break stop_task(&conn, &cid, &c, &ip, &mut waiter, grace).await;
                     }
                     Some(ev) = probe_events.recv() => match ev {
                         probe::Event::Ready(ready) => self.set(&uid, i, |r| r.status.ready = ready),
                         probe::Event::Kill(why) => {
                             tracing::info!("{}: container {} {why}, will be restarted", pod_name(&pod), c.name);
-                            break stop_task(&conn, &cid, &mut waiter, pod_grace).await;
+                            break stop_task(&conn, &cid, &c, &ip, &mut waiter, pod_grace).await;
                         }
                     },
                 }
@@ -1034,7 +1034,25 @@ type Waiter = tokio::task::JoinHandle<
 >;
 
 /// SIGTERM, up to `grace` for the exit, then SIGKILL; the exit status.
-async fn stop_task(conn: &Conn, cid: &str, waiter: &mut Waiter, grace: Duration) -> Option<u32> {
+/// The preStop hook (within the grace period, as the kubelet runs it), SIGTERM, up to the
+/// rest of `grace` for the exit, then SIGKILL; the exit status.
+async fn stop_task(
+    conn: &Conn,
+    cid: &str,
+    c: &Container,
+    ip: &str,
+    waiter: &mut Waiter,
+    grace: Duration,
+) -> Option<u32> {
+    let start = Instant::now();
+    if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+        if let Err(e) =
+            tokio::time::timeout(grace, probe::hook(conn, cid, c, hook, ip)).await.unwrap_or(Err("timed out".into()))
+        {
+            tracing::info!("preStop hook of container {} failed: {e}", c.name);
+        }
+    }
+    let grace = grace.saturating_sub(start.elapsed());
     let status = |r: Result<_, tokio::task::JoinError>| {
         r.ok()
             .and_then(

@@ -98,6 +98,28 @@ async fn run_once(conn: &Conn, cid: &str, c: &Container, p: &Probe, ip: &str) ->
     Ok(())
 }
 
+/// Runs a lifecycle hook (exec or httpGet) to completion.
+pub async fn hook(
+    conn: &Conn,
+    cid: &str,
+    c: &Container,
+    h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    ip: &str,
+) -> Result<(), String> {
+    let probe = Probe {
+        exec: h.exec.clone(),
+        http_get: h.http_get.clone(),
+        tcp_socket: h.tcp_socket.clone(),
+        timeout_seconds: Some(i32::MAX / 2),
+        ..Default::default()
+    };
+    if let Some(s) = &h.sleep {
+        tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64)).await;
+        return Ok(());
+    }
+    run_once(conn, cid, c, &probe, ip).await
+}
+
 /// Runs `args` in the container (its env, cwd and user); the exit code.
 pub async fn exec(conn: &Conn, cid: &str, args: &[String], timeout: Duration) -> Result<u32, String> {
     let record = conn
