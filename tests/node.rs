@@ -38,6 +38,10 @@ impl Drop for Node {
                 eprintln!("reset-node failed: {}", text(&o));
             }
         }
+        let config = self.root.join("containerd/config.toml").display().to_string();
+        if process_with_arg(&config) && !std::thread::panicking() {
+            panic!("a containerd of this test ({config}) outlived it");
+        }
     }
 }
 
@@ -114,6 +118,15 @@ impl Node {
         });
         seen.into_inner()
     }
+}
+
+/// Whether any process has `arg` among its arguments.
+fn process_with_arg(arg: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()).any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+            .unwrap_or(false)
+    })
 }
 
 fn container<'a>(pod: &'a Value, name: &str) -> &'a Value {
@@ -263,6 +276,8 @@ fn a_pod_runs_as_real_containers_on_its_own_network() {
     let (started, id) = (httpd["state"]["running"]["startedAt"].clone(), httpd["containerID"].clone());
     n.plane.kill("agent");
     assert_eq!(http_get(&ip, 80, "/").as_deref(), Some("hello from web\n"), "pods outlive the agent");
+    let config = n.root.join("containerd/config.toml").display().to_string();
+    n.plane.wait_for("the killed agent's containerd to stop", Duration::from_secs(10), |_| !process_with_arg(&config));
     n.start_agent(None);
     std::thread::sleep(Duration::from_secs(2));
     let pod = n.wait_pod("web", "Running after the agent restarted", running);
