@@ -253,10 +253,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> ApiResult<Response<Body
         ["openapi", "v2"] => Ok(json_response(200, openapi::v2(), fmt)),
         ["openapi", "v3"] => Ok(json_response(200, &openapi::root(), fmt)),
         ["openapi", "v3", "api", v] => {
-            openapi::group_version("", v).map(|d| json_response(200, &d, fmt)).ok_or_else(ApiError::not_found_path)
+            openapi::group_version("", v).map(|d| json_response(200, d, fmt)).ok_or_else(ApiError::not_found_path)
         }
         ["openapi", "v3", "apis", g, v] => {
-            openapi::group_version(g, v).map(|d| json_response(200, &d, fmt)).ok_or_else(ApiError::not_found_path)
+            openapi::group_version(g, v).map(|d| json_response(200, d, fmt)).ok_or_else(ApiError::not_found_path)
         }
         ["api", "v1", rest @ ..] => {
             let t = target("", "v1", rest)?;

@@ -527,7 +527,7 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), pods::namespace(&hpa.metadata));
-    let mut body = serde_json::to_value(&status).map_err(|e| kube::Error::SerdeError(e))?;
+    let mut body = serde_json::to_value(&status).map_err(kube::Error::SerdeError)?;
     // Fields now absent must be cleared, not left as they were.
     for key in ["currentMetrics", "lastScaleTime", "observedGeneration", "currentReplicas"] {
         body.as_object_mut().expect("an object").entry(key).or_insert(serde_json::Value::Null);

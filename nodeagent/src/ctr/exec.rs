@@ -24,19 +24,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
+use super::server::text;
 use super::{Conn, Containerd};
 
 type Body = BoxBody<Bytes, Infallible>;
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-fn text(code: u16, msg: impl Into<String>) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header("Content-Type", "text/plain")
-        .body(Full::new(Bytes::from(msg.into())).boxed())
-        .expect("a valid response")
-}
 
 /// What the client asked for.
 pub struct ExecRequest {
@@ -51,36 +44,13 @@ impl ExecRequest {
     pub fn parse(q: &[(String, String)]) -> ExecRequest {
         let flag = |k: &str| q.iter().any(|(key, v)| key == k && (v == "true" || v == "1"));
         ExecRequest {
-            command: q.iter().filter(|(k, _)| k == "command").map(|(_, v)| percent_decode(v)).collect(),
+            command: q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect(),
             stdin: flag("stdin"),
             stdout: flag("stdout"),
             stderr: flag("stderr"),
             tty: flag("tty"),
         }
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Answers the upgrade request and runs the session on the upgraded connection.
@@ -237,10 +207,8 @@ async fn session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     dir: &Path,
 ) -> anyhow::Result<()> {
     let (mut rd, mut wr) = tokio::io::split(io);
-    let exec_id = format!(
-        "exec-{}",
-        super::image::sha256(format!("{cid}{:?}", std::time::SystemTime::now()).as_bytes())[7..23].to_string()
-    );
+    let exec_id =
+        format!("exec-{}", &super::image::sha256(format!("{cid}{:?}", std::time::SystemTime::now()).as_bytes())[7..23]);
     let fifo_dir: PathBuf = dir.join(&exec_id);
     std::fs::create_dir_all(&fifo_dir)?;
     let cleanup = |d: &Path| {
@@ -411,6 +379,5 @@ mod tests {
         }
         assert_eq!(exit_status(0)["status"], "Success");
         assert_eq!(exit_status(3)["details"]["causes"][0]["message"], "3");
-        assert_eq!(percent_decode("echo%20hi+there"), "echo hi there");
     }
 }

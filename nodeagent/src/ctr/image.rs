@@ -148,6 +148,17 @@ fn parse_json(data: &[u8], what: &str) -> anyhow::Result<Value> {
     serde_json::from_slice(data).with_context(|| format!("{what} is not valid JSON"))
 }
 
+/// The layers' uncompressed digests an image config lists (rootfs.diff_ids).
+fn diff_ids(config: &[u8]) -> anyhow::Result<Vec<String>> {
+    let config = parse_json(config, "the image config")?;
+    Ok(config["rootfs"]["diff_ids"]
+        .as_array()
+        .context("the image config has no rootfs.diff_ids")?
+        .iter()
+        .filter_map(|d| d.as_str().map(String::from))
+        .collect())
+}
+
 fn from_manifest(
     files: &HashMap<String, Vec<u8>>,
     names: Vec<String>,
@@ -158,13 +169,7 @@ fn from_manifest(
     let cfg_digest = m["config"]["digest"].as_str().context("the manifest has no config")?;
     let cfg_type = m["config"]["mediaType"].as_str().unwrap_or("application/vnd.oci.image.config.v1+json");
     let cfg_data = blob_file(files, cfg_digest)?.clone();
-    let config = parse_json(&cfg_data, "the image config")?;
-    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
-        .as_array()
-        .context("the image config has no rootfs.diff_ids")?
-        .iter()
-        .filter_map(|d| d.as_str().map(String::from))
-        .collect();
+    let diff_ids = diff_ids(&cfg_data)?;
     let mut layers = Vec::new();
     for (i, l) in m["layers"].as_array().context("the manifest has no layers")?.iter().enumerate() {
         let digest = l["digest"].as_str().context("a layer has no digest")?;
@@ -241,13 +246,7 @@ fn docker_archive(files: &HashMap<String, Vec<u8>>, manifest: &[u8]) -> anyhow::
             files.get(key).with_context(|| format!("the archive has no {key} (named in manifest.json)"))
         };
         let cfg_data = file(entry["Config"].as_str().context("manifest.json has no Config")?)?.clone();
-        let config = parse_json(&cfg_data, "the image config")?;
-        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .context("the image config has no rootfs.diff_ids")?
-            .iter()
-            .filter_map(|d| d.as_str().map(String::from))
-            .collect();
+        let diff_ids = diff_ids(&cfg_data)?;
         let mut layers = Vec::new();
         for (i, l) in entry["Layers"].as_array().context("manifest.json has no Layers")?.iter().enumerate() {
             let data = file(l.as_str().unwrap_or_default())?.clone();

@@ -468,6 +468,7 @@ impl Containerd {
     }
 
     /// Runs one container for as long as its pod lives, restarting it as the policy says.
+    #[allow(clippy::too_many_arguments)]
     async fn supervise(
         self,
         pod: Arc<Pod>,
@@ -1266,28 +1267,6 @@ pub(crate) fn field_value(pod: &Pod, path: &str, ip: &str) -> Option<String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn back_off_doubles_from_base_to_the_cap() {
-        let (b, c) = (Duration::from_secs(10), Duration::from_secs(300));
-        let got: Vec<u64> = (1..=7).map(|n| backoff(b, c, n).as_secs()).collect();
-        assert_eq!(got, [10, 20, 40, 80, 160, 300, 300]);
-        assert_eq!(human(Duration::from_secs(40)), "40s");
-        assert_eq!(human(Duration::from_secs(300)), "5m0s");
-    }
-
-    #[test]
-    fn container_ids_are_short_and_stable() {
-        let a = container_id("0f5a6c1e-1111-2222-3333-444455556666", &"x".repeat(63));
-        assert_eq!(a.len(), 40);
-        assert_eq!(a, container_id("0f5a6c1e-1111-2222-3333-444455556666", &"x".repeat(63)));
-        assert_ne!(a, container_id("0f5a6c1e-1111-2222-3333-444455556666", "y"));
-    }
-}
-
 /// Tears down every pod an agent with these settings left, then the node-level parts
 /// and the root directory. A client is not needed: nothing is reported.
 pub async fn reset(s: Settings) -> anyhow::Result<()> {
@@ -1322,4 +1301,26 @@ pub async fn reset(s: Settings) -> anyhow::Result<()> {
     volumes::unmount_all(&root);
     std::fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_from_base_to_the_cap() {
+        let (b, c) = (Duration::from_secs(10), Duration::from_secs(300));
+        let got: Vec<u64> = (1..=7).map(|n| backoff(b, c, n).as_secs()).collect();
+        assert_eq!(got, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(human(Duration::from_secs(40)), "40s");
+        assert_eq!(human(Duration::from_secs(300)), "5m0s");
+    }
+
+    #[test]
+    fn container_ids_are_short_and_stable() {
+        let a = container_id("0f5a6c1e-1111-2222-3333-444455556666", &"x".repeat(63));
+        assert_eq!(a.len(), 40);
+        assert_eq!(a, container_id("0f5a6c1e-1111-2222-3333-444455556666", &"x".repeat(63)));
+        assert_ne!(a, container_id("0f5a6c1e-1111-2222-3333-444455556666", "y"));
+    }
 }

@@ -395,7 +395,7 @@ mod tests {
         assert!(out.contains("--probability 0.5000000000"), "{out}");
         assert_eq!(out.matches("-j DNAT --to-destination").count(), 3);
         assert!(out.contains("--dport 30080"), "{out}");
-        let last = out.lines().filter(|l| l.starts_with("-A SKIFF0-SERVICES")).last().unwrap();
+        let last = out.lines().rfind(|l| l.starts_with("-A SKIFF0-SERVICES")).unwrap();
         assert!(last.contains("--dst-type LOCAL -j SKIFF0-NODEPORTS"), "NodePorts come last: {last}");
 
         let stale = BTreeSet::from([("nat".to_string(), "SKIFF0-SVC-OLD".to_string())]);

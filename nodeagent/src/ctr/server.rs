@@ -20,7 +20,7 @@ use super::Containerd;
 
 type Body = BoxBody<Bytes, Infallible>;
 
-fn text(code: u16, msg: impl Into<String>) -> Response<Body> {
+pub(super) fn text(code: u16, msg: impl Into<String>) -> Response<Body> {
     Response::builder()
         .status(code)
         .header("Content-Type", "text/plain")
@@ -28,13 +28,37 @@ fn text(code: u16, msg: impl Into<String>) -> Response<Body> {
         .expect("a valid response")
 }
 
+/// Query parameters, percent-decoded.
 fn query(q: Option<&str>) -> Vec<(String, String)> {
     q.unwrap_or_default()
         .split('&')
         .filter_map(|p| p.split_once('=').or(Some((p, ""))))
         .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
         .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Serves until the process ends.
@@ -201,5 +225,6 @@ mod tests {
         assert_eq!(&d[tail_start(d, 0)..], b"");
         let d = b"a\nb\nno newline";
         assert_eq!(&d[tail_start(d, 1)..], b"no newline");
+        assert_eq!(super::percent_decode("echo%20hi+there%2"), "echo hi there%2");
     }
 }
