@@ -335,7 +335,7 @@ pub async fn image(c: ImageCommand) -> anyhow::Result<()> {
     match c {
         ImageCommand::Import { containerd_socket, containerd_namespace, files } => {
             let ch = skiff_nodeagent::ctr::daemon::connect(&containerd_socket).await?;
-            let conn = skiff_nodeagent::ctr::Conn::new(ch, &containerd_namespace);
+            let conn = skiff_nodeagent::ctr::Conn::new(ch, &containerd_namespace)?;
             for f in files {
                 let names = conn.import(&f).await.map_err(|e| e.context(format!("importing {}", f.display())))?;
                 for n in names {

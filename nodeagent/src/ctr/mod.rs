@@ -68,8 +68,15 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(ch: Channel, namespace: &str) -> Conn {
-        Conn { ch, ns: namespace.into(), lease: None }
+    /// A connection in `namespace` (containerd's rule: letters, digits, `.`, `_`, `-`).
+    pub fn new(ch: Channel, namespace: &str) -> anyhow::Result<Conn> {
+        let ok = !namespace.is_empty()
+            && namespace.len() <= 76
+            && namespace.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            anyhow::bail!("{namespace:?} is not a valid containerd namespace (letters, digits, '.', '_', '-')");
+        }
+        Ok(Conn { ch, ns: namespace.into(), lease: None })
     }
 
     pub fn req<T>(&self, msg: T) -> Request<T> {
@@ -265,7 +272,7 @@ impl Containerd {
         };
         let ch = daemon::connect(&socket).await?;
         let version = daemon::version(&ch).await?;
-        let conn = Conn::new(ch, &s.namespace);
+        let conn = Conn::new(ch, &s.namespace)?;
         for archive in &s.images {
             let names = conn.import(archive).await.with_context(|| format!("importing {}", archive.display()))?;
             tracing::info!("imported {} from {}", names.join(", "), archive.display());
