@@ -297,10 +297,6 @@ impl Containerd {
         format!("containerd://{}", self.inner.version)
     }
 
-    pub fn node_memory(&self) -> i64 {
-        self.inner.node_memory
-    }
-
     /// Stops the private containerd (pods keep running in their shims).
     pub async fn shutdown(&self) {
         if let Some(mut d) = self.inner.daemon.lock().await.take() {
