@@ -1,16 +1,20 @@
-# Skiff: `make up` starts a local 3-member store cluster; `make test` runs the suite.
+# Skiff: `make up` starts a single-node cluster (`skiff up`); `make test` runs the suite.
 # Both install the Debian packages they need first (as root, with apt-get).
 
 SHELL := /bin/bash
 CARGO ?= cargo
-UP_DIR ?= $(CURDIR)/.skiff
+# `make up` / `make down` flags for `skiff up` / `skiff down`, e.g. UP_FLAGS="--runtime fake".
+UP_FLAGS ?=
+DOWN_FLAGS ?=
+# `make store-up` keeps a 3-member store cluster here.
+STORE_DIR ?= $(CURDIR)/.skiff
 # One build profile for everything (optimized, see Cargo.toml), so `make up`, `make test`
 # and the benchmarks share a single rocksdb build.
 SKIFF := target/debug/skiff
 DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server procps \
   containerd runc containernetworking-plugins busybox-static iptables iproute2
 
-.PHONY: deps test-deps build up down test fmt clippy bench-vs-etcd bench-cluster bench-pod-start chaos
+.PHONY: deps test-deps build up down store-up store-down test fmt clippy bench-vs-etcd bench-cluster bench-pod-start chaos
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -32,11 +36,21 @@ test-deps: deps
 	@$(TEST_VENV)/bin/python -c 'import kubernetes' 2>/dev/null || { \
 	  python3 -m venv $(TEST_VENV) && $(TEST_VENV)/bin/pip install -q --disable-pip-version-check kubernetes==37.0.2; }
 
+# A whole single-node cluster in one background process, data under /var/lib/skiff
+# (`skiff up --help`); it prints the `export KUBECONFIG=...` line.
 up: build
-	@scripts/up.sh "$(UP_DIR)" "$(SKIFF)"
+	@$(SKIFF) up $(UP_FLAGS)
 
+# Stops it and removes what its node made; the data stays (DOWN_FLAGS=--purge removes it).
 down:
-	@scripts/down.sh "$(UP_DIR)"
+	@$(SKIFF) down $(DOWN_FLAGS)
+
+# Just a 3-member store cluster on 127.0.0.1:2379,22379,32379 (for etcdctl).
+store-up: build
+	@scripts/up.sh "$(STORE_DIR)" "$(SKIFF)"
+
+store-down:
+	@scripts/down.sh "$(STORE_DIR)"
 
 # The whole suite: unit tests of every crate and the end-to-end tests in tests/,
 # which start real members and drive them with etcdctl, etcd-client, etcd 3.4, kubectl

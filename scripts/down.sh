@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stops the cluster `make up` started. Data stays in DIR; `make up` resumes it.
+# Stops the store cluster `make store-up` started. Data stays in DIR; `make store-up` resumes it.
 set -euo pipefail
 dir=${1:?data directory}
 for pidfile in "$dir"/*.pid; do

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts a local 3-member Skiff store cluster in the background (used by `make up`).
+# Starts a local 3-member Skiff store cluster in the background (used by `make store-up`).
 # Usage: scripts/up.sh DIR SKIFF_BINARY
 set -euo pipefail
 dir=${1:?data directory}
@@ -40,7 +40,7 @@ Skiff store cluster is up (data and logs under $dir).
   export ETCDCTL_API=3 ENDPOINTS=$endpoints
   etcdctl --endpoints=\$ENDPOINTS put hello world
   etcdctl --endpoints=\$ENDPOINTS get hello
-Stop it with: make down
+Stop it with: make store-down
 MSG
     exit 0
   fi

@@ -58,8 +58,8 @@ pub struct SchedulerArgs {
     election: ElectionArgs,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum RuntimeKind {
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
     /// Simulated containers: nothing runs, pods go Running after --start-delay.
     Fake,
     /// Real containers on containerd + runc, networked by the CNI plugins (needs root).
@@ -70,8 +70,9 @@ enum RuntimeKind {
 #[derive(Args, Clone)]
 pub struct ContainerdArgs {
     /// Directory of the agent's pods (volumes, logs) and of its private containerd.
-    #[arg(long, default_value = "/var/lib/skiff/agent")]
-    root: PathBuf,
+    /// Default: /var/lib/skiff/agent (with `skiff up`: <data-dir>/agent).
+    #[arg(long)]
+    pub(crate) root: Option<PathBuf>,
     /// Use the containerd listening here instead of starting a private one under --root.
     #[arg(long)]
     containerd_socket: Option<PathBuf>,
@@ -87,13 +88,13 @@ pub struct ContainerdArgs {
     /// The API server's --service-cluster-ip-range; routed to the bridge so that
     /// Service addresses never leave the machine.
     #[arg(long, default_value = "10.96.0.0/12")]
-    service_cidr: String,
+    pub(crate) service_cidr: String,
     /// Domain of the cluster DNS the agent serves to pods (on the bridge's address).
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
     /// Directory of the CNI plugin binaries (Debian's containernetworking-plugins).
     #[arg(long, default_value = "/usr/lib/cni")]
-    cni_bin_dir: PathBuf,
+    pub(crate) cni_bin_dir: PathBuf,
     /// cgroup under which pods get `pod<uid>/<container>` cgroups.
     #[arg(long, default_value = "/skiff")]
     cgroup_parent: String,
@@ -105,17 +106,26 @@ pub struct ContainerdArgs {
     crash_loop_backoff_max: Duration,
 }
 
+/// Where a node agent keeps its state unless told otherwise.
+const DEFAULT_AGENT_ROOT: &str = "/var/lib/skiff/agent";
+
 impl ContainerdArgs {
-    pub fn settings(&self, images: Vec<PathBuf>) -> skiff_nodeagent::ctr::Settings {
+    /// The agent's directory: --root, or `default`.
+    pub fn root_or(&self, default: &std::path::Path) -> PathBuf {
+        self.root.clone().unwrap_or_else(|| default.to_path_buf())
+    }
+
+    /// The runtime's settings, with `root` as the agent's directory.
+    pub fn settings_at(&self, root: PathBuf, images: Vec<PathBuf>) -> skiff_nodeagent::ctr::Settings {
         skiff_nodeagent::ctr::Settings {
-            root: self.root.clone(),
+            root: root.clone(),
             socket: self.containerd_socket.clone(),
             namespace: self.containerd_namespace.clone(),
             network: skiff_nodeagent::ctr::cni::Network {
                 bridge: self.bridge.clone(),
                 subnet: self.pod_cidr.clone(),
                 bin_dir: self.cni_bin_dir.clone(),
-                state_dir: self.root.join("cni"),
+                state_dir: root.join("cni"),
             },
             cgroup_parent: self.cgroup_parent.clone(),
             backoff: (self.crash_loop_backoff, self.crash_loop_backoff_max),
@@ -123,6 +133,10 @@ impl ContainerdArgs {
             service_cidr: self.service_cidr.clone(),
             cluster_domain: self.cluster_domain.clone(),
         }
+    }
+
+    pub fn settings(&self, images: Vec<PathBuf>) -> skiff_nodeagent::ctr::Settings {
+        self.settings_at(self.root_or(DEFAULT_AGENT_ROOT.as_ref()), images)
     }
 }
 
@@ -147,13 +161,13 @@ pub struct AgentArgs {
     /// OCI-layout or docker-archive image tarballs to import before running pods
     /// (containerd runtime; repeatable).
     #[arg(long)]
-    image_archive: Vec<PathBuf>,
+    pub(crate) image_archive: Vec<PathBuf>,
     /// Port on the node's address where the agent serves container logs to the API
     /// server (the kubelet's port).
     #[arg(long, default_value_t = 10250)]
     port: u16,
     #[command(flatten)]
-    containerd: ContainerdArgs,
+    pub(crate) containerd: ContainerdArgs,
     /// Nodes are named `<prefix>-0`, `<prefix>-1`, ...
     #[arg(long, default_value = "node")]
     node_name_prefix: String,
@@ -222,12 +236,12 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
     .await
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "node".into()).trim().to_lowercase()
 }
 
 /// The source address of the default route (what the node is reached at), from /proc.
-fn default_route_ip() -> Option<String> {
+pub(crate) fn default_route_ip() -> Option<String> {
     let routes = std::fs::read_to_string("/proc/net/route").ok()?;
     let dev = routes.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -297,8 +311,9 @@ pub struct ResetNodeArgs {
 
 /// `skiff reset-node`: removes what a containerd agent left on this machine.
 pub async fn reset_node(a: ResetNodeArgs) -> anyhow::Result<()> {
-    let root = a.containerd.root.clone();
-    skiff_nodeagent::reset(a.containerd.settings(vec![])).await?;
+    let settings = a.containerd.settings(vec![]);
+    let root = settings.root.clone();
+    skiff_nodeagent::reset(settings).await?;
     eprintln!("removed the pods, network, cgroups and data of the agent under {}", root.display());
     Ok(())
 }

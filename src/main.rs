@@ -11,6 +11,7 @@ mod endpoint;
 mod member_cmd;
 mod pod_bench;
 mod snapshot;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,11 @@ enum Command {
         #[command(subcommand)]
         command: controllers_cmd::ImageCommand,
     },
+    /// Start a whole single-node cluster (store, API server, controllers, scheduler and a
+    /// node on a private containerd) in the background and wait until it is ready.
+    Up(up::UpArgs),
+    /// Stop the cluster `skiff up` started and remove what its node made on the machine.
+    Down(up::DownArgs),
     /// Kill, pause and partition store members under load and check that nothing was lost.
     Chaos {
         #[command(subcommand)]
@@ -202,6 +208,8 @@ fn main() -> ExitCode {
             Command::Agent(args) => controllers_cmd::agent(args).await,
             Command::ResetNode(args) => controllers_cmd::reset_node(args).await,
             Command::Image { command } => controllers_cmd::image(command).await,
+            Command::Up(args) => up::up(args).await,
+            Command::Down(args) => up::down(args).await,
         }
         .map(|()| ExitCode::SUCCESS)
     });

@@ -16,4 +16,5 @@ mod lease;
 mod maintenance;
 mod membership;
 mod node;
+mod up;
 mod watch;

@@ -1,0 +1,516 @@
+//! `skiff up` and `skiff down`: a whole single-node cluster in one process.
+//!
+//! `skiff up` starts, in one background process, a one-member store, the API server,
+//! the controller-manager, the scheduler and a node agent (by default on a private
+//! containerd), all keeping their state under `--data-dir`; it waits until the node is
+//! Ready, showing each step, and prints the `export KUBECONFIG=...` line. `skiff down`
+//! stops that process and removes what the node made on the machine (containers,
+//! network namespaces, the bridge, iptables chains, cgroups, the containerd data) but
+//! keeps the cluster's data — store, certificates, kubeconfig, local volumes — so the
+//! next `skiff up` resumes the same cluster; `skiff down --purge` removes that too.
+//!
+//! Each component is configured by parsing its own command line (`skiff store ...`,
+//! `skiff agent ...`), so `skiff up` has exactly the defaults the separate commands have.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+
+use crate::controllers_cmd::{self, AgentArgs, ContainerdArgs, RuntimeKind};
+use crate::duration;
+
+#[derive(Args, Clone)]
+pub struct UpArgs {
+    /// Directory of the cluster: store data (`store/`), certificates and kubeconfig
+    /// (`apiserver/`), the node agent and its containerd (`agent/`), local volumes
+    /// (`local-path/`), the log (`skiff.log`) and the pid file.
+    #[arg(long, default_value = "/var/lib/skiff")]
+    data_dir: PathBuf,
+    /// How the node runs pods: real containers on a private containerd (needs root), or
+    /// simulated ones (pods go Running, nothing runs).
+    #[arg(long, value_enum, default_value = "containerd")]
+    runtime: RuntimeKind,
+    /// Where the store serves etcd clients (`etcdctl --endpoints`).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    store_client_addr: SocketAddr,
+    /// Where the store listens for peers (it has none until members are added).
+    #[arg(long, default_value = "127.0.0.1:2380")]
+    store_peer_addr: SocketAddr,
+    /// Where the API server serves HTTPS (the kubeconfig points here).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    bind: SocketAddr,
+    /// The node's name. Default: the host name, lowercased.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's address (its InternalIP, where the API server reaches the agent for
+    /// logs and exec). Default: the address of the default route's interface, else 127.0.0.1.
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// The agent's port on the node address (the kubelet's port).
+    #[arg(long, default_value_t = 10250)]
+    node_port: u16,
+    #[command(flatten)]
+    containerd: ContainerdArgs,
+    /// Run in this process, logging to stderr, instead of starting a background process.
+    #[arg(long)]
+    foreground: bool,
+    /// Give up waiting for the cluster to be ready after this long.
+    #[arg(long, default_value = "2m", value_parser = duration::parse)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+pub struct DownArgs {
+    /// The cluster's directory, as given to `skiff up`.
+    #[arg(long, default_value = "/var/lib/skiff")]
+    data_dir: PathBuf,
+    /// Also delete the cluster's data (store, certificates, kubeconfig, local volumes):
+    /// the next `skiff up` starts a new cluster.
+    #[arg(long)]
+    purge: bool,
+    /// How long the cluster may take to stop before it is killed.
+    #[arg(long, default_value = "30s", value_parser = duration::parse)]
+    timeout: Duration,
+}
+
+/// What `skiff up` was started with, so `skiff down` undoes exactly that.
+const ARGS_FILE: &str = "up.args";
+const PID_FILE: &str = "skiff.pid";
+const LOG_FILE: &str = "skiff.log";
+
+/// Parses `argv` as the flags of one subcommand (`T`), with that command's defaults.
+#[derive(Parser)]
+struct Flags<T: Args> {
+    #[command(flatten)]
+    inner: T,
+}
+
+fn parse<T: Args>(what: &str, argv: Vec<String>) -> anyhow::Result<T> {
+    Flags::<T>::try_parse_from(std::iter::once(what.to_string()).chain(argv))
+        .map(|f| f.inner)
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+impl UpArgs {
+    fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(controllers_cmd::host_name)
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("apiserver/admin.kubeconfig")
+    }
+
+    fn agent_root(&self) -> PathBuf {
+        self.containerd.root_or(&self.data_dir.join("agent"))
+    }
+}
+
+/// Why this machine cannot run the containerd runtime, if it cannot.
+fn containerd_unavailable(a: &UpArgs) -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("running containers needs root (network namespaces, cgroups, iptables)".into());
+    }
+    let on_path = |bin: &str| {
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false)
+    };
+    for bin in ["containerd", "containerd-shim-runc-v2", "runc"] {
+        if !on_path(bin) {
+            return Some(format!("`{bin}` is not installed (apt-get install containerd runc)"));
+        }
+    }
+    let bridge = a.containerd.cni_bin_dir.join("bridge");
+    if !bridge.is_file() {
+        return Some(format!(
+            "the CNI plugins are missing ({} not found; apt-get install containernetworking-plugins)",
+            bridge.display()
+        ));
+    }
+    if !Path::new("/sys/fs/cgroup/memory").exists() && !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return Some("no memory cgroup is mounted under /sys/fs/cgroup".into());
+    }
+    None
+}
+
+/// The pid in the pid file, if that process still runs (a zombie does not count).
+fn running_pid(dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
+    alive(pid).then_some(pid)
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+pub async fn up(a: UpArgs) -> anyhow::Result<()> {
+    if a.runtime == RuntimeKind::Containerd {
+        if let Some(why) = containerd_unavailable(&a) {
+            anyhow::bail!(
+                "cannot run containers on this machine: {why}.\n\
+                 A cluster whose node is simulated (pods go Running, no containers run) works anywhere:\n  \
+                 skiff up --runtime fake"
+            );
+        }
+    }
+    // (The background process finds its own pid there, written by its parent.)
+    if let Some(pid) = running_pid(&a.data_dir).filter(|p| *p as u32 != std::process::id()) {
+        anyhow::bail!(
+            "a cluster already runs from {} (pid {pid}); `skiff down --data-dir {}` stops it",
+            a.data_dir.display(),
+            a.data_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&a.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", a.data_dir.display()))?;
+    if a.foreground {
+        return run(a).await;
+    }
+    start_background(&a)?;
+    wait_ready(&a).await
+}
+
+/// Starts this program again as `skiff up --foreground` in a session of its own, logging
+/// to the data directory, and remembers how it was started for `skiff down`.
+fn start_background(a: &UpArgs) -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    std::fs::write(a.data_dir.join(ARGS_FILE), serde_json::to_vec(&argv)?)?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(a.data_dir.join(LOG_FILE))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(&argv).arg("--foreground").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe; it detaches the cluster from this terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    std::fs::write(a.data_dir.join(PID_FILE), child.id().to_string())?;
+    Ok(())
+}
+
+/// Shows the start-up step by step until the node is Ready.
+async fn wait_ready(a: &UpArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    // A resumed cluster's Node still says Ready from before: only a heartbeat of this
+    // start counts (the times have whole seconds).
+    let since = k8s_openapi::jiff::Timestamp::now().as_second() - 1;
+    let log = a.data_dir.join(LOG_FILE);
+    let failed = |what: &str| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        anyhow::anyhow!("{what}; the last lines of {}:\n{}", log.display(), tail.join("\n"))
+    };
+    let step = |name: &str| eprint!("  {name:<40} ");
+    let done = |t: Instant| eprintln!("ready ({:.1} s)", t.elapsed().as_secs_f64());
+    eprintln!("starting a single-node cluster in {} (log: {})", a.data_dir.display(), log.display());
+
+    // Each step polls `check` until it holds, the process dies, or time runs out.
+    async fn until<F, Fut>(a: &UpArgs, start: Instant, mut check: F) -> Result<(), &'static str>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        loop {
+            if check().await {
+                return Ok(());
+            }
+            if running_pid(&a.data_dir).is_none() {
+                return Err("the cluster stopped while starting");
+            }
+            if start.elapsed() > a.timeout {
+                return Err("the cluster did not get ready in time (see --timeout)");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    let t = Instant::now();
+    step(&format!("store on {}", a.store_client_addr));
+    let endpoint = a.store_client_addr.to_string();
+    until(a, start, || async {
+        match etcd_client::Client::connect([endpoint.as_str()], None).await {
+            Ok(mut c) => c.get("/", None).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await
+    .map_err(failed)?;
+    done(t);
+
+    let t = Instant::now();
+    step(&format!("API server on https://{}", a.bind));
+    let kubeconfig = a.kubeconfig();
+    until(a, start, || async {
+        if !kubeconfig.exists() {
+            return false;
+        }
+        match skiff_controllers::client::from_kubeconfig(&kubeconfig).await {
+            Ok(c) => c.apiserver_version().await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await
+    .map_err(failed)?;
+    done(t);
+    let client = skiff_controllers::client::from_kubeconfig(&kubeconfig).await?;
+
+    let t = Instant::now();
+    let node = a.node_name();
+    step(&format!("node {node}"));
+    let nodes: Api<Node> = Api::all(client);
+    until(a, start, || async {
+        let Ok(n) = nodes.get(&node).await else { return false };
+        let conditions = n.status.and_then(|s| s.conditions).unwrap_or_default();
+        conditions.iter().any(|c| {
+            let fresh = c.last_heartbeat_time.as_ref().is_some_and(|t| t.0.as_second() >= since);
+            c.type_ == "Ready" && c.status == "True" && fresh
+        })
+    })
+    .await
+    .map_err(failed)?;
+    done(t);
+
+    let kc = std::fs::canonicalize(&kubeconfig)?;
+    println!("export KUBECONFIG={}", kc.display());
+    eprintln!(
+        "\nThe cluster is up ({:.1} s). Run the line above, then e.g. `kubectl get nodes`.\n\
+         The store answers etcdctl on {}. Stop with `skiff down{}`.",
+        start.elapsed().as_secs_f64(),
+        a.store_client_addr,
+        if a.data_dir == Path::new("/var/lib/skiff") {
+            String::new()
+        } else {
+            format!(" --data-dir {}", a.data_dir.display())
+        }
+    );
+    Ok(())
+}
+
+/// The cluster itself: every component as a task of this process, until SIGTERM/Ctrl-C
+/// or until one of them fails.
+async fn run(a: UpArgs) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(&a.data_dir)?;
+    std::fs::write(dir.join(PID_FILE), std::process::id().to_string())?;
+    let path = |p: &str| dir.join(p).display().to_string();
+    let s = |x: &str| x.to_string();
+
+    let store: crate::StoreArgs = parse(
+        "store",
+        vec![
+            s("--data-dir"),
+            path("store"),
+            s("--listen-client-urls"),
+            format!("http://{}", a.store_client_addr),
+            s("--listen-peer-urls"),
+            format!("http://{}", a.store_peer_addr),
+        ],
+    )?;
+    let mut tasks = Components::new();
+    tasks.spawn(async move { ("store", crate::run_store(store).await) });
+    let endpoint = a.store_client_addr.to_string();
+    wait_for("the store", || async {
+        match etcd_client::Client::connect([endpoint.as_str()], None).await {
+            Ok(mut c) => c.get("/", None).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await?;
+
+    let api: crate::apiserver_cmd::ApiServerArgs = parse(
+        "apiserver",
+        vec![
+            s("--store-endpoints"),
+            a.store_client_addr.to_string(),
+            s("--bind"),
+            a.bind.to_string(),
+            s("--data-dir"),
+            path("apiserver"),
+            s("--service-cluster-ip-range"),
+            a.containerd.service_cidr.clone(),
+        ],
+    )?;
+    tasks.spawn(async move { ("apiserver", crate::apiserver_cmd::run(api).await) });
+    let kubeconfig = dir.join("apiserver/admin.kubeconfig");
+    wait_for("the API server", || async {
+        kubeconfig.exists() && skiff_controllers::client::from_kubeconfig(&kubeconfig).await.is_ok()
+    })
+    .await?;
+    let kc = kubeconfig.display().to_string();
+
+    // One process holds the only replica: no leader election (whose Lease would make a
+    // restarted cluster wait for the previous one to expire).
+    let single = [s("--kubeconfig"), kc.clone(), s("--leader-elect"), s("false")];
+    let cm: controllers_cmd::ControllerManagerArgs = parse("controller-manager", single.to_vec())?;
+    tasks.spawn(async move { ("controller-manager", controllers_cmd::controller_manager(cm).await) });
+    let sched: controllers_cmd::SchedulerArgs = parse("scheduler", single.to_vec())?;
+    tasks.spawn(async move { ("scheduler", controllers_cmd::scheduler(sched).await) });
+
+    let mut agent_argv = vec![s("--kubeconfig"), kc, s("--node-name"), a.node_name()];
+    agent_argv.extend([s("--local-path-root"), path("local-path")]);
+    let mut agent: AgentArgs = match a.runtime {
+        RuntimeKind::Fake => {
+            agent_argv.extend([s("--runtime"), s("fake"), s("--zones"), s("1")]);
+            parse("agent", agent_argv)?
+        }
+        RuntimeKind::Containerd => {
+            let ip = a.node_ip.clone().or_else(controllers_cmd::default_route_ip).unwrap_or_else(|| s("127.0.0.1"));
+            agent_argv.extend([s("--runtime"), s("containerd"), s("--node-ip"), ip]);
+            agent_argv.extend([s("--port"), a.node_port.to_string()]);
+            parse("agent", agent_argv)?
+        }
+    };
+    agent.containerd = a.containerd.clone();
+    agent.containerd.root = Some(a.agent_root());
+    if a.runtime == RuntimeKind::Containerd {
+        if let Some(image) = busybox_image(&dir) {
+            agent.image_archive.push(image);
+        }
+    }
+    // The agent's future is not Send (kube's config loading), so it runs in this task.
+    let agent = controllers_cmd::agent(agent);
+    tokio::pin!(agent);
+    let mut agent_done = false;
+
+    // Every component stops by itself on SIGTERM/Ctrl-C; the first to stop for any other
+    // reason takes the cluster down.
+    let mut result = Ok(());
+    while !(agent_done && tasks.is_empty()) {
+        tokio::select! {
+            r = &mut agent, if !agent_done => {
+                agent_done = true;
+                record("agent", r, &mut result, &mut tasks);
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => match joined {
+                Ok((name, r)) => record(name, r, &mut result, &mut tasks),
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => record("a component", Err(anyhow::anyhow!("panicked: {e}")), &mut result, &mut tasks),
+            },
+        }
+        if result.is_err() && !agent_done {
+            break; // the agent is dropped with this function
+        }
+    }
+    let _ = std::fs::remove_file(dir.join(PID_FILE));
+    result
+}
+
+type Components = tokio::task::JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// Notes how a component ended; the first failure stops the others.
+fn record(name: &str, r: anyhow::Result<()>, result: &mut anyhow::Result<()>, tasks: &mut Components) {
+    match r {
+        Ok(()) => tracing::info!("{name} stopped"),
+        Err(e) => {
+            tracing::error!("{name} failed: {e:#}");
+            if result.is_ok() {
+                *result = Err(e.context(format!("{name} failed")));
+            }
+            tasks.abort_all();
+        }
+    }
+}
+
+/// The demo/test image (`skiff.local/busybox:latest`) built from Debian's busybox-static,
+/// if it is installed; made once per data directory.
+fn busybox_image(dir: &Path) -> Option<PathBuf> {
+    let out = dir.join("images/busybox.tar");
+    if out.exists() {
+        return Some(out);
+    }
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        tracing::warn!("no /bin/busybox (busybox-static): the skiff.local/busybox image is not available");
+        return None;
+    }
+    std::fs::create_dir_all(out.parent()?).ok()?;
+    match skiff_nodeagent::ctr::image::build_busybox(busybox, "skiff.local/busybox:latest", &out) {
+        Ok(()) => Some(out),
+        Err(e) => {
+            tracing::warn!("building the busybox image: {e:#}");
+            None
+        }
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, mut ok: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !ok().await {
+        if start.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("{what} did not start within 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+pub async fn down(d: DownArgs) -> anyhow::Result<()> {
+    let dir = &d.data_dir;
+    if !dir.exists() {
+        anyhow::bail!("no cluster in {} (the directory does not exist)", dir.display());
+    }
+    let argv: Option<Vec<String>> =
+        std::fs::read(dir.join(ARGS_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(argv) = argv else {
+        anyhow::bail!("{} holds no cluster started by `skiff up` (no {ARGS_FILE})", dir.display());
+    };
+    let parsed = crate::Cli::try_parse_from(std::iter::once("skiff".to_string()).chain(argv))
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", dir.join(ARGS_FILE).display()))?;
+    let crate::Command::Up(a) = parsed.command else {
+        anyhow::bail!("{} does not hold a `skiff up` command line", dir.join(ARGS_FILE).display());
+    };
+
+    match running_pid(dir) {
+        Some(pid) => {
+            eprint!("stopping the cluster (pid {pid}) ...");
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let t = Instant::now();
+            while alive(pid) && t.elapsed() < d.timeout {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if alive(pid) {
+                eprint!(" still running after {:?}, killing it ...", d.timeout);
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                while alive(pid) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            eprintln!(" stopped ({:.1} s)", t.elapsed().as_secs_f64());
+        }
+        None => eprintln!("the cluster is not running"),
+    }
+    let _ = std::fs::remove_file(dir.join(PID_FILE));
+
+    if a.runtime == RuntimeKind::Containerd {
+        eprint!("removing the node's containers, network, cgroups and containerd data ...");
+        skiff_nodeagent::reset(a.containerd.settings_at(a.agent_root(), vec![])).await?;
+        eprintln!(" done");
+    }
+    if d.purge {
+        std::fs::remove_dir_all(dir).map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
+        eprintln!("removed {}", dir.display());
+    } else {
+        eprintln!(
+            "The cluster's data stays in {}: `skiff up` resumes it, `skiff down --purge` deletes it.",
+            dir.display()
+        );
+    }
+    Ok(())
+}

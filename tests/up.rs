@@ -1,0 +1,292 @@
+//! `skiff up` / `skiff down` as a user runs them: one command starts a whole cluster in
+//! the background and returns once its node is Ready; kubectl and etcdctl work against
+//! it; `skiff down` stops it and removes what the node made on the machine; the next
+//! `skiff up` resumes the same cluster from its data.
+//!
+//! Every cluster here runs on its own loopback ports, and (real node) its own bridge,
+//! pod subnet, service range and cgroup parent; `skiff down --purge` runs on drop, also
+//! when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
+
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    flags: Vec<String>,
+    store: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            let o = Command::new(skiff_bin()).args(["down", "--purge", "--data-dir"]).arg(&self.dir).output();
+            if let Ok(o) = o {
+                if !o.status.success() && !std::thread::panicking() {
+                    panic!("skiff down --purge failed: {}", text(&o));
+                }
+            }
+        }
+    }
+}
+
+impl Cluster {
+    fn new(extra: &[String]) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cluster");
+        let store = format!("127.0.0.1:{}", free_port());
+        let mut flags: Vec<String> = vec![
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--store-client-addr".into(),
+            store.clone(),
+            "--store-peer-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--bind".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--node-name".into(),
+            "up-test".into(),
+        ];
+        flags.extend(extra.iter().cloned());
+        Cluster { _tmp: tmp, dir, flags, store }
+    }
+
+    fn skiff(&self, args: &[&str]) -> Output {
+        Command::new(skiff_bin()).args(args).output().unwrap()
+    }
+
+    /// `skiff up`; its stdout must be exactly the `export KUBECONFIG=...` line.
+    fn up(&self) {
+        let o = Command::new(skiff_bin()).arg("up").args(&self.flags).output().unwrap();
+        assert!(o.status.success(), "skiff up: {}", text(&o));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let want = format!("export KUBECONFIG={}\n", self.kubeconfig().display());
+        assert_eq!(stdout, want, "skiff up printed: {}", text(&o));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains("node up-test") && stderr.contains("The cluster is up"), "{stderr}");
+    }
+
+    fn down(&self, extra: &[&str]) -> Output {
+        let dir = self.dir.display().to_string();
+        let mut args = vec!["down", "--data-dir", &dir];
+        args.extend(extra);
+        self.skiff(&args)
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("apiserver/admin.kubeconfig")
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(self.dir.join("kubectl-cache"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let o = self.kubectl(&all, None);
+        assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !ok() {
+            if t.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(self.dir.join("skiff.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!("timed out waiting for {what}; log tail (newest first):\n{}", tail.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn available(&self, deployment: &str) -> i64 {
+        let d = self.json(&["get", "deployment", deployment]);
+        d["status"]["availableReplicas"].as_i64().unwrap_or(0)
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("skiff.pid")).ok()?.trim().parse().ok()
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) != Some("Z"))
+        .unwrap_or(false)
+}
+
+/// Whether any live process has an argument that starts with `prefix`.
+fn process_with_arg_under(prefix: &Path) -> bool {
+    let prefix = prefix.display().to_string();
+    std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()).any(|e| {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { return false };
+        alive(pid)
+            && std::fs::read(e.path().join("cmdline"))
+                .map(|c| c.split(|b| *b == 0).any(|a| a.starts_with(prefix.as_bytes())))
+                .unwrap_or(false)
+    })
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: skiff.local/busybox:latest
+        command: [sh, -c, "echo served by $HOSTNAME > /www/index.html; exec httpd -f -p 8080 -h /www"]
+        ports: [{containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+fn get_via(ip: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&format!("{ip}:80").parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string())
+}
+
+/// The embedded default with real containers: up, deploy and reach a Service, down
+/// (nothing left running or configured), up again (the same objects, serving again),
+/// and down --purge (the data is gone).
+#[test]
+fn up_runs_a_real_cluster_and_down_removes_it_and_up_resumes_it() {
+    let net = 4;
+    let extra: Vec<String> = [
+        "--node-ip",
+        "127.0.0.1",
+        "--node-port",
+        &free_port().to_string(),
+        "--bridge",
+        &format!("sktest{net}"),
+        "--pod-cidr",
+        &format!("10.{}.0.0/24", 200 + net),
+        "--service-cidr",
+        &format!("10.{}.128.0/20", 200 + net),
+        "--cgroup-parent",
+        &format!("/skiff-test-{net}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let c = Cluster::new(&extra);
+    c.up();
+    let pid = c.pid().expect("skiff up writes its pid");
+    assert!(alive(pid));
+
+    // A second `skiff up` on the same directory refuses, naming the running one.
+    let again = Command::new(skiff_bin()).arg("up").args(&c.flags).output().unwrap();
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains(&format!("a cluster already runs from {} (pid {pid})", c.dir.display())),
+        "{}",
+        text(&again)
+    );
+
+    let o = c.kubectl(&["apply", "-f", "-"], Some(WEB));
+    assert!(o.status.success(), "kubectl apply: {}", text(&o));
+    c.wait("2 available replicas", || c.available("web") == 2);
+    let ip = c.json(&["get", "service", "web"])["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with(&format!("10.{}.", 200 + net)), "cluster IP {ip} from --service-cidr");
+    c.wait("the Service to answer", || get_via(&ip).is_some_and(|b| b.starts_with("served by web-")));
+    let uid = c.json(&["get", "deployment", "web"])["metadata"]["uid"].as_str().unwrap().to_string();
+    // The store is a real etcd-compatible endpoint.
+    let keys = etcdctl(&c.store, &["get", "/registry/deployments/default/web", "--keys-only"]);
+    assert!(String::from_utf8_lossy(&keys.stdout).contains("/registry/deployments/default/web"), "{}", text(&keys));
+
+    let o = c.down(&[]);
+    assert!(o.status.success(), "skiff down: {}", text(&o));
+    assert!(!alive(pid), "the cluster process is gone");
+    assert!(!process_with_arg_under(&c.dir), "no process of the cluster is left");
+    let link = Command::new("ip").args(["link", "show", &format!("sktest{net}")]).output().unwrap();
+    assert!(!link.status.success(), "the bridge is removed");
+    let rules = Command::new("iptables-save").output().unwrap();
+    assert!(!String::from_utf8_lossy(&rules.stdout).contains(&format!("SKTEST{net}")), "no service chains are left");
+    assert!(!Path::new(&format!("/sys/fs/cgroup/memory/skiff-test-{net}")).exists(), "the pods' cgroups are removed");
+    let cidr = format!("10.{}.128.0/20", 200 + net);
+    let route = Command::new("ip").args(["route", "show", &cidr]).output().unwrap();
+    assert!(String::from_utf8_lossy(&route.stdout).trim().is_empty(), "the service range's route is removed");
+    assert!(c.dir.join("store").is_dir() && c.kubeconfig().is_file(), "the cluster's data stays");
+
+    // Up again: the same cluster, and its workload serves again.
+    c.up();
+    let d = c.json(&["get", "deployment", "web"]);
+    assert_eq!(d["metadata"]["uid"], uid.as_str(), "the same Deployment, from the store");
+    c.wait("the Deployment to be available again", || c.available("web") == 2);
+    c.wait("the Service to answer again", || get_via(&ip).is_some_and(|b| b.starts_with("served by web-")));
+
+    let o = c.down(&["--purge"]);
+    assert!(o.status.success(), "skiff down --purge: {}", text(&o));
+    assert!(!c.dir.exists(), "--purge removes the data directory");
+    let o = c.down(&[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no cluster in"), "{}", text(&o));
+}
+
+/// The simulated runtime works without containerd; `skiff down` of a stopped cluster
+/// says so; an unknown directory is refused.
+#[test]
+fn up_with_a_simulated_node_needs_no_containers() {
+    let c = Cluster::new(&["--runtime".into(), "fake".into()]);
+    c.up();
+    let nodes = c.json(&["get", "nodes"]);
+    assert_eq!(nodes["items"][0]["metadata"]["name"], "up-test");
+    let o = c.kubectl(&["create", "deployment", "sim", "--image=nginx", "--replicas=3"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    c.wait("3 simulated replicas", || c.available("sim") == 3);
+
+    let pid = c.pid().unwrap();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t = Instant::now();
+    while alive(pid) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = c.down(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("the cluster is not running"), "{}", text(&o));
+
+    let o = c.skiff(&["down", "--data-dir", "/nonexistent/skiff-up-test"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no cluster in /nonexistent/skiff-up-test"), "{}", text(&o));
+}
