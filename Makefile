@@ -32,7 +32,13 @@ build: deps
 # What only the tests need: the Python `kubernetes` client, in a virtualenv of its own
 # (so the machine's Python packages stay as they are).
 TEST_VENV := $(CURDIR)/target/test-venv
+# Debian's docker-registry for the image pull tests, which start their own on a loopback
+# port: its packaged service (which would listen on :5000) is stopped and disabled.
 test-deps: deps
+	@dpkg-query -W -f='$${Status}' docker-registry 2>/dev/null | grep -q "install ok installed" || { \
+	  echo "installing: docker-registry"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null; \
+	  if command -v systemctl >/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi; }
 	@$(TEST_VENV)/bin/python -c 'import kubernetes' 2>/dev/null || { \
 	  python3 -m venv $(TEST_VENV) && $(TEST_VENV)/bin/pip install -q --disable-pip-version-check kubernetes==37.0.2; }
 

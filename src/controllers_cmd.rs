@@ -101,6 +101,10 @@ pub struct ContainerdArgs {
     /// First CrashLoopBackOff delay; it doubles on each crash up to --crash-loop-backoff-max.
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
     crash_loop_backoff: Duration,
+    /// A registry (`host:port`) to pull from over plain HTTP; localhost and 127.0.0.1
+    /// always are (repeatable). Others are spoken to over HTTPS.
+    #[arg(long)]
+    insecure_registry: Vec<String>,
     /// Longest CrashLoopBackOff delay.
     #[arg(long, default_value = "300s", value_parser = duration::parse)]
     crash_loop_backoff_max: Duration,
@@ -132,6 +136,7 @@ impl ContainerdArgs {
             images,
             service_cidr: self.service_cidr.clone(),
             cluster_domain: self.cluster_domain.clone(),
+            insecure_registries: self.insecure_registry.clone(),
         }
     }
 

@@ -646,3 +646,107 @@ fn services_balance_over_ready_pods_by_vip_and_node_port() {
     n.plane.k(&["delete", "deploy,sts", "--all", "--wait=true"]);
     n.plane.k(&["delete", "pods", "--all", "--wait=true", "--timeout=60s"]);
 }
+
+/// Debian's docker-registry on a loopback port of its own, storing under `dir`; killed
+/// on drop.
+struct LocalRegistry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LocalRegistry {
+    fn start(dir: &std::path::Path) -> LocalRegistry {
+        let port = free_port();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry; `make test` does)");
+        let t = Instant::now();
+        while http_get("127.0.0.1", port, "/v2/").is_none() {
+            assert!(t.elapsed() < Duration::from_secs(20), "the registry did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        LocalRegistry { child, port }
+    }
+}
+
+/// Images come from a registry as their imagePullPolicy says: a missing image is pulled
+/// (manifest, config and layers over the distribution API) and runs; `Always` asks the
+/// registry again; an unknown image is ErrImagePull then ImagePullBackOff; `Never` does
+/// not pull.
+#[test]
+fn images_are_pulled_from_a_registry_as_the_pull_policy_says() {
+    let n = Node::start(5);
+    let reg = LocalRegistry::start(&n.root.parent().unwrap().join("registry"));
+    let socket = n.root.join("containerd/state/containerd.sock").display().to_string();
+    let ctr = |args: &[&str]| {
+        let o = Command::new("ctr").args(["-a", &socket, "-n", "skiff"]).args(args).output().unwrap();
+        assert!(o.status.success(), "ctr {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // Put the test image into the registry with containerd's own client, then forget it
+    // on the node, so that only a pull can bring it back.
+    let remote = format!("127.0.0.1:{}/team/web:1", reg.port);
+    ctr(&["images", "tag", "skiff.local/busybox:test", &remote]);
+    ctr(&["images", "push", "--plain-http", &remote]);
+    ctr(&["images", "rm", &remote]);
+    assert!(!ctr(&["images", "ls", "-q"]).contains(&remote));
+
+    let pod = |name: &str, image: &str, policy: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  \
+             containers:\n  - {{name: c, image: \"{image}\", imagePullPolicy: {policy}, command: [httpd, -f, -p, \"80\", -h, /www]}}\n"
+        )
+    };
+    n.apply(&pod("pulled", &remote, "IfNotPresent"));
+    let p = n.wait_pod("pulled", "Running", running);
+    let id = container(&p, "c")["imageID"].as_str().unwrap_or_default().to_string();
+    assert!(id.starts_with(&format!("127.0.0.1:{}/team/web@sha256:", reg.port)), "imageID {id}");
+    assert!(ctr(&["images", "ls", "-q"]).contains(&remote), "the image is in containerd now");
+    let ip = p["status"]["podIP"].as_str().unwrap().to_string();
+    assert!(http_get(&ip, 80, "/").is_some_and(|b| b.contains("hello from skiff")), "the pulled image serves");
+
+    n.apply(&pod("always", &remote, "Always"));
+    let p = n.wait_pod("always", "Running", running);
+    assert_eq!(container(&p, "c")["imageID"].as_str(), Some(id.as_str()), "the same manifest");
+
+    let missing = format!("127.0.0.1:{}/team/nope:1", reg.port);
+    n.apply(&pod("missing", &missing, "IfNotPresent"));
+    let p = n.wait_pod("missing", "ImagePullBackOff after ErrImagePull", |p| {
+        container(p, "c")["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    });
+    let message = container(&p, "c")["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains(&format!("Failed to pull image \"{missing}\"")) && message.contains("not found"),
+        "{message}"
+    );
+    assert_eq!(p["status"]["phase"], "Pending");
+
+    n.apply(&pod("never", &format!("127.0.0.1:{}/team/web:2", reg.port), "Never"));
+    let p = n.wait_pod("never", "ErrImageNeverPull", |p| {
+        container(p, "c")["state"]["waiting"]["reason"] == "ErrImageNeverPull"
+    });
+    let message = container(&p, "c")["state"]["waiting"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("is not present with pull policy of Never"), "{message}");
+}

@@ -24,6 +24,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::registry::Registry;
 use super::Conn;
 
 pub const SNAPSHOTTER: &str = "overlayfs";
@@ -440,6 +441,11 @@ impl Conn {
                 path.display()
             );
         };
+        self.store(found).await
+    }
+
+    /// Writes found images' blobs, unpacks their layers and names them; returns the names.
+    async fn store(&self, found: Vec<Found>) -> anyhow::Result<Vec<String>> {
         self.leased(|conn| async move {
             let mut names = Vec::new();
             for mut f in found {
@@ -459,6 +465,23 @@ impl Conn {
             anyhow::Ok(names)
         })
         .await
+    }
+
+    /// Pulls `reference` from its registry (unless containerd already has the manifest
+    /// the registry names now) and unpacks it, as `ctr images pull` would.
+    pub async fn pull(&self, registry: &Registry, reference: &str) -> anyhow::Result<()> {
+        let name = normalize(reference);
+        let fail = |e: anyhow::Error| e.context(format!("failed to pull and unpack image \"{name}\""));
+        let (manifest, handle) = registry.resolve(&name).await.map_err(fail)?;
+        let current = self.images().get(self.req(GetImageRequest { name: name.clone() })).await.ok();
+        let target = current.and_then(|r| r.into_inner().image).and_then(|i| i.target).map(|t| t.digest);
+        if target.as_deref() == Some(manifest.digest.as_str()) && self.image_config(&name).await.is_ok() {
+            return Ok(());
+        }
+        let blobs = handle.blobs(&manifest).await.map_err(fail)?;
+        let found = from_manifest(&blobs, vec![name.clone()], &manifest.media_type, manifest.bytes).map_err(fail)?;
+        self.store(vec![found]).await.map_err(fail)?;
+        Ok(())
     }
 
     /// The image `reference` as a container needs it; None when containerd does not have it.

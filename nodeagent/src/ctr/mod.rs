@@ -17,6 +17,7 @@ pub mod exec;
 pub mod image;
 pub mod probe;
 pub mod proxy;
+pub mod registry;
 pub mod server;
 pub mod spec;
 mod volumes;
@@ -167,6 +168,8 @@ pub struct Settings {
     pub service_cidr: String,
     /// Names under this domain are answered by the cluster DNS (`cluster.local`).
     pub cluster_domain: String,
+    /// Registries (`host[:port]`) pulled from over plain HTTP besides localhost.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Settings {
@@ -213,6 +216,9 @@ struct Inner {
     version: String,
     /// Woken on every container state change (see `Runtime::changes`).
     changes: Arc<tokio::sync::Notify>,
+    registry: registry::Registry,
+    /// One pull at a time, like the kubelet's default (serializeImagePulls).
+    pulling: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -277,6 +283,7 @@ impl Containerd {
             let names = conn.import(archive).await.with_context(|| format!("importing {}", archive.display()))?;
             tracing::info!("imported {} from {}", names.join(", "), archive.display());
         }
+        let s_insecure = s.insecure_registries.clone();
         let inner = Inner {
             conn,
             client,
@@ -286,6 +293,8 @@ impl Containerd {
             daemon: tokio::sync::Mutex::new(daemon),
             version,
             changes: Arc::new(tokio::sync::Notify::new()),
+            registry: registry::Registry::new(s_insecure)?,
+            pulling: tokio::sync::Mutex::new(()),
         };
         let rt = Containerd { inner: Arc::new(inner) };
         rt.find_existing().await?;
@@ -651,6 +660,48 @@ impl Containerd {
 
     /// Creates and starts one run of a container. Errors carry the waiting reason and message.
     #[allow(clippy::too_many_arguments)]
+    /// The image a container runs, pulled as its imagePullPolicy says: `Always` asks
+    /// the registry each time (and downloads only a changed manifest), `IfNotPresent`
+    /// pulls only a missing image, `Never` never pulls. `skiff.local/` images come only
+    /// from import. Errors are (reason, message) as the kubelet reports them.
+    async fn ensure_image(&self, c: &Container, image_ref: &str) -> Result<image::ImageConfig, (String, String)> {
+        let conn = &self.inner.conn;
+        let name = image::normalize(image_ref);
+        let local_only = name.starts_with(&format!("{}/", registry::LOCAL_ONLY));
+        let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
+        let present = conn.image_config(image_ref).await.map_err(|e| ("ErrImagePull".to_string(), format!("{e:#}")))?;
+        let pull = match policy {
+            "Never" => false,
+            "Always" => !local_only,
+            _ => present.is_none() && !local_only,
+        };
+        if pull {
+            let _one_at_a_time = self.inner.pulling.lock().await;
+            let started = Instant::now();
+            if let Err(e) = conn.pull(&self.inner.registry, image_ref).await {
+                return Err(("ErrImagePull".into(), format!("Failed to pull image \"{image_ref}\": {e:#}")));
+            }
+            tracing::info!("pulled {name} in {:.1} s", started.elapsed().as_secs_f64());
+            if let Ok(Some(img)) = conn.image_config(image_ref).await {
+                return Ok(img);
+            }
+        }
+        match present {
+            Some(img) if !pull => Ok(img),
+            _ if policy == "Never" => Err((
+                "ErrImageNeverPull".into(),
+                format!("Container image \"{image_ref}\" is not present with pull policy of Never"),
+            )),
+            _ => Err((
+                "ErrImagePull".into(),
+                format!(
+                    "image \"{name}\" is not on this node: {} images come only from `skiff image import`",
+                    registry::LOCAL_ONLY
+                ),
+            )),
+        }
+    }
+
     async fn create(
         &self,
         pod: &Pod,
@@ -670,28 +721,7 @@ impl Containerd {
             ));
         }
         let image_ref = c.image.clone().unwrap_or_default();
-        let img = match conn.image_config(&image_ref).await {
-            Ok(Some(img)) => img,
-            Ok(None) => {
-                let never = c.image_pull_policy.as_deref() == Some("Never");
-                return Err(if never {
-                    (
-                        "ErrImageNeverPull".into(),
-                        format!("Container image \"{image_ref}\" is not present with pull policy of Never"),
-                    )
-                } else {
-                    (
-                        "ErrImagePull".into(),
-                        format!(
-                            "image \"{}\" is not on this node: import it with `skiff image import` \
-                             (pulling from registries is not supported yet)",
-                            image::normalize(&image_ref)
-                        ),
-                    )
-                });
-            }
-            Err(e) => return Err(("ErrImagePull".into(), format!("{e:#}"))),
-        };
+        let img = self.ensure_image(c, &image_ref).await?;
         spec::check_non_root(pod, c, &img).map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
         let env = volumes::env(&self.inner.client, pod, c, ip)
             .await
