@@ -120,6 +120,39 @@ impl Node {
     }
 }
 
+/// A `kubectl port-forward` running in the background, killed on drop; its stderr goes
+/// to a file so it can be read while it runs.
+struct Forward {
+    child: std::process::Child,
+    err: tempfile::NamedTempFile,
+}
+
+impl Forward {
+    fn start(n: &Node, args: &[&str]) -> Forward {
+        let err = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
+            .arg("--kubeconfig")
+            .arg(n.plane.api.kubeconfig())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(err.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Forward { child, err }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.err.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Whether any process has `arg` among its arguments.
 fn process_with_arg(arg: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()).any(|e| {
@@ -265,6 +298,24 @@ fn a_pod_runs_as_real_containers_on_its_own_network() {
         Some("piped through\n"),
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "PIPED THROUGH\n", "{}", text(&o));
+
+    // Port forwarding through the API server (SPDY/3.1, portforward.k8s.io) to the pod's
+    // own localhost: connections in turn, then a port nothing listens on.
+    let local = free_port();
+    let pf = Forward::start(&n, &["port-forward", "pod/web", &format!("{local}:80")]);
+    n.plane.wait_for("port-forward to serve", Duration::from_secs(20), |_| {
+        http_get("127.0.0.1", local, "/").as_deref() == Some("hello from web\n")
+    });
+    assert_eq!(http_get("127.0.0.1", local, "/secret-file").as_deref(), Some("hello"));
+    assert_eq!(http_get("127.0.0.1", local, "/seen").as_deref(), Some("hello from web\n"));
+    drop(pf);
+    let closed = free_port();
+    let pf = Forward::start(&n, &["port-forward", "pod/web", &format!("{closed}:81")]);
+    n.plane.wait_for("kubectl to report the refused port", Duration::from_secs(20), |_| {
+        let _ = http_get("127.0.0.1", closed, "/");
+        pf.stderr().contains("error forwarding port 81 to pod default/web")
+    });
+    drop(pf);
 
     // The pod's cgroup, network namespace and volume directory exist on the node.
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();

@@ -301,8 +301,11 @@ async fn resource(
         let container = q.get("container").map(String::from);
         return crate::nodeproxy::pod_exec(&app.store, ns, name, container.as_deref(), req).await;
     }
+    if let (Some("portforward"), Some(name), Some(ns)) = (t.sub.as_deref(), t.name.as_deref(), t.namespace.as_deref()) {
+        return crate::nodeproxy::pod_port_forward(&app.store, ns, name, req).await;
+    }
     if let Some(sub) = t.sub.as_deref() {
-        if matches!(sub, "attach" | "portforward") {
+        if matches!(sub, "attach") {
             return Err(ApiError::unavailable(format!(
                 "pods/{sub} is served by the node agent, which this cluster does not run yet"
             )));

@@ -148,8 +148,7 @@ pub async fn pod_exec(
     container: Option<&str>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> ApiResult<Response<Body>> {
-    let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    if !header("upgrade").eq_ignore_ascii_case("websocket") {
+    if !upgrade_header(&req).eq_ignore_ascii_case("websocket") {
         return Err(ApiError::bad_request(
             "exec needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported".to_string(),
         ));
@@ -159,17 +158,64 @@ pub async fn pod_exec(
     let addr = agent_address(store, &pod, name).await?;
     // The query as sent (percent-encoded); a URI holds no spaces or line breaks.
     let query = req.uri().query().unwrap_or_default().to_string();
-    let path = format!("/exec/{ns}/{name}/{container}?{query}");
+    upgrade_to_agent(&addr, "GET", &format!("/exec/{ns}/{name}/{container}?{query}"), req).await
+}
+
+/// `pods/<name>/portforward`: kubectl's SPDY/3.1 upgrade (`portforward.k8s.io`) is passed
+/// to the pod's agent. kubectl first tries SPDY tunnelled in a WebSocket; that is refused
+/// with 400, which makes it fall back to plain SPDY.
+pub async fn pod_port_forward(
+    store: &Store,
+    ns: &str,
+    name: &str,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> ApiResult<Response<Body>> {
+    if !upgrade_header(&req).eq_ignore_ascii_case("SPDY/3.1") {
+        return Err(ApiError::bad_request(
+            "port-forward needs an upgrade to SPDY/3.1 (portforward.k8s.io); WebSocket tunnelling is not supported"
+                .to_string(),
+        ));
+    }
+    let pod = get(store, "pods", Some(ns), name).await?;
+    if pod["status"]["phase"] != "Running" {
+        let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+        return Err(ApiError::bad_request(format!("pod {name} is not running (phase {phase})")));
+    }
+    let addr = agent_address(store, &pod, name).await?;
+    upgrade_to_agent(&addr, "POST", &format!("/portForward/{ns}/{name}"), req).await
+}
+
+fn upgrade_header(req: &hyper::Request<hyper::body::Incoming>) -> String {
+    req.headers().get("upgrade").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+/// Headers of an upgrade that go to the agent, and back from it.
+const UPGRADE_REQUEST_HEADERS: [&str; 5] =
+    ["upgrade", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "x-stream-protocol-version"];
+const UPGRADE_RESPONSE_HEADERS: [&str; 5] =
+    ["upgrade", "connection", "sec-websocket-accept", "sec-websocket-protocol", "x-stream-protocol-version"];
+
+/// Sends the client's upgrade request to the agent at `addr`; once the agent switches
+/// protocols, so does the client, and bytes are copied both ways until either side closes.
+async fn upgrade_to_agent(
+    addr: &str,
+    method: &str,
+    path: &str,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> ApiResult<Response<Body>> {
     let unreachable = |e: std::io::Error| ApiError::internal(format!("the node agent at {addr} did not answer: {e}"));
-    let mut conn = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&addr))
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| ApiError::internal(format!("the node agent at {addr} did not answer in 5 s")))?
         .map_err(unreachable)?;
-    let head = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
-        header("sec-websocket-key"),
-        header("sec-websocket-protocol"),
-    );
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n");
+    for h in UPGRADE_REQUEST_HEADERS {
+        // hyper has checked header values: no line breaks can reach the agent.
+        for v in req.headers().get_all(h).iter().filter_map(|v| v.to_str().ok()) {
+            head.push_str(&format!("{h}: {v}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
     conn.write_all(head.as_bytes()).await.map_err(unreachable)?;
     let mut reader = BufReader::new(conn);
     let mut status = String::new();
@@ -197,14 +243,13 @@ pub async fn pod_exec(
     }
     let mut resp = Response::builder().status(101);
     for (k, v) in &headers {
-        if ["upgrade", "connection", "sec-websocket-accept", "sec-websocket-protocol"]
-            .contains(&k.to_lowercase().as_str())
-        {
+        if UPGRADE_RESPONSE_HEADERS.contains(&k.to_lowercase().as_str()) {
             resp = resp.header(k.as_str(), v.as_str());
         }
     }
     let leftover = reader.buffer().to_vec();
     let mut agent = reader.into_inner();
+    let path = path.to_string();
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(up) => {
@@ -214,7 +259,7 @@ pub async fn pod_exec(
                 }
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
             }
-            Err(e) => tracing::warn!("exec upgrade: {e}"),
+            Err(e) => tracing::warn!("upgrading {path}: {e}"),
         }
     });
     Ok(resp.body(http_body_util::Empty::new().map_err(|never| match never {}).boxed()).expect("a valid response"))

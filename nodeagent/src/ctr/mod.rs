@@ -15,10 +15,12 @@ pub mod daemon;
 pub mod dns;
 pub mod exec;
 pub mod image;
+pub mod portforward;
 pub mod probe;
 pub mod proxy;
 pub mod registry;
 pub mod server;
+pub mod spdy;
 pub mod spec;
 mod volumes;
 

@@ -108,9 +108,46 @@ async fn handle(rt: &Containerd, req: Request<hyper::body::Incoming>) -> Respons
             let ex = super::exec::ExecRequest::parse(&q);
             super::exec::upgrade(rt, req, &uid, cid, ex)
         }
+        ["portForward", ns, pod] => {
+            let Some(uid) = rt.pod_uid(&format!("{ns}/{pod}")) else {
+                return text(404, format!("pod \"{pod}\" is not running on this node"));
+            };
+            port_forward(req, format!("{ns}/{pod}"), super::cni::netns_path(&uid))
+        }
         ["healthz"] => text(200, "ok"),
         _ => text(404, format!("no such endpoint: {path}")),
     }
+}
+
+/// Accepts a SPDY/3.1 upgrade for `portforward.k8s.io` and serves the session on it.
+fn port_forward(req: Request<hyper::body::Incoming>, pod: String, netns: String) -> Response<Body> {
+    let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if !header("upgrade").eq_ignore_ascii_case("SPDY/3.1") {
+        return text(400, "port forwarding needs an upgrade to SPDY/3.1");
+    }
+    let offered = header("x-stream-protocol-version");
+    if !offered.split(',').any(|p| p.trim() == super::portforward::PROTOCOL) {
+        return text(403, format!("protocol {offered:?} is not supported; only {}", super::portforward::PROTOCOL));
+    }
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(up) => {
+                let io = hyper_util::rt::TokioIo::new(up);
+                let dial = move |port| super::portforward::dial_in_netns(netns.clone(), port);
+                if let Err(e) = super::portforward::serve(io, pod.clone(), dial).await {
+                    tracing::debug!("port-forward to {pod} ended: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("port-forward upgrade: {e}"),
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", super::portforward::PROTOCOL)
+        .body(Full::new(Bytes::new()).boxed())
+        .expect("a valid response")
 }
 
 /// Byte offset where the last `n` lines of `data` start.
