@@ -33,12 +33,14 @@ build: deps
 # (so the machine's Python packages stay as they are).
 TEST_VENV := $(CURDIR)/target/test-venv
 # Debian's docker-registry for the image pull tests, which start their own on a loopback
-# port: its packaged service (which would listen on :5000) is stopped and disabled.
+# port: its packaged service (which would listen on :5000) is stopped and disabled. And
+# the filesystem of the stand-in nginx image (scripts/nginx-rootfs.sh).
 test-deps: deps
 	@dpkg-query -W -f='$${Status}' docker-registry 2>/dev/null | grep -q "install ok installed" || { \
 	  echo "installing: docker-registry"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null; \
 	  if command -v systemctl >/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi; }
+	@scripts/nginx-rootfs.sh $(CURDIR)/target/test-images/nginx-rootfs
 	@$(TEST_VENV)/bin/python -c 'import kubernetes' 2>/dev/null || { \
 	  python3 -m venv $(TEST_VENV) && $(TEST_VENV)/bin/pip install -q --disable-pip-version-check kubernetes==37.0.2; }
 
@@ -65,7 +67,8 @@ store-down:
 # it separately with `cargo build` would compile much of the tree twice, since the test
 # dependencies (kube, k8s-openapi) unify other features.
 test: deps test-deps
-	SKIFF_PYTHON=$(TEST_VENV)/bin/python $(CARGO) nextest run --workspace --no-fail-fast
+	SKIFF_PYTHON=$(TEST_VENV)/bin/python SKIFF_NGINX_ROOTFS=$(CURDIR)/target/test-images/nginx-rootfs \
+	  $(CARGO) nextest run --workspace --no-fail-fast
 
 # Side-by-side benchmark against etcd 3.4 on this machine; rewrites docs/PERFORMANCE.md.
 # Takes about 10 minutes; QUICK=1 runs a tenth of the requests.

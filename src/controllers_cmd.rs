@@ -105,6 +105,10 @@ pub struct ContainerdArgs {
     /// always are (repeatable). Others are spoken to over HTTPS.
     #[arg(long)]
     insecure_registry: Vec<String>,
+    /// Pull a registry's images from a mirror instead: `HOST=URL`, e.g.
+    /// `docker.io=http://127.0.0.1:5000` (repeatable).
+    #[arg(long)]
+    registry_mirror: Vec<String>,
     /// Longest CrashLoopBackOff delay.
     #[arg(long, default_value = "300s", value_parser = duration::parse)]
     crash_loop_backoff_max: Duration,
@@ -137,6 +141,7 @@ impl ContainerdArgs {
             service_cidr: self.service_cidr.clone(),
             cluster_domain: self.cluster_domain.clone(),
             insecure_registries: self.insecure_registry.clone(),
+            registry_mirrors: self.registry_mirror.clone(),
         }
     }
 
@@ -337,6 +342,24 @@ pub enum ImageCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Write an OCI image tarball whose one layer is a directory tree (the files, modes
+    /// and symlinks under --rootfs, owned by root).
+    Build {
+        /// The tarball to write.
+        out: PathBuf,
+        /// The directory that becomes the image's filesystem.
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// The image's name, e.g. `docker.io/library/nginx:1.25`.
+        #[arg(long)]
+        name: String,
+        /// The image's command, one argument per flag (`--cmd nginx --cmd -g --cmd "daemon off;"`).
+        #[arg(long = "cmd", allow_hyphen_values = true)]
+        cmd: Vec<String>,
+        /// Environment variables `K=V` (default: a standard PATH).
+        #[arg(long)]
+        env: Vec<String>,
+    },
     /// Write a small OCI image tarball built from a static busybox (for tests, demos and
     /// benchmarks without a registry): busybox and its applets, /etc/passwd, /www.
     BuildBusybox {
@@ -362,6 +385,14 @@ pub async fn image(c: ImageCommand) -> anyhow::Result<()> {
                     println!("{n}");
                 }
             }
+            Ok(())
+        }
+        ImageCommand::Build { out, rootfs, name, cmd, env } => {
+            if cmd.is_empty() {
+                anyhow::bail!("--cmd: the image needs a command");
+            }
+            skiff_nodeagent::ctr::image::build_from_dir(&rootfs, &name, &cmd, &env, &out)?;
+            println!("{}: {}", out.display(), skiff_nodeagent::ctr::image::normalize(&name));
             Ok(())
         }
         ImageCommand::BuildBusybox { out, name, busybox } => {

@@ -48,6 +48,11 @@ impl Drop for Node {
 impl Node {
     /// `net` picks the test's bridge (`sktest<net>`) and subnet (`10.<200+net>.0.0/24`).
     fn start(net: u8) -> Node {
+        Node::start_with(net, &[])
+    }
+
+    /// With extra agent flags (of the containerd runtime, so reset-node takes them too).
+    fn start_with(net: u8, extra: &[String]) -> Node {
         let plane = Plane::control_plane();
         let root = plane.api.dir.path().join("agent");
         let flags: Vec<String> = [
@@ -62,6 +67,7 @@ impl Node {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
         .collect();
         let image = plane.api.dir.path().join("busybox.tar");
         let built = Command::new(skiff_bin())
@@ -489,6 +495,33 @@ spec:
     env: [{name: X, valueFrom: {secretKeyRef: {name: absent, key: k}}}]
 "#;
 
+const HOOKS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hooked}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: skiff.local/busybox:test
+    command: [sleep, "3600"]
+    lifecycle:
+      postStart: {exec: {command: [sh, -c, "echo set by postStart > /tmp/hook"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hook-fails}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: skiff.local/busybox:test
+    command: [sleep, "3600"]
+    lifecycle:
+      postStart: {exec: {command: [sh, -c, "exit 7"]}}
+"#;
+
 fn terminated(pod: &Value) -> &Value {
     &container(pod, "main")["state"]["terminated"]
 }
@@ -520,6 +553,15 @@ fn containers_exit_crash_and_are_oom_killed_as_kubernetes_reports() {
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 1, "{c}");
     assert!(c["state"]["waiting"]["message"].as_str().unwrap().contains("back-off"), "{c}");
     assert_eq!(n.plane.k(&["logs", "crashes", "--previous"]), "crash\n");
+
+    // postStart hooks run in the new container before it counts as started; a failing
+    // one gets the container killed, reported as PostStartHookError.
+    n.apply(HOOKS);
+    n.wait_pod("hooked", "Running", running);
+    assert_eq!(n.plane.k(&["exec", "hooked", "--", "cat", "/tmp/hook"]), "set by postStart\n");
+    let p = n.wait_pod("hook-fails", "Failed", |p| p["status"]["phase"] == "Failed");
+    let msg = terminated(&p)["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.starts_with("PostStartHookError"), "{}", p["status"]);
 
     // Init containers run in order before the main one; a failed one fails the pod.
     n.wait_pod("initialized", "Succeeded", |p| p["status"]["phase"] == "Succeeded");
@@ -800,4 +842,81 @@ fn images_are_pulled_from_a_registry_as_the_pull_policy_says() {
     });
     let message = container(&p, "c")["state"]["waiting"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("is not present with pull policy of Never"), "{message}");
+}
+
+/// The course's nginx Deployment, Secret and Service from examples/, unmodified: the
+/// node pulls `nginx:1.25` through a registry mirror (Docker Hub is not reachable from
+/// here) holding a stand-in built from Debian's nginx (scripts/nginx-rootfs.sh), and
+/// three real nginx processes serve behind the Service.
+#[test]
+fn the_courses_nginx_deployment_runs_as_real_containers() {
+    let rootfs = std::env::var("SKIFF_NGINX_ROOTFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-images/nginx-rootfs"));
+    assert!(
+        rootfs.join("usr/sbin/nginx").exists(),
+        "{} is missing: run `make test-deps` (scripts/nginx-rootfs.sh)",
+        rootfs.display()
+    );
+    let reg_dir = tempfile::tempdir().unwrap();
+    let reg = LocalRegistry::start(reg_dir.path());
+    let mirror = format!("docker.io=http://127.0.0.1:{}", reg.port);
+    let n = Node::start_with(6, &["--registry-mirror".into(), mirror]);
+
+    // Build the image and push it to the registry from a containerd namespace the agent
+    // does not use, so the node has to pull it.
+    let tar = reg_dir.path().join("nginx.tar");
+    let remote = format!("127.0.0.1:{}/library/nginx:1.25", reg.port);
+    let o = Command::new(skiff_bin())
+        .args(["image", "build", "--rootfs"])
+        .arg(&rootfs)
+        .args(["--name", &remote, "--cmd", "nginx", "--cmd", "-g", "--cmd", "daemon off;"])
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skiff image build: {}", text(&o));
+    let socket = n.root.join("containerd/state/containerd.sock");
+    let o = Command::new(skiff_bin())
+        .args(["image", "import", "--containerd-namespace", "push", "--containerd-socket"])
+        .arg(&socket)
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skiff image import: {}", text(&o));
+    let o = Command::new("ctr")
+        .arg("-a")
+        .arg(&socket)
+        .args(["-n", "push", "images", "push", "--plain-http", &remote])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ctr push: {}", text(&o));
+
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for f in ["nginx-secret.yaml", "nginx-deployment.yaml", "nginx-service.yaml"] {
+        let path = examples.join(f).display().to_string();
+        let o = n.plane.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", &["apply", "-f", &path], None);
+        assert!(o.status.success(), "kubectl apply -f {f}: {}", text(&o));
+    }
+    n.plane.wait_for("3 nginx replicas available", Duration::from_secs(90), |p| {
+        p.json(&["get", "deployment", "nginx"])["status"]["availableReplicas"] == 3
+    });
+    let pods = n.plane.json(&["get", "pods", "-l", "app=nginx"]);
+    for p in pods["items"].as_array().unwrap() {
+        let c = container(p, "nginx");
+        assert!(c["image"].as_str().unwrap_or_default().contains("nginx:1.25"), "{c}");
+        assert!(c["imageID"].as_str().unwrap_or_default().starts_with("docker.io/library/nginx@sha256:"), "{c}");
+    }
+    let ip = n.plane.json(&["get", "service", "nginx"])["spec"]["clusterIP"].as_str().unwrap().to_string();
+    n.plane.wait_for("nginx to answer on the Service", Duration::from_secs(30), |_| {
+        http_get(&ip, 80, "/").is_some_and(|b| b.contains("Welcome to nginx!"))
+    });
+    // Each request is in some replica's access log, which kubectl logs shows.
+    n.plane.wait_for("the access log", Duration::from_secs(30), |p| {
+        let _ = http_get(&ip, 80, "/from-the-test");
+        let items = p.json(&["get", "pods", "-l", "app=nginx"]);
+        items["items"].as_array().unwrap().iter().any(|pod| {
+            let name = pod["metadata"]["name"].as_str().unwrap();
+            p.k(&["logs", name]).contains("GET /from-the-test HTTP/1.0")
+        })
+    });
 }

@@ -132,6 +132,7 @@ fn k8s_state(state: &State, id: &str, message: Option<&str>) -> K8sState {
                 started_at: Some(Time(seconds(*started))),
                 finished_at: Some(Time(seconds(*finished))),
                 container_id: Some(id.to_string()),
+                message: message.map(String::from),
                 ..Default::default()
             }),
             ..Default::default()

@@ -558,16 +558,6 @@ pub fn build_busybox(busybox: &Path, name: &str, out: &Path) -> anyhow::Result<(
     let list = std::process::Command::new(busybox).arg("--list").output().context("listing busybox applets")?;
     let applets: Vec<String> =
         String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox").map(String::from).collect();
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_577_836_800);
-        h
-    };
     let mut layer = tar::Builder::new(Vec::new());
     for dir in ["bin/", "etc/", "tmp/", "www/", "var/", "root/"] {
         let mode = if dir == "tmp/" { 0o1777 } else { 0o755 };
@@ -587,10 +577,28 @@ pub fn build_busybox(busybox: &Path, name: &str, out: &Path) -> anyhow::Result<(
         layer.append_data(&mut header(tar::EntryType::Regular, 0o644, data.len() as u64), path, data)?;
     }
     let layer = layer.into_inner()?;
+    write_image(out, name, layer, json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"}))
+}
+
+/// A tar header owned by root with a fixed time, so equal trees give equal layers.
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_577_836_800);
+    h
+}
+
+/// Writes an OCI-layout tarball of a one-layer image named `name` (importable with
+/// `skiff image import`); `config` is the image config's `config` section.
+fn write_image(out: &Path, name: &str, layer: Vec<u8>, config: Value) -> anyhow::Result<()> {
     let layer_digest = sha256(&layer);
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     }))?;
     let manifest = serde_json::to_vec(&json!({
@@ -618,6 +626,51 @@ pub fn build_busybox(busybox: &Path, name: &str, out: &Path) -> anyhow::Result<(
     }
     tar.finish()?;
     Ok(())
+}
+
+/// Writes an image whose one layer is the directory tree `rootfs` (files, directories
+/// and symlinks with their modes, owned by root), running `cmd` with `env`.
+pub fn build_from_dir(rootfs: &Path, name: &str, cmd: &[String], env: &[String], out: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !rootfs.is_dir() {
+        bail!("{} is not a directory", rootfs.display());
+    }
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut stack = vec![rootfs.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let rel = path.strip_prefix(rootfs).expect("under the root").to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&path)?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path)?;
+                layer.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), &rel, &target)?;
+            } else if meta.is_dir() {
+                layer.append_data(
+                    &mut header(tar::EntryType::Directory, mode, 0),
+                    format!("{rel}/"),
+                    std::io::empty(),
+                )?;
+                stack.push(path);
+            } else if meta.is_file() {
+                let data = std::fs::read(&path)?;
+                layer.append_data(&mut header(tar::EntryType::Regular, mode, data.len() as u64), &rel, &data[..])?;
+            }
+        }
+    }
+    let layer = layer.into_inner()?;
+    let env = if env.is_empty() {
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()]
+    } else {
+        env.to_vec()
+    };
+    write_image(out, name, layer, json!({"Env": env, "Cmd": cmd, "WorkingDir": "/"}))
 }
 
 #[cfg(test)]

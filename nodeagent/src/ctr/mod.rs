@@ -172,6 +172,8 @@ pub struct Settings {
     pub cluster_domain: String,
     /// Registries (`host[:port]`) pulled from over plain HTTP besides localhost.
     pub insecure_registries: Vec<String>,
+    /// `host=URL`: pull that registry's images from the URL instead.
+    pub registry_mirrors: Vec<String>,
 }
 
 impl Settings {
@@ -286,6 +288,7 @@ impl Containerd {
             tracing::info!("imported {} from {}", names.join(", "), archive.display());
         }
         let s_insecure = s.insecure_registries.clone();
+        let s_mirrors = s.registry_mirrors.clone();
         let inner = Inner {
             conn,
             client,
@@ -295,7 +298,7 @@ impl Containerd {
             daemon: tokio::sync::Mutex::new(daemon),
             version,
             changes: Arc::new(tokio::sync::Notify::new()),
-            registry: registry::Registry::new(s_insecure)?,
+            registry: registry::Registry::new(s_insecure, &s_mirrors)?,
             pulling: tokio::sync::Mutex::new(()),
         };
         let rt = Containerd { inner: Arc::new(inner) };
@@ -507,6 +510,7 @@ impl Containerd {
                 break;
             }
             // Adopt a task an earlier agent started, or start a new one.
+            let adopting = adopt;
             let running = if adopt {
                 adopt = false;
                 let got =
@@ -574,6 +578,16 @@ impl Containerd {
                     conn.tasks().wait(conn.req(WaitRequest { container_id: cid, exec_id: String::new() })).await
                 })
             };
+            // A new run's postStart hook runs before its probes; if it fails, the container
+            // is killed and goes through the restart policy, as with the kubelet.
+            let mut hook_failed = None;
+            if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()).filter(|_| !adopting) {
+                let mut stopped = stop.clone();
+                tokio::select! {
+                    r = probe::hook(&conn, &cid, &c, h, &ip) => hook_failed = r.err(),
+                    _ = async { let _ = stopped.wait_for(|s| s.is_some()).await; } => {}
+                }
+            }
             // Probes run for as long as this run of the container does.
             let (events, mut probe_events) = tokio::sync::mpsc::channel(4);
             let (probes_done, probes_stop) = watch::channel(false);
@@ -583,20 +597,25 @@ impl Containerd {
                 pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0) as u64,
             );
             let mut stopped = stop.clone();
-            let exited = loop {
-                tokio::select! {
-                    r = &mut waiter => break r.ok().and_then(|r| r.ok()).map(|r| r.into_inner().exit_status),
-                    _ = async { let _ = stopped.wait_for(|s| s.is_some()).await; } => {
-                        let grace = (*stop.borrow()).unwrap_or_default();
-                        break stop_task(&conn, &cid, &c, &ip, &mut waiter, grace).await;
-                    }
-                    Some(ev) = probe_events.recv() => match ev {
-                        probe::Event::Ready(ready) => self.set(&uid, i, |r| r.status.ready = ready),
-                        probe::Event::Kill(why) => {
-                            tracing::info!("{}: container {} {why}, will be restarted", pod_name(&pod), c.name);
-                            break stop_task(&conn, &cid, &c, &ip, &mut waiter, pod_grace).await;
+            let exited = if let Some(e) = &hook_failed {
+                tracing::info!("{}: postStart hook of container {} failed: {e}; killing it", pod_name(&pod), c.name);
+                stop_task(&conn, &cid, &c, &ip, &mut waiter, pod_grace).await
+            } else {
+                loop {
+                    tokio::select! {
+                        r = &mut waiter => break r.ok().and_then(|r| r.ok()).map(|r| r.into_inner().exit_status),
+                        _ = async { let _ = stopped.wait_for(|s| s.is_some()).await; } => {
+                            let grace = (*stop.borrow()).unwrap_or_default();
+                            break stop_task(&conn, &cid, &c, &ip, &mut waiter, grace).await;
                         }
-                    },
+                        Some(ev) = probe_events.recv() => match ev {
+                            probe::Event::Ready(ready) => self.set(&uid, i, |r| r.status.ready = ready),
+                            probe::Event::Kill(why) => {
+                                tracing::info!("{}: container {} {why}, will be restarted", pod_name(&pod), c.name);
+                                break stop_task(&conn, &cid, &c, &ip, &mut waiter, pod_grace).await;
+                            }
+                        },
+                    }
                 }
             };
             let _ = probes_done.send(true);
@@ -614,10 +633,11 @@ impl Containerd {
             };
             let finished = Timestamp::now();
             let term = State::Terminated { exit_code: code, reason: reason.into(), started: since, finished };
+            let message = hook_failed.map(|e| format!("PostStartHookError: {e}"));
             self.set(&uid, i, |r| {
                 r.status.state = term.clone();
                 r.status.ready = false;
-                r.status.message = None;
+                r.status.message = message.clone();
             });
             let stopping = stop.borrow().is_some();
             let restart = match policy.as_str() {

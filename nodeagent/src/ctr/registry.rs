@@ -46,6 +46,8 @@ pub struct Registry {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     /// `host[:port]` spoken to over plain HTTP, besides localhost and 127.0.0.1.
     insecure: Vec<String>,
+    /// Registry host -> base URL (`http://127.0.0.1:5000`) pulled from instead.
+    mirrors: HashMap<String, String>,
 }
 
 /// An image name split the way the distribution API addresses it.
@@ -94,7 +96,19 @@ struct Session<'a> {
 }
 
 impl Registry {
-    pub fn new(insecure: Vec<String>) -> anyhow::Result<Registry> {
+    /// `mirrors` are `host=URL` (`docker.io=http://127.0.0.1:5000`): images of that host
+    /// are pulled from the URL instead, as containerd's registry mirrors do.
+    pub fn new(insecure: Vec<String>, mirrors: &[String]) -> anyhow::Result<Registry> {
+        let mut mirror_map = HashMap::new();
+        for m in mirrors {
+            let (host, url) = m.split_once('=').with_context(|| format!("registry mirror {m:?} is not HOST=URL"))?;
+            let url = url.trim_end_matches('/');
+            let parsed: Uri = url.parse().with_context(|| format!("registry mirror {m:?}: bad URL"))?;
+            if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
+                bail!("registry mirror {m:?}: the URL must be http://HOST[:PORT] or https://HOST[:PORT]");
+            }
+            mirror_map.insert(host.to_string(), url.to_string());
+        }
         let tls = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
             .or_else(|_| {
@@ -110,7 +124,7 @@ impl Registry {
             .https_or_http()
             .enable_http1()
             .build();
-        Ok(Registry { client: Client::builder(TokioExecutor::new()).build(tls), insecure })
+        Ok(Registry { client: Client::builder(TokioExecutor::new()).build(tls), insecure, mirrors: mirror_map })
     }
 
     fn plain_http(&self, host: &str) -> bool {
@@ -123,9 +137,14 @@ impl Registry {
         if target.host == LOCAL_ONLY {
             bail!("{LOCAL_ONLY} images are not pulled: import them with `skiff image import`");
         }
-        let api_host = if target.host == "docker.io" { "registry-1.docker.io" } else { &target.host };
-        let scheme = if self.plain_http(&target.host) { "http" } else { "https" };
-        let base = format!("{scheme}://{api_host}/v2/{}", target.repo);
+        let base = match self.mirrors.get(&target.host) {
+            Some(url) => format!("{url}/v2/{}", target.repo),
+            None => {
+                let api_host = if target.host == "docker.io" { "registry-1.docker.io" } else { &target.host };
+                let scheme = if self.plain_http(&target.host) { "http" } else { "https" };
+                format!("{scheme}://{api_host}/v2/{}", target.repo)
+            }
+        };
         Ok(Session { registry: self, target, base, token: None })
     }
 
@@ -378,7 +397,13 @@ mod tests {
 
     #[tokio::test]
     async fn local_only_and_plain_http_hosts_are_told_apart() {
-        let r = Registry::new(vec!["registry.lan:5000".into()]).unwrap();
+        let r = Registry::new(vec!["registry.lan:5000".into()], &["docker.io=http://127.0.0.1:5000/".into()]).unwrap();
+        let s = r.session("docker.io/library/nginx:1.25").unwrap();
+        assert_eq!(s.base, "http://127.0.0.1:5000/v2/library/nginx", "a mirror replaces the registry");
+        let s = r.session("quay.io/x/y:1").unwrap();
+        assert_eq!(s.base, "https://quay.io/v2/x/y");
+        assert!(Registry::new(vec![], &["docker.io".into()]).is_err());
+        assert!(Registry::new(vec![], &["docker.io=ftp://x".into()]).is_err());
         assert!(r.plain_http("127.0.0.1:5000") && r.plain_http("localhost") && r.plain_http("registry.lan:5000"));
         assert!(!r.plain_http("docker.io") && !r.plain_http("registry.lan"));
         let err = r.session("skiff.local/busybox:latest").err().unwrap().to_string();
