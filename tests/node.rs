@@ -305,6 +305,16 @@ fn a_pod_runs_as_real_containers_on_its_own_network() {
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "PIPED THROUGH\n", "{}", text(&o));
 
+    // exec -it from a terminal (util-linux `script` makes one): the process gets a tty.
+    let cmd = format!(
+        "/usr/lib/google-cloud-sdk/bin/kubectl.1.32 --kubeconfig {} exec -it web -c writer -- sh -c 'tty; echo done'",
+        n.plane.api.kubeconfig().display()
+    );
+    let o =
+        Command::new("script").args(["-qec", &cmd, "/dev/null"]).stdin(std::process::Stdio::null()).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("/dev/pts/") && out.contains("done"), "{}", text(&o));
+
     // Port forwarding through the API server (SPDY/3.1, portforward.k8s.io) to the pod's
     // own localhost: connections in turn, then a port nothing listens on.
     let local = free_port();
@@ -498,6 +508,16 @@ spec:
 const HOOKS: &str = r#"
 apiVersion: v1
 kind: Pod
+metadata: {name: ticker}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: skiff.local/busybox:test
+    command: [sh, -c, "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"]
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: hooked}
 spec:
   terminationGracePeriodSeconds: 1
@@ -554,9 +574,27 @@ fn containers_exit_crash_and_are_oom_killed_as_kubernetes_reports() {
     assert!(c["state"]["waiting"]["message"].as_str().unwrap().contains("back-off"), "{c}");
     assert_eq!(n.plane.k(&["logs", "crashes", "--previous"]), "crash\n");
 
+    // kubectl attach streams what the container writes from now on, not before.
+    n.apply(HOOKS);
+    n.wait_pod("ticker", "Running", running);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut att = Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
+        .arg("--kubeconfig")
+        .arg(n.plane.api.kubeconfig())
+        .args(["attach", "ticker"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = att.kill();
+    let o = att.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(seen.contains("tick "), "attach shows new output: {seen:?}");
+    assert!(!seen.lines().any(|l| l == "tick 1"), "and not what came before it: {seen:?}");
+
     // postStart hooks run in the new container before it counts as started; a failing
     // one gets the container killed, reported as PostStartHookError.
-    n.apply(HOOKS);
     n.wait_pod("hooked", "Running", running);
     assert_eq!(n.plane.k(&["exec", "hooked", "--", "cat", "/tmp/hook"]), "set by postStart\n");
     let p = n.wait_pod("hook-fails", "Failed", |p| p["status"]["phase"] == "Failed");

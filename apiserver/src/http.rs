@@ -297,19 +297,15 @@ async fn resource(
     {
         return crate::nodeproxy::pod_log(&app.store, ns, name, q.get("container"), &q.0).await;
     }
-    if let (Some("exec"), Some(name), Some(ns)) = (t.sub.as_deref(), t.name.as_deref(), t.namespace.as_deref()) {
+    if let (Some(sub @ ("exec" | "attach")), Some(name), Some(ns)) =
+        (t.sub.as_deref(), t.name.as_deref(), t.namespace.as_deref())
+    {
         let container = q.get("container").map(String::from);
-        return crate::nodeproxy::pod_exec(&app.store, ns, name, container.as_deref(), req).await;
+        let attach = sub == "attach";
+        return crate::nodeproxy::pod_exec(&app.store, ns, name, container.as_deref(), attach, req).await;
     }
     if let (Some("portforward"), Some(name), Some(ns)) = (t.sub.as_deref(), t.name.as_deref(), t.namespace.as_deref()) {
         return crate::nodeproxy::pod_port_forward(&app.store, ns, name, req).await;
-    }
-    if let Some(sub) = t.sub.as_deref() {
-        if matches!(sub, "attach") {
-            return Err(ApiError::unavailable(format!(
-                "pods/{sub} is served by the node agent, which this cluster does not run yet"
-            )));
-        }
     }
     let warnings = Mutex::new(Vec::new());
     let h = Handler {

@@ -141,24 +141,27 @@ fn tokio_util_stream<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
 /// `pods/<name>/exec`: the client's WebSocket upgrade is passed to the agent of the pod's
 /// node, and once the agent accepts it, bytes are copied both ways until either side
 /// closes (the agent speaks the channel protocol; see nodeagent's `ctr::exec`).
+/// `pods/<name>/attach` goes the same way to the agent's `/attach/...`.
 pub async fn pod_exec(
     store: &Store,
     ns: &str,
     name: &str,
     container: Option<&str>,
+    attach: bool,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> ApiResult<Response<Body>> {
+    let what = if attach { "attach" } else { "exec" };
     if !upgrade_header(&req).eq_ignore_ascii_case("websocket") {
-        return Err(ApiError::bad_request(
-            "exec needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported".to_string(),
-        ));
+        return Err(ApiError::bad_request(format!(
+            "{what} needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported"
+        )));
     }
     let pod = get(store, "pods", Some(ns), name).await?;
     let container = pick_container(&pod, name, container)?;
     let addr = agent_address(store, &pod, name).await?;
     // The query as sent (percent-encoded); a URI holds no spaces or line breaks.
     let query = req.uri().query().unwrap_or_default().to_string();
-    upgrade_to_agent(&addr, "GET", &format!("/exec/{ns}/{name}/{container}?{query}"), req).await
+    upgrade_to_agent(&addr, "GET", &format!("/{what}/{ns}/{name}/{container}?{query}"), req).await
 }
 
 /// `pods/<name>/portforward`: kubectl's SPDY/3.1 upgrade (`portforward.k8s.io`) is passed

@@ -53,6 +53,37 @@ impl ExecRequest {
     }
 }
 
+/// The WebSocket handshake of the channel protocol: (Sec-WebSocket-Accept, protocol),
+/// or the error response.
+fn handshake(req: &Request<hyper::body::Incoming>, what: &str) -> Result<(String, &'static str), Response<Body>> {
+    let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if !header("upgrade").eq_ignore_ascii_case("websocket") {
+        return Err(text(400, format!("{what} needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io)")));
+    }
+    let offered = header("sec-websocket-protocol");
+    let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
+    let Some(proto) = ["v5.channel.k8s.io", "v4.channel.k8s.io"].into_iter().find(|p| offered.contains(p)) else {
+        return Err(text(
+            400,
+            format!("none of the offered protocols {offered:?} is supported; use v5.channel.k8s.io"),
+        ));
+    };
+    let key = header("sec-websocket-key");
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, format!("{key}{GUID}").as_bytes());
+    Ok((base64::engine::general_purpose::STANDARD.encode(digest.as_ref()), proto))
+}
+
+fn switching(accept: String, proto: &str) -> Response<Body> {
+    Response::builder()
+        .status(101)
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Accept", accept)
+        .header("Sec-WebSocket-Protocol", proto)
+        .body(Full::new(Bytes::new()).boxed())
+        .expect("a valid response")
+}
+
 /// Answers the upgrade request and runs the session on the upgraded connection.
 pub fn upgrade(
     rt: &Containerd,
@@ -61,21 +92,13 @@ pub fn upgrade(
     cid: String,
     ex: ExecRequest,
 ) -> Response<Body> {
-    let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    if !header("upgrade").eq_ignore_ascii_case("websocket") {
-        return text(400, "exec needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io)");
-    }
-    let offered = header("sec-websocket-protocol");
-    let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
-    let Some(proto) = ["v5.channel.k8s.io", "v4.channel.k8s.io"].into_iter().find(|p| offered.contains(p)) else {
-        return text(400, format!("none of the offered protocols {offered:?} is supported; use v5.channel.k8s.io"));
+    let (accept, proto) = match handshake(&req, "exec") {
+        Ok(h) => h,
+        Err(resp) => return resp,
     };
     if ex.command.is_empty() {
         return text(400, "you must specify at least 1 command");
     }
-    let key = header("sec-websocket-key");
-    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, format!("{key}{GUID}").as_bytes());
-    let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
     let v5 = proto.starts_with("v5");
     let conn = rt.inner.conn.clone();
     let dir = rt.pod_dir(uid).join("exec");
@@ -90,14 +113,89 @@ pub fn upgrade(
             Err(e) => tracing::warn!("exec upgrade: {e}"),
         }
     });
-    Response::builder()
-        .status(101)
-        .header("Upgrade", "websocket")
-        .header("Connection", "Upgrade")
-        .header("Sec-WebSocket-Accept", accept)
-        .header("Sec-WebSocket-Protocol", proto)
-        .body(Full::new(Bytes::new()).boxed())
-        .expect("a valid response")
+    switching(accept, proto)
+}
+
+/// `kubectl attach`: what the container's main process writes from now on (stdout and
+/// stderr, which share one log file), until it exits or the client leaves. Containers
+/// run without a stdin, so the client's input is ignored.
+pub fn attach(
+    rt: &Containerd,
+    req: Request<hyper::body::Incoming>,
+    uid: String,
+    container: String,
+    log: PathBuf,
+) -> Response<Body> {
+    let (accept, proto) = match handshake(&req, "attach") {
+        Ok(h) => h,
+        Err(resp) => return resp,
+    };
+    let rt = rt.clone();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(up) => {
+                let io = hyper_util::rt::TokioIo::new(up);
+                if let Err(e) = attach_session(io, &rt, &uid, &container, &log).await {
+                    tracing::debug!("attach to {container}: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("attach upgrade: {e}"),
+        }
+    });
+    switching(accept, proto)
+}
+
+async fn attach_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: IO,
+    rt: &Containerd,
+    uid: &str,
+    container: &str,
+    log: &Path,
+) -> std::io::Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut offset = tokio::fs::metadata(log).await.map(|m| m.len()).unwrap_or(0);
+    let (tx, mut from_client) = mpsc::channel::<Frame>(16);
+    let reader = tokio::spawn(async move {
+        while let Ok(f) = read_frame(&mut rd).await {
+            let close = matches!(f, Frame::Close);
+            if tx.send(f).await.is_err() || close {
+                break;
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let ended = rt.log_file(uid, container, false).as_deref() != Some(log) || !rt.is_running(uid, container);
+                let mut f = tokio::fs::File::open(log).await?;
+                tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(offset)).await?;
+                let mut more = Vec::new();
+                f.read_to_end(&mut more).await?;
+                offset += more.len() as u64;
+                for chunk in more.chunks(32 << 10) {
+                    send(&mut wr, 1, chunk).await?;
+                }
+                if ended {
+                    break;
+                }
+            }
+            f = from_client.recv() => match f {
+                Some(Frame::Ping(p)) => write_frame(&mut wr, 0xA, &p).await?,
+                Some(Frame::Close) | None => {
+                    reader.abort();
+                    return Ok(());
+                }
+                Some(Frame::Binary(_)) => {}
+            },
+        }
+    }
+    let mut msg = vec![3u8];
+    msg.extend_from_slice(&serde_json::to_vec(&exit_status(0))?);
+    let _ = write_frame(&mut wr, 2, &msg).await;
+    let _ = write_frame(&mut wr, 8, &1000u16.to_be_bytes()).await;
+    reader.abort();
+    Ok(())
 }
 
 /// One WebSocket message from the client.

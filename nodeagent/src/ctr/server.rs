@@ -108,6 +108,16 @@ async fn handle(rt: &Containerd, req: Request<hyper::body::Incoming>) -> Respons
             let ex = super::exec::ExecRequest::parse(&q);
             super::exec::upgrade(rt, req, &uid, cid, ex)
         }
+        ["attach", ns, pod, container] => {
+            let Some(uid) = rt.pod_uid(&format!("{ns}/{pod}")) else {
+                return text(404, format!("pod \"{pod}\" is not running on this node"));
+            };
+            let log = rt.log_file(&uid, container, false).filter(|_| rt.is_running(&uid, container));
+            let Some(log) = log else {
+                return text(400, format!("container {container} is not valid for pod {pod} or not running"));
+            };
+            super::exec::attach(rt, req, uid, container.to_string(), log)
+        }
         ["portForward", ns, pod] => {
             let Some(uid) = rt.pod_uid(&format!("{ns}/{pod}")) else {
                 return text(404, format!("pod \"{pod}\" is not running on this node"));
