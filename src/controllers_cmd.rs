@@ -251,7 +251,7 @@ pub(crate) fn host_name() -> String {
 }
 
 /// The source address of the default route (what the node is reached at), from /proc.
-pub(crate) fn default_route_ip() -> Option<String> {
+fn default_route_ip() -> Option<String> {
     let routes = std::fs::read_to_string("/proc/net/route").ok()?;
     let dev = routes.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();

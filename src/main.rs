@@ -139,6 +139,10 @@ struct StoreArgs {
     /// until it is disarmed (0 = 2 GiB, negative = no quota).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     quota_backend_bytes: i64,
+    /// URLs to serve Prometheus `/metrics` and `/health` on (plain HTTP), e.g.
+    /// `http://127.0.0.1:2381`. Default: none.
+    #[arg(long, value_delimiter = ',')]
+    listen_metrics_urls: Vec<String>,
 }
 
 impl StoreArgs {
@@ -175,6 +179,7 @@ impl StoreArgs {
             snapshot_count: self.snapshot_count.max(1),
             watch_progress_notify_interval: Duration::from_secs(self.watch_progress_notify_interval),
             quota_backend_bytes: self.quota_backend_bytes,
+            listen_metrics_urls: self.listen_metrics_urls,
         })
     }
 }

@@ -48,8 +48,9 @@ pub struct UpArgs {
     #[arg(long)]
     node_name: Option<String>,
     /// The node's address (its InternalIP, where the API server reaches the agent for
-    /// logs and exec). Default: the address of the default route's interface, else 127.0.0.1.
-    #[arg(long)]
+    /// logs, exec and port-forward; NodePorts answer on it). The agent's port has no
+    /// authentication yet, so the default keeps it on loopback.
+    #[arg(long, default_value = "127.0.0.1")]
     node_ip: Option<String>,
     /// The agent's port on the node address (the kubelet's port).
     #[arg(long, default_value_t = 10250)]
@@ -80,6 +81,12 @@ pub struct DownArgs {
 
 /// What `skiff up` was started with, so `skiff down` undoes exactly that.
 const ARGS_FILE: &str = "up.args";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    cwd: PathBuf,
+    argv: Vec<String>,
+}
 const PID_FILE: &str = "skiff.pid";
 const LOG_FILE: &str = "skiff.log";
 
@@ -137,10 +144,14 @@ fn containerd_unavailable(a: &UpArgs) -> Option<String> {
     None
 }
 
-/// The pid in the pid file, if that process still runs (a zombie does not count).
+/// The pid in the pid file, if that process still runs and is a `skiff up --foreground`
+/// (a zombie does not count, nor a process that got the pid after a reboot).
 fn running_pid(dir: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
-    alive(pid).then_some(pid)
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let ours = args.contains(&&b"up"[..]) && args.contains(&&b"--foreground"[..]);
+    (ours && alive(pid)).then_some(pid)
 }
 
 fn alive(pid: i32) -> bool {
@@ -171,6 +182,10 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&a.data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", a.data_dir.display()))?;
+    // How this cluster was started, for `skiff down` (with the directory relative paths
+    // in it are relative to).
+    let saved = Saved { cwd: std::env::current_dir()?, argv: std::env::args().skip(1).collect() };
+    std::fs::write(a.data_dir.join(ARGS_FILE), serde_json::to_vec(&saved)?)?;
     if a.foreground {
         return run(a).await;
     }
@@ -182,7 +197,6 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
 /// to the data directory, and remembers how it was started for `skiff down`.
 fn start_background(a: &UpArgs) -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    std::fs::write(a.data_dir.join(ARGS_FILE), serde_json::to_vec(&argv)?)?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(a.data_dir.join(LOG_FILE))?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(&argv).arg("--foreground").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
@@ -230,7 +244,9 @@ async fn wait_ready(a: &UpArgs) -> anyhow::Result<()> {
                 return Err("the cluster stopped while starting");
             }
             if start.elapsed() > a.timeout {
-                return Err("the cluster did not get ready in time (see --timeout)");
+                return Err(
+                    "the cluster did not get ready in time (see --timeout); it still runs: `skiff down` stops it",
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -344,7 +360,13 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
     tasks.spawn(async move { ("apiserver", crate::apiserver_cmd::run(api).await) });
     let kubeconfig = dir.join("apiserver/admin.kubeconfig");
     wait_for("the API server", || async {
-        kubeconfig.exists() && skiff_controllers::client::from_kubeconfig(&kubeconfig).await.is_ok()
+        if !kubeconfig.exists() {
+            return false;
+        }
+        match skiff_controllers::client::from_kubeconfig(&kubeconfig).await {
+            Ok(c) => c.apiserver_version().await.is_ok(),
+            Err(_) => false,
+        }
     })
     .await?;
     let kc = kubeconfig.display().to_string();
@@ -365,7 +387,7 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
             parse("agent", agent_argv)?
         }
         RuntimeKind::Containerd => {
-            let ip = a.node_ip.clone().or_else(controllers_cmd::default_route_ip).unwrap_or_else(|| s("127.0.0.1"));
+            let ip = a.node_ip.clone().unwrap_or_else(|| s("127.0.0.1"));
             agent_argv.extend([s("--runtime"), s("containerd"), s("--node-ip"), ip]);
             agent_argv.extend([s("--port"), a.node_port.to_string()]);
             parse("agent", agent_argv)?
@@ -464,12 +486,15 @@ pub async fn down(d: DownArgs) -> anyhow::Result<()> {
     if !dir.exists() {
         anyhow::bail!("no cluster in {} (the directory does not exist)", dir.display());
     }
-    let argv: Option<Vec<String>> =
-        std::fs::read(dir.join(ARGS_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    let Some(argv) = argv else {
+    let dir = &std::fs::canonicalize(dir)?;
+    let saved: Option<Saved> = std::fs::read(dir.join(ARGS_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(saved) = saved else {
         anyhow::bail!("{} holds no cluster started by `skiff up` (no {ARGS_FILE})", dir.display());
     };
-    let parsed = crate::Cli::try_parse_from(std::iter::once("skiff".to_string()).chain(argv))
+    // Relative paths among the flags mean what they meant to `skiff up`.
+    std::env::set_current_dir(&saved.cwd)
+        .map_err(|e| anyhow::anyhow!("`skiff up` ran in {}, which is gone: {e}", saved.cwd.display()))?;
+    let parsed = crate::Cli::try_parse_from(std::iter::once("skiff".to_string()).chain(saved.argv))
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", dir.join(ARGS_FILE).display()))?;
     let crate::Command::Up(a) = parsed.command else {
         anyhow::bail!("{} does not hold a `skiff up` command line", dir.join(ARGS_FILE).display());

@@ -955,3 +955,52 @@ fn a_list_larger_than_one_store_message_is_served_whole() {
     assert_eq!(names.iter().filter(|n| n.starts_with("cm-")).count(), 1200);
     assert!(names.windows(2).all(|w| w[0] < w[1]), "in key order");
 }
+
+/// `/metrics` is Prometheus text with Kubernetes' series: requests by verb, resource and
+/// code, their latency histogram, and the watches open now.
+#[test]
+fn metrics_count_requests_by_verb_resource_and_code_and_open_watches() {
+    let api = Api::start();
+    api.k(&["get", "pods"]);
+    let missing = api.kubectl_with(KUBECTL_132, &["get", "pod", "nope"], None);
+    assert!(!missing.status.success());
+    let mut watch = Command::new(KUBECTL_132)
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .args(["get", "configmaps", "-w"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let find = |s: &[Sample], name: &str, want: &[(&str, &str)]| -> Option<f64> {
+        s.iter()
+            .find(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|x| x.2)
+    };
+    let t = std::time::Instant::now();
+    let samples = loop {
+        let (code, body) = api.raw("GET", "/metrics", None);
+        assert_eq!(code, 200, "{body}");
+        let s = prometheus(&body);
+        let watching = find(&s, "apiserver_longrunning_requests", &[("resource", "configmaps"), ("verb", "WATCH")]);
+        if watching == Some(1.0) || t.elapsed() > std::time::Duration::from_secs(15) {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let list = [("verb", "LIST"), ("resource", "pods"), ("code", "200")];
+    assert!(find(&samples, "apiserver_request_total", &list) >= Some(1.0), "LIST pods counted");
+    let get404 = [("verb", "GET"), ("resource", "pods"), ("code", "404")];
+    assert!(find(&samples, "apiserver_request_total", &get404) >= Some(1.0), "the 404 counted");
+    let hist = [("verb", "LIST"), ("resource", "pods"), ("le", "+Inf")];
+    assert!(find(&samples, "apiserver_request_duration_seconds_bucket", &hist) >= Some(1.0));
+    let open = [("resource", "configmaps"), ("verb", "WATCH")];
+    assert_eq!(find(&samples, "apiserver_longrunning_requests", &open), Some(1.0), "the open watch");
+    // Made-up paths do not make new series.
+    let (code, _) = api.raw("GET", "/api/v1/namespaces/default/madeup1", None);
+    assert_eq!(code, 404);
+    let (_, body) = api.raw("GET", "/metrics", None);
+    assert!(!body.contains("madeup1"), "unknown resources are not labels");
+}

@@ -335,7 +335,16 @@ fn deployment_scales_rolls_out_without_outage_and_rolls_back() {
         }
         v
     };
-    let before = snapshot(&p);
+    // First let the running manager settle (status updates after the rollback).
+    let mut before = snapshot(&p);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = snapshot(&p);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     p.kill("controller-manager");
     p.spawn("controller-manager", &[&["controller-manager"], MANAGER].concat());
     std::thread::sleep(Duration::from_secs(5));

@@ -1,6 +1,8 @@
 //! Maintenance: the NOSPACE alarm cycle (quota passed → writes refused, reads and
 //! deletes served, alarm persisted across a restart, disarmed after compact + defrag).
 
+use std::time::Duration;
+
 use crate::common::*;
 
 #[test]
@@ -42,4 +44,56 @@ fn nospace_alarm_cycle() {
     assert_eq!(ok(&ep, &["alarm", "list"]), "");
     ok(&ep, &["put", "tiny", "1"]);
     assert_eq!(ok(&ep, &["get", "big", "--print-value-only"]).len(), 100_001);
+}
+
+/// `--listen-metrics-urls` serves Prometheus metrics under etcd's names, which follow
+/// the member: leadership, revision, database size, open watchers; and `/health`.
+#[test]
+fn metrics_and_health_are_served_with_etcds_names() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{addr}");
+    let c = Cluster::start_with(1, &["--listen-metrics-urls", &url]);
+    let ep = c.endpoints();
+    c.wait_leader();
+    for i in 0..5 {
+        ok(&ep, &["put", &format!("k{i}"), "v"]);
+    }
+    let mut watch = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &ep, "watch", "k", "--prefix"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let value = |samples: &[Sample], name: &str| {
+        samples.iter().find(|(n, _, _)| n == name).map(|s| s.2).unwrap_or_else(|| panic!("no {name}"))
+    };
+    let t = std::time::Instant::now();
+    let samples = loop {
+        let (code, body) = http_get_plain(&addr, "/metrics");
+        assert_eq!(code, 200, "{body}");
+        let s = prometheus(&body);
+        if value(&s, "etcd_debugging_mvcc_watcher_total") >= 1.0 || t.elapsed() > Duration::from_secs(10) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(value(&samples, "etcd_debugging_mvcc_watcher_total"), 1.0, "the open watch");
+    assert_eq!(value(&samples, "etcd_server_has_leader"), 1.0);
+    assert_eq!(value(&samples, "etcd_server_is_leader"), 1.0);
+    assert!(value(&samples, "etcd_server_leader_changes_seen_total") >= 1.0);
+    let status = json(&ep, &["endpoint", "status", "-w", "json"]);
+    let rev = status[0]["Status"]["header"]["revision"].as_f64().unwrap();
+    assert_eq!(value(&samples, "etcd_debugging_mvcc_current_revision"), rev);
+    assert!(value(&samples, "etcd_mvcc_db_total_size_in_bytes") > 0.0);
+    assert!(value(&samples, "etcd_server_proposals_applied_total") >= 5.0);
+    let (code, body) = http_get_plain(&addr, "/health");
+    assert_eq!((code, body.as_str()), (200, r#"{"health":"true","reason":""}"#));
+    // The watcher is gone once its client is.
+    let t = std::time::Instant::now();
+    while value(&prometheus(&http_get_plain(&addr, "/metrics").1), "etcd_debugging_mvcc_watcher_total") != 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the watcher count did not drop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

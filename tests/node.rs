@@ -586,10 +586,27 @@ fn containers_exit_crash_and_are_oom_killed_as_kubernetes_reports() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (seen, mut out) = (seen.clone(), att.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(k) = out.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                seen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..k]));
+            }
+        })
+    };
+    let t = Instant::now();
+    while !seen.lock().unwrap().contains("tick ") && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = att.kill();
-    let o = att.wait_with_output().unwrap();
-    let seen = String::from_utf8_lossy(&o.stdout).into_owned();
+    let _ = att.wait();
+    let _ = reader.join();
+    let seen = seen.lock().unwrap().clone();
     assert!(seen.contains("tick "), "attach shows new output: {seen:?}");
     assert!(!seen.lines().any(|l| l == "tick 1"), "and not what came before it: {seen:?}");
 
@@ -861,6 +878,39 @@ fn images_are_pulled_from_a_registry_as_the_pull_policy_says() {
     n.apply(&pod("always", &remote, "Always"));
     let p = n.wait_pod("always", "Running", running);
     assert_eq!(container(&p, "c")["imageID"].as_str(), Some(id.as_str()), "the same manifest");
+    // A new image under the same tag: `Always` asks the registry and gets it.
+    let rootfs = n.root.parent().unwrap().join("rootfs2");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/httpd")).unwrap();
+    std::fs::create_dir_all(rootfs.join("www")).unwrap();
+    std::fs::write(rootfs.join("www/index.html"), "version two\n").unwrap();
+    let tar = n.root.parent().unwrap().join("v2.tar");
+    let o = Command::new(skiff_bin())
+        .args(["image", "build", "--rootfs"])
+        .arg(&rootfs)
+        .args(["--name", &remote, "--cmd", "/bin/httpd"])
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new(skiff_bin())
+        .args(["image", "import", "--containerd-namespace", "v2", "--containerd-socket", &socket])
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new("ctr")
+        .args(["-a", &socket, "-n", "v2", "images", "push", "--plain-http", &remote])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    n.apply(&pod("always2", &remote, "Always"));
+    let p = n.wait_pod("always2", "Running", running);
+    let id2 = container(&p, "c")["imageID"].as_str().unwrap_or_default().to_string();
+    assert!(id2.starts_with(&format!("127.0.0.1:{}/team/web@sha256:", reg.port)) && id2 != id, "{id2} after {id}");
+    let ip2 = p["status"]["podIP"].as_str().unwrap().to_string();
+    assert_eq!(http_get(&ip2, 80, "/").as_deref(), Some("version two\n"), "the new image runs");
 
     let missing = format!("127.0.0.1:{}/team/nope:1", reg.port);
     n.apply(&pod("missing", &missing, "IfNotPresent"));

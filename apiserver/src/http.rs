@@ -27,6 +27,7 @@ pub type Body = BoxBody<Bytes, Infallible>;
 pub const MAX_BODY: usize = 3 << 20;
 
 pub struct App {
+    pub metrics: crate::metrics::Metrics,
     pub store: Store,
     pub caches: watchcache::WatchCaches,
     pub ranges: alloc::Ranges,
@@ -166,7 +167,23 @@ fn target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
 }
 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    Ok(route(app, req).await.unwrap_or_else(|e| error_response(&e)))
+    let labels = crate::metrics::Labels::of(req.method().as_str(), req.uri().path(), req.uri().query());
+    let started = std::time::Instant::now();
+    let metrics = app.metrics.clone();
+    let resp = route(app, req).await.unwrap_or_else(|e| error_response(&e));
+    let mut labels = labels;
+    // Labels come from the request: only those of served resources become series, so a
+    // client cannot grow the metrics without bound.
+    if resp.status() == hyper::StatusCode::NOT_FOUND && !crate::metrics::is_resource(&labels.resource) {
+        labels.resource.clear();
+        labels.subresource.clear();
+    }
+    metrics.observe(&labels, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    if labels.verb == "WATCH" && resp.status().is_success() {
+        let (parts, body) = resp.into_parts();
+        return Ok(Response::from_parts(parts, metrics.track_watch(&labels.resource, body)));
+    }
+    Ok(resp)
 }
 
 async fn read_body(req: Request<Incoming>) -> ApiResult<(String, Bytes)> {
@@ -226,6 +243,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> ApiResult<Response<Body
     let method = req.method().clone();
     match segs.as_slice() {
         ["version"] => Ok(json_response(200, &version(), fmt)),
+        ["metrics"] => Ok(respond(200, "text/plain; version=0.0.4; charset=utf-8", app.metrics.render())),
         ["healthz" | "livez" | "readyz", ..] => match app.store.revision().await {
             Ok(_) => Ok(respond(200, "text/plain; charset=utf-8", "ok")),
             Err(e) => Ok(respond(500, "text/plain; charset=utf-8", format!("[-]etcd failed: {}\n", e.message))),

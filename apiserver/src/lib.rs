@@ -10,6 +10,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod nodeproxy;
 pub mod object;
 pub mod openapi;
@@ -98,6 +99,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     pki.write_kubeconfig(&kubeconfig, &format!("https://{host}:{}", https.port()))?;
 
     let app = Arc::new(http::App {
+        metrics: Default::default(),
         store,
         caches: watchcache::WatchCaches::default(),
         ranges: cfg.ranges.clone(),

@@ -47,6 +47,9 @@ pub struct MemberConfig {
     /// Database size past which writes raise the NOSPACE alarm (etcd
     /// `--quota-backend-bytes`); 0 means the 2 GiB default, negative disables it.
     pub quota_backend_bytes: i64,
+    /// Where `/metrics` and `/health` are served over plain HTTP (etcd
+    /// `--listen-metrics-urls`); none by default.
+    pub listen_metrics_urls: Vec<String>,
 }
 
 /// etcd's default backend quota.
@@ -84,6 +87,7 @@ impl MemberConfig {
             snapshot_count: 10000,
             watch_progress_notify_interval: Duration::from_secs(600),
             quota_backend_bytes: 0,
+            listen_metrics_urls: Vec::new(),
         }
     }
 

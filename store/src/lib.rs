@@ -21,6 +21,7 @@ pub mod lease;
 pub mod log_store;
 pub mod member;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
 pub mod peer;
 pub mod server;

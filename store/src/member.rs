@@ -421,6 +421,13 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
     }
 
     crate::server::serve_clients(member.clone()).await?;
+    tokio::spawn(crate::metrics::count_leader_changes(member.clone()));
+    for url in &member.config.listen_metrics_urls {
+        let addr = config::parse_url(url).map_err(anyhow::Error::msg)?;
+        crate::metrics::serve(member.clone(), addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {url}: {e}"))?;
+    }
     tokio::spawn(publish_attributes(member.clone()));
     tokio::spawn(crate::lease::run_expiry(member.clone()));
     Ok(member)

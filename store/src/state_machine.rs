@@ -64,6 +64,9 @@ pub struct Shared {
     pub lessor: Lessor,
     /// A NOSPACE alarm is raised somewhere in the cluster.
     pub nospace: AtomicBool,
+    /// Watchers open on this member, and leader changes it saw (for `metrics`).
+    pub watchers: AtomicI64,
+    pub leader_changes: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -75,7 +78,16 @@ impl Shared {
         lessor.reload(view.leases()?);
         let nospace = AtomicBool::new(view.alarms()?.iter().any(|(_, a)| *a == mvcc::ALARM_NOSPACE));
         drop(view);
-        Ok(Arc::new(Shared { db, hub, current_rev: AtomicI64::new(rev), snap_dir, lessor, nospace }))
+        Ok(Arc::new(Shared {
+            db,
+            hub,
+            current_rev: AtomicI64::new(rev),
+            snap_dir,
+            lessor,
+            nospace,
+            watchers: AtomicI64::new(0),
+            leader_changes: Default::default(),
+        }))
     }
 
     pub fn member_attrs(&self) -> Vec<(u64, MemberAttrs)> {

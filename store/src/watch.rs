@@ -62,6 +62,22 @@ impl PbWatchService for WatchService {
     }
 }
 
+/// One open watcher in `Shared::watchers`, for the metrics.
+struct Counted(Arc<crate::state_machine::Shared>);
+
+impl Counted {
+    fn new(shared: Arc<crate::state_machine::Shared>) -> Counted {
+        shared.watchers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(shared)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 struct WatcherHandle {
     task: JoinHandle<()>,
     synced: Arc<AtomicI64>,
@@ -195,6 +211,8 @@ enum Next {
 
 impl Watcher {
     async fn run(mut self) {
+        // Counted while the task lives (an aborted task drops the guard too).
+        let _counted = Counted::new(self.m.shared.clone());
         let mut hub = self.m.shared.hub.subscribe();
         loop {
             if self.catch_up().await.is_err() {

@@ -399,3 +399,58 @@ pub fn json(endpoints: &str, args: &[&str]) -> serde_json::Value {
     let out = ok(endpoints, &a);
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad json from {args:?}: {e}: {out}"))
 }
+
+/// One sample of a Prometheus text exposition: name, labels, value.
+pub type Sample = (String, std::collections::BTreeMap<String, String>, f64);
+
+/// Parses Prometheus' text format (0.0.4) strictly: every line is a `# HELP`/`# TYPE`
+/// comment or `name{label="value",...} number`; panics on anything else.
+pub fn prometheus(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(c) = line.strip_prefix("# ") {
+            assert!(c.starts_with("HELP ") || c.starts_with("TYPE "), "bad comment line: {line}");
+            if let Some(t) = c.strip_prefix("TYPE ") {
+                let kind = t.split_whitespace().nth(1).unwrap_or_default();
+                assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "bad type: {line}");
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}"))),
+            None => (series, ""),
+        };
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name: {line}"
+        );
+        let mut map = std::collections::BTreeMap::new();
+        let mut rest = labels;
+        while !rest.is_empty() {
+            let (k, after) = rest.split_once("=\"").unwrap_or_else(|| panic!("bad label: {line}"));
+            let (v, after) = after.split_once('"').unwrap_or_else(|| panic!("unterminated label: {line}"));
+            map.insert(k.to_string(), v.to_string());
+            rest = after.strip_prefix(',').unwrap_or(after);
+        }
+        out.push((name.to_string(), map, value));
+    }
+    out
+}
+
+/// GET http://addr/path; (status, body).
+pub fn http_get_plain(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_string())
+}

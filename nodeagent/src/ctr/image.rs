@@ -475,7 +475,8 @@ impl Conn {
         let (manifest, handle) = registry.resolve(&name).await.map_err(fail)?;
         let current = self.images().get(self.req(GetImageRequest { name: name.clone() })).await.ok();
         let target = current.and_then(|r| r.into_inner().image).and_then(|i| i.target).map(|t| t.digest);
-        if target.as_deref() == Some(manifest.digest.as_str()) && self.image_config(&name).await.is_ok() {
+        if target.as_deref() == Some(manifest.digest.as_str()) && matches!(self.image_config(&name).await, Ok(Some(_)))
+        {
             return Ok(());
         }
         let blobs = handle.blobs(&manifest).await.map_err(fail)?;

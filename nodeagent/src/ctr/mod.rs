@@ -680,8 +680,6 @@ impl Containerd {
         }
     }
 
-    /// Creates and starts one run of a container. Errors carry the waiting reason and message.
-    #[allow(clippy::too_many_arguments)]
     /// The image a container runs, pulled as its imagePullPolicy says: `Always` asks
     /// the registry each time (and downloads only a changed manifest), `IfNotPresent`
     /// pulls only a missing image, `Never` never pulls. `skiff.local/` images come only
@@ -724,6 +722,8 @@ impl Containerd {
         }
     }
 
+    /// Creates and starts one run of a container. Errors carry the waiting reason and message.
+    #[allow(clippy::too_many_arguments)]
     async fn create(
         &self,
         pod: &Pod,

@@ -17,6 +17,9 @@ use super::spdy::{Frame, Reader, Writer, CANCEL, PROTOCOL_ERROR};
 
 pub const PROTOCOL: &str = "portforward.k8s.io";
 
+/// Streams waiting for their partner (error or data) that one session may hold.
+const MAX_PENDING: usize = 256;
+
 /// Connects to `port` on localhost inside the network namespace at `netns`, from a
 /// thread of its own (setns changes only the calling thread, which then ends).
 pub async fn dial_in_netns(netns: String, port: u16) -> std::io::Result<TcpStream> {
@@ -74,7 +77,9 @@ where
     let dial = std::sync::Arc::new(dial);
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     // Bytes from the client for each data stream, to its connection's task.
-    let mut inbound: HashMap<u32, mpsc::UnboundedSender<Option<Vec<u8>>>> = HashMap::new();
+    let mut inbound: HashMap<u32, mpsc::Sender<Option<Vec<u8>>>> = HashMap::new();
+    // The connections' tasks end with the session.
+    let mut conns = tokio::task::JoinSet::new();
     let result = loop {
         let frame = match reader.next().await {
             Ok(Some(f)) => f,
@@ -92,6 +97,9 @@ where
                 let _ = out.send(replies.syn_reply(id)).await;
                 // Clients before requestID pair streams by port.
                 let key = get("requestid").unwrap_or_else(|| format!("port-{port}"));
+                if pairs.len() >= MAX_PENDING && !pairs.contains_key(&key) {
+                    break Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "too many unpaired streams"));
+                }
                 let pair = pairs.entry(key.clone()).or_default();
                 pair.port = Some(port);
                 match get("streamtype").as_deref() {
@@ -104,19 +112,20 @@ where
                 }
                 if let (Some(error), Some(data), Some(port)) = (pair.error, pair.data, pair.port) {
                     pairs.remove(&key);
-                    let (tx, rx) = mpsc::unbounded_channel();
+                    // Bounded: a client faster than the pod waits (and so does this session).
+                    let (tx, rx) = mpsc::channel(16);
                     inbound.insert(data, tx);
                     let conn = dial(port);
-                    tokio::spawn(forward(conn, rx, out.clone(), error, data, port, pod.clone()));
+                    conns.spawn(forward(conn, rx, out.clone(), error, data, port, pod.clone()));
                 }
             }
             Frame::Data { id, fin, data } => {
                 if let Some(tx) = inbound.get(&id) {
                     if !data.is_empty() {
-                        let _ = tx.send(Some(data));
+                        let _ = tx.send(Some(data)).await;
                     }
                     if fin {
-                        let _ = tx.send(None);
+                        let _ = tx.send(None).await;
                         inbound.remove(&id);
                     }
                 }
@@ -132,6 +141,8 @@ where
         }
     };
     drop(inbound);
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
     drop(out);
     let _ = writer.await;
     result
@@ -140,7 +151,7 @@ where
 /// One forwarded connection: bytes both ways until either side ends.
 async fn forward(
     conn: impl std::future::Future<Output = std::io::Result<TcpStream>>,
-    mut from_client: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
+    mut from_client: mpsc::Receiver<Option<Vec<u8>>>,
     out: mpsc::Sender<Vec<u8>>,
     error: u32,
     data: u32,

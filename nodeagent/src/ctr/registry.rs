@@ -36,11 +36,13 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
 /// The registry that `skiff image import` images are named after; never contacted.
 pub const LOCAL_ONLY: &str = "skiff.local";
 
-/// Largest manifest or index accepted, and largest blob (held in memory while pulling).
+/// Largest manifest or index accepted, and largest image (all its blobs, which are held
+/// in memory while pulling).
 const MANIFEST_LIMIT: usize = 4 << 20;
-const BLOB_LIMIT: usize = 2 << 30;
-/// How long one request may take, body included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+const IMAGE_LIMIT: usize = 2 << 30;
+/// How long a request may take to be answered, and to deliver its body.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const BODY_TIMEOUT: Duration = Duration::from_secs(1800);
 
 pub struct Registry {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
@@ -196,17 +198,27 @@ impl PullHandle<'_> {
     /// The config and layers, keyed `blobs/sha256/<hex>` as in an OCI layout, each verified.
     pub async fn blobs(mut self, manifest: &Manifest) -> anyhow::Result<HashMap<String, Vec<u8>>> {
         let m: Value = serde_json::from_slice(&manifest.bytes).context("the manifest is not valid JSON")?;
-        let mut digests = vec![m["config"]["digest"].as_str().context("the manifest has no config")?.to_string()];
-        for l in m["layers"].as_array().context("the manifest has no layers")? {
-            digests.push(l["digest"].as_str().context("a layer has no digest")?.to_string());
-        }
-        let mut out = HashMap::new();
-        for d in digests {
-            if !d.starts_with("sha256:") || d.len() != 71 {
+        let mut blobs = vec![&m["config"]];
+        blobs.extend(m["layers"].as_array().context("the manifest has no layers")?.iter());
+        // The manifest declares every size: refuse an image too large before fetching it.
+        let mut wanted = Vec::new();
+        let mut total = 0usize;
+        for b in blobs {
+            let d = b["digest"].as_str().context("a blob has no digest")?.to_string();
+            if !d.starts_with("sha256:") || d.len() != 71 || !d[7..].bytes().all(|c| c.is_ascii_hexdigit()) {
                 bail!("unsupported digest {d}");
             }
+            let size = b["size"].as_u64().context("a blob has no size")? as usize;
+            total = total.saturating_add(size);
+            wanted.push((d, size));
+        }
+        if total > IMAGE_LIMIT {
+            bail!("the image is {total} bytes, more than the {IMAGE_LIMIT} this node pulls");
+        }
+        let mut out = HashMap::new();
+        for (d, size) in wanted {
             let url = format!("{}/blobs/{d}", self.0.base);
-            let (_, data) = self.0.get(&url, None, BLOB_LIMIT).await?.with_context(|| format!("blob {d} not found"))?;
+            let (_, data) = self.0.get(&url, None, size).await?.with_context(|| format!("blob {d} not found"))?;
             if sha256(&data) != d {
                 bail!("blob {d} does not match its digest");
             }
@@ -220,6 +232,11 @@ impl PullHandle<'_> {
 fn media_type_of(content_type: &str, bytes: &[u8]) -> String {
     let field = serde_json::from_slice::<Value>(bytes).ok().and_then(|v| v["mediaType"].as_str().map(String::from));
     field.unwrap_or_else(|| content_type.split(';').next().unwrap_or_default().trim().to_string())
+}
+
+/// A URL without its query (pre-signed storage URLs carry credentials there).
+fn without_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
 }
 
 fn authority(url: &str) -> Option<String> {
@@ -237,6 +254,7 @@ impl Session<'_> {
     ) -> anyhow::Result<Option<(String, Vec<u8>)>> {
         let registry_authority = authority(url);
         let mut url = url.to_string();
+        let mut refreshed = false;
         for _ in 0..10 {
             // The token is for the registry, not for wherever it redirects blobs to.
             let bearer = self.token.as_deref().filter(|_| authority(&url) == registry_authority);
@@ -244,16 +262,27 @@ impl Session<'_> {
             let status = resp.status();
             let header = |h| resp.headers().get(h).and_then(|v: &hyper::header::HeaderValue| v.to_str().ok());
             if status.is_redirection() {
-                let loc = header(LOCATION).with_context(|| format!("GET {url}: {status} without a Location"))?;
-                url = if loc.starts_with('/') {
+                let loc = header(LOCATION)
+                    .with_context(|| format!("GET {}: {status} without a Location", without_query(&url)))?;
+                let next = if loc.starts_with('/') {
                     let u: Uri = url.parse()?;
                     format!("{}://{}{loc}", u.scheme_str().unwrap_or("https"), u.authority().map_or("", |a| a.as_str()))
                 } else {
                     loc.to_string()
                 };
+                // Only to http(s), and never from HTTPS down to plain HTTP.
+                let (from, to) = (url.parse::<Uri>().ok(), next.parse::<Uri>().ok());
+                let scheme = |u: &Option<Uri>| u.as_ref().and_then(|u| u.scheme_str().map(String::from));
+                match (scheme(&from).as_deref(), scheme(&to).as_deref()) {
+                    (Some("https"), Some("https")) | (Some("http"), Some("http" | "https")) => {}
+                    _ => bail!("{}: refusing a redirect to {}", without_query(&url), without_query(&next)),
+                }
+                url = next;
                 continue;
             }
-            if status == StatusCode::UNAUTHORIZED && self.token.is_none() {
+            // A token is fetched when asked for, and once more if it expired meanwhile.
+            if status == StatusCode::UNAUTHORIZED && (self.token.is_none() || !refreshed) {
+                refreshed = self.token.is_some();
                 let challenge = header(WWW_AUTHENTICATE).unwrap_or_default().to_string();
                 self.token = Some(self.token_for(&challenge).await?);
                 continue;
@@ -268,10 +297,14 @@ impl Session<'_> {
                     self.target.host,
                     self.target.repo
                 ),
-                s => bail!("GET {url}: {s}: {}", String::from_utf8_lossy(&body[..body.len().min(300)])),
+                // The body only when it came from the registry itself (not a redirect target).
+                s if authority(&url) == registry_authority => {
+                    bail!("GET {}: {s}: {}", without_query(&url), String::from_utf8_lossy(&body[..body.len().min(300)]))
+                }
+                s => bail!("GET {}: {s}", without_query(&url)),
             };
         }
-        bail!("GET {url}: too many redirects")
+        bail!("GET {}: too many redirects", without_query(&url))
     }
 
     /// An anonymous token for pulling this repository, from a `Bearer realm=...` challenge.
@@ -322,16 +355,16 @@ impl Registry {
         let send = self.client.request(req.body(Empty::new()).with_context(|| format!("bad URL {url}"))?);
         tokio::time::timeout(REQUEST_TIMEOUT, send)
             .await
-            .with_context(|| format!("GET {url}: timed out"))?
-            .with_context(|| format!("GET {url}"))
+            .with_context(|| format!("GET {}: timed out", without_query(url)))?
+            .with_context(|| format!("GET {}", without_query(url)))
     }
 }
 
 async fn read_body(resp: hyper::Response<hyper::body::Incoming>, limit: usize, url: &str) -> anyhow::Result<Bytes> {
-    Ok(tokio::time::timeout(REQUEST_TIMEOUT, Limited::new(resp.into_body(), limit).collect())
+    Ok(tokio::time::timeout(BODY_TIMEOUT, Limited::new(resp.into_body(), limit).collect())
         .await
-        .with_context(|| format!("GET {url}: timed out reading the body"))?
-        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?
+        .with_context(|| format!("GET {}: timed out reading the body", without_query(url)))?
+        .map_err(|e| anyhow::anyhow!("GET {}: {e}", without_query(url)))?
         .to_bytes())
 }
 

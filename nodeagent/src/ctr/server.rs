@@ -1,7 +1,11 @@
 //! The agent's own HTTP endpoint (the kubelet's port, 10250 by default), which the API
-//! server proxies `pods/log` to: `GET /containerLogs/<namespace>/<pod>/<container>` with
-//! the query parameters of `kubectl logs` (`follow`, `tailLines`, `limitBytes`,
-//! `previous`). Plain HTTP; it serves only what the API server would show anyway.
+//! server proxies to: `GET /containerLogs/<namespace>/<pod>/<container>` with the query
+//! parameters of `kubectl logs` (`follow`, `tailLines`, `limitBytes`, `previous`),
+//! `/exec/...` and `/attach/...` (WebSocket channel protocol, `exec`), and
+//! `/portForward/<namespace>/<pod>` (SPDY, `portforward`). Plain HTTP without
+//! authentication: whoever reaches it can read logs, exec into containers and reach
+//! pods' ports, so it must listen where only the API server reaches it (`skiff up` keeps
+//! it on 127.0.0.1) until the agent authenticates its callers (issue 9).
 
 use std::convert::Infallible;
 use std::io::SeekFrom;
