@@ -333,6 +333,22 @@ fn a_pod_runs_as_real_containers_on_its_own_network() {
     });
     drop(pf);
 
+    // The agent's /metrics: the kubelet's and cAdvisor's series for this pod.
+    let (code, body) = http_get_plain(&format!("127.0.0.1:{}", n.port), "/metrics");
+    assert_eq!(code, 200, "{body}");
+    let samples = prometheus(&body);
+    let find = |name: &str, container: Option<&str>| {
+        samples
+            .iter()
+            .find(|(m, l, _)| m == name && container.is_none_or(|c| l.get("container").map(String::as_str) == Some(c)))
+            .map(|x| x.2)
+    };
+    assert!(find("kubelet_running_pods", None) >= Some(1.0), "{body}");
+    assert!(find("kubelet_started_containers_total", None) >= Some(2.0), "{body}");
+    assert!(find("kubelet_pod_start_duration_seconds_count", None) >= Some(1.0), "{body}");
+    assert!(find("container_memory_working_set_bytes", Some("httpd")) > Some(0.0), "{body}");
+    assert_eq!(find("kube_pod_container_status_restarts_total", Some("writer")), Some(0.0), "{body}");
+
     // The pod's cgroup, network namespace and volume directory exist on the node.
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
     let netns = PathBuf::from(format!("/var/run/netns/skiff-{uid}"));

@@ -129,6 +129,10 @@ async fn handle(rt: &Containerd, req: Request<hyper::body::Incoming>) -> Respons
             port_forward(req, format!("{ns}/{pod}"), super::cni::netns_path(&uid))
         }
         ["healthz"] => text(200, "ok"),
+        ["metrics"] => Response::builder()
+            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(Bytes::from(rt.prometheus())).boxed())
+            .expect("a valid response"),
         _ => text(404, format!("no such endpoint: {path}")),
     }
 }
