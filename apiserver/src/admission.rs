@@ -40,25 +40,6 @@ pub fn default_tolerations(pod: &mut Value, t: Tolerations) {
     pod["spec"]["tolerations"] = json!(tols);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn adds_what_is_missing_only() {
-        let mut p = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}});
-        default_tolerations(&mut p, Tolerations { not_ready: 30, unreachable: 40 });
-        let t = p["spec"]["tolerations"].as_array().unwrap();
-        assert_eq!(t.len(), 2);
-        assert_eq!(t[0]["tolerationSeconds"], 5);
-        assert_eq!(t[1]["key"], "node.kubernetes.io/not-ready");
-        assert_eq!(t[1]["tolerationSeconds"], 30);
-        let mut all = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
-        default_tolerations(&mut all, Tolerations::default());
-        assert_eq!(all["spec"]["tolerations"].as_array().unwrap().len(), 1);
-    }
-}
-
 /// The annotation that makes a StorageClass the default one.
 pub const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
 
@@ -101,4 +82,23 @@ pub fn standard_storage_class() -> Value {
         "reclaimPolicy": "Delete",
         "volumeBindingMode": "WaitForFirstConsumer",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_what_is_missing_only() {
+        let mut p = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}});
+        default_tolerations(&mut p, Tolerations { not_ready: 30, unreachable: 40 });
+        let t = p["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0]["tolerationSeconds"], 5);
+        assert_eq!(t[1]["key"], "node.kubernetes.io/not-ready");
+        assert_eq!(t[1]["tolerationSeconds"], 30);
+        let mut all = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default_tolerations(&mut all, Tolerations::default());
+        assert_eq!(all["spec"]["tolerations"].as_array().unwrap().len(), 1);
+    }
 }

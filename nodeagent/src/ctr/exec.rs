@@ -55,18 +55,15 @@ impl ExecRequest {
 
 /// The WebSocket handshake of the channel protocol: (Sec-WebSocket-Accept, protocol),
 /// or the error response.
-fn handshake(req: &Request<hyper::body::Incoming>, what: &str) -> Result<(String, &'static str), Response<Body>> {
+fn handshake(req: &Request<hyper::body::Incoming>, what: &str) -> Result<(String, &'static str), (u16, String)> {
     let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     if !header("upgrade").eq_ignore_ascii_case("websocket") {
-        return Err(text(400, format!("{what} needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io)")));
+        return Err((400, format!("{what} needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io)")));
     }
     let offered = header("sec-websocket-protocol");
     let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
     let Some(proto) = ["v5.channel.k8s.io", "v4.channel.k8s.io"].into_iter().find(|p| offered.contains(p)) else {
-        return Err(text(
-            400,
-            format!("none of the offered protocols {offered:?} is supported; use v5.channel.k8s.io"),
-        ));
+        return Err((400, format!("none of the offered protocols {offered:?} is supported; use v5.channel.k8s.io")));
     };
     let key = header("sec-websocket-key");
     let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, format!("{key}{GUID}").as_bytes());
@@ -94,7 +91,7 @@ pub fn upgrade(
 ) -> Response<Body> {
     let (accept, proto) = match handshake(&req, "exec") {
         Ok(h) => h,
-        Err(resp) => return resp,
+        Err((code, msg)) => return text(code, msg),
     };
     if ex.command.is_empty() {
         return text(400, "you must specify at least 1 command");
@@ -128,7 +125,7 @@ pub fn attach(
 ) -> Response<Body> {
     let (accept, proto) = match handshake(&req, "attach") {
         Ok(h) => h,
-        Err(resp) => return resp,
+        Err((code, msg)) => return text(code, msg),
     };
     let rt = rt.clone();
     tokio::spawn(async move {
