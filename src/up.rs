@@ -41,6 +41,10 @@ pub struct UpArgs {
     /// Where the store listens for peers (it has none until members are added).
     #[arg(long, default_value = "127.0.0.1:2380")]
     store_peer_addr: SocketAddr,
+    /// Where the store serves Prometheus `/metrics` and `/health` (plain HTTP), e.g.
+    /// 127.0.0.1:2381 as kubeadm sets up etcd. Default: not served.
+    #[arg(long)]
+    store_metrics_addr: Option<SocketAddr>,
     /// Where the API server serves HTTPS (the kubeconfig points here).
     #[arg(long, default_value = "127.0.0.1:6443")]
     bind: SocketAddr,
@@ -331,7 +335,10 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
             format!("http://{}", a.store_client_addr),
             s("--listen-peer-urls"),
             format!("http://{}", a.store_peer_addr),
-        ],
+        ]
+        .into_iter()
+        .chain(a.store_metrics_addr.iter().flat_map(|m| [s("--listen-metrics-urls"), format!("http://{m}")]))
+        .collect(),
     )?;
     let mut tasks = Components::new();
     tasks.spawn(async move { ("store", crate::run_store(store).await) });

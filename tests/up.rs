@@ -267,8 +267,17 @@ fn up_runs_a_real_cluster_and_down_removes_it_and_up_resumes_it() {
 /// says so; an unknown directory is refused.
 #[test]
 fn up_with_a_simulated_node_needs_no_containers() {
-    let c = Cluster::new(&["--runtime".into(), "fake".into()]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let c = Cluster::new(&["--runtime".into(), "fake".into(), "--store-metrics-addr".into(), metrics.clone()]);
     c.up();
+    // Metrics: the store's on its own address, the API server's through kubectl.
+    let (code, body) = http_get_plain(&metrics, "/metrics");
+    assert_eq!(code, 200);
+    assert!(prometheus(&body).iter().any(|(n, _, v)| n == "etcd_server_has_leader" && *v == 1.0), "{body}");
+    let o = c.kubectl(&["get", "--raw", "/metrics"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let samples = prometheus(&String::from_utf8_lossy(&o.stdout));
+    assert!(samples.iter().any(|(n, _, _)| n == "apiserver_request_total"));
     let nodes = c.json(&["get", "nodes"]);
     assert_eq!(nodes["items"][0]["metadata"]["name"], "up-test");
     let o = c.kubectl(&["create", "deployment", "sim", "--image=nginx", "--replicas=3"], None);

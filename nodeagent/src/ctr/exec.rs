@@ -149,17 +149,9 @@ async fn attach_session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     container: &str,
     log: &Path,
 ) -> std::io::Result<()> {
-    let (mut rd, mut wr) = tokio::io::split(io);
+    let (rd, mut wr) = tokio::io::split(io);
     let mut offset = tokio::fs::metadata(log).await.map(|m| m.len()).unwrap_or(0);
-    let (tx, mut from_client) = mpsc::channel::<Frame>(16);
-    let reader = tokio::spawn(async move {
-        while let Ok(f) = read_frame(&mut rd).await {
-            let close = matches!(f, Frame::Close);
-            if tx.send(f).await.is_err() || close {
-                break;
-            }
-        }
-    });
+    let (reader, mut from_client) = client_frames(rd);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -301,7 +293,7 @@ async fn session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     v5: bool,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let (mut rd, mut wr) = tokio::io::split(io);
+    let (rd, mut wr) = tokio::io::split(io);
     let exec_id =
         format!("exec-{}", &super::image::sha256(format!("{cid}{:?}", std::time::SystemTime::now()).as_bytes())[7..23]);
     let fifo_dir: PathBuf = dir.join(&exec_id);
@@ -354,16 +346,7 @@ async fn session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     conn.tasks().start(conn.req(StartRequest { container_id: cid.into(), exec_id: exec_id.clone() })).await?;
 
-    // Client messages arrive through a task of their own.
-    let (tx, mut from_client) = mpsc::channel::<Frame>(16);
-    let reader = tokio::spawn(async move {
-        while let Ok(f) = read_frame(&mut rd).await {
-            let close = matches!(f, Frame::Close);
-            if tx.send(f).await.is_err() || close {
-                break;
-            }
-        }
-    });
+    let (reader, mut from_client) = client_frames(rd);
     let (mut out_buf, mut err_buf) = (vec![0u8; 32 << 10], vec![0u8; 32 << 10]);
     let mut client_gone = false;
     let code = loop {
@@ -429,6 +412,22 @@ async fn session<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let _ = conn.tasks().delete_process(conn.req(DeleteProcessRequest { container_id: cid.into(), exec_id })).await;
     cleanup(&fifo_dir);
     Ok(())
+}
+
+/// The client's messages, read by a task of their own (so reading never blocks writing).
+fn client_frames<R: AsyncRead + Unpin + Send + 'static>(
+    mut rd: R,
+) -> (tokio::task::JoinHandle<()>, mpsc::Receiver<Frame>) {
+    let (tx, rx) = mpsc::channel::<Frame>(16);
+    let reader = tokio::spawn(async move {
+        while let Ok(f) = read_frame(&mut rd).await {
+            let close = matches!(f, Frame::Close);
+            if tx.send(f).await.is_err() || close {
+                break;
+            }
+        }
+    });
+    (reader, rx)
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, channel: u8, data: &[u8]) -> std::io::Result<()> {

@@ -545,10 +545,14 @@ impl Containerd {
                             .await
                             .ok()
                             .and_then(|r| r.into_inner().container);
-                        let created = record
-                            .as_ref()
-                            .and_then(|c| c.created_at)
-                            .and_then(|t| Timestamp::new(t.seconds, t.nanos).ok())
+                        let saved = std::fs::read_to_string(self.started_path(&uid, &c.name)).ok();
+                        let created = saved
+                            .and_then(|s| s.trim().parse::<i64>().ok())
+                            .and_then(|secs| Timestamp::new(secs, 0).ok())
+                            .or_else(|| {
+                                let t = record.as_ref().and_then(|c| c.created_at)?;
+                                Timestamp::new(t.seconds, t.nanos).ok()
+                            })
                             .unwrap_or_else(Timestamp::now);
                         let image_id = match record {
                             Some(c) => conn.image_config(&c.image).await.ok().flatten().map(|i| i.id),
@@ -955,12 +959,15 @@ impl Containerd {
                 format!("failed to start container \"{}\": {}", c.name, e.message()),
             ));
         }
+        // Kept beside the pod, so an agent that adopts the container reports the same time.
+        let since = Timestamp::now();
+        let _ = std::fs::write(self.started_path(&uid, &c.name), since.as_second().to_string());
         self.set(&uid, i, |r| {
             r.cid = cid.into();
             r.cpu = None;
             r.status.id = format!("containerd://{cid}");
             r.status.image_id = Some(img.id.clone());
-            r.status.state = State::Running { since: Timestamp::now() };
+            r.status.state = State::Running { since };
             r.status.message = None;
             r.status.ready = false; // until the probes (or their absence) say so
         });
@@ -1076,6 +1083,11 @@ impl Containerd {
 
     pub fn is_running(&self, uid: &str, container: &str) -> bool {
         matches!(self.container_state(uid, container), Some(State::Running { .. }))
+    }
+
+    /// When the current run of a container started (seconds), for adoption.
+    fn started_path(&self, uid: &str, container: &str) -> PathBuf {
+        self.pod_dir(uid).join(format!("started-{container}"))
     }
 
     /// Where a container's output goes: one file per run, so `--previous` can read the last.
