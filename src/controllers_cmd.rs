@@ -30,6 +30,10 @@ pub struct ControllerManagerArgs {
     /// Kubeconfig to reach the API server with (e.g. the API server's admin.kubeconfig).
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// Serve Prometheus `/metrics` here over plain HTTP (e.g. 127.0.0.1:10257).
+    /// Default: not served.
+    #[arg(long)]
+    metrics_bind_address: Option<std::net::SocketAddr>,
     #[command(flatten)]
     election: ElectionArgs,
     /// How long a node may go without renewing its Lease before it is marked
@@ -225,6 +229,7 @@ async fn until_stopped(work: impl std::future::Future<Output = anyhow::Result<()
 pub async fn controller_manager(a: ControllerManagerArgs) -> anyhow::Result<()> {
     until_stopped(skiff_controllers::run_controller_manager(skiff_controllers::ManagerConfig {
         kubeconfig: a.kubeconfig,
+        metrics_addr: a.metrics_bind_address,
         election: a.election.election(),
         nodes: skiff_controllers::nodelifecycle::Settings {
             grace: a.node_monitor_grace_period,

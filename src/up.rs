@@ -45,6 +45,10 @@ pub struct UpArgs {
     /// 127.0.0.1:2381 as kubeadm sets up etcd. Default: not served.
     #[arg(long)]
     store_metrics_addr: Option<SocketAddr>,
+    /// Where the controller-manager serves Prometheus `/metrics` (plain HTTP), e.g.
+    /// 127.0.0.1:10257. Default: not served.
+    #[arg(long)]
+    controller_metrics_addr: Option<SocketAddr>,
     /// Where the API server serves HTTPS (the kubeconfig points here).
     #[arg(long, default_value = "127.0.0.1:6443")]
     bind: SocketAddr,
@@ -381,7 +385,11 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
     // One process holds the only replica: no leader election (whose Lease would make a
     // restarted cluster wait for the previous one to expire).
     let single = [s("--kubeconfig"), kc.clone(), s("--leader-elect"), s("false")];
-    let cm: controllers_cmd::ControllerManagerArgs = parse("controller-manager", single.to_vec())?;
+    let mut cm_argv = single.to_vec();
+    if let Some(m) = a.controller_metrics_addr {
+        cm_argv.extend([s("--metrics-bind-address"), m.to_string()]);
+    }
+    let cm: controllers_cmd::ControllerManagerArgs = parse("controller-manager", cm_argv)?;
     tasks.spawn(async move { ("controller-manager", controllers_cmd::controller_manager(cm).await) });
     let sched: controllers_cmd::SchedulerArgs = parse("scheduler", single.to_vec())?;
     tasks.spawn(async move { ("scheduler", controllers_cmd::scheduler(sched).await) });

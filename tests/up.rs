@@ -268,7 +268,15 @@ fn up_runs_a_real_cluster_and_down_removes_it_and_up_resumes_it() {
 #[test]
 fn up_with_a_simulated_node_needs_no_containers() {
     let metrics = format!("127.0.0.1:{}", free_port());
-    let c = Cluster::new(&["--runtime".into(), "fake".into(), "--store-metrics-addr".into(), metrics.clone()]);
+    let cm_metrics = format!("127.0.0.1:{}", free_port());
+    let c = Cluster::new(&[
+        "--runtime".into(),
+        "fake".into(),
+        "--store-metrics-addr".into(),
+        metrics.clone(),
+        "--controller-metrics-addr".into(),
+        cm_metrics.clone(),
+    ]);
     c.up();
     // Metrics: the store's on its own address, the API server's through kubectl.
     let (code, body) = http_get_plain(&metrics, "/metrics");
@@ -283,6 +291,19 @@ fn up_with_a_simulated_node_needs_no_containers() {
     let o = c.kubectl(&["create", "deployment", "sim", "--image=nginx", "--replicas=3"], None);
     assert!(o.status.success(), "{}", text(&o));
     c.wait("3 simulated replicas", || c.available("sim") == 3);
+    // The controller-manager counted and timed its reconciles.
+    let (code, body) = http_get_plain(&cm_metrics, "/metrics");
+    assert_eq!(code, 200);
+    let samples = prometheus(&body);
+    let count = |ctrl: &str, name: &str| {
+        samples
+            .iter()
+            .filter(|(n, l, _)| n == name && l.get("controller").map(String::as_str) == Some(ctrl))
+            .map(|s| s.2)
+            .sum::<f64>()
+    };
+    assert!(count("deployment", "controller_runtime_reconcile_total") >= 1.0, "{body}");
+    assert!(count("replicaset", "controller_runtime_reconcile_time_seconds_count") >= 1.0, "{body}");
 
     let pid = c.pid().unwrap();
     // SAFETY: kill has no memory-safety preconditions.

@@ -18,6 +18,7 @@ pub mod informer;
 pub mod job;
 pub mod labels;
 pub mod leader;
+pub mod metrics;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod pods;
@@ -88,6 +89,8 @@ pub struct Election {
 
 pub struct ManagerConfig {
     pub kubeconfig: PathBuf,
+    /// Where `/metrics` is served over plain HTTP, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub election: Election,
     pub nodes: nodelifecycle::Settings,
     pub autoscaling: hpa::Settings,
@@ -103,6 +106,13 @@ async fn lead(name: &str, client: &kube::Client, e: &Election) -> futures::futur
 /// Runs the controller-manager until it is stopped or loses its leadership.
 pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let client = client::from_kubeconfig(&cfg.kubeconfig).await?;
+    if let Some(addr) = cfg.metrics_addr {
+        // Bound before leading, so a standby answers too (with no reconciles).
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics-bind-address {addr}: {e}"))?;
+        tokio::spawn(metrics::serve(listener));
+    }
     let lost = lead("kube-controller-manager", &client, &cfg.election).await;
 
     let mut pods = Informer::new(Api::<Pod>::all(client.clone()));
@@ -124,17 +134,17 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let drain = |s: futures::stream::BoxStream<'static, ()>| tokio::spawn(s.collect::<Vec<()>>());
     let rs_ctrl = Controller::for_stream(rss.subscribe(), rss.store())
         .owns_stream(pods.subscribe())
-        .run(replicaset::reconcile, retry, ctx.clone())
+        .run(metrics::timed("replicaset", replicaset::reconcile), retry, ctx.clone())
         .map(|_| ())
         .boxed();
     let deploy_ctrl = Controller::new(Api::<Deployment>::all(client.clone()), watcher::Config::default())
         .owns_stream(rss.subscribe())
-        .run(deployment::reconcile, retry, ctx.clone())
+        .run(metrics::timed("deployment", deployment::reconcile), retry, ctx.clone())
         .map(|_| ())
         .boxed();
     let sts_ctrl = Controller::new(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
         .owns_stream(pods.subscribe())
-        .run(statefulset::reconcile, retry, ctx.clone())
+        .run(metrics::timed("statefulset", statefulset::reconcile), retry, ctx.clone())
         .map(|_| ())
         .boxed();
     let ds = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default());
@@ -148,23 +158,23 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
                 .map(|d| kube::runtime::reflector::ObjectRef::from_obj(d.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .run(daemonset::reconcile, retry, ctx.clone())
+        .run(metrics::timed("daemonset", daemonset::reconcile), retry, ctx.clone())
         .map(|_| ())
         .boxed();
     let job_ctrl = Controller::for_stream(jobs.subscribe(), jobs.store())
         .owns_stream(pods.subscribe())
-        .run(job::reconcile, retry, ctx.clone())
+        .run(metrics::timed("job", job::reconcile), retry, ctx.clone())
         .map(|_| ())
         .boxed();
     let svc = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let services = svc.store();
     let ep_ctrl = svc
         .watches_stream(pods.subscribe(), move |p: Pod| endpoints::services_of(&p, &services))
-        .run(endpoints::reconcile, retry, ctx.clone())
+        .run(metrics::timed("endpoints", endpoints::reconcile), retry, ctx.clone())
         .map(|_| ())
         .boxed();
     let ns_ctrl = Controller::new(Api::<Namespace>::all(client.clone()), watcher::Config::default())
-        .run(namespace::reconcile, retry, ctx.clone())
+        .run(metrics::timed("namespace", namespace::reconcile), retry, ctx.clone())
         .map(|_| ())
         .boxed();
     let node_store = nodes.store();

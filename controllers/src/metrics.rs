@@ -1,0 +1,129 @@
+//! The controller-manager's Prometheus metrics (`--metrics-bind-address`), under
+//! controller-runtime's names: `controller_runtime_reconcile_total{controller,result}`
+//! and the `controller_runtime_reconcile_time_seconds{controller}` histogram. The work
+//! queues belong to kube-runtime, which does not expose their depth, so there is no
+//! `workqueue_depth`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use kube::runtime::controller::Action;
+
+use crate::{Ctx, Error};
+
+const BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct State {
+    results: BTreeMap<(&'static str, &'static str), u64>,
+    times: BTreeMap<&'static str, Histogram>,
+}
+
+/// One controller-manager per process, so one set of metrics.
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+fn record(controller: &'static str, ok: bool, took: Duration) {
+    let mut guard = STATE.lock().expect("not poisoned");
+    let s = guard.get_or_insert_with(State::default);
+    *s.results.entry((controller, if ok { "success" } else { "error" })).or_default() += 1;
+    let h = s.times.entry(controller).or_default();
+    let secs = took.as_secs_f64();
+    for (i, b) in BUCKETS.iter().enumerate() {
+        if secs <= *b {
+            h.counts[i] += 1;
+        }
+    }
+    h.sum += secs;
+    h.count += 1;
+}
+
+/// `reconcile`, timed and counted as `controller`.
+pub fn timed<K, F, Fut>(
+    controller: &'static str,
+    reconcile: F,
+) -> impl FnMut(Arc<K>, Arc<Ctx>) -> BoxFuture<'static, Result<Action, Error>>
+where
+    F: Fn(Arc<K>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |obj, ctx| {
+        let fut = reconcile(obj, ctx);
+        Box::pin(async move {
+            let t = Instant::now();
+            let r = fut.await;
+            record(controller, r.is_ok(), t.elapsed());
+            r
+        })
+    }
+}
+
+/// The metrics in Prometheus' text format.
+pub fn render() -> String {
+    let guard = STATE.lock().expect("not poisoned");
+    let empty = State::default();
+    let s = guard.as_ref().unwrap_or(&empty);
+    let mut out = String::from(
+        "# HELP controller_runtime_reconcile_total Total number of reconciliations per controller\n\
+         # TYPE controller_runtime_reconcile_total counter\n",
+    );
+    for ((c, result), n) in &s.results {
+        let _ = writeln!(out, "controller_runtime_reconcile_total{{controller=\"{c}\",result=\"{result}\"}} {n}");
+    }
+    out.push_str(
+        "# HELP controller_runtime_reconcile_time_seconds Length of time per reconciliation per controller\n\
+         # TYPE controller_runtime_reconcile_time_seconds histogram\n",
+    );
+    for (c, h) in &s.times {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "controller_runtime_reconcile_time_seconds_bucket{{controller=\"{c}\",le=\"{b}\"}} {}",
+                h.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "controller_runtime_reconcile_time_seconds_bucket{{controller=\"{c}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(out, "controller_runtime_reconcile_time_seconds_sum{{controller=\"{c}\"}} {}", h.sum);
+        let _ = writeln!(out, "controller_runtime_reconcile_time_seconds_count{{controller=\"{c}\"}} {}", h.count);
+    }
+    out
+}
+
+/// Serves `/metrics` (and `/healthz`) over plain HTTP until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener) {
+    use http_body_util::Full;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let (code, body) = match req.uri().path() {
+                    "/metrics" => (200, render()),
+                    "/healthz" => (200, "ok".to_string()),
+                    p => (404, format!("404 page not found: {p}\n")),
+                };
+                let resp = hyper::Response::builder()
+                    .status(code)
+                    .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                    .body(Full::new(bytes::Bytes::from(body)))
+                    .expect("a valid response");
+                Ok::<_, Infallible>(resp)
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+        });
+    }
+}
