@@ -58,6 +58,10 @@ pub struct SchedulerArgs {
     /// Kubeconfig to reach the API server with.
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// Serve Prometheus `/metrics` here over plain HTTP (e.g. 127.0.0.1:10259).
+    /// Default: not served.
+    #[arg(long)]
+    metrics_bind_address: Option<std::net::SocketAddr>,
     #[command(flatten)]
     election: ElectionArgs,
 }
@@ -247,6 +251,7 @@ pub async fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
     until_stopped(skiff_controllers::run_scheduler(skiff_controllers::SchedulerConfig {
         kubeconfig: a.kubeconfig,
         election: a.election.election(),
+        metrics_addr: a.metrics_bind_address,
     }))
     .await
 }

@@ -304,6 +304,10 @@ fn up_with_a_simulated_node_needs_no_containers() {
     };
     assert!(count("deployment", "controller_runtime_reconcile_total") >= 1.0, "{body}");
     assert!(count("replicaset", "controller_runtime_reconcile_time_seconds_count") >= 1.0, "{body}");
+    // The scheduler runs in the same process, so its attempts are there too.
+    let scheduled =
+        samples.iter().find(|(n, l, _)| n == "scheduler_schedule_attempts_total" && l["result"] == "scheduled");
+    assert!(scheduled.is_some_and(|s| s.2 >= 3.0), "{body}");
 
     let pid = c.pid().unwrap();
     // SAFETY: kill has no memory-safety preconditions.

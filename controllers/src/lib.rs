@@ -106,13 +106,8 @@ async fn lead(name: &str, client: &kube::Client, e: &Election) -> futures::futur
 /// Runs the controller-manager until it is stopped or loses its leadership.
 pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let client = client::from_kubeconfig(&cfg.kubeconfig).await?;
-    if let Some(addr) = cfg.metrics_addr {
-        // Bound before leading, so a standby answers too (with no reconciles).
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("--metrics-bind-address {addr}: {e}"))?;
-        tokio::spawn(metrics::serve(listener));
-    }
+    // Served before leading, so a standby answers too (with no reconciles).
+    serve_metrics(cfg.metrics_addr).await?;
     let lost = lead("kube-controller-manager", &client, &cfg.election).await;
 
     let mut pods = Informer::new(Api::<Pod>::all(client.clone()));
@@ -234,11 +229,25 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
 pub struct SchedulerConfig {
     pub kubeconfig: PathBuf,
     pub election: Election,
+    /// Where `/metrics` is served over plain HTTP, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Binds `addr` (so a bad address fails at start) and serves `/metrics` there.
+async fn serve_metrics(addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics-bind-address {addr}: {e}"))?;
+        tokio::spawn(metrics::serve(listener));
+    }
+    Ok(())
 }
 
 /// Runs the scheduler until it is stopped or loses its leadership.
 pub async fn run_scheduler(cfg: SchedulerConfig) -> anyhow::Result<()> {
     let client = client::from_kubeconfig(&cfg.kubeconfig).await?;
+    serve_metrics(cfg.metrics_addr).await?;
     let lost = lead("kube-scheduler", &client, &cfg.election).await;
     let changed = Arc::new(tokio::sync::Notify::new());
     let pods = informer::notifying_cache(Api::<Pod>::all(client.clone()), changed.clone());

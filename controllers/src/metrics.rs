@@ -1,6 +1,7 @@
-//! The controller-manager's Prometheus metrics (`--metrics-bind-address`), under
-//! controller-runtime's names: `controller_runtime_reconcile_total{controller,result}`
-//! and the `controller_runtime_reconcile_time_seconds{controller}` histogram. The work
+//! The controller-manager's and scheduler's Prometheus metrics (`--metrics-bind-address`),
+//! under controller-runtime's names: `controller_runtime_reconcile_total{controller,result}`
+//! and the `controller_runtime_reconcile_time_seconds{controller}` histogram; and
+//! kube-scheduler's `scheduler_schedule_attempts_total{result}`. The work
 //! queues belong to kube-runtime, which does not expose their depth, so there is no
 //! `workqueue_depth`.
 
@@ -28,6 +29,7 @@ struct Histogram {
 struct State {
     results: BTreeMap<(&'static str, &'static str), u64>,
     times: BTreeMap<&'static str, Histogram>,
+    attempts: BTreeMap<&'static str, u64>,
 }
 
 /// One controller-manager per process, so one set of metrics.
@@ -46,6 +48,12 @@ fn record(controller: &'static str, ok: bool, took: Duration) {
     }
     h.sum += secs;
     h.count += 1;
+}
+
+/// Counts one scheduling attempt: `scheduled`, `unschedulable` or `error`.
+pub fn schedule_attempt(result: &'static str) {
+    let mut guard = STATE.lock().expect("not poisoned");
+    *guard.get_or_insert_with(State::default).attempts.entry(result).or_default() += 1;
 }
 
 /// `reconcile`, timed and counted as `controller`.
@@ -99,6 +107,14 @@ pub fn render() -> String {
         );
         let _ = writeln!(out, "controller_runtime_reconcile_time_seconds_sum{{controller=\"{c}\"}} {}", h.sum);
         let _ = writeln!(out, "controller_runtime_reconcile_time_seconds_count{{controller=\"{c}\"}} {}", h.count);
+    }
+    out.push_str(
+        "# HELP scheduler_schedule_attempts_total Number of attempts to schedule pods, by the result.\n\
+         # TYPE scheduler_schedule_attempts_total counter\n",
+    );
+    for (result, n) in &s.attempts {
+        let _ =
+            writeln!(out, "scheduler_schedule_attempts_total{{profile=\"default-scheduler\",result=\"{result}\"}} {n}");
     }
     out
 }

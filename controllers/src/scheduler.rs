@@ -590,6 +590,7 @@ impl Scheduler {
         for (p, node, r) in results {
             match r {
                 Ok(()) => {
+                    crate::metrics::schedule_attempt("scheduled");
                     self.reported.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
                     let msg = format!(
                         "Successfully assigned {}/{} to {node}",
@@ -599,6 +600,7 @@ impl Scheduler {
                     self.recorder.record(p.as_ref(), "Normal", "Scheduled", msg).await;
                 }
                 Err(e) => {
+                    crate::metrics::schedule_attempt("error");
                     tracing::warn!("binding {} to {node}: {e}", pods::name(&p.metadata));
                     self.assumed.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
                 }
@@ -615,6 +617,7 @@ impl Scheduler {
     }
 
     async fn unschedulable(&self, p: &Pod, msg: String) {
+        crate::metrics::schedule_attempt("unschedulable");
         let uid = pods::uid(&p.metadata).to_string();
         if self.reported.lock().expect("not poisoned").get(&uid) == Some(&msg) {
             return;
