@@ -72,6 +72,25 @@ fn first_three(list: &[String]) -> String {
     }
 }
 
+/// Access modes as kubectl abbreviates them (RWO, ROX, RWX, RWOP).
+fn access_modes(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str())
+                .map(|m| match m {
+                    "ReadWriteOnce" => "RWO",
+                    "ReadOnlyMany" => "ROX",
+                    "ReadWriteMany" => "RWX",
+                    "ReadWriteOncePod" => "RWOP",
+                    other => other,
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 /// A column kubectl shows only with `-o wide`.
 fn wide(mut c: Value) -> Value {
     c["priority"] = json!(1);
@@ -336,12 +355,59 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             } else {
                 ready.to_string()
             };
+            let address = |t: &str| {
+                o["status"]["addresses"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|a| a["type"] == t))
+                    .and_then(|a| a["address"].as_str())
+                    .unwrap_or("<none>")
+                    .to_string()
+            };
+            let info = |k: &str| json!(o["status"]["nodeInfo"][k].as_str().unwrap_or("<unknown>"));
             vec![
                 name,
                 json!(ready),
                 json!("<none>"),
                 json!(age(o)),
                 json!(o["status"]["nodeInfo"]["kubeletVersion"].as_str().unwrap_or("")),
+                json!(address("InternalIP")),
+                json!(address("ExternalIP")),
+                info("osImage"),
+                info("kernelVersion"),
+                info("containerRuntimeVersion"),
+            ]
+        }
+        "persistentvolumeclaims" => {
+            let bound = o["status"]["phase"] == "Bound";
+            let modes = access_modes(&o["status"]["accessModes"]);
+            vec![
+                name,
+                json!(o["status"]["phase"].as_str().unwrap_or("Pending")),
+                json!(o["spec"]["volumeName"].as_str().unwrap_or("")),
+                json!(if bound { o["status"]["capacity"]["storage"].as_str().unwrap_or("") } else { "" }),
+                json!(if bound { modes } else { String::new() }),
+                json!(o["spec"]["storageClassName"].as_str().unwrap_or("<unset>")),
+                json!(o["spec"]["volumeAttributesClassName"].as_str().unwrap_or("<unset>")),
+                json!(age(o)),
+            ]
+        }
+        "persistentvolumes" => {
+            let claim = &o["spec"]["claimRef"];
+            let claim = match (claim["namespace"].as_str(), claim["name"].as_str()) {
+                (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(o["spec"]["capacity"]["storage"].as_str().unwrap_or("")),
+                json!(access_modes(&o["spec"]["accessModes"])),
+                json!(o["spec"]["persistentVolumeReclaimPolicy"].as_str().unwrap_or("Retain")),
+                json!(o["status"]["phase"].as_str().unwrap_or("Pending")),
+                json!(claim),
+                json!(o["spec"]["storageClassName"].as_str().unwrap_or("")),
+                json!(o["spec"]["volumeAttributesClassName"].as_str().unwrap_or("<unset>")),
+                json!(o["status"]["reason"].as_str().unwrap_or("")),
+                json!(age(o)),
             ]
         }
         _ => vec![name, json!(age(o))],
@@ -469,6 +535,33 @@ fn columns(r: &Resource) -> Vec<Value> {
             col("Roles", "string", "The roles of the node"),
             age,
             col("Version", "string", "Kubelet Version reported by the node."),
+            wide(col("Internal-IP", "string", "List of internal IPs for the node.")),
+            wide(col("External-IP", "string", "List of external IPs for the node.")),
+            wide(col("OS-Image", "string", "OS image reported by the node from /etc/os-release.")),
+            wide(col("Kernel-Version", "string", "Kernel version reported by the node.")),
+            wide(col("Container-Runtime", "string", "Container runtime version reported by the node.")),
+        ],
+        "persistentvolumeclaims" => vec![
+            name,
+            col("Status", "string", "The status of the claim."),
+            col("Volume", "string", "The volume bound to the claim."),
+            col("Capacity", "string", "The capacity of the volume."),
+            col("Access Modes", "string", "The access modes of the volume."),
+            col("StorageClass", "string", "The storage class of the claim."),
+            col("VolumeAttributesClass", "string", "The volume attributes class of the claim."),
+            age,
+        ],
+        "persistentvolumes" => vec![
+            name,
+            col("Capacity", "string", "The capacity of the volume."),
+            col("Access Modes", "string", "The access modes of the volume."),
+            col("Reclaim Policy", "string", "What happens to the volume when its claim is deleted."),
+            col("Status", "string", "The phase of the volume."),
+            col("Claim", "string", "The claim bound to the volume."),
+            col("StorageClass", "string", "The storage class of the volume."),
+            col("VolumeAttributesClass", "string", "The volume attributes class of the volume."),
+            col("Reason", "string", "Why the volume is in its phase."),
+            age,
         ],
         _ => vec![name, age],
     };
@@ -527,6 +620,52 @@ mod tests {
         assert_eq!(human_duration(3 * 3600), "3h");
         assert_eq!(human_duration(2 * 86400 + 5 * 3600), "2d5h");
         assert_eq!(human_duration(400 * 86400), "400d");
+    }
+
+    #[test]
+    fn node_and_volume_rows_match_their_columns() {
+        let node = json!({"metadata": {"name": "n1"}, "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "addresses": [{"type": "InternalIP", "address": "10.0.0.5"}],
+            "nodeInfo": {"kubeletVersion": "v1.32.0-skiff", "osImage": "Debian GNU/Linux 12", "kernelVersion": "6.1.0", "containerRuntimeVersion": "containerd://1.6.20"}}});
+        let pvc = json!({"metadata": {"name": "www-web-0"}, "spec": {"volumeName": "pv1", "storageClassName": "standard"},
+            "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"]}});
+        let pv = json!({"metadata": {"name": "pv1"}, "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce", "ReadOnlyMany"],
+            "persistentVolumeReclaimPolicy": "Delete", "claimRef": {"namespace": "default", "name": "www-web-0"}, "storageClassName": "standard"},
+            "status": {"phase": "Bound"}});
+        for (plural, obj, want) in [
+            (
+                "nodes",
+                &node,
+                vec![
+                    "n1",
+                    "Ready",
+                    "<none>",
+                    "v1.32.0-skiff",
+                    "10.0.0.5",
+                    "<none>",
+                    "Debian GNU/Linux 12",
+                    "6.1.0",
+                    "containerd://1.6.20",
+                ],
+            ),
+            ("persistentvolumeclaims", &pvc, vec!["www-web-0", "Bound", "pv1", "1Gi", "RWO", "standard", "<unset>"]),
+            (
+                "persistentvolumes",
+                &pv,
+                vec!["pv1", "1Gi", "RWO,ROX", "Delete", "Bound", "default/www-web-0", "standard", "<unset>", ""],
+            ),
+        ] {
+            let r = crate::registry::find("", "v1", plural).unwrap();
+            let t = table(r, std::slice::from_ref(obj), "7", None, true, None);
+            let names: Vec<&str> =
+                t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+            let cells = t["rows"][0]["cells"].as_array().unwrap();
+            assert_eq!(names.len(), cells.len(), "{plural}: {names:?}");
+            let shown: Vec<&str> =
+                names.iter().zip(cells).filter(|(n, _)| **n != "Age").map(|(_, c)| c.as_str().unwrap()).collect();
+            assert_eq!(shown, want, "{plural}");
+        }
     }
 
     #[test]
