@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Args, Parser};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
@@ -263,32 +264,15 @@ async fn wait_ready(a: &UpArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     step(&format!("store on {}", a.store_client_addr));
     let endpoint = a.store_client_addr.to_string();
-    until(a, start, || async {
-        match etcd_client::Client::connect([endpoint.as_str()], None).await {
-            Ok(mut c) => c.get("/", None).await.is_ok(),
-            Err(_) => false,
-        }
-    })
-    .await
-    .map_err(failed)?;
+    until(a, start, || store_answers(&endpoint)).await.map_err(failed)?;
     done(t);
 
     let t = Instant::now();
     step(&format!("API server on https://{}", a.bind));
     let kubeconfig = a.kubeconfig();
-    until(a, start, || async {
-        if !kubeconfig.exists() {
-            return false;
-        }
-        match skiff_controllers::client::from_kubeconfig(&kubeconfig).await {
-            Ok(c) => c.apiserver_version().await.is_ok(),
-            Err(_) => false,
-        }
-    })
-    .await
-    .map_err(failed)?;
+    until(a, start, || async { api_client(&kubeconfig).await.is_some() }).await.map_err(failed)?;
     done(t);
-    let client = skiff_controllers::client::from_kubeconfig(&kubeconfig).await?;
+    let client = api_client(&kubeconfig).await.context("the API server stopped answering")?;
 
     let t = Instant::now();
     let node = a.node_name();
@@ -347,13 +331,7 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
     let mut tasks = Components::new();
     tasks.spawn(async move { ("store", crate::run_store(store).await) });
     let endpoint = a.store_client_addr.to_string();
-    wait_for("the store", || async {
-        match etcd_client::Client::connect([endpoint.as_str()], None).await {
-            Ok(mut c) => c.get("/", None).await.is_ok(),
-            Err(_) => false,
-        }
-    })
-    .await?;
+    wait_for("the store", || store_answers(&endpoint)).await?;
 
     let api: crate::apiserver_cmd::ApiServerArgs = parse(
         "apiserver",
@@ -370,16 +348,7 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
     )?;
     tasks.spawn(async move { ("apiserver", crate::apiserver_cmd::run(api).await) });
     let kubeconfig = dir.join("apiserver/admin.kubeconfig");
-    wait_for("the API server", || async {
-        if !kubeconfig.exists() {
-            return false;
-        }
-        match skiff_controllers::client::from_kubeconfig(&kubeconfig).await {
-            Ok(c) => c.apiserver_version().await.is_ok(),
-            Err(_) => false,
-        }
-    })
-    .await?;
+    wait_for("the API server", || async { api_client(&kubeconfig).await.is_some() }).await?;
     let kc = kubeconfig.display().to_string();
 
     // One process holds the only replica: no leader election (whose Lease would make a
@@ -479,6 +448,23 @@ fn busybox_image(dir: &Path) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Whether the store at `endpoint` answers a read.
+async fn store_answers(endpoint: &str) -> bool {
+    match etcd_client::Client::connect([endpoint], None).await {
+        Ok(mut c) => c.get("/", None).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A client of the API server `kubeconfig` names, once the server answers.
+async fn api_client(kubeconfig: &Path) -> Option<kube::Client> {
+    if !kubeconfig.exists() {
+        return None;
+    }
+    let c = skiff_controllers::client::from_kubeconfig(kubeconfig).await.ok()?;
+    c.apiserver_version().await.ok().map(|_| c)
 }
 
 async fn wait_for<F, Fut>(what: &str, mut ok: F) -> anyhow::Result<()>

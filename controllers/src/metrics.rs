@@ -18,11 +18,45 @@ use crate::{Ctx, Error};
 
 const BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
+/// A Prometheus histogram: cumulative counts per upper bound, sum and count (shared
+/// with the node agent's metrics).
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
     sum: f64,
     count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        for (b, n) in self.bounds.iter().zip(self.counts.iter_mut()) {
+            if v <= *b {
+                *n += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// The `<name>_bucket`, `_sum` and `_count` lines; `labels` is `k="v",...` or empty.
+    pub fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let with = |extra: &str| match (labels.is_empty(), extra.is_empty()) {
+            (true, true) => String::new(),
+            (true, false) => format!("{{{extra}}}"),
+            (false, true) => format!("{{{labels}}}"),
+            (false, false) => format!("{{{labels},{extra}}}"),
+        };
+        for (b, n) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{} {n}", with(&format!("le=\"{b}\"")));
+        }
+        let _ = writeln!(out, "{name}_bucket{} {}", with("le=\"+Inf\""), self.count);
+        let _ = writeln!(out, "{name}_sum{} {}", with(""), self.sum);
+        let _ = writeln!(out, "{name}_count{} {}", with(""), self.count);
+    }
 }
 
 #[derive(Default)]
@@ -39,15 +73,7 @@ fn record(controller: &'static str, ok: bool, took: Duration) {
     let mut guard = STATE.lock().expect("not poisoned");
     let s = guard.get_or_insert_with(State::default);
     *s.results.entry((controller, if ok { "success" } else { "error" })).or_default() += 1;
-    let h = s.times.entry(controller).or_default();
-    let secs = took.as_secs_f64();
-    for (i, b) in BUCKETS.iter().enumerate() {
-        if secs <= *b {
-            h.counts[i] += 1;
-        }
-    }
-    h.sum += secs;
-    h.count += 1;
+    s.times.entry(controller).or_insert_with(|| Histogram::new(&BUCKETS)).observe(took.as_secs_f64());
 }
 
 /// Counts one scheduling attempt: `scheduled`, `unschedulable` or `error`.
@@ -93,20 +119,7 @@ pub fn render() -> String {
          # TYPE controller_runtime_reconcile_time_seconds histogram\n",
     );
     for (c, h) in &s.times {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "controller_runtime_reconcile_time_seconds_bucket{{controller=\"{c}\",le=\"{b}\"}} {}",
-                h.counts[i]
-            );
-        }
-        let _ = writeln!(
-            out,
-            "controller_runtime_reconcile_time_seconds_bucket{{controller=\"{c}\",le=\"+Inf\"}} {}",
-            h.count
-        );
-        let _ = writeln!(out, "controller_runtime_reconcile_time_seconds_sum{{controller=\"{c}\"}} {}", h.sum);
-        let _ = writeln!(out, "controller_runtime_reconcile_time_seconds_count{{controller=\"{c}\"}} {}", h.count);
+        h.write(&mut out, "controller_runtime_reconcile_time_seconds", &format!("controller=\"{c}\""));
     }
     out.push_str(
         "# HELP scheduler_schedule_attempts_total Number of attempts to schedule pods, by the result.\n\
@@ -141,5 +154,26 @@ pub async fn serve(listener: tokio::net::TcpListener) {
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_with_or_without_labels() {
+        let mut h = Histogram::new(&[0.1, 1.0]);
+        h.observe(0.05);
+        h.observe(0.5);
+        let mut out = String::new();
+        h.write(&mut out, "x", "");
+        assert_eq!(
+            out,
+            "x_bucket{le=\"0.1\"} 1\nx_bucket{le=\"1\"} 2\nx_bucket{le=\"+Inf\"} 2\nx_sum 0.55\nx_count 2\n"
+        );
+        let mut out = String::new();
+        h.write(&mut out, "x", "c=\"a\"");
+        assert!(out.starts_with("x_bucket{c=\"a\",le=\"0.1\"} 1\n") && out.ends_with("x_count{c=\"a\"} 2\n"), "{out}");
     }
 }

@@ -216,14 +216,6 @@ struct PodRec {
 const POD_START_BUCKETS: [f64; 16] =
     [0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0, 600.0];
 
-/// A histogram: cumulative counts per bucket, sum, count.
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; POD_START_BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
-
 struct Inner {
     conn: Conn,
     client: kube::Client,
@@ -239,7 +231,7 @@ struct Inner {
     pulling: tokio::sync::Mutex<()>,
     /// For `/metrics`: containers started, and pods' creation -> all containers running.
     started: std::sync::atomic::AtomicU64,
-    pod_starts: Mutex<Histogram>,
+    pod_starts: Mutex<skiff_controllers::metrics::Histogram>,
 }
 
 #[derive(Clone)]
@@ -318,7 +310,7 @@ impl Containerd {
             registry: registry::Registry::new(s_insecure, &s_mirrors)?,
             pulling: tokio::sync::Mutex::new(()),
             started: Default::default(),
-            pod_starts: Mutex::new(Histogram::default()),
+            pod_starts: Mutex::new(skiff_controllers::metrics::Histogram::new(&POD_START_BUCKETS)),
         };
         let rt = Containerd { inner: Arc::new(inner) };
         rt.find_existing().await?;
@@ -724,14 +716,7 @@ impl Containerd {
         }
         let Some(created) = pod.metadata.creation_timestamp.as_ref() else { return };
         let secs = Timestamp::now().duration_since(created.0).as_secs_f64().max(0.0);
-        let mut h = self.inner.pod_starts.lock().expect("not poisoned");
-        for (i, b) in POD_START_BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += secs;
-        h.count += 1;
+        self.inner.pod_starts.lock().expect("not poisoned").observe(secs);
     }
 
     /// The node's metrics in Prometheus' text format, under the kubelet's and cAdvisor's
@@ -742,6 +727,7 @@ impl Containerd {
         let (mut running_pods, mut running_containers) = (0, 0);
         // Each family's samples are written together, as the format requires.
         let (mut restarts, mut cpu, mut memory) = (String::new(), String::new(), String::new());
+        let mut running = Vec::new();
         let pods = self.inner.pods.lock().expect("not poisoned");
         for (uid, rec) in pods.iter() {
             let (ns, name) = rec.name.split_once('/').unwrap_or(("", rec.name.as_str()));
@@ -755,30 +741,24 @@ impl Containerd {
                 any = true;
                 running_containers += 1;
                 let path = format!("{}/pod{uid}/{}", self.inner.s.cgroup_parent.trim_end_matches('/'), r.cid);
-                if let Some((cpu_ns, mem)) = cgroup_usage(&path) {
-                    let _ = writeln!(cpu, "container_cpu_usage_seconds_total{{{l}}} {}", cpu_ns as f64 / 1e9);
-                    let _ = writeln!(memory, "container_memory_working_set_bytes{{{l}}} {mem}");
-                }
+                running.push((l, path));
             }
             running_pods += any as u32;
         }
         drop(pods);
+        // The cgroup files are read without holding the pods' lock.
+        for (l, path) in running {
+            if let Some((cpu_ns, mem)) = cgroup_usage(&path) {
+                let _ = writeln!(cpu, "container_cpu_usage_seconds_total{{{l}}} {}", cpu_ns as f64 / 1e9);
+                let _ = writeln!(memory, "container_memory_working_set_bytes{{{l}}} {mem}");
+            }
+        }
         let _ = writeln!(out, "# HELP kubelet_running_pods Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\nkubelet_running_pods {running_pods}");
         let _ = writeln!(out, "# HELP kubelet_running_containers Number of containers currently running\n# TYPE kubelet_running_containers gauge\nkubelet_running_containers{{container_state=\"running\"}} {running_containers}");
         let started = self.inner.started.load(std::sync::atomic::Ordering::Relaxed);
         let _ = writeln!(out, "# HELP kubelet_started_containers_total Cumulative number of containers started\n# TYPE kubelet_started_containers_total counter\nkubelet_started_containers_total{{container_type=\"container\"}} {started}");
-        let h = self.inner.pod_starts.lock().expect("not poisoned");
         let _ = writeln!(out, "# HELP kubelet_pod_start_duration_seconds Duration in seconds from the pod's creation to all its containers running\n# TYPE kubelet_pod_start_duration_seconds histogram");
-        for (i, b) in POD_START_BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "kubelet_pod_start_duration_seconds_bucket{{le=\"{b}\"}} {}", h.counts[i]);
-        }
-        let _ = writeln!(out, "kubelet_pod_start_duration_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(
-            out,
-            "kubelet_pod_start_duration_seconds_sum {}\nkubelet_pod_start_duration_seconds_count {}",
-            h.sum, h.count
-        );
-        drop(h);
+        self.inner.pod_starts.lock().expect("not poisoned").write(&mut out, "kubelet_pod_start_duration_seconds", "");
         out.push_str("# HELP kube_pod_container_status_restarts_total The number of container restarts per container.\n# TYPE kube_pod_container_status_restarts_total counter\n");
         out.push_str(&restarts);
         out.push_str("# HELP container_cpu_usage_seconds_total Cumulative cpu time consumed in seconds.\n# TYPE container_cpu_usage_seconds_total counter\n");
