@@ -29,20 +29,30 @@ deps:
 build: deps
 	$(CARGO) build --bin skiff
 
-# What only the tests need: the Python `kubernetes` client, in a virtualenv of its own
-# (so the machine's Python packages stay as they are).
+# What only the tests need: the Python `kubernetes` client and selenium, in a virtualenv
+# of its own (so the machine's Python packages stay as they are), and Debian's Chromium
+# and ChromeDriver for the dashboard test.
 TEST_VENV := $(CURDIR)/target/test-venv
 # Debian's docker-registry for the image pull tests, which start their own on a loopback
 # port: its packaged service (which would listen on :5000) is stopped and disabled. And
 # the filesystem of the stand-in nginx image (scripts/nginx-rootfs.sh).
+TEST_DEB_PACKAGES := chromium chromium-driver
 test-deps: deps
+	@missing=""; for p in $(TEST_DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	@dpkg-query -W -f='$${Status}' docker-registry 2>/dev/null | grep -q "install ok installed" || { \
 	  echo "installing: docker-registry"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null; \
 	  if command -v systemctl >/dev/null; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi; }
 	@scripts/nginx-rootfs.sh $(CURDIR)/target/test-images/nginx-rootfs
-	@$(TEST_VENV)/bin/python -c 'import kubernetes' 2>/dev/null || { \
-	  python3 -m venv $(TEST_VENV) && $(TEST_VENV)/bin/pip install -q --disable-pip-version-check kubernetes==37.0.2; }
+	@$(TEST_VENV)/bin/python -c 'import kubernetes, selenium' 2>/dev/null || { \
+	  python3 -m venv $(TEST_VENV) && \
+	  $(TEST_VENV)/bin/pip install -q --disable-pip-version-check kubernetes==37.0.2 selenium==4.27.1; }
 
 # A whole single-node cluster in one background process, data under /var/lib/skiff
 # (`skiff up --help`); it prints the `export KUBECONFIG=...` line.

@@ -6,6 +6,7 @@ mod bench_cmd;
 mod chaos_cmd;
 mod cluster_bench;
 mod controllers_cmd;
+mod dashboard_cmd;
 mod duration;
 mod endpoint;
 mod member_cmd;
@@ -82,6 +83,9 @@ enum Command {
     Up(up::UpArgs),
     /// Stop the cluster `skiff up` started and remove what its node made on the machine.
     Down(up::DownArgs),
+    /// Serve the web dashboard on a local port, acting as a kubeconfig's user (like
+    /// `kubectl proxy`); prints its URL.
+    Dashboard(dashboard_cmd::DashboardArgs),
     /// Kill, pause and partition store members under load and check that nothing was lost.
     Chaos {
         #[command(subcommand)]
@@ -215,6 +219,7 @@ fn main() -> ExitCode {
             Command::Image { command } => controllers_cmd::image(command).await,
             Command::Up(args) => up::up(args).await,
             Command::Down(args) => up::down(args).await,
+            Command::Dashboard(args) => dashboard_cmd::run(args).await,
         }
         .map(|()| ExitCode::SUCCESS)
     });

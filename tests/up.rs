@@ -308,6 +308,13 @@ fn up_with_a_simulated_node_needs_no_containers() {
     let scheduled =
         samples.iter().find(|(n, l, _)| n == "scheduler_schedule_attempts_total" && l["result"] == "scheduled");
     assert!(scheduled.is_some_and(|s| s.2 >= 3.0), "{body}");
+    // And how long each pod waited to be bound: three pods, each within the buckets.
+    let sli = |n: &str| samples.iter().find(|(name, _, _)| name == n).map(|s| s.2);
+    assert!(sli("scheduler_pod_scheduling_sli_duration_seconds_count").is_some_and(|v| v >= 3.0), "{body}");
+    let inf = samples.iter().find(|(n, l, _)| {
+        n == "scheduler_pod_scheduling_sli_duration_seconds_bucket" && l.get("le").map(String::as_str) == Some("+Inf")
+    });
+    assert_eq!(inf.map(|s| s.2), sli("scheduler_pod_scheduling_sli_duration_seconds_count"), "{body}");
 
     let pid = c.pid().unwrap();
     // SAFETY: kill has no memory-safety preconditions.
@@ -323,4 +330,103 @@ fn up_with_a_simulated_node_needs_no_containers() {
     let o = c.skiff(&["down", "--data-dir", "/nonexistent/skiff-up-test"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("no cluster in /nonexistent/skiff-up-test"), "{}", text(&o));
+}
+
+/// Sends `request` as is to `addr`; the whole response.
+fn raw_http(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// `skiff dashboard`, killed when dropped.
+struct Dashboard {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Dashboard {
+    fn start(kubeconfig: &Path) -> Dashboard {
+        use std::io::BufRead;
+        let mut child = Command::new(skiff_bin())
+            .args(["dashboard", "--address", "127.0.0.1:0", "--kubeconfig"])
+            .arg(kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().to_string();
+        let d = Dashboard { child, url };
+        assert!(d.url.starts_with("http://127.0.0.1:") && d.url.ends_with("/dashboard/"), "printed {line:?}");
+        d
+    }
+
+    fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://").trim_end_matches("/dashboard/")
+    }
+}
+
+/// The web dashboard in headless Chromium against a running cluster: the node and the
+/// store member with their status, a Deployment's pods appearing after `kubectl apply`,
+/// the page's Scale and Restart buttons changing the cluster (and the page following
+/// through its watches), a pod's page, Services, Events, and usage charts. Screenshots go
+/// to target/test-artifacts/dashboard/.
+#[test]
+fn dashboard_in_a_browser_follows_and_changes_the_cluster() {
+    let c = Cluster::new(&["--runtime".into(), "fake".into()]);
+    c.up();
+    let d = Dashboard::start(&c.kubeconfig());
+
+    // The page, with headers that keep its scripts its own and its buttons unframed.
+    let resp = raw_http(d.addr(), &format!("GET /dashboard/ HTTP/1.0\r\nHost: {}\r\n\r\n", d.addr()));
+    assert!(resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("content-security-policy: default-src 'self'"), "{resp}");
+    assert!(resp.contains("x-frame-options: DENY") && resp.contains("<title>Skiff dashboard</title>"), "{resp}");
+    // What a web page elsewhere could make a browser send is refused: another Host
+    // (DNS rebinding), a change from another origin.
+    let resp = raw_http(d.addr(), "GET /api/v1/secrets HTTP/1.0\r\nHost: evil.example:80\r\n\r\n");
+    assert!(resp.contains(" 403 "), "{resp}");
+    let patch = format!(
+        "PATCH /apis/apps/v1/namespaces/default/deployments/x/scale HTTP/1.0\r\nHost: {}\r\nOrigin: http://evil.example\r\nContent-Type: application/merge-patch+json\r\nContent-Length: 2\r\n\r\n{{}}",
+        d.addr()
+    );
+    let resp = raw_http(d.addr(), &patch);
+    assert!(resp.contains(" 403 ") && resp.contains("evil.example"), "{resp}");
+    let delete = format!(
+        "DELETE /api/v1/namespaces/default/pods/x HTTP/1.0\r\nHost: {}\r\nSec-Fetch-Site: cross-site\r\n\r\n",
+        d.addr()
+    );
+    let resp = raw_http(d.addr(), &delete);
+    assert!(resp.contains(" 403 ") && resp.contains("cross-site"), "{resp}");
+    // The store's members, as the page reads them.
+    let resp = raw_http(d.addr(), &format!("GET /dashboard/api/store HTTP/1.0\r\nHost: {}\r\n\r\n", d.addr()));
+    let body: Value = serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["members"][0]["isLeader"], true, "{body}");
+    assert_eq!(body["members"][0]["endpoint"], format!("http://{}", c.store), "{body}");
+
+    let python = std::env::var("SKIFF_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/dashboard.py");
+    let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-artifacts/dashboard");
+    let o =
+        Command::new(&python).arg(script).arg(&d.url).arg(c.kubeconfig()).arg(KUBECTL).arg(artifacts).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{python} {script} failed (selenium, chromium and chromedriver: `make test-deps` installs them; screenshots in {artifacts}):\n{}",
+        text(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("dashboard: ok"), "{}", text(&o));
+    assert!(Path::new(artifacts).join("overview.png").exists());
 }

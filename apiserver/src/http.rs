@@ -32,6 +32,7 @@ pub struct App {
     pub caches: watchcache::WatchCaches,
     pub ranges: alloc::Ranges,
     pub tolerations: admission::Tolerations,
+    pub usage: Arc<crate::dashboard::UsageHistory>,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -243,6 +244,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> ApiResult<Response<Body
     let method = req.method().clone();
     match segs.as_slice() {
         ["version"] => Ok(json_response(200, &version(), fmt)),
+        ["dashboard", rest @ ..] => dashboard(&app, rest, &query).await,
         ["metrics"] => Ok(respond(200, "text/plain; version=0.0.4; charset=utf-8", app.metrics.render())),
         ["healthz" | "livez" | "readyz", ..] => match app.store.revision().await {
             Ok(_) => Ok(respond(200, "text/plain; charset=utf-8", "ok")),
@@ -286,6 +288,29 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> ApiResult<Response<Body
         }
         _ => Err(ApiError::not_found_path()),
     }
+}
+
+/// The dashboard's files and its two JSON documents (`dashboard.rs`).
+async fn dashboard(app: &App, rest: &[&str], q: &Query) -> ApiResult<Response<Body>> {
+    let (code, content_type, body): (u16, &str, Bytes) = match rest {
+        ["api", "store"] => {
+            (200, "application/json", crate::dashboard::store_members(&app.store).await?.to_string().into())
+        }
+        ["api", "usage"] => {
+            let pods = q.get("pods") != Some("false");
+            (200, "application/json", app.usage.to_json(pods, q.get("namespace")).into())
+        }
+        [] | [_] => match crate::dashboard::asset(rest.first().copied().unwrap_or("")) {
+            Some((ct, text)) => (200, ct, Bytes::from_static(text.as_bytes())),
+            None => return Err(ApiError::not_found_path()),
+        },
+        _ => return Err(ApiError::not_found_path()),
+    };
+    let mut resp = respond(code, content_type, body);
+    for (k, v) in crate::dashboard::SECURITY_HEADERS {
+        resp.headers_mut().insert(k, hyper::header::HeaderValue::from_static(v));
+    }
+    Ok(resp)
 }
 
 fn version() -> Value {

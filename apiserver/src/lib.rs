@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod alloc;
 pub mod convert;
+pub mod dashboard;
 pub mod defaults;
 pub mod discovery;
 pub mod http;
@@ -104,7 +105,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         caches: watchcache::WatchCaches::default(),
         ranges: cfg.ranges.clone(),
         tolerations: cfg.tolerations,
+        usage: Default::default(),
     });
+    dashboard::spawn_sampler(app.store.clone(), app.usage.clone());
     {
         let app = app.clone();
         tokio::spawn(async move {

@@ -62,6 +62,11 @@ async fn agent_address(store: &Store, pod: &Value, name: &str) -> ApiResult<Stri
         .and_then(|a| a["address"].as_str())
         .ok_or_else(|| ApiError::internal(format!("node {node} has no InternalIP")))?;
     let port = n["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(10250);
+    if port == 0 {
+        return Err(ApiError::bad_request(format!(
+            "node {node} has no agent endpoint (a simulated node): logs, exec, attach and port-forward are not available"
+        )));
+    }
     Ok(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") })
 }
 

@@ -81,6 +81,11 @@ impl Store {
         Ok(Store { client })
     }
 
+    /// The etcd client itself, for what is not about objects (store member status).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     pub async fn get(&self, key: &str) -> ApiResult<Option<Stored>> {
         let r = self.client.kv_client().get(key, None).await?;
         match r.kvs().first() {

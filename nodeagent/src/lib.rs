@@ -17,7 +17,10 @@ use kube::Api;
 use skiff_controllers::informer::notifying_cache;
 
 /// Runs an agent with the simulated runtime until it is stopped.
-pub async fn run_fake(cfg: agent::Config, start_delay: std::time::Duration) -> anyhow::Result<()> {
+pub async fn run_fake(mut cfg: agent::Config, start_delay: std::time::Duration) -> anyhow::Result<()> {
+    // Simulated nodes serve no logs or exec: port 0 tells the API server not to dial
+    // their made-up addresses.
+    cfg.port = 0;
     let client = skiff_controllers::client::from_kubeconfig(&cfg.kubeconfig).await?;
     agent::Agent::new(client, cfg, runtime::Fake::new(start_delay)).run().await
 }
