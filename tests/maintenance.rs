@@ -50,11 +50,13 @@ fn nospace_alarm_cycle() {
 /// the member: leadership, revision, database size, open watchers; and `/health`.
 #[test]
 fn metrics_and_health_are_served_with_etcds_names() {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{addr}");
-    let c = Cluster::start_with(1, &["--listen-metrics-urls", &url]);
-    let ep = c.endpoints();
-    c.wait_leader();
+    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let c = Cluster::start_with_each(3, |i| vec!["--listen-metrics-urls".into(), format!("http://{}", addrs[i])]);
+    let leader = c.wait_leader();
+    // Everything below is asked of the leader: watchers are counted by the member
+    // that serves them.
+    let addr = addrs[leader].clone();
+    let ep = c.members[leader].endpoint();
     for i in 0..5 {
         ok(&ep, &["put", &format!("k{i}"), "v"]);
     }
@@ -88,6 +90,30 @@ fn metrics_and_health_are_served_with_etcds_names() {
     assert_eq!(value(&samples, "etcd_debugging_mvcc_current_revision"), rev);
     assert!(value(&samples, "etcd_mvcc_db_total_size_in_bytes") > 0.0);
     assert!(value(&samples, "etcd_server_proposals_applied_total") >= 5.0);
+    // Latency histograms: every write was fsynced, committed to the database and
+    // applied; the buckets add up to the count.
+    for h in [
+        "etcd_disk_wal_fsync_duration_seconds",
+        "etcd_disk_backend_commit_duration_seconds",
+        "skiff_server_apply_duration_seconds",
+    ] {
+        let count = value(&samples, &format!("{h}_count"));
+        assert!(count >= 5.0, "{h}_count is {count}");
+        let inf = samples.iter().find(|(n, l, _)| *n == format!("{h}_bucket") && l["le"] == "+Inf").unwrap();
+        assert_eq!(inf.2, count, "{h}");
+        assert!(value(&samples, &format!("{h}_sum")) > 0.0, "{h}");
+    }
+    // Heartbeats to each of the two followers, labelled with their member ids as
+    // `etcdctl member list` prints them.
+    let members = ok(&ep, &["member", "list"]);
+    let peers: Vec<&Sample> = samples
+        .iter()
+        .filter(|(n, l, v)| n == "etcd_network_peer_round_trip_time_seconds_count" && *v > 0.0 && l.contains_key("To"))
+        .collect();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    for (_, l, _) in peers {
+        assert!(members.contains(&l["To"]), "{} not in {members}", l["To"]);
+    }
     let (code, body) = http_get_plain(&addr, "/health");
     assert_eq!((code, body.as_str()), (200, r#"{"health":"true","reason":""}"#));
     // The watcher is gone once its client is.

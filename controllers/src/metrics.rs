@@ -1,7 +1,8 @@
 //! The controller-manager's and scheduler's Prometheus metrics (`--metrics-bind-address`),
 //! under controller-runtime's names: `controller_runtime_reconcile_total{controller,result}`
 //! and the `controller_runtime_reconcile_time_seconds{controller}` histogram; and
-//! kube-scheduler's `scheduler_schedule_attempts_total{result}`. The work
+//! kube-scheduler's `scheduler_schedule_attempts_total{result}` and
+//! `scheduler_pod_scheduling_sli_duration_seconds` (first seen pending → bound). The work
 //! queues belong to kube-runtime, which does not expose their depth, so there is no
 //! `workqueue_depth`.
 
@@ -64,6 +65,20 @@ struct State {
     results: BTreeMap<(&'static str, &'static str), u64>,
     times: BTreeMap<&'static str, Histogram>,
     attempts: BTreeMap<&'static str, u64>,
+    scheduling: Option<Histogram>,
+}
+
+/// kube-scheduler's buckets for `scheduler_pod_scheduling_sli_duration_seconds`.
+const SCHEDULING_BUCKETS: [f64; 20] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92, 163.84, 327.68, 655.36,
+    1310.72, 2621.44, 5242.88,
+];
+
+/// A pod bound `took` after the scheduler first saw it pending.
+pub fn pod_scheduled(took: Duration) {
+    let mut guard = STATE.lock().expect("not poisoned");
+    let s = guard.get_or_insert_with(State::default);
+    s.scheduling.get_or_insert_with(|| Histogram::new(&SCHEDULING_BUCKETS)).observe(took.as_secs_f64());
 }
 
 /// One controller-manager per process, so one set of metrics.
@@ -128,6 +143,13 @@ pub fn render() -> String {
     for (result, n) in &s.attempts {
         let _ =
             writeln!(out, "scheduler_schedule_attempts_total{{profile=\"default-scheduler\",result=\"{result}\"}} {n}");
+    }
+    if let Some(h) = &s.scheduling {
+        out.push_str(
+            "# HELP scheduler_pod_scheduling_sli_duration_seconds E2e latency for a pod being scheduled, from the time the pod enters the scheduling queue until it is bound.\n\
+             # TYPE scheduler_pod_scheduling_sli_duration_seconds histogram\n",
+        );
+        h.write(&mut out, "scheduler_pod_scheduling_sli_duration_seconds", "");
     }
     out
 }

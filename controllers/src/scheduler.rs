@@ -406,6 +406,8 @@ pub struct Scheduler {
     /// Pods placed on a node whose claims are being provisioned there: uid -> (node,
     /// since). They are bound once their claims are, or given up after `VOLUME_BIND_TIMEOUT`.
     awaiting: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// When this scheduler first saw each pending pod (uid), for the scheduling latency.
+    queued: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Scheduler {
@@ -427,6 +429,7 @@ impl Scheduler {
             reported: Mutex::default(),
             volumes,
             awaiting: Mutex::default(),
+            queued: Mutex::default(),
         }
     }
 
@@ -464,6 +467,13 @@ impl Scheduler {
             let live: HashSet<&str> = all_pods.iter().filter_map(|p| p.metadata.uid.as_deref()).collect();
             assumed.retain(|uid, _| live.contains(uid.as_str()));
             self.reported.lock().expect("not poisoned").retain(|uid, _| live.contains(uid.as_str()));
+            let mut queued = self.queued.lock().expect("not poisoned");
+            queued.retain(|uid, _| live.contains(uid.as_str()));
+            let now = std::time::Instant::now();
+            for p in all_pods.iter().filter(|p| Self::pending(p)) {
+                queued.entry(pods::uid(&p.metadata).to_string()).or_insert(now);
+            }
+            drop(queued);
             for p in &all_pods {
                 let uid = pods::uid(&p.metadata);
                 let bound = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
@@ -591,6 +601,9 @@ impl Scheduler {
             match r {
                 Ok(()) => {
                     crate::metrics::schedule_attempt("scheduled");
+                    if let Some(t) = self.queued.lock().expect("not poisoned").remove(pods::uid(&p.metadata)) {
+                        crate::metrics::pod_scheduled(t.elapsed());
+                    }
                     self.reported.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
                     let msg = format!(
                         "Successfully assigned {}/{} to {node}",

@@ -41,7 +41,7 @@ fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error
 }
 
 impl LogStore {
-    pub fn new(db: Db) -> LogStore {
+    pub fn new(db: Db, latencies: std::sync::Arc<crate::metrics::Latencies>) -> LogStore {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let sync_db = db.clone();
         std::thread::Builder::new()
@@ -51,7 +51,9 @@ impl LogStore {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
+                    let started = std::time::Instant::now();
                     let result = sync_db.flush_wal(true).map_err(|e| std::io::Error::other(e.to_string()));
+                    latencies.wal_fsync.observe(started.elapsed());
                     for cb in waiting {
                         cb.log_io_completed(
                             result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())),

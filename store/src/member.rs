@@ -371,7 +371,7 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
     let db = db::open(&member_dir.join("db")).map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
     let shared = Shared::new(db.clone(), member_dir.join("snap")).map_err(anyhow::Error::msg)?;
     let sm = StateMachine::open(shared.clone()).map_err(|e| anyhow::anyhow!("cannot open the state machine: {e}"))?;
-    let log = LogStore::new(db.clone());
+    let log = LogStore::new(db.clone(), shared.latencies.clone());
     let raft_config = openraft::Config {
         cluster_name: "skiff".into(),
         heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
@@ -391,7 +391,14 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
     }
     .validate()?;
     let pool = PeerPool::for_member(&config.listen_peer_urls);
-    let raft = Raft::new(identity.member_id, Arc::new(raft_config), Network { pool: pool.clone() }, log, sm).await?;
+    let raft = Raft::new(
+        identity.member_id,
+        Arc::new(raft_config),
+        Network { pool: pool.clone(), latencies: shared.latencies.clone() },
+        log,
+        sm,
+    )
+    .await?;
 
     let member = Arc::new(Member {
         config: config.clone(),

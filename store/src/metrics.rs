@@ -2,17 +2,124 @@
 //! (`GET /metrics`, `GET /health`), under etcd's metric names where etcd has one, so
 //! dashboards and alerts written for etcd work unchanged.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
 
 use crate::member::Member;
+
+/// A Prometheus histogram that many threads observe into without locking.
+pub struct Histogram {
+    /// Upper bounds in seconds, ascending.
+    bounds: Vec<f64>,
+    /// Observations at or below each bound (not cumulative; summed when rendered).
+    counts: Vec<AtomicU64>,
+    /// Observations above the last bound.
+    over: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Buckets `start * 2^k` for k in 0..n, as etcd's exponential buckets.
+    pub fn exponential(start: f64, n: usize) -> Histogram {
+        let bounds: Vec<f64> = (0..n).map(|k| start * f64::from(1u32 << k)).collect();
+        Histogram {
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            bounds,
+            over: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        match self.bounds.iter().position(|b| secs <= *b) {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_nanos.fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+
+    /// The sample lines of this histogram under `name`, with `labels` (`key="value",...`).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut total = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            total += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {total}");
+        }
+        total += self.over.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}\n{name}_count{braces} {total}");
+    }
+}
+
+/// How long a member's disk writes, applies and peer round trips take.
+pub struct Latencies {
+    /// The group-committed raft log fsync (`flush_wal(sync)`).
+    pub wal_fsync: Histogram,
+    /// Writing one applied entry's changes to the database.
+    pub backend_commit: Histogram,
+    /// Applying one raft entry: executing its requests and writing them.
+    pub apply: Histogram,
+    /// Heartbeats (AppendEntries without entries) to each peer, by member id.
+    pub peer_rtt: Mutex<BTreeMap<u64, Histogram>>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            wal_fsync: Histogram::exponential(0.001, 14),
+            backend_commit: Histogram::exponential(0.001, 14),
+            apply: Histogram::exponential(0.0001, 16),
+            peer_rtt: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Latencies {
+    pub fn peer_round_trip(&self, to: u64, d: Duration) {
+        let mut m = self.peer_rtt.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(to).or_insert_with(|| Histogram::exponential(0.0001, 16)).observe(d);
+    }
+
+    fn render(&self, out: &mut String) {
+        let mut one = |name: &str, help: &str, h: &Histogram| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            h.render(out, name, "");
+        };
+        one(
+            "etcd_disk_wal_fsync_duration_seconds",
+            "The latency distributions of fsync called by WAL.",
+            &self.wal_fsync,
+        );
+        one(
+            "etcd_disk_backend_commit_duration_seconds",
+            "The latency distributions of commit called by backend.",
+            &self.backend_commit,
+        );
+        one(
+            "skiff_server_apply_duration_seconds",
+            "The latency distributions of applying one raft entry.",
+            &self.apply,
+        );
+        let name = "etcd_network_peer_round_trip_time_seconds";
+        let _ = writeln!(out, "# HELP {name} Round-Trip-Time histogram between peers\n# TYPE {name} histogram");
+        for (to, h) in self.peer_rtt.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            h.render(out, name, &format!("To=\"{to:x}\""));
+        }
+    }
+}
 
 /// Counts the leader changes this member sees, as etcd does (the first election counts).
 pub async fn count_leader_changes(m: Arc<Member>) {
@@ -88,6 +195,7 @@ pub fn render(m: &Member) -> String {
         "Total number of watchers.",
         m.shared.watchers.load(Ordering::Relaxed).to_string(),
     );
+    m.shared.latencies.render(&mut out);
     out
 }
 
@@ -130,4 +238,26 @@ pub async fn serve(m: Arc<Member>, addr: SocketAddr) -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::exponential(0.001, 3); // 1, 2, 4 ms
+        for ms in [0.5, 1.5, 1.9, 3.0, 100.0] {
+            h.observe(Duration::from_secs_f64(ms / 1000.0));
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "To=\"a\"");
+        assert!(out.contains("x_bucket{To=\"a\",le=\"0.001\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{To=\"a\",le=\"0.002\"} 3\n"), "{out}");
+        assert!(out.contains("x_bucket{To=\"a\",le=\"0.004\"} 4\n"), "{out}");
+        assert!(out.contains("x_bucket{To=\"a\",le=\"+Inf\"} 5\n"), "{out}");
+        assert!(out.contains("x_count{To=\"a\"} 5\n"), "{out}");
+        let sum: f64 = out.lines().find_map(|l| l.strip_prefix("x_sum{To=\"a\"} ")).unwrap().parse().unwrap();
+        assert!((sum - 0.1069).abs() < 1e-6, "{sum}");
+    }
 }

@@ -177,6 +177,7 @@ fn never_sent(s: &tonic::Status) -> bool {
 #[derive(Clone)]
 pub struct Network {
     pub pool: PeerPool,
+    pub latencies: Arc<crate::metrics::Latencies>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -187,13 +188,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             Some(url) => self.pool.client(url),
             None => Err(format!("member {target:x} has no peer URL")),
         };
-        PeerConn { target, client }
+        PeerConn { target, client, latencies: self.latencies.clone() }
     }
 }
 
 pub struct PeerConn {
     target: u64,
     client: Result<PeerClient<Channel>, String>,
+    latencies: Arc<crate::metrics::Latencies>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<u64, MemberNode, E>>;
@@ -241,7 +243,15 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
-        self.call(Method::Append, &rpc, &option).await
+        // Heartbeats carry no entries: their round trip is the network's and the peer's
+        // scheduling, not its disk (etcd measures the same with small probes).
+        let heartbeat = rpc.entries.is_empty();
+        let started = std::time::Instant::now();
+        let r = self.call(Method::Append, &rpc, &option).await;
+        if heartbeat && r.is_ok() {
+            self.latencies.peer_round_trip(self.target, started.elapsed());
+        }
+        r
     }
 
     async fn install_snapshot(

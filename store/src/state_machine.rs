@@ -67,6 +67,8 @@ pub struct Shared {
     /// Watchers open on this member, and leader changes it saw (for `metrics`).
     pub watchers: AtomicI64,
     pub leader_changes: std::sync::atomic::AtomicU64,
+    /// Disk, apply and peer latencies (for `metrics`).
+    pub latencies: Arc<crate::metrics::Latencies>,
 }
 
 impl Shared {
@@ -87,6 +89,7 @@ impl Shared {
             nospace,
             watchers: AtomicI64::new(0),
             leader_changes: Default::default(),
+            latencies: Default::default(),
         }))
     }
 
@@ -223,6 +226,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.shared.db.clone();
         let mut responses = Vec::new();
         for entry in entries {
+            let started = std::time::Instant::now();
             let log_id = entry.log_id;
             let capped = self.shared.nospace.load(Ordering::SeqCst);
             let mut w = Writer::new(&db, WriteBatch::default()).map_err(|e| sm_err(ErrorVerb::Read, e))?.capped(capped);
@@ -247,7 +251,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 META_APPLIED,
                 bincode::serialize(&log_id).map_err(|e| sm_err(ErrorVerb::Write, e))?,
             );
+            let commit = std::time::Instant::now();
             db.write(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            self.shared.latencies.backend_commit.observe(commit.elapsed());
             for effect in effects {
                 match effect {
                     Effect::Granted(id, ttl) => self.shared.lessor.granted(id, ttl),
@@ -263,6 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.shared.current_rev.store(changes.rev, Ordering::SeqCst);
                 let _ = self.shared.hub.send(Arc::new(HubMsg::Changes(changes)));
             }
+            self.shared.latencies.apply.observe(started.elapsed());
             responses.push(resp);
         }
         Ok(responses)

@@ -77,12 +77,17 @@ impl Cluster {
     }
 
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_with_each(n, |_| extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// Like `start_with`, with flags of its own for each member (by index).
+    pub fn start_with_each(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Cluster {
         let mut c = Self::layout(n, skiff_bin(), "s");
         let initial = c.initial_cluster_of();
-        for m in &mut c.members {
+        for (i, m) in c.members.iter_mut().enumerate() {
             let mut args = vec!["store".to_string()];
             args.extend(member_flags(m, &initial));
-            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(extra(i));
             m.args = args;
         }
         c.members_mut_start_all();
