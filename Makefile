@@ -36,7 +36,7 @@ TEST_VENV := $(CURDIR)/target/test-venv
 # Debian's docker-registry for the image pull tests, which start their own on a loopback
 # port: its packaged service (which would listen on :5000) is stopped and disabled. And
 # the filesystem of the stand-in nginx image (scripts/nginx-rootfs.sh).
-TEST_DEB_PACKAGES := chromium chromium-driver
+TEST_DEB_PACKAGES := chromium chromium-driver curl openssl
 test-deps: deps
 	@missing=""; for p in $(TEST_DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \

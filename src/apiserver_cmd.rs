@@ -34,6 +34,14 @@ pub struct ApiServerArgs {
     /// Seconds new pods tolerate an unreachable node before they are evicted from it.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: i64,
+    /// Static bearer tokens, one per line: `token,user,uid,"group1,group2"` (as
+    /// kube-apiserver's flag of the same name).
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// An EncryptionConfiguration (kube-apiserver's format; providers aesgcm and
+    /// identity): which resources are encrypted in the store, with which keys.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
 }
 
 pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
@@ -48,6 +56,8 @@ pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
             not_ready: args.default_not_ready_toleration_seconds,
             unreachable: args.default_unreachable_toleration_seconds,
         },
+        token_auth_file: args.token_auth_file,
+        encryption_provider_config: args.encryption_provider_config,
     })
     .await?;
     tracing::info!("serving the Kubernetes API on https://{}", running.https);

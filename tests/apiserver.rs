@@ -1004,3 +1004,395 @@ fn metrics_count_requests_by_verb_resource_and_code_and_open_watches() {
     let (_, body) = api.raw("GET", "/metrics", None);
     assert!(!body.contains("madeup1"), "unknown resources are not labels");
 }
+
+/// A kubeconfig for the API server at `api` with the given user entry (YAML lines).
+pub(crate) fn user_kubeconfig(api: &Api, name: &str, user: &str) -> PathBuf {
+    let ca = std::fs::read(api.dir.path().join("api/pki/ca.crt")).unwrap();
+    let ca = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ca);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n{user}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u, namespace: dev}}\ncurrent-context: x\n",
+        api.https_port
+    );
+    let path = api.dir.path().join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// kubectl as the user of `kubeconfig`.
+pub(crate) fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(KUBECTL_132)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(kubeconfig.with_extension("cache"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Authentication (client certificates with CN/O, static bearer tokens, anonymous) and
+/// RBAC with Kubernetes' default roles, through kubectl: a user with `view` reads pods but
+/// not secrets and creates nothing; a group bound to `edit` cluster-wide may create pods
+/// and read secrets but not manage roles; `kubectl auth can-i` and `whoami` answer; a
+/// deleted binding stops granting; bad tokens get 401 and anonymous users only the
+/// public paths.
+#[test]
+fn rbac_decides_what_each_user_may_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.csv");
+    std::fs::write(&tokens, "jane-secret-token,jane,1001,\"dev-team\"\n").unwrap();
+    let api = Api::start_with(&["--token-auth-file", tokens.to_str().unwrap()]);
+    api.k(&["create", "namespace", "dev"]);
+    api.k(&["create", "secret", "generic", "db", "-n", "dev", "--from-literal=password=hunter2"]);
+    api.k(&["create", "rolebinding", "jane-view", "--clusterrole=view", "--user=jane", "-n", "dev"]);
+
+    let jane = user_kubeconfig(&api, "jane", "    token: jane-secret-token");
+    let ok = |kc: &Path, args: &[&str]| {
+        let o = kubectl_as(kc, args);
+        assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let refused = |kc: &Path, args: &[&str]| {
+        let o = kubectl_as(kc, args);
+        assert!(!o.status.success(), "kubectl {args:?} should fail: {}", text(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // Eventually: bindings reach the authorizer through its watch.
+    let eventually = |what: &str, f: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    eventually("jane's view binding", &|| kubectl_as(&jane, &["get", "pods"]).status.success());
+    ok(&jane, &["get", "deployments,services,configmaps"]);
+    let e = refused(&jane, &["get", "secrets"]);
+    assert!(
+        e.contains(
+            r#"secrets is forbidden: User "jane" cannot list resource "secrets" in API group "" in the namespace "dev""#
+        ),
+        "{e}"
+    );
+    let e = refused(&jane, &["get", "secret", "db"]);
+    assert!(e.contains(r#"secrets "db" is forbidden: User "jane" cannot get resource "secrets""#), "{e}");
+    let e = refused(&jane, &["run", "x", "--image=busybox"]);
+    assert!(
+        e.contains(
+            r#"pods is forbidden: User "jane" cannot create resource "pods" in API group "" in the namespace "dev""#
+        ),
+        "{e}"
+    );
+    let e = refused(&jane, &["get", "pods", "-n", "default"]);
+    assert!(e.contains(r#"in the namespace "default""#), "{e}");
+    let e = refused(&jane, &["get", "nodes"]);
+    assert!(e.contains(r#"cannot list resource "nodes" in API group "" at the cluster scope"#), "{e}");
+    // can-i and whoami.
+    assert_eq!(ok(&jane, &["auth", "can-i", "list", "pods"]).trim(), "yes");
+    let o = kubectl_as(&jane, &["auth", "can-i", "get", "secrets"]);
+    assert_eq!((o.status.code(), String::from_utf8_lossy(&o.stdout).trim()), (Some(1), "no"), "{}", text(&o));
+    let o = kubectl_as(&jane, &["auth", "can-i", "list", "pods", "-n", "other"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "no", "{}", text(&o));
+    let who = ok(&jane, &["auth", "whoami", "-o", "json"]);
+    let who: Value = serde_json::from_str(&who).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "jane");
+    assert_eq!(who["status"]["userInfo"]["groups"], json!(["dev-team", "system:authenticated"]));
+
+    // A client certificate signed by the cluster CA: CN is the user, O its groups.
+    let pki = api.dir.path().join("api/pki");
+    let d = tmp.path();
+    let sh = |cmd: &str| {
+        let o = Command::new("bash").arg("-c").arg(cmd).current_dir(d).output().unwrap();
+        assert!(o.status.success(), "{cmd}: {}", text(&o));
+    };
+    std::fs::write(d.join("ext.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    sh("openssl ecparam -name prime256v1 -genkey -noout -out bob.key");
+    sh("openssl req -new -key bob.key -subj '/CN=bob/O=ops' -out bob.csr");
+    sh(&format!(
+        "openssl x509 -req -in bob.csr -CA {0}/ca.crt -CAkey {0}/ca.key -CAcreateserial -days 1 -extfile ext.cnf -out bob.crt",
+        pki.display()
+    ));
+    let b64 =
+        |f: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, std::fs::read(d.join(f)).unwrap());
+    let bob = user_kubeconfig(
+        &api,
+        "bob",
+        &format!("    client-certificate-data: {}\n    client-key-data: {}", b64("bob.crt"), b64("bob.key")),
+    );
+    let e = refused(&bob, &["get", "pods"]);
+    assert!(e.contains(r#"User "bob" cannot list resource "pods""#), "{e}");
+    api.k(&["create", "clusterrolebinding", "ops-edit", "--clusterrole=edit", "--group=ops"]);
+    eventually("the ops group's edit binding", &|| kubectl_as(&bob, &["get", "pods"]).status.success());
+    ok(&bob, &["run", "web", "--image=busybox", "-n", "default"]);
+    assert!(ok(&bob, &["get", "secret", "db", "-o", "jsonpath={.data.password}"]).contains("aHVudGVyMg=="));
+    let e = refused(&bob, &["create", "role", "r", "--verb=get", "--resource=pods"]);
+    assert!(
+        e.contains(r#"roles.rbac.authorization.k8s.io is forbidden: User "bob" cannot create resource "roles""#),
+        "{e}"
+    );
+    assert_eq!(ok(&bob, &["auth", "can-i", "delete", "pods", "-A"]).trim(), "yes");
+    // No one grants what they do not hold: bob, admin of dev, may hand out edit there
+    // but not cluster-admin.
+    api.k(&["create", "rolebinding", "bob-admin", "--clusterrole=admin", "--user=bob", "-n", "dev"]);
+    eventually("bob's admin binding", &|| kubectl_as(&bob, &["get", "rolebindings"]).status.success());
+    ok(&bob, &["create", "rolebinding", "jane-edit", "--clusterrole=edit", "--user=jane"]);
+    let e = refused(&bob, &["create", "rolebinding", "escalate", "--clusterrole=cluster-admin", "--user=bob"]);
+    assert!(
+        e.contains(r#"rolebindings.rbac.authorization.k8s.io "escalate" is forbidden: user "bob" (groups=["ops" "system:authenticated"]) is attempting to grant RBAC permissions not currently held"#),
+        "{e}"
+    );
+    api.k(&["delete", "rolebinding", "jane-edit", "-n", "dev"]);
+
+    // Revoked: the binding's deletion takes the right away.
+    api.k(&["delete", "rolebinding", "jane-view", "-n", "dev"]);
+    eventually("jane's binding to go", &|| !kubectl_as(&jane, &["get", "pods"]).status.success());
+
+    // A bad token is 401; no credentials at all is system:anonymous, which may read
+    // only the public paths.
+    let wrong = user_kubeconfig(&api, "wrong", "    token: not-a-token");
+    let e = refused(&wrong, &["get", "pods"]);
+    assert!(e.contains("You must be logged in to the server"), "{e}");
+    // (kubectl asks for a password when its kubeconfig has no credentials: curl it is.)
+    let anon = |path: &str| {
+        let ca = api.dir.path().join("api/pki/ca.crt");
+        let url = format!("https://127.0.0.1:{}{path}", api.https_port);
+        let o =
+            Command::new("curl").args(["-s", "-w", " %{http_code}", "--cacert"]).arg(&ca).arg(url).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let body = anon("/api/v1/namespaces/dev/pods");
+    assert!(
+        body.contains(r#"User \"system:anonymous\" cannot list resource \"pods\""#) && body.ends_with(" 403"),
+        "{body}"
+    );
+    assert_eq!(anon("/healthz"), "ok 200");
+    assert!(anon("/version").ends_with(" 200"));
+    assert!(anon("/metrics").ends_with(" 403"));
+    assert!(anon("/api").ends_with(" 403"), "discovery is for authenticated users");
+    assert!(anon("/dashboard/").contains("<title>Skiff dashboard</title>"), "the dashboard page is public");
+    assert!(anon("/dashboard/api/usage").ends_with(" 403"), "its data is not");
+}
+
+/// ServiceAccount tokens: `kubectl create token` (the TokenRequest API) signs a token for
+/// a ServiceAccount, bound to a pod when asked; the token acts as the ServiceAccount with
+/// exactly what its bindings allow, and stops working when its pod or ServiceAccount is
+/// deleted. New pods get the `default` ServiceAccount and a projected token volume.
+#[test]
+fn service_account_tokens_are_bound_to_their_pod() {
+    let api = Api::start();
+    api.k(&["create", "namespace", "dev"]);
+    api.k(&["create", "serviceaccount", "app", "-n", "dev"]);
+    api.k(&["create", "rolebinding", "app-view", "--clusterrole=view", "--serviceaccount=dev:app", "-n", "dev"]);
+    api.k_in(
+        &["apply", "-n", "dev", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+            "spec": {"serviceAccountName": "app", "containers": [{"name": "c", "image": "busybox"}]}}"#,
+    );
+    // Admission: the ServiceAccount's token, CA and namespace, projected into every container.
+    let pod = api.k_json(&["get", "pod", "web", "-n", "dev"]);
+    let vol = &pod["spec"]["volumes"][0];
+    let vol_name = vol["name"].as_str().unwrap();
+    assert!(vol_name.starts_with("kube-api-access-"), "{pod}");
+    assert_eq!(vol["projected"]["sources"][0]["serviceAccountToken"]["path"], "token");
+    assert_eq!(vol["projected"]["sources"][1]["configMap"]["name"], "kube-root-ca.crt");
+    let mount = &pod["spec"]["containers"][0]["volumeMounts"][0];
+    assert_eq!(
+        (mount["name"].as_str(), mount["mountPath"].as_str(), mount["readOnly"].as_bool()),
+        (Some(vol_name), Some("/var/run/secrets/kubernetes.io/serviceaccount"), Some(true))
+    );
+    let other = api.k_in(
+        &["create", "-n", "dev", "-o", "json", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+            "spec": {"automountServiceAccountToken": false, "containers": [{"name": "c", "image": "busybox"}]}}"#,
+    );
+    let other: Value = serde_json::from_str(&other).unwrap();
+    assert_eq!(other["spec"]["serviceAccountName"], "default");
+    assert!(other["spec"].get("volumes").is_none(), "opted out: {other}");
+
+    // A token bound to the pod acts as the ServiceAccount, with what its binding allows.
+    let token =
+        api.k(&["create", "token", "app", "-n", "dev", "--bound-object-kind", "Pod", "--bound-object-name", "web"]);
+    let token = token.trim();
+    assert_eq!(token.matches('.').count(), 2, "a JWT: {token}");
+    let kc = user_kubeconfig(&api, "sa", &format!("    token: {token}"));
+    let run = |args: &[&str]| kubectl_as(&kc, args);
+    let who: Value = serde_json::from_slice(&run(&["auth", "whoami", "-o", "json"]).stdout).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "system:serviceaccount:dev:app");
+    assert_eq!(
+        who["status"]["userInfo"]["groups"],
+        json!(["system:serviceaccounts", "system:serviceaccounts:dev", "system:authenticated"])
+    );
+    let o = run(&["get", "pods"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("web"), "{}", text(&o));
+    let o = run(&["get", "secrets"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains(r#"User "system:serviceaccount:dev:app" cannot list resource "secrets""#),
+        "{}",
+        text(&o)
+    );
+    // An unbound token lives as long as the ServiceAccount.
+    let unbound = api.k(&["create", "token", "app", "-n", "dev", "--duration", "15m"]);
+    let kc2 = user_kubeconfig(&api, "sa2", &format!("    token: {}", unbound.trim()));
+    assert!(kubectl_as(&kc2, &["get", "pods"]).status.success());
+
+    // Requests the API refuses, in Kubernetes' words.
+    let e = api.k_fails(&["create", "token", "app", "-n", "dev", "--duration", "5m"], None);
+    assert!(e.contains("may not specify a duration less than 10 minutes"), "{e}");
+    let e = api.k_fails(&["create", "token", "ghost", "-n", "dev"], None);
+    assert!(e.contains(r#"serviceaccounts "ghost" not found"#), "{e}");
+    let e = api.k_fails(
+        &[
+            "create",
+            "token",
+            "app",
+            "-n",
+            "dev",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "web",
+            "--bound-object-uid",
+            "0000",
+        ],
+        None,
+    );
+    assert!(e.contains("does not match the UID in record"), "{e}");
+    // A forged token (one character of the signature changed) is nobody.
+    let mut forged = token.to_string();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let kc3 = user_kubeconfig(&api, "forged", &format!("    token: {forged}"));
+    let o = kubectl_as(&kc3, &["get", "pods"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("You must be logged in"), "{}", text(&o));
+
+    // The pod goes, and its token with it; the ServiceAccount goes, and the unbound one.
+    api.k(&["delete", "pod", "web", "-n", "dev", "--wait=false"]);
+    let t = Instant::now();
+    loop {
+        let o = run(&["get", "pods"]);
+        if String::from_utf8_lossy(&o.stderr).contains("You must be logged in") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the bound token outlived its pod: {}", text(&o));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(kubectl_as(&kc2, &["get", "pods"]).status.success(), "the unbound token is not tied to the pod");
+    api.k(&["delete", "serviceaccount", "app", "-n", "dev"]);
+    let o = kubectl_as(&kc2, &["get", "pods"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("You must be logged in"), "{}", text(&o));
+}
+
+/// Secrets encrypted at rest with an EncryptionConfiguration: the store holds only
+/// ciphertext (`k8s:enc:aesgcm:v1:<key>:`), kubectl reads the plain values, other kinds
+/// stay plain, and keys rotate: a new key first, the secrets rewritten, the old key gone.
+#[test]
+fn secrets_are_encrypted_at_rest_and_keys_rotate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("encryption.yaml");
+    let write_config = |keys: &[(&str, &str)]| {
+        let keys: String = keys.iter().map(|(n, s)| format!("      - name: {n}\n        secret: {s}\n")).collect();
+        let text = format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aesgcm:\n      keys:\n{keys}  - identity: {{}}\n"
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    let key1 = ("key1", "c2tpZmYtdGVzdC1rZXktb25lLTMyLWJ5dGVzLWxvbmc="); // 32 bytes
+    let key2 = ("key2", "MDEyMzQ1Njc4OWFiY2RlZg=="); // 16 bytes
+    write_config(&[key1]);
+    let mut api = Api::start_with(&["--encryption-provider-config", config.to_str().unwrap()]);
+    api.k(&["create", "secret", "generic", "db", "--from-literal=password=hunter2"]);
+    api.k(&["create", "configmap", "settings", "--from-literal=mode=plain-text-value"]);
+    let endpoints = api.store.endpoints();
+    let raw = |key: &str| -> Vec<u8> {
+        let j = json(&endpoints, &["get", key, "-w", "json"]);
+        let v = j["kvs"][0]["value"].as_str().unwrap_or_else(|| panic!("no {key}: {j}"));
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v).unwrap()
+    };
+    let contains = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let stored = raw("/registry/secrets/default/db");
+    assert!(stored.starts_with(b"k8s:enc:aesgcm:v1:key1:"), "{}", String::from_utf8_lossy(&stored));
+    assert!(!contains(&stored, "hunter2") && !contains(&stored, "aHVudGVyMg") && !contains(&stored, "password"));
+    assert!(contains(&raw("/registry/configmaps/default/settings"), "plain-text-value"), "configmaps are not listed");
+    let read = |api: &Api| api.k(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]);
+    assert_eq!(read(&api), "aHVudGVyMg==");
+    assert!(api.k(&["get", "secrets"]).contains("db"), "lists decrypt too");
+
+    // Rotation: key2 first (new writes), key1 still there (old reads); rewrite; drop key1.
+    write_config(&[key2, key1]);
+    api.stop();
+    api.restart();
+    assert_eq!(read(&api), "aHVudGVyMg==", "written with key1, read after key2 came first");
+    // (A List document needs --validate=false: kubectl validates Lists with the protobuf
+    // /openapi/v2, which is not served; docs/compatibility.md.)
+    let all = api.k(&["get", "secrets", "-o", "json"]);
+    api.k_in(&["replace", "--validate=false", "-f", "-"], &all);
+    assert!(raw("/registry/secrets/default/db").starts_with(b"k8s:enc:aesgcm:v1:key2:"));
+    write_config(&[key2]);
+    api.stop();
+    api.restart();
+    assert_eq!(read(&api), "aHVudGVyMg==");
+
+    // A configuration that cannot be used stops the server with the reason.
+    std::fs::write(&config, "kind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aesgcm:\n      keys:\n      - {name: k, secret: c2hvcnQ=}\n").unwrap();
+    let o = Command::new(skiff_bin())
+        .args(["apiserver", "--store-endpoints", &endpoints, "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("api2"))
+        .args(["--encryption-provider-config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("key k is 5 bytes; AES-GCM keys are 16 or 32 bytes"), "{}", text(&o));
+}
+
+/// Pod Security admission by namespace labels, in Kubernetes' words: `restricted` refuses
+/// a privileged pod and admits a hardened one; `baseline` refuses host namespaces; `warn`
+/// admits with a warning.
+#[test]
+fn pod_security_levels_refuse_and_warn_as_kubernetes_does() {
+    let api = Api::start();
+    api.k(&["create", "namespace", "locked"]);
+    api.k(&["label", "namespace", "locked", "pod-security.kubernetes.io/enforce=restricted"]);
+    let pod = |name: &str, spec: &str| {
+        format!(r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}}, "spec": {spec}}}"#)
+    };
+    let privileged = pod(
+        "priv",
+        r#"{"containers": [{"name": "app", "image": "busybox", "securityContext": {"privileged": true}}]}"#,
+    );
+    let e = api.k_fails(&["create", "-n", "locked", "-f", "-"], Some(&privileged));
+    assert!(
+        e.contains(r#"pods "priv" is forbidden: violates PodSecurity "restricted:latest": privileged (container "app" must not set securityContext.privileged=true), allowPrivilegeEscalation != false (container "app" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "app" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "app" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "app" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")"#),
+        "{e}"
+    );
+    let hardened = pod(
+        "ok",
+        r#"{"securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "app", "image": "busybox",
+              "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]}"#,
+    );
+    api.k_in(&["create", "-n", "locked", "-f", "-"], &hardened);
+    assert!(api.k(&["get", "pods", "-n", "locked"]).contains("ok"));
+
+    api.k(&["create", "namespace", "base"]);
+    api.k(&[
+        "label",
+        "namespace",
+        "base",
+        "pod-security.kubernetes.io/enforce=baseline",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
+    let host = pod("host", r#"{"hostNetwork": true, "containers": [{"name": "app", "image": "busybox"}]}"#);
+    let e = api.k_fails(&["create", "-n", "base", "-f", "-"], Some(&host));
+    assert!(e.contains(r#"violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true)"#), "{e}");
+    let plain = pod("plain", r#"{"containers": [{"name": "app", "image": "busybox"}]}"#);
+    let o = api.kubectl_with(KUBECTL_132, &["create", "-n", "base", "-f", "-"], Some(&plain));
+    assert!(o.status.success(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(r#"Warning: would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#),
+        "{stderr}"
+    );
+    // Namespaces without labels are privileged: anything goes.
+    api.k_in(&["create", "-f", "-"], &privileged);
+}

@@ -290,6 +290,17 @@ fn a_pod_runs_as_real_containers_on_its_own_network() {
 
     // Exec through the API server (WebSocket, v5 channel protocol): output, exit codes, stdin.
     assert_eq!(n.plane.k(&["exec", "web", "-c", "writer", "--", "cat", "/etc/secret/word"]), "hello");
+    // The projected service account volume: a token bound to the pod, the CA, the
+    // namespace; the token authenticates as the pod's ServiceAccount.
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let read = |f: &str| n.plane.k(&["exec", "web", "-c", "writer", "--", "cat", &format!("{sa}/{f}")]);
+    assert_eq!(read("namespace"), "default");
+    assert!(read("ca.crt").starts_with("-----BEGIN CERTIFICATE-----"));
+    let kc = crate::apiserver::user_kubeconfig(&n.plane.api, "pod-sa", &format!("    token: {}", read("token")));
+    let o = crate::apiserver::kubectl_as(&kc, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "system:serviceaccount:default:default", "{}", text(&o));
+    let o = crate::apiserver::kubectl_as(&kc, &["get", "secrets"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot list resource"), "{}", text(&o));
     let o = n.plane.api.kubectl_with(
         "/usr/lib/google-cloud-sdk/bin/kubectl.1.32",
         &["exec", "web", "-c", "writer", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],

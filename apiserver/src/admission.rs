@@ -40,6 +40,65 @@ pub fn default_tolerations(pod: &mut Value, t: Tolerations) {
     pod["spec"]["tolerations"] = json!(tols);
 }
 
+/// Where a pod's ServiceAccount token, CA and namespace are mounted.
+pub const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// ServiceAccount admission: a pod runs as `default` unless it names a ServiceAccount,
+/// and unless the pod or its ServiceAccount opts out (`automountServiceAccountToken:
+/// false`) it gets a projected volume `kube-api-access-<suffix>` with a token bound to
+/// it, the cluster CA and its namespace, mounted read-only in every container at
+/// [`SA_MOUNT`]. Unlike Kubernetes, a pod whose ServiceAccount does not exist (yet) is
+/// admitted: the namespace controller creates `default` moments after the namespace, and
+/// the node agent waits for it before the pod starts.
+pub fn service_account(pod: &mut Value, account: Option<&Value>, suffix: &str) {
+    let spec = &mut pod["spec"];
+    if !spec.is_object() {
+        return;
+    }
+    let name = spec["serviceAccountName"]
+        .as_str()
+        .or(spec["serviceAccount"].as_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    spec["serviceAccountName"] = json!(name);
+    spec["serviceAccount"] = json!(name);
+    let automount = spec["automountServiceAccountToken"]
+        .as_bool()
+        .or(account.and_then(|a| a["automountServiceAccountToken"].as_bool()))
+        .unwrap_or(true);
+    let kinds = ["containers", "initContainers"];
+    let mounted = kinds.iter().any(|k| {
+        spec[*k].as_array().into_iter().flatten().any(|c| {
+            c["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"].as_str() == Some(SA_MOUNT))
+        })
+    });
+    if !automount || mounted {
+        return;
+    }
+    let volume = format!("kube-api-access-{suffix}");
+    let mut volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
+    volumes.push(json!({
+        "name": volume,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ],
+        },
+    }));
+    spec["volumes"] = json!(volumes);
+    for k in kinds {
+        for c in spec[k].as_array_mut().into_iter().flatten() {
+            let mut mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
+            mounts.push(json!({"name": volume, "mountPath": SA_MOUNT, "readOnly": true}));
+            c["volumeMounts"] = json!(mounts);
+        }
+    }
+}
+
 /// The annotation that makes a StorageClass the default one.
 pub const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
 
@@ -87,6 +146,36 @@ pub fn standard_storage_class() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_account_volume_unless_opted_out_or_mounted() {
+        let pod = |spec: Value| json!({"spec": spec});
+        let mut p = pod(json!({"containers": [{"name": "a"}], "initContainers": [{"name": "i"}]}));
+        service_account(&mut p, None, "abcde");
+        assert_eq!(p["spec"]["serviceAccountName"], "default");
+        assert_eq!(p["spec"]["volumes"][0]["name"], "kube-api-access-abcde");
+        for k in ["containers", "initContainers"] {
+            assert_eq!(p["spec"][k][0]["volumeMounts"][0]["mountPath"], SA_MOUNT);
+        }
+        // Admitting again (an update) adds nothing: the mount is there.
+        let before = p.clone();
+        service_account(&mut p, None, "fghij");
+        assert_eq!(p, before);
+        // The ServiceAccount opts out; the pod's own setting wins over it.
+        let sa = json!({"automountServiceAccountToken": false});
+        let mut p = pod(json!({"serviceAccountName": "app", "containers": [{"name": "a"}]}));
+        service_account(&mut p, Some(&sa), "abcde");
+        assert!(p["spec"].get("volumes").is_none());
+        let mut p = pod(
+            json!({"serviceAccountName": "app", "automountServiceAccountToken": true, "containers": [{"name": "a"}]}),
+        );
+        service_account(&mut p, Some(&sa), "abcde");
+        assert_eq!(p["spec"]["volumes"].as_array().unwrap().len(), 1);
+        // The deprecated field names the account too.
+        let mut p = pod(json!({"serviceAccount": "legacy", "containers": []}));
+        service_account(&mut p, None, "abcde");
+        assert_eq!(p["spec"]["serviceAccountName"], "legacy");
+    }
 
     #[test]
     fn adds_what_is_missing_only() {

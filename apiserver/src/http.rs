@@ -33,6 +33,9 @@ pub struct App {
     pub ranges: alloc::Ranges,
     pub tolerations: admission::Tolerations,
     pub usage: Arc<crate::dashboard::UsageHistory>,
+    pub tokens: crate::authn::Tokens,
+    pub rbac: crate::rbac::Rbac,
+    pub sa_signer: Arc<crate::satoken::Signer>,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -167,11 +170,18 @@ fn target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
     Ok(Target { r, namespace, name, sub })
 }
 
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    app: Arc<App>,
+    conn: Arc<crate::authn::Connection>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let labels = crate::metrics::Labels::of(req.method().as_str(), req.uri().path(), req.uri().query());
     let started = std::time::Instant::now();
     let metrics = app.metrics.clone();
-    let resp = route(app, req).await.unwrap_or_else(|e| error_response(&e));
+    let resp = match admit(&app, &conn, &req).await {
+        Ok(user) => route(app, user, req).await.unwrap_or_else(|e| error_response(&e)),
+        Err(e) => error_response(&e),
+    };
     let mut labels = labels;
     // Labels come from the request: only those of served resources become series, so a
     // client cannot grow the metrics without bound.
@@ -185,6 +195,301 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
         return Ok(Response::from_parts(parts, metrics.track_watch(&labels.resource, body)));
     }
     Ok(resp)
+}
+
+/// Authenticates the request and asks RBAC whether it may go on: the user it acts as
+/// (None on the insecure port), or the 401/403 to answer.
+async fn admit(
+    app: &App,
+    conn: &crate::authn::Connection,
+    req: &Request<Incoming>,
+) -> ApiResult<Option<crate::authn::User>> {
+    let authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+    // A token shaped like a JWT and signed by this server is a ServiceAccount's; anything
+    // else goes to the static tokens.
+    let jwt = authorization
+        .and_then(crate::authn::bearer)
+        .filter(|t| t.matches('.').count() == 2 && app.sa_signer.verify(t, crate::satoken::ISSUER).is_some());
+    let user = match (conn, jwt) {
+        (crate::authn::Connection::Tls(None), Some(token)) => service_account_user(app, token).await?,
+        _ => match crate::authn::authenticate(conn, authorization, &app.tokens)? {
+            Some(u) => u,
+            None => return Ok(None),
+        },
+    };
+    let attrs = attributes(req.method(), req.uri().path(), &Query::parse(req.uri().query()));
+    if !app.rbac.allowed(&user, &attrs) {
+        let mut e = ApiError::new(403, "Forbidden", attrs.forbidden_message(&user));
+        if attrs.resource_request {
+            let mut d = json!({"kind": attrs.resource});
+            if !attrs.name.is_empty() {
+                d["name"] = json!(attrs.name);
+            }
+            if !attrs.api_group.is_empty() {
+                d["group"] = json!(attrs.api_group);
+            }
+            e.details = Some(d);
+        }
+        return Err(e);
+    }
+    Ok(Some(user))
+}
+
+/// The ServiceAccount a token this server signed stands for, if the token is current
+/// and the ServiceAccount (and the pod it is bound to) still exist with the same uids.
+async fn service_account_user(app: &App, token: &str) -> ApiResult<crate::authn::User> {
+    let unauthorized = || ApiError::new(401, "Unauthorized", "Unauthorized");
+    let claims = app.sa_signer.verify(token, crate::satoken::ISSUER).ok_or_else(unauthorized)?;
+    let k = &claims["kubernetes.io"];
+    let ns = k["namespace"].as_str().ok_or_else(unauthorized)?;
+    let still = |plural: &str, r: &Value| {
+        let name = r["name"].as_str().map(String::from);
+        let uid = r["uid"].as_str().map(String::from);
+        let key =
+            registry::find("", "v1", plural).map(|res| storage::key(res, Some(ns), name.as_deref().unwrap_or("")));
+        async move {
+            let (Some(key), Some(uid)) = (key, uid) else { return false };
+            match app.store.get(&key).await {
+                // A pod being deleted keeps its token through its grace period (preStop
+                // hooks, leases given up on the way out), as in Kubernetes.
+                Ok(Some(s)) => {
+                    let until = s.obj["metadata"]["deletionTimestamp"].as_str().and_then(object::parse_rfc3339);
+                    s.obj["metadata"]["uid"].as_str() == Some(uid.as_str())
+                        && until.is_none_or(|t| t > crate::satoken::now())
+                }
+                _ => false,
+            }
+        }
+    };
+    if !still("serviceaccounts", &k["serviceaccount"]).await {
+        return Err(unauthorized());
+    }
+    if k.get("pod").is_some() && !still("pods", &k["pod"]).await {
+        return Err(unauthorized());
+    }
+    let sa = k["serviceaccount"]["name"].as_str().unwrap_or_default();
+    Ok(crate::authn::User {
+        name: format!("system:serviceaccount:{ns}:{sa}"),
+        uid: k["serviceaccount"]["uid"].as_str().unwrap_or_default().to_string(),
+        groups: vec![
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{ns}"),
+            crate::authn::AUTHENTICATED.to_string(),
+        ],
+    })
+}
+
+/// `POST serviceaccounts/<name>/token`: a token for the ServiceAccount, bound to a pod
+/// when the request names one (`kubectl create token --bound-object-kind Pod`).
+async fn token_request(
+    app: &App,
+    ns: &str,
+    name: &str,
+    req: Request<Incoming>,
+    fmt: Format,
+) -> ApiResult<Response<Body>> {
+    let (ct, body) = read_body(req).await?;
+    let tr: Value = if ct.starts_with("application/vnd.kubernetes.protobuf") {
+        crate::protobuf::decode_token_request(&body)?
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?
+    };
+    let sa_res = registry::find("", "v1", "serviceaccounts").expect("registered");
+    let sa = app
+        .store
+        .get(&storage::key(sa_res, Some(ns), name))
+        .await?
+        .ok_or_else(|| ApiError::not_found("serviceaccounts", "", name))?;
+    let spec = &tr["spec"];
+    let seconds = spec["expirationSeconds"].as_i64().unwrap_or(3600);
+    if seconds < 600 {
+        return Err(ApiError::invalid(
+            "TokenRequest",
+            "authentication.k8s.io",
+            name,
+            vec![(
+                "spec.expirationSeconds".into(),
+                format!("Invalid value: {seconds}: may not specify a duration less than 10 minutes"),
+            )],
+        ));
+    }
+    let seconds = seconds.min(1 << 32);
+    let mut audiences: Vec<String> =
+        spec["audiences"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(String::from)).collect();
+    if audiences.is_empty() {
+        audiences.push(crate::satoken::ISSUER.to_string());
+    }
+    let bound = &spec["boundObjectRef"];
+    let pod = match bound["kind"].as_str() {
+        None | Some("") => None,
+        Some("Pod") => {
+            let pod_name = bound["name"].as_str().unwrap_or_default();
+            let pods = registry::find("", "v1", "pods").expect("registered");
+            let p = app
+                .store
+                .get(&storage::key(pods, Some(ns), pod_name))
+                .await?
+                .ok_or_else(|| ApiError::not_found("pods", "", pod_name))?;
+            let uid = p.obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+            let pod_account = p.obj["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+            if pod_account != name {
+                return Err(ApiError::bad_request(format!(
+                    "cannot issue token for service account \"{ns}/{name}\" bound to pod \"{pod_name}\": the pod runs as service account \"{pod_account}\""
+                )));
+            }
+            if let Some(want) = bound["uid"].as_str().filter(|u| !u.is_empty()) {
+                if want != uid {
+                    return Err(ApiError::bad_request(format!(
+                        "the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated"
+                    )));
+                }
+            }
+            Some((pod_name.to_string(), uid))
+        }
+        Some(kind) => {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token to object of kind {kind}: only Pod is supported"
+            )))
+        }
+    };
+    let claims =
+        crate::satoken::claims(ns, &sa.obj, pod.as_ref().map(|(n, u)| (n.as_str(), u.as_str())), &audiences, seconds);
+    let token = app.sa_signer.sign(&claims);
+    let mut out_spec = json!({"audiences": audiences, "expirationSeconds": seconds});
+    if let Some((n, u)) = &pod {
+        out_spec["boundObjectRef"] = json!({"kind": "Pod", "apiVersion": "v1", "name": n, "uid": u});
+    }
+    let resp = json!({
+        "kind": "TokenRequest",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"name": name, "namespace": ns, "creationTimestamp": null},
+        "spec": out_spec,
+        "status": {"token": token, "expirationTimestamp": crate::object::rfc3339(claims["exp"].as_i64().unwrap_or_default())},
+    });
+    Ok(json_response(201, &resp, fmt))
+}
+
+/// What a request asks to do, in RBAC's terms (Kubernetes' RequestInfo).
+fn attributes(method: &Method, path: &str, q: &Query) -> crate::rbac::Attributes {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let rest: &[&str] = match segs.as_slice() {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => rest,
+        ["apis", _, _, rest @ ..] if !rest.is_empty() => rest,
+        _ => {
+            let verb = match *method {
+                Method::GET | Method::HEAD => "get".to_string(),
+                ref m => m.as_str().to_ascii_lowercase(),
+            };
+            return crate::rbac::Attributes { verb, path: path.to_string(), ..Default::default() };
+        }
+    };
+    let api_group = if segs[0] == "apis" { segs[1].to_string() } else { String::new() };
+    let mut parts = rest;
+    let mut namespace = String::new();
+    if parts[0] == "namespaces" && parts.len() > 1 {
+        namespace = parts[1].to_string();
+        if parts.len() > 2 && !matches!(parts[2], "status" | "finalize") {
+            parts = &parts[2..];
+        }
+    }
+    let resource = parts[0].to_string();
+    let name = parts.get(1).map(|s| s.to_string()).unwrap_or_default();
+    let subresource = parts.get(2).map(|s| s.to_string()).unwrap_or_default();
+    let other;
+    let verb = match (method, name.is_empty()) {
+        // Streams into a pod are creations, whatever the method (Kubernetes asks the
+        // same of WebSocket upgrades, which arrive as GET).
+        _ if matches!(subresource.as_str(), "exec" | "attach" | "portforward") => "create",
+        (&Method::GET | &Method::HEAD, true) if q.flag("watch") => "watch",
+        (&Method::GET | &Method::HEAD, true) => "list",
+        (&Method::GET | &Method::HEAD, false) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "deletecollection",
+        (&Method::DELETE, false) => "delete",
+        (m, _) => {
+            other = m.as_str().to_ascii_lowercase();
+            &other
+        }
+    };
+    crate::rbac::Attributes {
+        verb: verb.to_string(),
+        resource_request: true,
+        api_group,
+        resource,
+        subresource,
+        namespace,
+        name,
+        path: path.to_string(),
+    }
+}
+
+/// `SelfSubjectAccessReview`: may the caller do what the spec describes?
+fn self_subject_access_review(
+    app: &App,
+    user: Option<&crate::authn::User>,
+    content_type: &str,
+    body: &[u8],
+) -> ApiResult<Value> {
+    let mut review: Value = if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        crate::protobuf::decode_self_subject_access_review(body)?
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?
+    };
+    let spec = &review["spec"];
+    let attrs = if let Some(r) = spec.get("resourceAttributes").filter(|r| r.is_object()) {
+        let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        crate::rbac::Attributes {
+            verb: s("verb"),
+            resource_request: true,
+            api_group: s("group"),
+            resource: s("resource"),
+            subresource: s("subresource"),
+            namespace: s("namespace"),
+            name: s("name"),
+            path: String::new(),
+        }
+    } else if let Some(n) = spec.get("nonResourceAttributes").filter(|n| n.is_object()) {
+        crate::rbac::Attributes {
+            verb: n["verb"].as_str().unwrap_or_default().to_string(),
+            path: n["path"].as_str().unwrap_or_default().to_string(),
+            ..Default::default()
+        }
+    } else {
+        return Err(ApiError::invalid(
+            "SelfSubjectAccessReview",
+            "authorization.k8s.io",
+            "",
+            vec![(
+                "spec.resourceAttributes".into(),
+                "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified"
+                    .into(),
+            )],
+        ));
+    };
+    let allowed = user.is_none_or(|u| app.rbac.allowed(u, &attrs));
+    review["status"] = json!({"allowed": allowed});
+    if review["metadata"].is_null() {
+        review["metadata"] = json!({});
+    }
+    Ok(review)
+}
+
+/// `SelfSubjectReview` (`kubectl auth whoami`): who the caller is.
+fn self_subject_review(user: Option<&crate::authn::User>) -> Value {
+    let info = match user {
+        Some(u) => json!({"username": u.name, "uid": u.uid, "groups": u.groups}),
+        None => json!({"username": "system:unsecured", "groups": [crate::authn::MASTERS, crate::authn::AUTHENTICATED]}),
+    };
+    json!({
+        "kind": "SelfSubjectReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "status": {"userInfo": info},
+    })
 }
 
 async fn read_body(req: Request<Incoming>) -> ApiResult<(String, Bytes)> {
@@ -235,7 +540,7 @@ fn success(code: u16) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
 }
 
-async fn route(app: Arc<App>, req: Request<Incoming>) -> ApiResult<Response<Body>> {
+async fn route(app: Arc<App>, user: Option<crate::authn::User>, req: Request<Incoming>) -> ApiResult<Response<Body>> {
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query());
     let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
@@ -245,6 +550,13 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> ApiResult<Response<Body
     match segs.as_slice() {
         ["version"] => Ok(json_response(200, &version(), fmt)),
         ["dashboard", rest @ ..] => dashboard(&app, rest, &query).await,
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] if method == Method::POST => {
+            let (ct, body) = read_body(req).await?;
+            Ok(json_response(201, &self_subject_access_review(&app, user.as_ref(), &ct, &body)?, fmt))
+        }
+        ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"] if method == Method::POST => {
+            Ok(json_response(201, &self_subject_review(user.as_ref()), fmt))
+        }
         ["metrics"] => Ok(respond(200, "text/plain; version=0.0.4; charset=utf-8", app.metrics.render())),
         ["healthz" | "livez" | "readyz", ..] => match app.store.revision().await {
             Ok(_) => Ok(respond(200, "text/plain; charset=utf-8", "ok")),
@@ -280,11 +592,11 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> ApiResult<Response<Body
         }
         ["api", "v1", rest @ ..] => {
             let t = target("", "v1", rest)?;
-            resource(app, t, method, query, fmt, req).await
+            resource(app, user.as_ref(), t, method, query, fmt, req).await
         }
         ["apis", g, v, rest @ ..] => {
             let t = target(g, v, rest)?;
-            resource(app, t, method, query, fmt, req).await
+            resource(app, user.as_ref(), t, method, query, fmt, req).await
         }
         _ => Err(ApiError::not_found_path()),
     }
@@ -329,6 +641,7 @@ fn version() -> Value {
 
 async fn resource(
     app: Arc<App>,
+    user: Option<&crate::authn::User>,
     t: Target,
     method: Method,
     q: Query,
@@ -347,6 +660,11 @@ async fn resource(
         let attach = sub == "attach";
         return crate::nodeproxy::pod_exec(&app.store, ns, name, container.as_deref(), attach, req).await;
     }
+    if let (Some("token"), Some(name), Some(ns), &Method::POST) =
+        (t.sub.as_deref(), t.name.as_deref(), t.namespace.as_deref(), &method)
+    {
+        return token_request(&app, ns, name, req, fmt).await;
+    }
     if let (Some("portforward"), Some(name), Some(ns)) = (t.sub.as_deref(), t.name.as_deref(), t.namespace.as_deref()) {
         return crate::nodeproxy::pod_port_forward(&app.store, ns, name, req).await;
     }
@@ -361,6 +679,8 @@ async fn resource(
         q: &q,
         fmt,
         warnings: &warnings,
+        user,
+        rbac: &app.rbac,
     };
     let answer = match (method, t.name.as_deref(), t.sub.as_deref()) {
         (Method::GET, None, _) if q.flag("watch") => h.watch().await,
@@ -435,6 +755,9 @@ struct Handler<'a> {
     fmt: Format,
     /// Warnings for the client (`Warning: 299 - "..."` headers).
     warnings: &'a Mutex<Vec<String>>,
+    /// Who asks (None on the insecure port), for the checks that depend on it.
+    user: Option<&'a crate::authn::User>,
+    rbac: &'a crate::rbac::Rbac,
 }
 
 /// The continue token: the revision of the first page and the last key returned.
@@ -624,6 +947,15 @@ impl Handler<'_> {
         defaults::apply(self.r, &mut obj);
         if self.is("", "pods") {
             admission::default_tolerations(&mut obj, self.tolerations);
+            let account = obj["spec"]["serviceAccountName"]
+                .as_str()
+                .or(obj["spec"]["serviceAccount"].as_str())
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default")
+                .to_string();
+            let sa_res = registry::find("", "v1", "serviceaccounts").expect("registered");
+            let sa = self.store.get(&storage::key(sa_res, self.ns, &account)).await?;
+            admission::service_account(&mut obj, sa.as_ref().map(|s| &s.obj), &object::name_suffix());
         }
         if self.is("", "persistentvolumeclaims") {
             let r = registry::find("storage.k8s.io", "v1", "storageclasses").expect("storage classes are registered");
@@ -633,6 +965,10 @@ impl Handler<'_> {
             admission::pvc_protection(&mut obj);
         }
         self.ensure_namespace().await?;
+        self.no_escalation(&obj)?;
+        if self.is("", "pods") {
+            self.pod_security(&obj).await?;
+        }
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         if self.q.dry_run() {
             if self.store.get(&self.key(&name)).await?.is_some() {
@@ -662,12 +998,51 @@ impl Handler<'_> {
         }
     }
 
+    /// RBAC's escalation check on roles and bindings (rbac::Rbac::may_write).
+    fn no_escalation(&self, obj: &Value) -> ApiResult<()> {
+        let (Some(user), "rbac.authorization.k8s.io") = (self.user, self.r.group) else { return Ok(()) };
+        let ns = if self.r.namespaced { self.ns } else { None };
+        self.rbac.may_write(user, self.r.plural, ns, obj).map_err(|why| {
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            ApiError::new(
+                403,
+                "Forbidden",
+                format!("{}.rbac.authorization.k8s.io \"{name}\" is forbidden: {why}", self.r.plural),
+            )
+        })
+    }
+
+    /// Pod Security admission: refuses a pod its namespace's `enforce` level forbids,
+    /// warns about what its `warn` level would.
+    async fn pod_security(&self, pod: &Value) -> ApiResult<()> {
+        let Some(ns) = self.ns else { return Ok(()) };
+        let ns_res = registry::find("", "v1", "namespaces").expect("registered");
+        let Some(namespace) = self.store.get(&storage::key(ns_res, None, ns)).await? else { return Ok(()) };
+        if let Some((level, version)) = crate::podsecurity::policy(&namespace.obj, "enforce") {
+            let v = crate::podsecurity::check(level, &pod["spec"]);
+            if !v.is_empty() {
+                let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+                let why = crate::podsecurity::describe(level, &version, &v);
+                return Err(ApiError::new(403, "Forbidden", format!("pods \"{name}\" is forbidden: violates {why}")));
+            }
+        }
+        if let Some((level, version)) = crate::podsecurity::policy(&namespace.obj, "warn") {
+            let v = crate::podsecurity::check(level, &pod["spec"]);
+            if !v.is_empty() {
+                let why = crate::podsecurity::describe(level, &version, &v);
+                self.warnings.lock().expect("warnings").push(format!("would violate {why}"));
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `new` over `cur` (compare-and-swap on its revision). A marked object
     /// left with nothing to wait for is deleted instead.
     async fn write(&self, name: &str, mut new: Value, cur: &Stored) -> ApiResult<Value> {
         self.check_fields(&mut new)?;
         object::prepare_update(self.r, &mut new, &cur.obj)?;
         defaults::apply(self.r, &mut new);
+        self.no_escalation(&new)?;
         if self.q.dry_run() {
             return Ok(new);
         }

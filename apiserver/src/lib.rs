@@ -5,10 +5,12 @@
 
 pub mod admission;
 pub mod alloc;
+pub mod authn;
 pub mod convert;
 pub mod dashboard;
 pub mod defaults;
 pub mod discovery;
+pub mod encryption;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
@@ -17,8 +19,11 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod podsecurity;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
+pub mod satoken;
 pub mod selector;
 pub mod status;
 pub mod storage;
@@ -44,6 +49,10 @@ pub struct Config {
     pub ranges: alloc::Ranges,
     /// The tolerations new pods get for not-ready and unreachable nodes.
     pub tolerations: admission::Tolerations,
+    /// Static bearer tokens (kube-apiserver's `--token-auth-file` CSV), if any.
+    pub token_auth_file: Option<PathBuf>,
+    /// How objects are encrypted in the store (an `EncryptionConfiguration`), if at all.
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 /// A running API server: where it listens and where its kubeconfig is.
@@ -66,6 +75,15 @@ async fn bootstrap(store: &storage::Store) -> anyhow::Result<()> {
         let created = store.create(&storage::key(r, None, ns), &obj).await.map_err(|e| anyhow::anyhow!(e.message))?;
         first_start |= ns == "default" && created.is_some();
     }
+    // The default RBAC roles and bindings, where missing (an administrator's changes
+    // to them stay).
+    for (plural, obj) in rbac::default_policy() {
+        let r = registry::find("rbac.authorization.k8s.io", "v1", plural).expect("RBAC kinds are registered");
+        let mut obj = obj;
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        object::prepare_create(r, &mut obj, None).map_err(|e| anyhow::anyhow!(e.message))?;
+        store.create(&storage::key(r, None, &name), &obj).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    }
     // A new cluster gets a default StorageClass once (as minikube's addon gives one);
     // if an administrator deletes it, it stays deleted.
     if first_start {
@@ -85,12 +103,22 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         }
     }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    if let Some(p) = &cfg.encryption_provider_config {
+        encryption::install(encryption::Encryption::load(p)?);
+    }
     let store = storage::Store::connect(&cfg.store_endpoints)
         .await
         .with_context(|| format!("cannot reach the store at {}", cfg.store_endpoints.join(",")))?;
     bootstrap(&store).await.context("cannot create the system namespaces in the store")?;
 
+    let tokens = match &cfg.token_auth_file {
+        Some(p) => authn::Tokens::load(p)?,
+        None => authn::Tokens::default(),
+    };
+    let rbac = rbac::Rbac::default();
+    rbac.start(store.clone()).await.context("cannot load the RBAC objects from the store")?;
     let pki = pki::Pki::ensure(&cfg.data_dir, cfg.bind.ip())?;
+    let sa_signer = Arc::new(satoken::Signer::ensure(&pki.dir)?);
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config()?));
     let listener =
         tokio::net::TcpListener::bind(cfg.bind).await.with_context(|| format!("cannot listen on {}", cfg.bind))?;
@@ -106,6 +134,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         ranges: cfg.ranges.clone(),
         tolerations: cfg.tolerations,
         usage: Default::default(),
+        tokens,
+        rbac,
+        sa_signer,
     });
     dashboard::spawn_sampler(app.store.clone(), app.usage.clone());
     {
@@ -116,7 +147,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 let (app, tls) = (app.clone(), tls.clone());
                 tokio::spawn(async move {
                     let Ok(stream) = tls.accept(tcp).await else { return };
-                    serve_connection(app, TokioIo::new(stream)).await;
+                    // rustls verified the certificate against the CA; its subject names the user.
+                    let user = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| authn::user_of_certificate(c));
+                    serve_connection(app, authn::Connection::Tls(user), TokioIo::new(stream)).await;
                 });
             }
         });
@@ -130,7 +168,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 loop {
                     let Ok((tcp, _)) = l.accept().await else { continue };
                     let app = app.clone();
-                    tokio::spawn(async move { serve_connection(app, TokioIo::new(tcp)).await });
+                    tokio::spawn(
+                        async move { serve_connection(app, authn::Connection::Insecure, TokioIo::new(tcp)).await },
+                    );
                 }
             });
             Some(local)
@@ -139,11 +179,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     Ok(Running { https, http, kubeconfig })
 }
 
-async fn serve_connection<I>(app: Arc<http::App>, io: I)
+async fn serve_connection<I>(app: Arc<http::App>, conn: authn::Connection, io: I)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| http::handle(app.clone(), req));
+    let conn = Arc::new(conn);
+    let service = hyper::service::service_fn(move |req| http::handle(app.clone(), conn.clone(), req));
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(io, service)
         .await;

@@ -95,12 +95,28 @@ pub fn is_dns_label(s: &str) -> bool {
 const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 
+/// Why `name` cannot be one segment of a URL path (Kubernetes' path segment name rule).
+fn path_segment_problem(name: &str) -> Option<&'static str> {
+    match name {
+        "" => Some("name or generateName is required"),
+        "." | ".." => Some("may not be '.' or '..'"),
+        n if n.contains('/') => Some("may not contain '/'"),
+        n if n.contains('%') => Some("may not contain '%'"),
+        _ => None,
+    }
+}
+
 /// Validates the name and labels of `obj` (a resource of type `r`).
 pub fn validate_meta(r: &Resource, obj: &Value) -> ApiResult<()> {
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     let mut causes = Vec::new();
     let dns_label_names = matches!(r.plural, "namespaces" | "services");
-    if dns_label_names && !is_dns_label(name) {
+    // RBAC objects only need names that work as one path segment (`system:masters`).
+    if r.group == "rbac.authorization.k8s.io" {
+        if let Some(msg) = path_segment_problem(name) {
+            causes.push(("metadata.name".to_string(), format!("Invalid value: \"{name}\": {msg}")));
+        }
+    } else if dns_label_names && !is_dns_label(name) {
         causes.push(("metadata.name".to_string(), format!("Invalid value: \"{name}\": {LABEL_MSG}")));
     } else if !dns_label_names && !is_dns_subdomain(name) {
         causes.push(("metadata.name".to_string(), format!("Invalid value: \"{name}\": {SUBDOMAIN_MSG}")));

@@ -78,7 +78,18 @@ pub static RESOURCES: &[Resource] = &[
     res!("", "v1", "Endpoints", "endpoints", "endpoints", true, ["ep"], false, [], "endpoints"),
     res!("", "v1", "Secret", "secrets", "secret", true, [], false, [], "secrets"),
     res!("", "v1", "ConfigMap", "configmaps", "configmap", true, ["cm"], false, [], "configmaps"),
-    res!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, ["sa"], false, [], "serviceaccounts"),
+    res!(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        ["sa"],
+        false,
+        ["token"],
+        "serviceaccounts"
+    ),
     res!("", "v1", "Node", "nodes", "node", false, ["no"], false, ["status"], "nodes"),
     res!("", "v1", "Event", "events", "event", true, ["ev"], false, [], "events"),
     res!(

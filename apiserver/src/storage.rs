@@ -38,18 +38,22 @@ pub fn prefix(r: &Resource, namespace: Option<&str>) -> String {
 }
 
 pub fn decode(key: &[u8], value: &[u8], mod_rev: i64) -> ApiResult<Stored> {
-    let mut obj: Value = serde_json::from_slice(value)
+    let value = crate::encryption::open(key, value)
+        .map_err(|e| ApiError::internal(format!("stored object {}: {e}", String::from_utf8_lossy(key))))?;
+    let mut obj: Value = serde_json::from_slice(&value)
         .map_err(|e| ApiError::internal(format!("stored object {} is not JSON: {e}", String::from_utf8_lossy(key))))?;
     obj["metadata"]["resourceVersion"] = Value::String(mod_rev.to_string());
     Ok(Stored { key: String::from_utf8_lossy(key).into_owned(), obj, rev: mod_rev })
 }
 
-fn encode(obj: &Value) -> Vec<u8> {
+/// The bytes stored for `obj` at `key`: JSON without the resourceVersion, encrypted if
+/// the encryption configuration says so for its resource.
+fn encode(key: &str, obj: &Value) -> Vec<u8> {
     let mut obj = obj.clone();
     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
-    serde_json::to_vec(&obj).expect("JSON values serialize")
+    crate::encryption::seal(key.as_bytes(), serde_json::to_vec(&obj).expect("JSON values serialize"))
 }
 
 /// The end of the range of keys starting with `prefix`.
@@ -104,7 +108,7 @@ impl Store {
     pub async fn create(&self, key: &str, obj: &Value) -> ApiResult<Option<i64>> {
         let txn = Txn::new().when([Compare::mod_revision(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
             key,
-            encode(obj),
+            encode(key, obj),
             None,
         )]);
         let r = self.client.kv_client().txn(txn).await?;
@@ -116,7 +120,7 @@ impl Store {
     pub async fn update(&self, key: &str, obj: &Value, expect: i64) -> ApiResult<Result<i64, Option<Stored>>> {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expect)])
-            .and_then([TxnOp::put(key, encode(obj), None)])
+            .and_then([TxnOp::put(key, encode(key, obj), None)])
             .or_else([TxnOp::get(key, None)]);
         let r = self.client.kv_client().txn(txn).await?;
         if r.succeeded() {

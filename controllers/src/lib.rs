@@ -71,6 +71,8 @@ pub struct Ctx {
     pub nodes: Store<Node>,
     pub recorder: events::Recorder,
     pub expectations: expectations::Expectations,
+    /// The cluster CA (PEM) every namespace's `kube-root-ca.crt` ConfigMap carries.
+    pub root_ca: Option<String>,
 }
 
 fn retry<K>(_obj: Arc<K>, e: &Error, _ctx: Arc<Ctx>) -> Action {
@@ -124,6 +126,7 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
         nodes: nodes.store(),
         recorder: events::Recorder::new(client.clone(), "controller-manager"),
         expectations: Default::default(),
+        root_ca: client::root_ca(&cfg.kubeconfig),
     });
 
     let drain = |s: futures::stream::BoxStream<'static, ()>| tokio::spawn(s.collect::<Vec<()>>());

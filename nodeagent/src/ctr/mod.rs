@@ -441,6 +441,8 @@ impl Containerd {
                 }
             }
         };
+        let mut vols = vols;
+        vols.start_renewals();
         let vols = Arc::new(vols);
         let spec = pod.spec.clone().unwrap_or_default();
         let inits = spec.init_containers.clone().unwrap_or_default();

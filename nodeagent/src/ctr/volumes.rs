@@ -2,7 +2,9 @@
 //!
 //! Volumes live under the pod's directory (`<root>/pods/<uid>/volumes/<name>`):
 //! emptyDir (a tmpfs for `medium: Memory`), secret and configMap (one file per key,
-//! `items` and `defaultMode` honoured), hostPath (checked or created as its `type` says)
+//! `items` and `defaultMode` honoured), projected (serviceAccountToken, configMap,
+//! secret and downwardAPI sources in one directory; tokens requested bound to the pod and
+//! renewed at 80 % of their lifetime), hostPath (checked or created as its `type` says)
 //! and persistentVolumeClaim (the bound volume's hostPath or local path). Containers get
 //! them as bind mounts (`subPath`, `readOnly`). Env follows the kubelet: `envFrom` first,
 //! then `env` (value, fieldRef, resourceFieldRef, secretKeyRef, configMapKeyRef); a
@@ -23,6 +25,17 @@ pub struct Volumes {
     paths: HashMap<String, PathBuf>,
     /// Secret and configMap volumes: always mounted read-only, as in Kubernetes.
     read_only: std::collections::HashSet<String>,
+    /// Service account tokens to keep fresh once the pod runs (`start_renewals`).
+    renewals: Vec<(TokenSource, PathBuf, i32)>,
+}
+
+impl Volumes {
+    /// Starts renewing the pod's service account tokens (once per successful `prepare`).
+    pub fn start_renewals(&mut self) {
+        for (source, file, mode) in self.renewals.drain(..) {
+            tokio::spawn(source.renew(file, mode));
+        }
+    }
 }
 
 /// A DNS-1123 label, as Kubernetes requires of volume and container names; anything
@@ -154,16 +167,169 @@ fn run(cmd: &mut std::process::Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A downwardAPI item's value: the pod's namespace, name, uid, labels or annotations.
+fn field_value(pod: &Pod, path: &str) -> anyhow::Result<Vec<u8>> {
+    let md = &pod.metadata;
+    let map = |m: &Option<BTreeMap<String, String>>| -> Vec<u8> {
+        m.iter().flatten().map(|(k, v)| format!("{k}=\"{v}\"\n")).collect::<String>().into_bytes()
+    };
+    Ok(match path {
+        "metadata.namespace" => md.namespace.clone().unwrap_or_default().into_bytes(),
+        "metadata.name" => md.name.clone().unwrap_or_default().into_bytes(),
+        "metadata.uid" => md.uid.clone().unwrap_or_default().into_bytes(),
+        "metadata.labels" => map(&md.labels),
+        "metadata.annotations" => map(&md.annotations),
+        other => bail!("unsupported fieldPath {other}"),
+    })
+}
+
+/// Fills a projected volume's directory from its sources. Service account tokens are
+/// kept fresh by a task that renews them until the pod's directory goes.
+async fn projected(
+    client: &kube::Client,
+    pod: &Pod,
+    ns: &str,
+    p: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
+    dir: &Path,
+    renewals: &mut Vec<(TokenSource, PathBuf, i32)>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mode = p.default_mode.unwrap_or(0o644);
+    for source in p.sources.iter().flatten() {
+        if let Some(t) = &source.service_account_token {
+            let account = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or("default".into());
+            let seconds = t.expiration_seconds.unwrap_or(3600).clamp(600, 1 << 32);
+            let request = TokenSource {
+                client: client.clone(),
+                ns: ns.to_string(),
+                account,
+                audience: t.audience.clone(),
+                seconds,
+                pod: (pod.metadata.name.clone().unwrap_or_default(), pod.metadata.uid.clone().unwrap_or_default()),
+            };
+            let token = request.fetch().await?;
+            let data = BTreeMap::from([(t.path.clone(), token.into_bytes())]);
+            write_keys(dir, &data, None, mode, "the service account token")?;
+            renewals.push((request, dir.join(&t.path), mode));
+        }
+        if let Some(c) = &source.config_map {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+            match get_opt(&api, &c.name).await? {
+                Some(cm) => write_keys(
+                    dir,
+                    &configmap_data(&cm),
+                    c.items.as_deref(),
+                    mode,
+                    &format!("ConfigMap {ns}/{}", c.name),
+                )?,
+                None if c.optional == Some(true) => {}
+                None => bail!("configmap \"{}\" not found", c.name),
+            }
+        }
+        if let Some(s) = &source.secret {
+            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+            match get_opt(&api, &s.name).await? {
+                Some(secret) => write_keys(
+                    dir,
+                    &secret_data(&secret),
+                    s.items.as_deref(),
+                    mode,
+                    &format!("Secret {ns}/{}", s.name),
+                )?,
+                None if s.optional == Some(true) => {}
+                None => bail!("secret \"{}\" not found", s.name),
+            }
+        }
+        if let Some(d) = &source.downward_api {
+            let mut data = BTreeMap::new();
+            for item in d.items.iter().flatten() {
+                match &item.field_ref {
+                    Some(f) => drop(data.insert(item.path.clone(), field_value(pod, &f.field_path)?)),
+                    None => bail!("downwardAPI item {}: only fieldRef is supported", item.path),
+                }
+            }
+            write_keys(dir, &data, None, mode, "downwardAPI")?;
+        }
+    }
+    Ok(())
+}
+
+/// How to ask the API server for a pod's service account token.
+struct TokenSource {
+    client: kube::Client,
+    ns: String,
+    account: String,
+    audience: Option<String>,
+    seconds: i64,
+    /// Name and uid of the pod the token is bound to.
+    pod: (String, String),
+}
+
+impl TokenSource {
+    async fn fetch(&self) -> anyhow::Result<String> {
+        use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(self.client.clone(), &self.ns);
+        let req = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: self.audience.iter().cloned().collect(),
+                expiration_seconds: Some(self.seconds),
+                bound_object_ref: Some(BoundObjectReference {
+                    kind: Some("Pod".into()),
+                    api_version: Some("v1".into()),
+                    name: Some(self.pod.0.clone()),
+                    uid: Some(self.pod.1.clone()),
+                }),
+            },
+            ..Default::default()
+        };
+        let resp = api
+            .create_token_request(&self.account, &Default::default(), &req)
+            .await
+            .with_context(|| format!("requesting a token for service account {}/{}", self.ns, self.account))?;
+        resp.status.map(|s| s.token).context("the token request returned no token")
+    }
+
+    /// Replaces the token at 80 % of its lifetime (retrying every 10 s on failure) for as
+    /// long as its file's directory exists.
+    async fn renew(self, file: PathBuf, mode: i32) {
+        let mut wait = std::time::Duration::from_secs((self.seconds as u64) * 4 / 5);
+        loop {
+            tokio::time::sleep(wait).await;
+            let Some(dir) = file.parent().filter(|d| d.exists()) else { return };
+            wait = match self.fetch().await {
+                Ok(token) => {
+                    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let tmp = dir.join(format!(".{name}.tmp"));
+                    let written = std::fs::write(&tmp, token)
+                        .and_then(|_| {
+                            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode as u32 & 0o777))
+                        })
+                        .and_then(|_| std::fs::rename(&tmp, &file));
+                    if let Err(e) = written {
+                        tracing::warn!("writing the renewed token {}: {e}", file.display());
+                    }
+                    std::time::Duration::from_secs((self.seconds as u64) * 4 / 5)
+                }
+                Err(e) => {
+                    tracing::warn!("{e:#}");
+                    std::time::Duration::from_secs(10)
+                }
+            };
+        }
+    }
+}
+
 /// Makes every volume of the pod ready on the node.
 pub async fn prepare(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> anyhow::Result<Volumes> {
     let ns = namespace(pod);
     let mut paths = HashMap::new();
     let mut read_only = std::collections::HashSet::new();
+    let mut renewals = Vec::new();
     for v in pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default() {
         if !is_label(&v.name) {
             bail!("volume name \"{}\" is not a valid DNS-1123 label", v.name);
         }
-        if v.secret.is_some() || v.config_map.is_some() {
+        if v.secret.is_some() || v.config_map.is_some() || v.projected.is_some() {
             read_only.insert(v.name.clone());
         }
         let dir = pod_dir.join("volumes").join(&v.name);
@@ -219,6 +385,11 @@ pub async fn prepare(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> anyhow
                 None => bail!("configmap \"{name}\" not found"),
             }
             dir
+        } else if let Some(p) = &v.projected {
+            projected(client, pod, &ns, p, &dir, &mut renewals)
+                .await
+                .with_context(|| format!("projected volume \"{}\"", v.name))?;
+            dir
         } else if let Some(claim) = &v.persistent_volume_claim {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
             let pvc = get_opt(&api, &claim.claim_name)
@@ -249,7 +420,7 @@ pub async fn prepare(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> anyhow
         };
         paths.insert(v.name.clone(), path);
     }
-    Ok(Volumes { paths, read_only })
+    Ok(Volumes { paths, read_only, renewals })
 }
 
 /// Unmounts the tmpfs volumes under a pod directory before it is removed.

@@ -1,0 +1,397 @@
+//! Pod Security admission: the Pod Security Standards (`privileged`, `baseline`,
+//! `restricted`) applied to new pods by their namespace's labels
+//! `pod-security.kubernetes.io/enforce` (refuse) and `.../warn` (admit with a warning),
+//! with Kubernetes' check names and wording, in its order (baseline checks, then
+//! restricted ones, each by check id; a restricted check replaces the baseline check it
+//! tightens).
+//!
+//! Checked: host namespaces, privileged, capabilities, hostPath volumes, host ports,
+//! seccomp, allowPrivilegeEscalation, volume types, runAsNonRoot, runAsUser. Not checked
+//! (always pass): AppArmor, SELinux options, /proc mount type, sysctls.
+
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Privileged,
+    Baseline,
+    Restricted,
+}
+
+impl Level {
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "privileged" => Some(Level::Privileged),
+            "baseline" => Some(Level::Baseline),
+            "restricted" => Some(Level::Restricted),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Level::Privileged => "privileged",
+            Level::Baseline => "baseline",
+            Level::Restricted => "restricted",
+        }
+    }
+}
+
+/// A namespace's policy for one mode (`enforce`, `warn`): level and the version label.
+pub fn policy(namespace: &Value, mode: &str) -> Option<(Level, String)> {
+    let labels = &namespace["metadata"]["labels"];
+    let level = Level::parse(labels[format!("pod-security.kubernetes.io/{mode}")].as_str()?)?;
+    let version = labels[format!("pod-security.kubernetes.io/{mode}-version")].as_str().unwrap_or("latest");
+    Some((level, version.to_string()))
+}
+
+/// `violates PodSecurity "restricted:latest": ...` without its prefix: the failed checks.
+pub fn describe(level: Level, version: &str, violations: &[String]) -> String {
+    format!("PodSecurity \"{}:{version}\": {}", level.name(), violations.join(", "))
+}
+
+/// Every container of the pod, init and ephemeral ones included: (name, container).
+fn containers(spec: &Value) -> Vec<(&str, &Value)> {
+    ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().into_iter().flatten())
+        .map(|c| (c["name"].as_str().unwrap_or_default(), c))
+        .collect()
+}
+
+/// `container "a"` or `containers "a", "b"`.
+fn named(what: &str, names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    if names.len() == 1 {
+        format!("{what} {}", quoted[0])
+    } else {
+        format!("{what}s {}", quoted.join(", "))
+    }
+}
+
+/// The capabilities a baseline pod may add (the container runtime's defaults).
+const DEFAULT_CAPS: [&str; 13] = [
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// Volume types a restricted pod may use.
+const RESTRICTED_VOLUMES: [&str; 8] =
+    ["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
+
+fn added_caps(c: &Value) -> Vec<&str> {
+    c["securityContext"]["capabilities"]["add"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
+/// The checks the pod spec fails at `level`, in Kubernetes' order and words.
+pub fn check(level: Level, spec: &Value) -> Vec<String> {
+    if level == Level::Privileged {
+        return Vec::new();
+    }
+    let restricted = level == Level::Restricted;
+    let cs = containers(spec);
+    let psc = &spec["securityContext"];
+    let volumes: Vec<&Value> = spec["volumes"].as_array().into_iter().flatten().collect();
+    let mut out = Vec::new();
+
+    // --- baseline, by check id ---
+    // capabilities_baseline (replaced by capabilities_restricted)
+    if !restricted {
+        let bad: Vec<(&str, Vec<&str>)> = cs
+            .iter()
+            .map(|(n, c)| (*n, added_caps(c).into_iter().filter(|cap| !DEFAULT_CAPS.contains(cap)).collect::<Vec<_>>()))
+            .filter(|(_, caps)| !caps.is_empty())
+            .collect();
+        if !bad.is_empty() {
+            let parts: Vec<String> = bad
+                .iter()
+                .map(|(n, caps)| {
+                    let caps: Vec<String> = caps.iter().map(|c| format!("\"{c}\"")).collect();
+                    format!(
+                        "{} must not include {} in securityContext.capabilities.add",
+                        named("container", &[n]),
+                        caps.join(", ")
+                    )
+                })
+                .collect();
+            out.push(format!("non-default capabilities ({})", parts.join("; ")));
+        }
+    }
+    // hostNamespaces
+    let host: Vec<&str> = ["hostNetwork", "hostPID", "hostIPC"].into_iter().filter(|k| spec[*k] == true).collect();
+    if !host.is_empty() {
+        let parts: Vec<String> = host.iter().map(|k| format!("{k}=true")).collect();
+        out.push(format!("host namespaces ({})", parts.join(", ")));
+    }
+    // hostPathVolumes (replaced by restrictedVolumes)
+    if !restricted {
+        let names: Vec<&str> =
+            volumes.iter().filter(|v| v.get("hostPath").is_some()).filter_map(|v| v["name"].as_str()).collect();
+        if !names.is_empty() {
+            out.push(format!("hostPath volumes ({})", named("volume", &names)));
+        }
+    }
+    // hostPorts
+    let mut port_owners = Vec::new();
+    let mut ports = Vec::new();
+    for (n, c) in &cs {
+        let mine: Vec<i64> = c["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["hostPort"].as_i64())
+            .filter(|p| *p != 0)
+            .collect();
+        if !mine.is_empty() {
+            port_owners.push(*n);
+            ports.extend(mine);
+        }
+    }
+    if !ports.is_empty() {
+        let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+        let (verb, noun) = if port_owners.len() == 1 { ("uses", "hostPort") } else { ("use", "hostPorts") };
+        let noun = if ports.len() > 1 { "hostPorts" } else { noun };
+        out.push(format!("hostPort ({} {verb} {noun} {})", named("container", &port_owners), list.join(", ")));
+    }
+    // privileged
+    let privileged: Vec<&str> =
+        cs.iter().filter(|(_, c)| c["securityContext"]["privileged"] == true).map(|(n, _)| *n).collect();
+    if !privileged.is_empty() {
+        out.push(format!(
+            "privileged ({} must not set securityContext.privileged=true)",
+            named("container", &privileged)
+        ));
+    }
+    // seccompProfile_baseline (replaced by seccompProfile_restricted)
+    if !restricted {
+        let mut parts = Vec::new();
+        if psc["seccompProfile"]["type"] == "Unconfined" {
+            parts.push("pod".to_string());
+        }
+        let bad: Vec<&str> = cs
+            .iter()
+            .filter(|(_, c)| c["securityContext"]["seccompProfile"]["type"] == "Unconfined")
+            .map(|(n, _)| *n)
+            .collect();
+        if !bad.is_empty() {
+            parts.push(named("container", &bad));
+        }
+        if !parts.is_empty() {
+            out.push(format!(
+                "seccompProfile ({} must not set securityContext.seccompProfile.type to \"Unconfined\")",
+                parts.join(" and ")
+            ));
+        }
+    }
+    if !restricted {
+        return out;
+    }
+
+    // --- restricted, by check id ---
+    // allowPrivilegeEscalation
+    let escalating: Vec<&str> =
+        cs.iter().filter(|(_, c)| c["securityContext"]["allowPrivilegeEscalation"] != false).map(|(n, _)| *n).collect();
+    if !escalating.is_empty() {
+        out.push(format!(
+            "allowPrivilegeEscalation != false ({} must set securityContext.allowPrivilegeEscalation=false)",
+            named("container", &escalating)
+        ));
+    }
+    // capabilities_restricted
+    {
+        let no_drop: Vec<&str> = cs
+            .iter()
+            .filter(|(_, c)| {
+                !c["securityContext"]["capabilities"]["drop"].as_array().into_iter().flatten().any(|d| d == "ALL")
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        let mut parts = Vec::new();
+        if !no_drop.is_empty() {
+            parts
+                .push(format!("{} must set securityContext.capabilities.drop=[\"ALL\"]", named("container", &no_drop)));
+        }
+        for (n, c) in &cs {
+            let extra: Vec<String> = added_caps(c)
+                .into_iter()
+                .filter(|cap| *cap != "NET_BIND_SERVICE")
+                .map(|c| format!("\"{c}\""))
+                .collect();
+            if !extra.is_empty() {
+                parts.push(format!(
+                    "{} must not include {} in securityContext.capabilities.add",
+                    named("container", &[n]),
+                    extra.join(", ")
+                ));
+            }
+        }
+        if !parts.is_empty() {
+            out.push(format!("unrestricted capabilities ({})", parts.join("; ")));
+        }
+    }
+    // restrictedVolumes
+    {
+        let bad: Vec<(&str, &str)> = volumes
+            .iter()
+            .filter_map(|v| {
+                let kind = v.as_object()?.keys().find(|k| *k != "name")?;
+                (!RESTRICTED_VOLUMES.contains(&kind.as_str()))
+                    .then(|| (v["name"].as_str().unwrap_or_default(), kind.as_str()))
+            })
+            .collect();
+        if !bad.is_empty() {
+            let names: Vec<&str> = bad.iter().map(|(n, _)| *n).collect();
+            let mut kinds: Vec<&str> = bad.iter().map(|(_, k)| *k).collect();
+            kinds.dedup();
+            let kinds: Vec<String> = kinds.iter().map(|k| format!("\"{k}\"")).collect();
+            let (verb, noun) = if names.len() == 1 { ("uses", "type") } else { ("use", "type") };
+            let noun = if kinds.len() > 1 { "types" } else { noun };
+            out.push(format!(
+                "restricted volume types ({} {verb} restricted volume {noun} {})",
+                named("volume", &names),
+                kinds.join(", ")
+            ));
+        }
+    }
+    // runAsNonRoot
+    {
+        let pod_true = psc["runAsNonRoot"] == true;
+        let explicit_false: Vec<&str> =
+            cs.iter().filter(|(_, c)| c["securityContext"]["runAsNonRoot"] == false).map(|(n, _)| *n).collect();
+        let unset: Vec<&str> = cs
+            .iter()
+            .filter(|(_, c)| c["securityContext"]["runAsNonRoot"].is_null() && !pod_true)
+            .map(|(n, _)| *n)
+            .collect();
+        let mut parts = Vec::new();
+        if psc["runAsNonRoot"] == false {
+            parts.push("pod must not set securityContext.runAsNonRoot=false".to_string());
+        }
+        if !explicit_false.is_empty() {
+            parts.push(format!(
+                "{} must not set securityContext.runAsNonRoot=false",
+                named("container", &explicit_false)
+            ));
+        }
+        if !unset.is_empty() && psc["runAsNonRoot"] != false {
+            parts.push(format!("pod or {} must set securityContext.runAsNonRoot=true", named("container", &unset)));
+        }
+        if !parts.is_empty() {
+            out.push(format!("runAsNonRoot != true ({})", parts.join("; ")));
+        }
+    }
+    // runAsUser
+    {
+        let mut parts = Vec::new();
+        if psc["runAsUser"] == 0 {
+            parts.push("pod".to_string());
+        }
+        let root: Vec<&str> =
+            cs.iter().filter(|(_, c)| c["securityContext"]["runAsUser"] == 0).map(|(n, _)| *n).collect();
+        if !root.is_empty() {
+            parts.push(named("container", &root));
+        }
+        if !parts.is_empty() {
+            out.push(format!("runAsUser=0 ({} must not set runAsUser=0)", parts.join(" and ")));
+        }
+    }
+    // seccompProfile_restricted
+    {
+        let ok = |t: &Value| t == "RuntimeDefault" || t == "Localhost";
+        let pod_ok = ok(&psc["seccompProfile"]["type"]);
+        let mut parts = Vec::new();
+        if psc["seccompProfile"]["type"] == "Unconfined" {
+            parts.push("pod must not set securityContext.seccompProfile.type to \"Unconfined\"".to_string());
+        }
+        let unconfined: Vec<&str> = cs
+            .iter()
+            .filter(|(_, c)| c["securityContext"]["seccompProfile"]["type"] == "Unconfined")
+            .map(|(n, _)| *n)
+            .collect();
+        if !unconfined.is_empty() {
+            parts.push(format!(
+                "{} must not set securityContext.seccompProfile.type to \"Unconfined\"",
+                named("container", &unconfined)
+            ));
+        }
+        let unset: Vec<&str> = cs
+            .iter()
+            .filter(|(_, c)| c["securityContext"]["seccompProfile"]["type"].is_null() && !pod_ok)
+            .map(|(n, _)| *n)
+            .collect();
+        if !unset.is_empty() && psc["seccompProfile"]["type"] != "Unconfined" {
+            parts.push(format!(
+                "pod or {} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"",
+                named("container", &unset)
+            ));
+        }
+        if !parts.is_empty() {
+            out.push(format!("seccompProfile ({})", parts.join("; ")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_privileged_pod_in_restricted_and_baseline_namespaces() {
+        let spec = json!({"containers": [{"name": "app", "image": "nginx", "securityContext": {"privileged": true}}]});
+        assert_eq!(
+            describe(Level::Restricted, "latest", &check(Level::Restricted, &spec)),
+            "PodSecurity \"restricted:latest\": privileged (container \"app\" must not set securityContext.privileged=true), allowPrivilegeEscalation != false (container \"app\" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container \"app\" must set securityContext.capabilities.drop=[\"ALL\"]), runAsNonRoot != true (pod or container \"app\" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container \"app\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"
+        );
+        assert_eq!(
+            check(Level::Baseline, &spec),
+            vec!["privileged (container \"app\" must not set securityContext.privileged=true)"]
+        );
+        assert!(check(Level::Privileged, &spec).is_empty());
+    }
+
+    #[test]
+    fn restricted_pods_pass_and_volumes_ports_caps_are_named() {
+        let good = json!({
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "volumes": [{"name": "t", "projected": {}}, {"name": "d", "emptyDir": {}}],
+            "containers": [{"name": "a", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}}],
+        });
+        assert_eq!(check(Level::Restricted, &good), Vec::<String>::new());
+        let host = json!({
+            "hostNetwork": true,
+            "volumes": [{"name": "h", "hostPath": {"path": "/"}}, {"name": "g", "hostPath": {"path": "/etc"}}],
+            "containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 8080}], "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}],
+        });
+        assert_eq!(
+            check(Level::Baseline, &host),
+            vec![
+                "non-default capabilities (container \"a\" must not include \"NET_ADMIN\" in securityContext.capabilities.add)",
+                "host namespaces (hostNetwork=true)",
+                "hostPath volumes (volumes \"h\", \"g\")",
+                "hostPort (container \"a\" uses hostPort 8080)",
+            ]
+        );
+        let r = check(Level::Restricted, &host);
+        assert!(
+            r.contains(
+                &"restricted volume types (volumes \"h\", \"g\" use restricted volume type \"hostPath\")".to_string()
+            ),
+            "{r:?}"
+        );
+        assert!(r.iter().any(|v| v.contains("must not include \"NET_ADMIN\"")), "{r:?}");
+        assert!(!r.iter().any(|v| v.starts_with("hostPath volumes")), "replaced by the restricted check: {r:?}");
+    }
+}
