@@ -14,7 +14,7 @@ SKIFF := target/debug/skiff
 DEB_PACKAGES := protobuf-compiler clang libclang-dev etcd-client etcd-server procps \
   containerd runc containernetworking-plugins busybox-static iptables iproute2
 
-.PHONY: deps test-deps build up down store-up store-down test fmt clippy bench-vs-etcd bench-cluster bench-pod-start chaos
+.PHONY: deps test-deps build up down store-up store-down test fmt clippy bench-vs-etcd bench-cluster bench-pod-start chaos fuzz
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -79,6 +79,12 @@ store-down:
 test: deps test-deps
 	SKIFF_PYTHON=$(TEST_VENV)/bin/python SKIFF_NGINX_ROOTFS=$(CURDIR)/target/test-images/nginx-rootfs \
 	  $(CARGO) nextest run --workspace --no-fail-fast
+
+# Longer fuzzing than `make test` runs: the API server's decoders and policies and the
+# store's request handling, from the corpora in apiserver/fuzz and store/fuzz.
+FUZZ_ITERATIONS ?= 300000
+fuzz: deps
+	SKIFF_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) $(CARGO) nextest run -p skiff-apiserver -p skiff-store -E 'test(/^fuzz::/)'
 
 # Side-by-side benchmark against etcd 3.4 on this machine; rewrites docs/PERFORMANCE.md.
 # Takes about 10 minutes; QUICK=1 runs a tenth of the requests.

@@ -444,6 +444,29 @@ fn status_codes_for_bad_requests() {
         Some(("application/json", r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x"}}"#)),
     );
     assert_eq!(code, 400, "{s}");
+    // Fields of the wrong type are refused (not stored to break every client that lists
+    // pods), in Kubernetes' words; and a merge patch cannot sneak them in either.
+    let pods = "/api/v1/namespaces/default/pods";
+    for body in [
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"odd"},"spec":{"containers":["x", 5]}}"#,
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"odd"},"spec":"x"}"#,
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"odd"},"spec":{"containers":[{"name":"c","ports":[{"containerPort":"eighty"}]}]}}"#,
+    ] {
+        let (code, s) = api.raw_json("POST", pods, Some(("application/json", body)));
+        assert_eq!((code, s["reason"].as_str()), (400, Some("BadRequest")), "{body}: {s}");
+        assert!(
+            s["message"].as_str().unwrap().starts_with("Pod in version \"v1\" cannot be handled as a Pod: "),
+            "{s}"
+        );
+    }
+    let ok = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"fine"},"spec":{"containers":[{"name":"c","image":"busybox"}]}}"#;
+    assert_eq!(api.raw_json("POST", pods, Some(("application/json", ok))).0, 201);
+    let (code, s) = api.raw_json(
+        "PATCH",
+        &format!("{pods}/fine"),
+        Some(("application/merge-patch+json", r#"{"spec":{"nodeName":7}}"#)),
+    );
+    assert_eq!(code, 400, "{s}");
     // Invalid names and labels: 422 Invalid with field causes.
     let (code, s) = api.raw_json(
         "POST",

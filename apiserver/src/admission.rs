@@ -51,10 +51,10 @@ pub const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// admitted: the namespace controller creates `default` moments after the namespace, and
 /// the node agent waits for it before the pod starts.
 pub fn service_account(pod: &mut Value, account: Option<&Value>, suffix: &str) {
-    let spec = &mut pod["spec"];
-    if !spec.is_object() {
+    if !pod["spec"].is_object() {
         return;
     }
+    let spec = &mut pod["spec"];
     let name = spec["serviceAccountName"]
         .as_str()
         .or(spec["serviceAccount"].as_str())
@@ -91,7 +91,7 @@ pub fn service_account(pod: &mut Value, account: Option<&Value>, suffix: &str) {
     }));
     spec["volumes"] = json!(volumes);
     for k in kinds {
-        for c in spec[k].as_array_mut().into_iter().flatten() {
+        for c in spec[k].as_array_mut().into_iter().flatten().filter(|c| c.is_object()) {
             let mut mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
             mounts.push(json!({"name": volume, "mountPath": SA_MOUNT, "readOnly": true}));
             c["volumeMounts"] = json!(mounts);

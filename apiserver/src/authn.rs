@@ -78,7 +78,7 @@ impl Tokens {
         Tokens::parse(&text).with_context(|| format!("in the token file {}", path.display()))
     }
 
-    fn parse(text: &str) -> anyhow::Result<Tokens> {
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Tokens> {
         let mut users = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();

@@ -123,7 +123,7 @@ impl Encryption {
         Encryption::parse(&text).with_context(|| format!("in the encryption configuration {}", path.display()))
     }
 
-    fn parse(text: &str) -> anyhow::Result<Encryption> {
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Encryption> {
         let doc: Value = serde_yaml::from_str(text).context("not YAML")?;
         if doc["kind"] != "EncryptionConfiguration" {
             bail!("kind must be EncryptionConfiguration, not {}", doc["kind"]);

@@ -943,6 +943,7 @@ impl Handler<'_> {
 
     async fn create(&self, mut obj: Value) -> ApiResult<Response<Body>> {
         self.check_fields(&mut obj)?;
+        self.check_decodes(&obj)?;
         object::prepare_create(self.r, &mut obj, self.ns.filter(|_| self.r.namespaced))?;
         defaults::apply(self.r, &mut obj);
         if self.is("", "pods") {
@@ -998,6 +999,21 @@ impl Handler<'_> {
         }
     }
 
+    /// The body must decode as the kind's type (openapi::check_decodes), in Kubernetes'
+    /// words for a body that does not.
+    fn check_decodes(&self, obj: &Value) -> ApiResult<()> {
+        if !obj.is_object() {
+            return Ok(()); // prepare_create / prepare_update say what is wrong
+        }
+        openapi::check_decodes(self.r, obj).map_err(|e| {
+            let kind = self.r.kind;
+            ApiError::bad_request(format!(
+                "{kind} in version \"{}\" cannot be handled as a {kind}: {e}",
+                self.r.version
+            ))
+        })
+    }
+
     /// RBAC's escalation check on roles and bindings (rbac::Rbac::may_write).
     fn no_escalation(&self, obj: &Value) -> ApiResult<()> {
         let (Some(user), "rbac.authorization.k8s.io") = (self.user, self.r.group) else { return Ok(()) };
@@ -1040,6 +1056,7 @@ impl Handler<'_> {
     /// left with nothing to wait for is deleted instead.
     async fn write(&self, name: &str, mut new: Value, cur: &Stored) -> ApiResult<Value> {
         self.check_fields(&mut new)?;
+        self.check_decodes(&new)?;
         object::prepare_update(self.r, &mut new, &cur.obj)?;
         defaults::apply(self.r, &mut new);
         self.no_escalation(&new)?;

@@ -11,6 +11,8 @@ pub mod dashboard;
 pub mod defaults;
 pub mod discovery;
 pub mod encryption;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;

@@ -57,40 +57,72 @@ fn add<T: JsonSchema>(gen: &mut SchemaGenerator) -> String {
     T::schema_name().into_owned()
 }
 
-/// Registers the schema of one served kind; returns its name in `components.schemas`.
-fn add_kind(gen: &mut SchemaGenerator, r: &Resource) -> Option<String> {
+/// Something done with the Rust type of one served kind (its schema, its decoding).
+pub trait KindVisitor {
+    type Out;
+    fn visit<T: JsonSchema + serde::de::DeserializeOwned>(&mut self) -> Self::Out;
+}
+
+/// Calls `v` with the k8s-openapi type of `r`'s kind; None for kinds without one.
+pub fn for_kind<V: KindVisitor>(r: &Resource, v: &mut V) -> Option<V::Out> {
     use api::{apps, autoscaling, batch, coordination, core, discovery, events, rbac, storage};
     Some(match (r.group, r.version, r.kind) {
-        ("", "v1", "Namespace") => add::<core::v1::Namespace>(gen),
-        ("", "v1", "Pod") => add::<core::v1::Pod>(gen),
-        ("", "v1", "Service") => add::<core::v1::Service>(gen),
-        ("", "v1", "Endpoints") => add::<core::v1::Endpoints>(gen),
-        ("", "v1", "Secret") => add::<core::v1::Secret>(gen),
-        ("", "v1", "ConfigMap") => add::<core::v1::ConfigMap>(gen),
-        ("", "v1", "ServiceAccount") => add::<core::v1::ServiceAccount>(gen),
-        ("", "v1", "Node") => add::<core::v1::Node>(gen),
-        ("", "v1", "Event") => add::<core::v1::Event>(gen),
-        ("", "v1", "PersistentVolume") => add::<core::v1::PersistentVolume>(gen),
-        ("", "v1", "PersistentVolumeClaim") => add::<core::v1::PersistentVolumeClaim>(gen),
-        ("apps", "v1", "Deployment") => add::<apps::v1::Deployment>(gen),
-        ("apps", "v1", "ReplicaSet") => add::<apps::v1::ReplicaSet>(gen),
-        ("apps", "v1", "StatefulSet") => add::<apps::v1::StatefulSet>(gen),
-        ("apps", "v1", "DaemonSet") => add::<apps::v1::DaemonSet>(gen),
-        ("apps", "v1", "ControllerRevision") => add::<apps::v1::ControllerRevision>(gen),
-        ("autoscaling", "v1", "HorizontalPodAutoscaler") => add::<autoscaling::v1::HorizontalPodAutoscaler>(gen),
-        ("autoscaling", "v2", "HorizontalPodAutoscaler") => add::<autoscaling::v2::HorizontalPodAutoscaler>(gen),
-        ("batch", "v1", "Job") => add::<batch::v1::Job>(gen),
-        ("batch", "v1", "CronJob") => add::<batch::v1::CronJob>(gen),
-        ("coordination.k8s.io", "v1", "Lease") => add::<coordination::v1::Lease>(gen),
-        ("discovery.k8s.io", "v1", "EndpointSlice") => add::<discovery::v1::EndpointSlice>(gen),
-        ("events.k8s.io", "v1", "Event") => add::<events::v1::Event>(gen),
-        ("storage.k8s.io", "v1", "StorageClass") => add::<storage::v1::StorageClass>(gen),
-        ("rbac.authorization.k8s.io", "v1", "Role") => add::<rbac::v1::Role>(gen),
-        ("rbac.authorization.k8s.io", "v1", "RoleBinding") => add::<rbac::v1::RoleBinding>(gen),
-        ("rbac.authorization.k8s.io", "v1", "ClusterRole") => add::<rbac::v1::ClusterRole>(gen),
-        ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding") => add::<rbac::v1::ClusterRoleBinding>(gen),
+        ("", "v1", "Namespace") => v.visit::<core::v1::Namespace>(),
+        ("", "v1", "Pod") => v.visit::<core::v1::Pod>(),
+        ("", "v1", "Service") => v.visit::<core::v1::Service>(),
+        ("", "v1", "Endpoints") => v.visit::<core::v1::Endpoints>(),
+        ("", "v1", "Secret") => v.visit::<core::v1::Secret>(),
+        ("", "v1", "ConfigMap") => v.visit::<core::v1::ConfigMap>(),
+        ("", "v1", "ServiceAccount") => v.visit::<core::v1::ServiceAccount>(),
+        ("", "v1", "Node") => v.visit::<core::v1::Node>(),
+        ("", "v1", "Event") => v.visit::<core::v1::Event>(),
+        ("", "v1", "PersistentVolume") => v.visit::<core::v1::PersistentVolume>(),
+        ("", "v1", "PersistentVolumeClaim") => v.visit::<core::v1::PersistentVolumeClaim>(),
+        ("apps", "v1", "Deployment") => v.visit::<apps::v1::Deployment>(),
+        ("apps", "v1", "ReplicaSet") => v.visit::<apps::v1::ReplicaSet>(),
+        ("apps", "v1", "StatefulSet") => v.visit::<apps::v1::StatefulSet>(),
+        ("apps", "v1", "DaemonSet") => v.visit::<apps::v1::DaemonSet>(),
+        ("apps", "v1", "ControllerRevision") => v.visit::<apps::v1::ControllerRevision>(),
+        ("autoscaling", "v1", "HorizontalPodAutoscaler") => v.visit::<autoscaling::v1::HorizontalPodAutoscaler>(),
+        ("autoscaling", "v2", "HorizontalPodAutoscaler") => v.visit::<autoscaling::v2::HorizontalPodAutoscaler>(),
+        ("batch", "v1", "Job") => v.visit::<batch::v1::Job>(),
+        ("batch", "v1", "CronJob") => v.visit::<batch::v1::CronJob>(),
+        ("coordination.k8s.io", "v1", "Lease") => v.visit::<coordination::v1::Lease>(),
+        ("discovery.k8s.io", "v1", "EndpointSlice") => v.visit::<discovery::v1::EndpointSlice>(),
+        ("events.k8s.io", "v1", "Event") => v.visit::<events::v1::Event>(),
+        ("storage.k8s.io", "v1", "StorageClass") => v.visit::<storage::v1::StorageClass>(),
+        ("rbac.authorization.k8s.io", "v1", "Role") => v.visit::<rbac::v1::Role>(),
+        ("rbac.authorization.k8s.io", "v1", "RoleBinding") => v.visit::<rbac::v1::RoleBinding>(),
+        ("rbac.authorization.k8s.io", "v1", "ClusterRole") => v.visit::<rbac::v1::ClusterRole>(),
+        ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding") => v.visit::<rbac::v1::ClusterRoleBinding>(),
         _ => return None,
     })
+}
+
+/// Registers the schema of one served kind; returns its name in `components.schemas`.
+fn add_kind(gen: &mut SchemaGenerator, r: &Resource) -> Option<String> {
+    struct Adder<'a>(&'a mut SchemaGenerator);
+    impl KindVisitor for Adder<'_> {
+        type Out = String;
+        fn visit<T: JsonSchema + serde::de::DeserializeOwned>(&mut self) -> String {
+            add::<T>(self.0)
+        }
+    }
+    for_kind(r, &mut Adder(gen))
+}
+
+/// Whether `obj` decodes as its kind's type, as Kubernetes decodes every body into its
+/// Go type first: a field of the wrong type (`"containers": ["x"]`) is refused here
+/// instead of being stored and breaking every client that lists the kind.
+pub fn check_decodes(r: &Resource, obj: &Value) -> Result<(), String> {
+    struct Decoder<'a>(&'a Value);
+    impl KindVisitor for Decoder<'_> {
+        type Out = Result<(), String>;
+        fn visit<T: JsonSchema + serde::de::DeserializeOwned>(&mut self) -> Result<(), String> {
+            T::deserialize(self.0).map(|_| ()).map_err(|e| e.to_string())
+        }
+    }
+    for_kind(r, &mut Decoder(obj)).unwrap_or(Ok(()))
 }
 
 /// One group-version: its document and, per kind, the name of its schema.

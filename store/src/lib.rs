@@ -29,5 +29,8 @@ pub mod state_machine;
 pub mod types;
 pub mod watch;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use config::{ClusterState, MemberConfig};
 pub use member::{start, Member};
