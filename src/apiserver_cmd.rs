@@ -42,6 +42,10 @@ pub struct ApiServerArgs {
     /// identity): which resources are encrypted in the store, with which keys.
     #[arg(long)]
     encryption_provider_config: Option<PathBuf>,
+    /// Watches one user may hold open at once; more get 429 TooManyRequests (0: no
+    /// limit). The insecure port is not limited.
+    #[arg(long, default_value_t = 1000)]
+    max_watches_per_user: usize,
 }
 
 pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
@@ -58,6 +62,7 @@ pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
         },
         token_auth_file: args.token_auth_file,
         encryption_provider_config: args.encryption_provider_config,
+        max_watches_per_user: args.max_watches_per_user,
     })
     .await?;
     tracing::info!("serving the Kubernetes API on https://{}", running.https);

@@ -1419,3 +1419,112 @@ fn pod_security_levels_refuse_and_warn_as_kubernetes_does() {
     // Namespaces without labels are privileged: anything goes.
     api.k_in(&["create", "-f", "-"], &privileged);
 }
+
+/// LimitRanger: a namespace's LimitRange fills in containers' missing requests and
+/// limits and refuses what is outside its bounds, in Kubernetes' words.
+#[test]
+fn limit_ranges_default_and_bound_container_resources() {
+    let api = Api::start();
+    api.k_in(
+        &["create", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "bounds"},
+            "spec": {"limits": [{"type": "Container", "max": {"cpu": "1"}, "min": {"memory": "16Mi"},
+                                 "defaultRequest": {"memory": "64Mi"}}]}}"#,
+    );
+    // Defaulted as Kubernetes defaults it: the max is the default limit and the request.
+    let lr = api.k_json(&["get", "limits", "bounds"]);
+    assert_eq!(lr["spec"]["limits"][0]["default"], json!({"cpu": "1"}), "{lr}");
+    assert_eq!(lr["spec"]["limits"][0]["defaultRequest"], json!({"cpu": "1", "memory": "64Mi"}), "{lr}");
+    // A container that says nothing gets the defaults.
+    api.k(&["run", "plain", "--image=busybox"]);
+    let res = &api.k_json(&["get", "pod", "plain"])["spec"]["containers"][0]["resources"];
+    assert_eq!(res["limits"], json!({"cpu": "1"}), "{res}");
+    assert_eq!(res["requests"], json!({"cpu": "1", "memory": "64Mi"}), "{res}");
+    // Outside the bounds: refused, every reason listed.
+    let pod = |name: &str, resources: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}}, "spec": {{"containers": [{{"name": "c", "image": "busybox", "resources": {resources}}}]}}}}"#
+        )
+    };
+    let e = api.k_fails(&["create", "-f", "-"], Some(&pod("big", r#"{"limits": {"cpu": "2"}}"#)));
+    assert!(e.contains(r#"pods "big" is forbidden: maximum cpu usage per Container is 1, but limit is 2"#), "{e}");
+    let e = api.k_fails(
+        &["create", "-f", "-"],
+        Some(&pod("both", r#"{"limits": {"cpu": "1500m"}, "requests": {"memory": "8Mi", "cpu": "100m"}}"#)),
+    );
+    assert!(
+        e.contains(r#"pods "both" is forbidden: [minimum memory usage per Container is 16Mi, but request is 8Mi, maximum cpu usage per Container is 1, but limit is 1500m]"#),
+        "{e}"
+    );
+    api.k_in(&["create", "-f", "-"], &pod("fits", r#"{"limits": {"cpu": "500m"}, "requests": {"memory": "32Mi"}}"#));
+}
+
+/// A user may hold only so many watches open (`--max-watches-per-user`); one more gets
+/// 429, and closing one makes room again. Other users are not affected.
+#[test]
+fn watches_per_user_are_limited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.csv");
+    std::fs::write(&tokens, "jane-token,jane,1,\"readers\"\nbob-token,bob,2,\"readers\"\n").unwrap();
+    let api = Api::start_with(&["--token-auth-file", tokens.to_str().unwrap(), "--max-watches-per-user", "2"]);
+    api.k(&["create", "clusterrolebinding", "readers", "--clusterrole=view", "--group=readers"]);
+    // (The components, in system:masters, are not limited: the admin kubeconfig watches freely.)
+    let ca = api.dir.path().join("api/pki/ca.crt");
+    let url = format!("https://127.0.0.1:{}/api/v1/namespaces/default/configmaps?watch=1", api.https_port);
+    // A watch held open by curl, returned once the server has answered it with 200 (curl
+    // prints the response headers as they arrive).
+    let watch = |token: &str| {
+        let mut c = Command::new("curl")
+            .args(["-sN", "-o", "/dev/null", "-D", "-", "--max-time", "120", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("Authorization: Bearer {token}"), &url])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut status = String::new();
+        BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut status).unwrap();
+        assert!(status.contains(" 200"), "the watch was not served: {status:?}");
+        c
+    };
+    // A watch that is refused answers at once; one that is served streams until killed.
+    let status_now = |token: &str| {
+        let o = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("Authorization: Bearer {token}"), &url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let t = Instant::now();
+    while status_now("jane-token") != "200" {
+        assert!(t.elapsed() < Duration::from_secs(30), "the readers binding never took effect");
+    }
+    let mut held = vec![watch("jane-token"), watch("jane-token")];
+    assert_eq!(status_now("jane-token"), "429", "jane's third watch");
+    let body = Command::new("curl")
+        .args(["-s", "--max-time", "2", "--cacert"])
+        .arg(&ca)
+        .args(["-H", "Authorization: Bearer jane-token", &url])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&body.stdout);
+    assert!(body.contains(r#"too many watches open for user \"jane\" (at most 2 at once)"#), "{body}");
+    // bob is not jane: his watch is served.
+    let mut bob = watch("bob-token");
+    let _ = bob.kill();
+    let _ = bob.wait();
+    // One of jane's watches ends: there is room again.
+    let mut first = held.remove(0);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let t = Instant::now();
+    while status_now("jane-token") != "200" {
+        assert!(t.elapsed() < Duration::from_secs(30), "jane's closed watch was not given back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for mut c in held {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

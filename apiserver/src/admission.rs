@@ -99,6 +99,155 @@ pub fn service_account(pod: &mut Value, account: Option<&Value>, suffix: &str) {
     }
 }
 
+/// LimitRange defaulting, as Kubernetes defaults LimitRange objects: a resource with a
+/// `max` but no `default` gets the max as default; one with a `default` but no
+/// `defaultRequest` gets the default as request, else its `min`.
+pub fn default_limit_range(lr: &mut Value) {
+    let Some(items) = lr.get_mut("spec").and_then(|s| s.get_mut("limits")).and_then(Value::as_array_mut) else {
+        return;
+    };
+    for item in items.iter_mut().filter(|i| i.is_object()) {
+        if item["type"] != "Container" {
+            continue;
+        }
+        let copy = |item: &mut Value, from: &str, to: &str| {
+            if let Some(src) = item[from].as_object().cloned() {
+                for (k, v) in src {
+                    if item[to].get(&k).is_none() {
+                        if !item[to].is_object() {
+                            item[to] = json!({});
+                        }
+                        item[to][k] = v;
+                    }
+                }
+            }
+        };
+        copy(item, "max", "default");
+        copy(item, "default", "defaultRequest");
+        copy(item, "min", "defaultRequest");
+    }
+}
+
+/// LimitRanger: fills each container's missing requests and limits from the namespace's
+/// LimitRanges (`defaultRequest`, `default`) and checks them against `min`, `max` and
+/// `maxLimitRequestRatio`; the refusals in Kubernetes' words.
+pub fn limit_ranger(pod: &mut Value, ranges: &[Value]) -> Result<(), Vec<String>> {
+    // Compared in whole thousandths (millicores, millibytes): no floating-point surprises.
+    let q = |v: &Value| {
+        v.as_str().and_then(crate::dashboard::quantity).or(v.as_f64()).map(|f| (f * 1000.0).round() as i128)
+    };
+    let mut problems = Vec::new();
+    // As the kubelet and Kubernetes' defaulting do first: a container that sets a limit
+    // but no request requests its limit.
+    for kind in ["initContainers", "containers"] {
+        let Some(list) = pod.get_mut("spec").and_then(|s| s.get_mut(kind)).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for c in list.iter_mut().filter(|c| c["resources"]["limits"].is_object()) {
+            let limits = c["resources"]["limits"].as_object().cloned().unwrap_or_default();
+            if !c["resources"]["requests"].is_object() {
+                c["resources"]["requests"] = json!({});
+            }
+            for (res, v) in limits {
+                if c["resources"]["requests"].get(&res).is_none() {
+                    c["resources"]["requests"][res] = v;
+                }
+            }
+        }
+    }
+    for lr in ranges {
+        for item in lr["spec"]["limits"].as_array().into_iter().flatten() {
+            if item["type"] != "Container" {
+                continue;
+            }
+            for kind in ["initContainers", "containers"] {
+                let Some(list) = pod.get_mut("spec").and_then(|s| s.get_mut(kind)).and_then(Value::as_array_mut) else {
+                    continue;
+                };
+                for c in list.iter_mut().filter(|c| c.is_object()) {
+                    for (field, defaults) in [("limits", &item["default"]), ("requests", &item["defaultRequest"])] {
+                        for (res, v) in defaults.as_object().into_iter().flatten() {
+                            if c["resources"][field].get(res).is_none() {
+                                if !c["resources"].is_object() {
+                                    c["resources"] = json!({});
+                                }
+                                if !c["resources"][field].is_object() {
+                                    c["resources"][field] = json!({});
+                                }
+                                c["resources"][field][res] = v.clone();
+                            }
+                        }
+                    }
+                    let req = |r: &str| q(&c["resources"]["requests"][r]);
+                    let lim = |r: &str| q(&c["resources"]["limits"][r]);
+                    let shown =
+                        |field: &str, r: &str| c["resources"][field][r].as_str().map(String::from).unwrap_or_default();
+                    // One reason per bound and resource, in Kubernetes' order.
+                    for (res, min) in item["min"].as_object().into_iter().flatten() {
+                        let m = min.as_str().map(String::from).unwrap_or_else(|| min.to_string());
+                        let mn = q(min);
+                        let why = match (req(res), lim(res)) {
+                            (None, _) => {
+                                Some(format!("minimum {res} usage per Container is {m}.  No request is specified"))
+                            }
+                            (Some(r), _) if mn.is_some_and(|mn| r < mn) => Some(format!(
+                                "minimum {res} usage per Container is {m}, but request is {}",
+                                shown("requests", res)
+                            )),
+                            (_, Some(l)) if mn.is_some_and(|mn| l < mn) => Some(format!(
+                                "minimum {res} usage per Container is {m}, but limit is {}",
+                                shown("limits", res)
+                            )),
+                            _ => None,
+                        };
+                        problems.extend(why);
+                    }
+                    for (res, max) in item["max"].as_object().into_iter().flatten() {
+                        let m = max.as_str().map(String::from).unwrap_or_else(|| max.to_string());
+                        let mx = q(max);
+                        let why = match (lim(res), req(res)) {
+                            (None, _) => {
+                                Some(format!("maximum {res} usage per Container is {m}.  No limit is specified"))
+                            }
+                            (Some(l), _) if mx.is_some_and(|mx| l > mx) => Some(format!(
+                                "maximum {res} usage per Container is {m}, but limit is {}",
+                                shown("limits", res)
+                            )),
+                            (_, Some(r)) if mx.is_some_and(|mx| r > mx) => Some(format!(
+                                "maximum {res} usage per Container is {m}, but request is {}",
+                                shown("requests", res)
+                            )),
+                            _ => None,
+                        };
+                        problems.extend(why);
+                    }
+                    for (res, ratio) in item["maxLimitRequestRatio"].as_object().into_iter().flatten() {
+                        let shown_ratio = ratio.as_str().map(String::from).unwrap_or_else(|| ratio.to_string());
+                        match (lim(res), req(res), q(ratio)) {
+                            (None, _, _) => problems.push(format!(
+                                "{res} max limit to request ratio per Container is {shown_ratio}, but no limit is specified"
+                            )),
+                            (_, None | Some(0), _) => problems.push(format!(
+                                "{res} max limit to request ratio per Container is {shown_ratio}, but no request is specified or request is 0"
+                            )),
+                            (Some(l), Some(r), Some(max)) if l * 1000 > max * r => problems.push(format!(
+                                "{res} max limit to request ratio per Container is {shown_ratio}, but provided ratio is {:.6}",
+                                l as f64 / r as f64
+                            )),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
 /// The annotation that makes a StorageClass the default one.
 pub const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
 

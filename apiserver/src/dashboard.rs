@@ -143,7 +143,7 @@ impl UsageHistory {
 }
 
 /// A Kubernetes quantity as a number ("250m" → 0.25, "64Mi" → 67108864), or None.
-fn quantity(s: &str) -> Option<f64> {
+pub(crate) fn quantity(s: &str) -> Option<f64> {
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+')).unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
     let n: f64 = num.parse().ok()?;
@@ -160,6 +160,12 @@ fn quantity(s: &str) -> Option<f64> {
         "Mi" => 1024.0 * 1024.0,
         "Gi" => 1024.0 * 1024.0 * 1024.0,
         "Ti" => 1024.0f64.powi(4),
+        "P" => 1e15,
+        "E" => 1e18,
+        "Pi" => 1024.0f64.powi(5),
+        "Ei" => 1024.0f64.powi(6),
+        // Decimal exponents: "129e6", "1E3".
+        s if s.len() > 1 && (s.starts_with('e') || s.starts_with('E')) => 10f64.powi(s[1..].parse().ok()?),
         _ => return None,
     };
     Some(n * scale)
@@ -284,7 +290,9 @@ mod tests {
         assert_eq!(quantity("2"), Some(2.0));
         assert_eq!(quantity("64Mi"), Some(67108864.0));
         assert_eq!(quantity("12Ki"), Some(12288.0));
-        assert_eq!(quantity("1e3"), None);
+        assert_eq!(quantity("1e3"), Some(1000.0));
+        assert_eq!(quantity("129e6"), Some(129e6));
+        assert_eq!(quantity("2Pi"), Some(2.0 * 1024f64.powi(5)));
         assert_eq!(quantity("lots"), None);
         assert_eq!(usage(&json!({"cpu": "250m", "memory": "1Mi"})), (250, 1048576));
         assert_eq!(usage(&json!({"cpu": "-5", "memory": 7})), (0, 0));

@@ -8,7 +8,7 @@
 //! to the corpus keeps it tested.
 //!
 //! The run is bounded by a count, not by time (`SKIFF_FUZZ_ITERATIONS`, default 4000
-//! per target; `make fuzz` runs 200,000), and seeded (`SKIFF_FUZZ_SEED`), so a failure
+//! per target; `make fuzz` runs 300,000), and seeded (`SKIFF_FUZZ_SEED`), so a failure
 //! reproduces. Decision: an in-tree mutator instead of cargo-fuzz, which needs a nightly
 //! toolchain these machines do not have; it is not coverage-guided.
 
@@ -199,12 +199,14 @@ fn fuzz_objects_through_validation_admission_and_policy() {
     let roles = crate::registry::find("rbac.authorization.k8s.io", "v1", "roles").expect("registered");
     let rbac = crate::rbac::Rbac::default();
     let jane = crate::authn::User { name: "jane".into(), uid: String::new(), groups: vec!["dev".into()] };
+    let parsed = std::sync::atomic::AtomicUsize::new(0);
     fuzz("objects", |b| {
         if let Ok(text) = std::str::from_utf8(b) {
             let _ = crate::encryption::Encryption::parse(text);
             let _ = serde_yaml::from_str::<Value>(text);
         }
         let Some(obj) = json_of(b) else { return };
+        parsed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for r in [pods, deployments, roles] {
             let mut o = obj.clone();
             if crate::object::prepare_create(r, &mut o, Some("default")).is_ok() {
@@ -216,6 +218,9 @@ fn fuzz_objects_through_validation_admission_and_policy() {
             let _ = crate::openapi::check_decodes(r, &obj);
         }
         let mut pod = obj.clone();
+        let _ = crate::admission::limit_ranger(&mut pod, std::slice::from_ref(&obj));
+        let mut lr = obj.clone();
+        crate::admission::default_limit_range(&mut lr);
         crate::admission::default_tolerations(&mut pod, Default::default());
         crate::admission::service_account(&mut pod, Some(&obj), "abcde");
         for level in [crate::podsecurity::Level::Baseline, crate::podsecurity::Level::Restricted] {
@@ -227,6 +232,9 @@ fn fuzz_objects_through_validation_admission_and_policy() {
         }
         let _ = crate::rbac::default_policy();
     });
+    // Not vacuous: a good share of the mutations still parse and reach the code above.
+    let n = parsed.into_inner();
+    assert!(n * 20 > env_u64("SKIFF_FUZZ_ITERATIONS", 4000) as usize, "only {n} inputs parsed as JSON");
 }
 
 #[test]

@@ -36,6 +36,78 @@ pub struct App {
     pub tokens: crate::authn::Tokens,
     pub rbac: crate::rbac::Rbac,
     pub sa_signer: Arc<crate::satoken::Signer>,
+    pub watch_limits: Arc<WatchLimits>,
+}
+
+/// At most `max` watches open at once per user (0: no limit), so one client cannot hold
+/// the server's memory and the store's watch streams for everyone.
+#[derive(Default)]
+pub struct WatchLimits {
+    pub max: usize,
+    open: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One open watch, counted until its response body is dropped.
+pub struct WatchPermit {
+    limits: Arc<WatchLimits>,
+    user: String,
+}
+
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl WatchLimits {
+    pub fn new(max: usize) -> WatchLimits {
+        WatchLimits { max, open: Mutex::default() }
+    }
+
+    fn acquire(self: &Arc<Self>, user: &str) -> ApiResult<Option<WatchPermit>> {
+        if self.max == 0 {
+            return Ok(None);
+        }
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(user.to_string()).or_default();
+        if *n >= self.max {
+            return Err(ApiError::new(
+                429,
+                "TooManyRequests",
+                format!("too many watches open for user \"{user}\" (at most {} at once)", self.max),
+            ));
+        }
+        *n += 1;
+        Ok(Some(WatchPermit { limits: self.clone(), user: user.to_string() }))
+    }
+}
+
+/// A response body that holds something (a watch permit) until it is dropped.
+struct Holding<G> {
+    inner: Body,
+    _held: G,
+}
+
+impl<G: Send + Sync + Unpin + 'static> hyper::body::Body for Holding<G> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -179,7 +251,28 @@ pub async fn handle(
     let started = std::time::Instant::now();
     let metrics = app.metrics.clone();
     let resp = match admit(&app, &conn, &req).await {
-        Ok(user) => route(app, user, req).await.unwrap_or_else(|e| error_response(&e)),
+        Ok(user) => {
+            // Decided from the query as the router reads it (percent-decoded). Members of
+            // system:masters (the components) are not limited.
+            let watch = req.method() == Method::GET && Query::parse(req.uri().query()).flag("watch");
+            let permit = match &user {
+                Some(u) if watch && !u.in_group(crate::authn::MASTERS) => app.watch_limits.acquire(&u.name),
+                _ => Ok(None),
+            };
+            match permit {
+                Ok(permit) => {
+                    let resp = route(app, user, req).await.unwrap_or_else(|e| error_response(&e));
+                    match permit {
+                        Some(p) => {
+                            let (parts, body) = resp.into_parts();
+                            Response::from_parts(parts, Holding { inner: body, _held: p }.boxed())
+                        }
+                        None => resp,
+                    }
+                }
+                Err(e) => error_response(&e),
+            }
+        }
         Err(e) => error_response(&e),
     };
     let mut labels = labels;
@@ -943,7 +1036,7 @@ impl Handler<'_> {
 
     async fn create(&self, mut obj: Value) -> ApiResult<Response<Body>> {
         self.check_fields(&mut obj)?;
-        self.check_decodes(&obj)?;
+        self.check_decodes(&mut obj)?;
         object::prepare_create(self.r, &mut obj, self.ns.filter(|_| self.r.namespaced))?;
         defaults::apply(self.r, &mut obj);
         if self.is("", "pods") {
@@ -957,6 +1050,27 @@ impl Handler<'_> {
             let sa_res = registry::find("", "v1", "serviceaccounts").expect("registered");
             let sa = self.store.get(&storage::key(sa_res, self.ns, &account)).await?;
             admission::service_account(&mut obj, sa.as_ref().map(|s| &s.obj), &object::name_suffix());
+            let lr_res = registry::find("", "v1", "limitranges").expect("registered");
+            let ranges: Vec<Value> = self
+                .store
+                .list(&storage::prefix(lr_res, self.ns), None, 0, 0)
+                .await?
+                .items
+                .into_iter()
+                .map(|s| s.obj)
+                .collect();
+            if let Err(problems) = admission::limit_ranger(&mut obj, &ranges) {
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                // One reason alone, several in brackets (Kubernetes' aggregate error).
+                let why = match problems.as_slice() {
+                    [one] => one.clone(),
+                    many => format!("[{}]", many.join(", ")),
+                };
+                return Err(ApiError::new(403, "Forbidden", format!("pods \"{name}\" is forbidden: {why}")));
+            }
+        }
+        if self.is("", "limitranges") {
+            admission::default_limit_range(&mut obj);
         }
         if self.is("", "persistentvolumeclaims") {
             let r = registry::find("storage.k8s.io", "v1", "storageclasses").expect("storage classes are registered");
@@ -1001,9 +1115,18 @@ impl Handler<'_> {
 
     /// The body must decode as the kind's type (openapi::check_decodes), in Kubernetes'
     /// words for a body that does not.
-    fn check_decodes(&self, obj: &Value) -> ApiResult<()> {
+    fn check_decodes(&self, obj: &mut Value) -> ApiResult<()> {
         if !obj.is_object() {
             return Ok(()); // prepare_create / prepare_update say what is wrong
+        }
+        // Go's base64 decoder skips line breaks (YAML `|` blocks wrap long values); they
+        // are dropped here, so what is stored is what every client can decode.
+        if self.is("", "secrets") {
+            for v in obj["data"].as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                if let Some(s) = v.as_str().filter(|s| s.contains(['\n', '\r'])) {
+                    *v = Value::String(s.replace(['\n', '\r'], ""));
+                }
+            }
         }
         openapi::check_decodes(self.r, obj).map_err(|e| {
             let kind = self.r.kind;
@@ -1056,9 +1179,12 @@ impl Handler<'_> {
     /// left with nothing to wait for is deleted instead.
     async fn write(&self, name: &str, mut new: Value, cur: &Stored) -> ApiResult<Value> {
         self.check_fields(&mut new)?;
-        self.check_decodes(&new)?;
+        self.check_decodes(&mut new)?;
         object::prepare_update(self.r, &mut new, &cur.obj)?;
         defaults::apply(self.r, &mut new);
+        if self.is("", "limitranges") {
+            admission::default_limit_range(&mut new);
+        }
         self.no_escalation(&new)?;
         if self.q.dry_run() {
             return Ok(new);
@@ -1375,12 +1501,19 @@ impl Handler<'_> {
             }
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
             loop {
-                let next = match deadline {
-                    Some(d) => match tokio::time::timeout_at(d, source.next()).await {
-                        Ok(n) => n,
-                        Err(_) => return,
+                // Also ends as soon as the client goes: a quiet watch would otherwise
+                // hold its task and store watch until its next event.
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    n = async {
+                        match deadline {
+                            Some(d) => tokio::time::timeout_at(d, source.next()).await.ok(),
+                            None => Some(source.next().await),
+                        }
+                    } => match n {
+                        Some(n) => n,
+                        None => return,
                     },
-                    None => source.next().await,
                 };
                 let event = match next {
                     Next::Event(e) => e,

@@ -55,6 +55,8 @@ pub struct Config {
     pub token_auth_file: Option<PathBuf>,
     /// How objects are encrypted in the store (an `EncryptionConfiguration`), if at all.
     pub encryption_provider_config: Option<PathBuf>,
+    /// Watches one user may hold open at once (0: no limit).
+    pub max_watches_per_user: usize,
 }
 
 /// A running API server: where it listens and where its kubeconfig is.
@@ -139,6 +141,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tokens,
         rbac,
         sa_signer,
+        watch_limits: Arc::new(http::WatchLimits::new(cfg.max_watches_per_user)),
     });
     dashboard::spawn_sampler(app.store.clone(), app.usage.clone());
     {

@@ -78,6 +78,7 @@ pub static RESOURCES: &[Resource] = &[
     res!("", "v1", "Endpoints", "endpoints", "endpoints", true, ["ep"], false, [], "endpoints"),
     res!("", "v1", "Secret", "secrets", "secret", true, [], false, [], "secrets"),
     res!("", "v1", "ConfigMap", "configmaps", "configmap", true, ["cm"], false, [], "configmaps"),
+    res!("", "v1", "LimitRange", "limitranges", "limitrange", true, ["limits"], false, [], "limitranges"),
     res!(
         "",
         "v1",
