@@ -300,11 +300,12 @@ async fn admit(
     let authorization = req.headers().get("authorization").and_then(|v| v.to_str().ok());
     // A token shaped like a JWT and signed by this server is a ServiceAccount's; anything
     // else goes to the static tokens.
-    let jwt = authorization
+    let claims = authorization
         .and_then(crate::authn::bearer)
-        .filter(|t| t.matches('.').count() == 2 && app.sa_signer.verify(t, crate::satoken::ISSUER).is_some());
-    let user = match (conn, jwt) {
-        (crate::authn::Connection::Tls(None), Some(token)) => service_account_user(app, token).await?,
+        .filter(|t| t.matches('.').count() == 2)
+        .and_then(|t| app.sa_signer.verify(t, crate::satoken::ISSUER));
+    let user = match (conn, claims) {
+        (crate::authn::Connection::Tls(None), Some(claims)) => service_account_user(app, &claims).await?,
         _ => match crate::authn::authenticate(conn, authorization, &app.tokens)? {
             Some(u) => u,
             None => return Ok(None),
@@ -328,11 +329,10 @@ async fn admit(
     Ok(Some(user))
 }
 
-/// The ServiceAccount a token this server signed stands for, if the token is current
-/// and the ServiceAccount (and the pod it is bound to) still exist with the same uids.
-async fn service_account_user(app: &App, token: &str) -> ApiResult<crate::authn::User> {
+/// The ServiceAccount a verified token's claims stand for, if the ServiceAccount (and
+/// the pod the token is bound to) still exist with the same uids.
+async fn service_account_user(app: &App, claims: &Value) -> ApiResult<crate::authn::User> {
     let unauthorized = || ApiError::new(401, "Unauthorized", "Unauthorized");
-    let claims = app.sa_signer.verify(token, crate::satoken::ISSUER).ok_or_else(unauthorized)?;
     let k = &claims["kubernetes.io"];
     let ns = k["namespace"].as_str().ok_or_else(unauthorized)?;
     let still = |plural: &str, r: &Value| {
