@@ -9,8 +9,9 @@ kubernetes/apimachinery, which are read here and not kept in this repository:
   scripts/gen-proto-schema.py DIR > apiserver/src/protobuf/schema.rs
 
 where DIR holds core_v1.proto, apps_v1.proto, batch_v1.proto, autoscaling_v1.proto,
-autoscaling_v2.proto, rbac_v1.proto, meta_v1.proto, runtime.proto, intstr.proto and
-resource.proto (the generated.proto of each package).
+autoscaling_v2.proto, rbac_v1.proto, certificates_v1.proto, meta_v1.proto, runtime.proto,
+intstr.proto and resource.proto (the generated.proto of each package, from the tags
+kubernetes/api v0.33.9 and kubernetes/apimachinery v0.33.9).
 """
 import re
 import sys
@@ -18,12 +19,14 @@ from pathlib import Path
 
 ROOTS = [
     ("", "v1", "k8s.io.api.core.v1", ["Secret", "ConfigMap", "Namespace", "ServiceAccount", "Service", "Pod",
-                                       "PersistentVolumeClaim", "Endpoints", "Node", "Event"]),
+                                       "PersistentVolumeClaim", "Endpoints", "Node", "Event", "LimitRange",
+                                       "ResourceQuota"]),
     ("apps", "v1", "k8s.io.api.apps.v1", ["Deployment", "ReplicaSet", "StatefulSet", "DaemonSet"]),
     ("batch", "v1", "k8s.io.api.batch.v1", ["Job", "CronJob"]),
     ("autoscaling", "v1", "k8s.io.api.autoscaling.v1", ["HorizontalPodAutoscaler", "Scale"]),
     ("autoscaling", "v2", "k8s.io.api.autoscaling.v2", ["HorizontalPodAutoscaler"]),
     ("rbac.authorization.k8s.io", "v1", "k8s.io.api.rbac.v1", ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]),
+    ("certificates.k8s.io", "v1", "k8s.io.api.certificates.v1", ["CertificateSigningRequest"]),
 ]
 # Messages with a JSON form of their own.
 SPECIAL = {

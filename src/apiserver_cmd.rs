@@ -46,6 +46,19 @@ pub struct ApiServerArgs {
     /// limit). The insecure port is not limited.
     #[arg(long, default_value_t = 1000)]
     max_watches_per_user: usize,
+    /// Requests per second one user may make, sustained; beyond it (and the burst) the
+    /// server answers 429 TooManyRequests with Retry-After, which kubectl and client
+    /// libraries wait out. Members of system:masters (the components) and the insecure
+    /// port are not limited (0: no limit).
+    #[arg(long, default_value_t = 100)]
+    max_requests_per_user: u32,
+    /// Requests one user may make at once before --max-requests-per-user applies.
+    #[arg(long, default_value_t = 200)]
+    max_request_burst_per_user: u32,
+    /// How often every ResourceQuota's status.used is counted again from the objects
+    /// (writes through this server recount their namespace at once), e.g. 10s, 1m.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    resource_quota_sync_period: std::time::Duration,
 }
 
 pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
@@ -63,6 +76,8 @@ pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
         token_auth_file: args.token_auth_file,
         encryption_provider_config: args.encryption_provider_config,
         max_watches_per_user: args.max_watches_per_user,
+        requests_per_user: (args.max_requests_per_user, args.max_request_burst_per_user),
+        resource_quota_sync_period: args.resource_quota_sync_period,
     })
     .await?;
     tracing::info!("serving the Kubernetes API on https://{}", running.https);

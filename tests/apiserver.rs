@@ -1459,6 +1459,180 @@ fn limit_ranges_default_and_bound_container_resources() {
     api.k_in(&["create", "-f", "-"], &pod("fits", r#"{"limits": {"cpu": "500m"}, "requests": {"memory": "32Mi"}}"#));
 }
 
+/// ResourceQuota: a namespace's quota counts what its objects use, refuses what would
+/// go past it (and pods that do not say what it limits) in Kubernetes' words, gives room
+/// back when objects go, and lets exactly as many racing creates through as fit.
+#[test]
+fn resource_quotas_count_refuse_and_give_back() {
+    let api = Api::start();
+    api.k(&["create", "namespace", "q"]);
+    api.k(&[
+        "create",
+        "quota",
+        "compute",
+        "-n",
+        "q",
+        "--hard=pods=2,requests.cpu=1,limits.memory=256Mi,count/configmaps=3",
+    ]);
+    let quota = || api.k_json(&["get", "quota", "compute", "-n", "q"]);
+    let t = Instant::now();
+    while quota()["status"]["used"].is_null() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the quota was never counted: {}", quota());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // kube-root-ca.crt is not here (no controller-manager): no configmaps yet.
+    assert_eq!(
+        quota()["status"]["used"],
+        json!({"pods": "0", "requests.cpu": "0", "limits.memory": "0", "count/configmaps": "0"})
+    );
+    let pod = |name: &str, resources: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}", "namespace": "q"}}, "spec": {{"containers": [{{"name": "c", "image": "busybox", "resources": {resources}}}]}}}}"#
+        )
+    };
+    let e = api.k_fails(&["create", "-f", "-"], Some(&pod("bare", "{}")));
+    assert!(
+        e.contains(
+            r#"pods "bare" is forbidden: failed quota: compute: must specify limits.memory for: c; requests.cpu for: c"#
+        ),
+        "{e}"
+    );
+    let sized = r#"{"requests": {"cpu": "400m"}, "limits": {"memory": "100Mi"}}"#;
+    api.k_in(&["create", "-f", "-"], &pod("one", sized));
+    api.k_in(&["create", "-f", "-"], &pod("two", sized));
+    let q = quota();
+    assert_eq!(q["status"]["used"]["pods"], "2", "{q}");
+    assert_eq!(q["status"]["used"]["requests.cpu"], "800m", "{q}");
+    assert_eq!(q["status"]["used"]["limits.memory"], "200Mi", "{q}");
+    let table = api.k(&["get", "quota", "-n", "q"]);
+    assert!(table.contains("pods: 2/2, requests.cpu: 800m/1"), "{table}");
+    assert!(table.contains("limits.memory: 200Mi/256Mi"), "{table}");
+    let e = api.k_fails(&["create", "-f", "-"], Some(&pod("three", sized)));
+    assert!(
+        e.contains(r#"pods "three" is forbidden: exceeded quota: compute, requested: limits.memory=100Mi,pods=1,requests.cpu=400m, used: limits.memory=200Mi,pods=2,requests.cpu=800m, limited: limits.memory=256Mi,pods=2,requests.cpu=1"#),
+        "{e}"
+    );
+    // A refused create charged nothing; a deleted pod gives its share back.
+    assert_eq!(quota()["status"]["used"]["pods"], "2");
+    api.k(&["delete", "pod", "one", "-n", "q", "--grace-period=0", "--force"]);
+    let t = Instant::now();
+    while quota()["status"]["used"]["pods"] != "1" {
+        assert!(t.elapsed() < Duration::from_secs(20), "the deleted pod was not given back: {}", quota());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    api.k_in(&["create", "-f", "-"], &pod("three", sized));
+    // Eight configmaps created at once against a limit of three: exactly three land.
+    let made: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let api = &api;
+                s.spawn(move || {
+                    let name = format!("cm{i}");
+                    api.kubectl_with(KUBECTL_132, &["create", "configmap", &name, "-n", "q"], None).status.success()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap() as usize).sum()
+    });
+    assert_eq!(made, 3, "creates racing for the last units");
+    let listed = api.k(&["get", "configmaps", "-n", "q", "-o", "name"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    let e = api.k_fails(&["create", "configmap", "cm-late", "-n", "q"], None);
+    assert!(e.contains("exceeded quota: compute, requested: count/configmaps=1, used: count/configmaps=3, limited: count/configmaps=3"), "{e}");
+    // Server-side dry run is checked too, and charges nothing.
+    api.k(&[
+        "delete",
+        "configmap",
+        "cm0",
+        "cm1",
+        "cm2",
+        "cm3",
+        "cm4",
+        "cm5",
+        "cm6",
+        "cm7",
+        "-n",
+        "q",
+        "--ignore-not-found",
+    ]);
+    let t = Instant::now();
+    while quota()["status"]["used"]["count/configmaps"] != "0" {
+        assert!(t.elapsed() < Duration::from_secs(20), "deleted configmaps were not given back: {}", quota());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    api.k(&["create", "configmap", "dry", "-n", "q", "--dry-run=server"]);
+    assert_eq!(quota()["status"]["used"]["count/configmaps"], "0");
+}
+
+/// A user gets `--max-request-burst-per-user` requests at once and then
+/// `--max-requests-per-user` a second; beyond that 429 with Retry-After, which kubectl
+/// waits out. Other users are not affected.
+#[test]
+fn requests_per_user_are_limited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.csv");
+    std::fs::write(&tokens, "jane-token,jane,1,\"readers\"\nbob-token,bob,2,\"readers\"\n").unwrap();
+    let api = Api::start_with(&[
+        "--token-auth-file",
+        tokens.to_str().unwrap(),
+        "--max-requests-per-user",
+        "1",
+        "--max-request-burst-per-user",
+        "5",
+    ]);
+    api.k(&["create", "clusterrolebinding", "readers", "--clusterrole=view", "--group=readers"]);
+    let ca = api.dir.path().join("api/pki/ca.crt");
+    let url = format!("https://127.0.0.1:{}/api/v1/namespaces/default/configmaps", api.https_port);
+    // `n` requests in a row on one connection: each one's status code.
+    let codes = |token: &str, n: usize| -> Vec<String> {
+        let o = Command::new("curl")
+            .args(["-s", "-w", "%{http_code}\\n", "--max-time", "20", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args((0..n).flat_map(|_| ["-o", "/dev/null", url.as_str()]))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect()
+    };
+    let t = Instant::now();
+    while codes("bob-token", 1) != ["200"] {
+        assert!(t.elapsed() < Duration::from_secs(30), "the readers binding never took effect");
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let jane = codes("jane-token", 12);
+    let served = jane.iter().filter(|c| *c == "200").count();
+    assert!(jane[..5].iter().all(|c| c == "200"), "the burst is served: {jane:?}");
+    assert!((5..=7).contains(&served), "a burst of 5 then 1 a second: {jane:?}");
+    assert!(jane.iter().all(|c| c == "200" || c == "429"), "{jane:?}");
+    let refused = Command::new("curl")
+        .args(["-s", "-D", "-", "--max-time", "5", "--cacert"])
+        .arg(&ca)
+        .args(["-H", "Authorization: Bearer jane-token", &url])
+        .output()
+        .unwrap();
+    let refused = String::from_utf8_lossy(&refused.stdout).to_lowercase();
+    assert!(refused.starts_with("http/1.1 429") || refused.starts_with("http/2 429"), "{refused}");
+    assert!(refused.contains("\r\nretry-after: 1\r\n"), "{refused}");
+    assert!(refused.contains("too many requests, please try again later."), "{refused}");
+    assert!(refused.contains(r#""reason":"toomanyrequests""#), "{refused}");
+    // bob is not jane.
+    assert_eq!(codes("bob-token", 3), ["200", "200", "200"]);
+    // kubectl waits out the 429s and gets its answer.
+    let out = Command::new("kubectl")
+        .args(["--server", &format!("https://127.0.0.1:{}", api.https_port), "--certificate-authority"])
+        .arg(&ca)
+        .args(["--token", "jane-token", "get", "configmaps", "-o", "name"])
+        .env("KUBECONFIG", "/dev/null")
+        .env("HOME", tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The components (system:masters) are not limited.
+    for _ in 0..10 {
+        api.k(&["get", "configmaps"]);
+    }
+}
+
 /// A user may hold only so many watches open (`--max-watches-per-user`); one more gets
 /// 429, and closing one makes room again. Other users are not affected.
 #[test]

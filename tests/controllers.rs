@@ -323,17 +323,17 @@ fn deployment_scales_rolls_out_without_outage_and_rolls_back() {
     assert!(events.contains("ScalingReplicaSet"), "{events}");
 
     // Idempotent: a fresh controller-manager finds nothing to change.
-    let snapshot = |p: &Plane| -> Vec<(String, String)> {
-        let mut v = Vec::new();
+    let snapshot = |p: &Plane| -> std::collections::BTreeMap<String, Value> {
+        let mut v = std::collections::BTreeMap::new();
         for kind in ["deploy", "rs", "pods", "endpoints"] {
             for o in p.json(&["get", kind])["items"].as_array().unwrap() {
-                v.push((
-                    format!("{kind}/{}", o["metadata"]["name"].as_str().unwrap()),
-                    o["metadata"]["resourceVersion"].as_str().unwrap().to_string(),
-                ));
+                v.insert(format!("{kind}/{}", o["metadata"]["name"].as_str().unwrap()), o.clone());
             }
         }
         v
+    };
+    let versions = |s: &std::collections::BTreeMap<String, Value>| -> Vec<(String, Value)> {
+        s.iter().map(|(k, o)| (k.clone(), o["metadata"]["resourceVersion"].clone())).collect()
     };
     // First let the running manager settle (status updates after the rollback): nothing
     // changes for three seconds in a row (a loaded machine delays the last writes).
@@ -342,7 +342,7 @@ fn deployment_scales_rolls_out_without_outage_and_rolls_back() {
     for _ in 0..30 {
         std::thread::sleep(Duration::from_secs(1));
         let now = snapshot(&p);
-        quiet = if now == before { quiet + 1 } else { 0 };
+        quiet = if versions(&now) == versions(&before) { quiet + 1 } else { 0 };
         before = now;
         if quiet == 3 {
             break;
@@ -351,7 +351,13 @@ fn deployment_scales_rolls_out_without_outage_and_rolls_back() {
     p.kill("controller-manager");
     p.spawn("controller-manager", &[&["controller-manager"], MANAGER].concat());
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(snapshot(&p), before, "reconciling again changed objects");
+    let after = snapshot(&p);
+    let changed: Vec<String> = after
+        .iter()
+        .filter(|(k, o)| before.get(*k) != Some(*o))
+        .map(|(k, o)| format!("{k}\n  before: {}\n  after:  {o}", before.get(k).cloned().unwrap_or_default()))
+        .collect();
+    assert_eq!(versions(&after), versions(&before), "reconciling again changed objects:\n{}", changed.join("\n"));
 }
 
 #[test]

@@ -219,6 +219,12 @@ fn fuzz_objects_through_validation_admission_and_policy() {
         }
         let mut pod = obj.clone();
         let _ = crate::admission::limit_ranger(&mut pod, std::slice::from_ref(&obj));
+        // The object as a quota, and as what is charged to one.
+        for r in [pods, deployments] {
+            let _ = crate::quota::charge(&obj, r, &obj);
+            let _ = crate::quota::charge(&obj, r, &pod);
+            let _ = crate::quota::usage(r, &obj);
+        }
         let mut lr = obj.clone();
         crate::admission::default_limit_range(&mut lr);
         crate::admission::default_tolerations(&mut pod, Default::default());

@@ -36,56 +36,9 @@ pub struct App {
     pub tokens: crate::authn::Tokens,
     pub rbac: crate::rbac::Rbac,
     pub sa_signer: Arc<crate::satoken::Signer>,
-    pub watch_limits: Arc<WatchLimits>,
-}
-
-/// At most `max` watches open at once per user (0: no limit), so one client cannot hold
-/// the server's memory and the store's watch streams for everyone.
-#[derive(Default)]
-pub struct WatchLimits {
-    pub max: usize,
-    open: Mutex<std::collections::HashMap<String, usize>>,
-}
-
-/// One open watch, counted until its response body is dropped.
-pub struct WatchPermit {
-    limits: Arc<WatchLimits>,
-    user: String,
-}
-
-impl Drop for WatchPermit {
-    fn drop(&mut self) {
-        let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.user);
-            }
-        }
-    }
-}
-
-impl WatchLimits {
-    pub fn new(max: usize) -> WatchLimits {
-        WatchLimits { max, open: Mutex::default() }
-    }
-
-    fn acquire(self: &Arc<Self>, user: &str) -> ApiResult<Option<WatchPermit>> {
-        if self.max == 0 {
-            return Ok(None);
-        }
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(user.to_string()).or_default();
-        if *n >= self.max {
-            return Err(ApiError::new(
-                429,
-                "TooManyRequests",
-                format!("too many watches open for user \"{user}\" (at most {} at once)", self.max),
-            ));
-        }
-        *n += 1;
-        Ok(Some(WatchPermit { limits: self.clone(), user: user.to_string() }))
-    }
+    pub watch_limits: Arc<crate::limits::WatchLimits>,
+    pub request_rates: crate::limits::RequestRates,
+    pub quotas: Arc<crate::quota::Quotas>,
 }
 
 /// A response body that holds something (a watch permit) until it is dropped.
@@ -150,7 +103,13 @@ fn json_response(code: u16, v: &Value, f: Format) -> Response<Body> {
 }
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
-    respond(e.code, "application/json", serde_json::to_vec(&e.to_status()).expect("JSON values serialize"))
+    let mut resp =
+        respond(e.code, "application/json", serde_json::to_vec(&e.to_status()).expect("JSON values serialize"));
+    // A 429 says when to come back, in the header clients act on as well.
+    if let Some(s) = e.details.as_ref().and_then(|d| d["retryAfterSeconds"].as_u64()) {
+        resp.headers_mut().insert("Retry-After", s.into());
+    }
+    resp
 }
 
 /// Query parameters, percent-decoded (tolerates `?&a=b`, as kube-rs sends).
@@ -250,13 +209,23 @@ pub async fn handle(
     let labels = crate::metrics::Labels::of(req.method().as_str(), req.uri().path(), req.uri().query());
     let started = std::time::Instant::now();
     let metrics = app.metrics.clone();
+    // A write in a namespace changes what its ResourceQuotas count.
+    let written = match *req.method() {
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE => namespace_of(req.uri().path()),
+        _ => None,
+    };
+    let quotas = app.quotas.clone();
     let resp = match admit(&app, &conn, &req).await {
         Ok(user) => {
             // Decided from the query as the router reads it (percent-decoded). Members of
             // system:masters (the components) are not limited.
             let watch = req.method() == Method::GET && Query::parse(req.uri().query()).flag("watch");
             let permit = match &user {
-                Some(u) if watch && !u.in_group(crate::authn::MASTERS) => app.watch_limits.acquire(&u.name),
+                Some(u) if !u.in_group(crate::authn::MASTERS) => match app.request_rates.take(&u.name) {
+                    Ok(()) if watch => app.watch_limits.acquire(&u.name),
+                    Ok(()) => Ok(None),
+                    Err(e) => Err(e),
+                },
                 _ => Ok(None),
             };
             match permit {
@@ -275,6 +244,9 @@ pub async fn handle(
         }
         Err(e) => error_response(&e),
     };
+    if let Some(ns) = written.filter(|_| resp.status().is_success()) {
+        quotas.touch(&ns);
+    }
     let mut labels = labels;
     // Labels come from the request: only those of served resources become series, so a
     // client cannot grow the metrics without bound.
@@ -288,6 +260,16 @@ pub async fn handle(
         return Ok(Response::from_parts(parts, metrics.track_watch(&labels.resource, body)));
     }
     Ok(resp)
+}
+
+/// The namespace a resource path is in (`/api/v1/namespaces/<ns>/...`,
+/// `/apis/<group>/<version>/namespaces/<ns>/...`).
+fn namespace_of(path: &str) -> Option<String> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        ["api", _, "namespaces", ns, _, ..] | ["apis", _, _, "namespaces", ns, _, ..] => Some(ns.to_string()),
+        _ => None,
+    }
 }
 
 /// Authenticates the request and asks RBAC whether it may go on: the user it acts as
@@ -1089,13 +1071,14 @@ impl Handler<'_> {
             if self.store.get(&self.key(&name)).await?.is_some() {
                 return Err(ApiError::already_exists(self.r.plural, self.r.group, &name));
             }
+            self.quota_charges(&name, &obj).await?;
             return Ok(self.reply(201, &obj));
         }
         let taken = match self.is("", "services") {
             true => Some(alloc::allocate(self.store, self.ranges, &mut obj, None).await?),
             false => None,
         };
-        let created = self.store.create(&self.key(&name), &convert::to_storage(self.r, &obj)).await;
+        let created = self.create_charged(&name, &obj).await;
         match created {
             Ok(Some(rev)) => {
                 obj["metadata"]["resourceVersion"] = json!(rev.to_string());
@@ -1111,6 +1094,52 @@ impl Handler<'_> {
                 }
             }
         }
+    }
+
+    /// The namespace's ResourceQuotas that `obj` counts against, each with the charge
+    /// added (key, new quota, the revision it was read at); or Kubernetes' refusal.
+    async fn quota_charges(&self, name: &str, obj: &Value) -> ApiResult<Vec<(String, Value, i64)>> {
+        let Some(ns) = self.ns.filter(|_| self.r.namespaced) else { return Ok(Vec::new()) };
+        let qr = registry::find("", "v1", "resourcequotas").expect("resource quotas are registered");
+        let mut charges = Vec::new();
+        for q in self.store.list(&storage::prefix(qr, Some(ns)), None, 0, 0).await?.items {
+            match crate::quota::charge(&q.obj, self.r, obj) {
+                Ok(Some(charged)) => charges.push((q.key, charged, q.rev)),
+                Ok(None) => {}
+                Err(why) => {
+                    let what = self.r.qualified();
+                    return Err(ApiError::new(403, "Forbidden", format!("{what} \"{name}\" is forbidden: {why}")));
+                }
+            }
+        }
+        Ok(charges)
+    }
+
+    /// Stores a new object, charged to the quotas it counts against in the same
+    /// transaction: the new resourceVersion, or None if the name is taken.
+    async fn create_charged(&self, name: &str, obj: &Value) -> ApiResult<Option<i64>> {
+        let (key, stored) = (self.key(name), convert::to_storage(self.r, obj));
+        // A quota changed between reading and writing (another create charged it, or a
+        // recount): read again and decide again.
+        for _ in 0..32 {
+            let charges = self.quota_charges(name, obj).await?;
+            if charges.is_empty() {
+                return self.store.create(&key, &stored).await;
+            }
+            match self.store.create_with(&key, &stored, &charges).await? {
+                storage::Created::At(rev) => return Ok(Some(rev)),
+                storage::Created::Exists => return Ok(None),
+                storage::Created::Stale => tokio::task::yield_now().await,
+            }
+        }
+        Err(ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on resourcequotas: the quotas of namespace {} kept changing; please try again",
+                self.ns.unwrap_or_default()
+            ),
+        ))
     }
 
     /// The body must decode as the kind's type (openapi::check_decodes), in Kubernetes'

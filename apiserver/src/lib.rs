@@ -15,6 +15,7 @@ pub mod encryption;
 mod fuzz;
 pub mod http;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod nodeproxy;
 pub mod object;
@@ -23,6 +24,7 @@ pub mod patch;
 pub mod pki;
 pub mod podsecurity;
 pub mod protobuf;
+pub mod quota;
 pub mod rbac;
 pub mod registry;
 pub mod satoken;
@@ -57,6 +59,11 @@ pub struct Config {
     pub encryption_provider_config: Option<PathBuf>,
     /// Watches one user may hold open at once (0: no limit).
     pub max_watches_per_user: usize,
+    /// Requests per second one user may make, sustained and in a burst (0: no limit).
+    pub requests_per_user: (u32, u32),
+    /// How often every ResourceQuota is counted again (writes through this server
+    /// recount their namespace at once).
+    pub resource_quota_sync_period: std::time::Duration,
 }
 
 /// A running API server: where it listens and where its kubeconfig is.
@@ -141,9 +148,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tokens,
         rbac,
         sa_signer,
-        watch_limits: Arc::new(http::WatchLimits::new(cfg.max_watches_per_user)),
+        watch_limits: Arc::new(limits::WatchLimits::new(cfg.max_watches_per_user)),
+        request_rates: limits::RequestRates::new(cfg.requests_per_user.0, cfg.requests_per_user.1),
+        quotas: Default::default(),
     });
     dashboard::spawn_sampler(app.store.clone(), app.usage.clone());
+    {
+        let (quotas, store) = (app.quotas.clone(), app.store.clone());
+        tokio::spawn(async move { quotas.run(store, cfg.resource_quota_sync_period).await });
+    }
     {
         let app = app.clone();
         tokio::spawn(async move {

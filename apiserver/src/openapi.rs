@@ -74,6 +74,7 @@ pub fn for_kind<V: KindVisitor>(r: &Resource, v: &mut V) -> Option<V::Out> {
         ("", "v1", "Secret") => v.visit::<core::v1::Secret>(),
         ("", "v1", "ConfigMap") => v.visit::<core::v1::ConfigMap>(),
         ("", "v1", "LimitRange") => v.visit::<core::v1::LimitRange>(),
+        ("", "v1", "ResourceQuota") => v.visit::<core::v1::ResourceQuota>(),
         ("", "v1", "ServiceAccount") => v.visit::<core::v1::ServiceAccount>(),
         ("", "v1", "Node") => v.visit::<core::v1::Node>(),
         ("", "v1", "Event") => v.visit::<core::v1::Event>(),

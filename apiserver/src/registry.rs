@@ -82,6 +82,18 @@ pub static RESOURCES: &[Resource] = &[
     res!(
         "",
         "v1",
+        "ResourceQuota",
+        "resourcequotas",
+        "resourcequota",
+        true,
+        ["quota"],
+        false,
+        ["status"],
+        "resourcequotas"
+    ),
+    res!(
+        "",
+        "v1",
         "ServiceAccount",
         "serviceaccounts",
         "serviceaccount",

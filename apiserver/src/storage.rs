@@ -68,6 +68,16 @@ pub fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// What became of a `create_with`.
+#[derive(Debug, PartialEq)]
+pub enum Created {
+    At(i64),
+    /// The key exists.
+    Exists,
+    /// One of the other objects changed since it was read.
+    Stale,
+}
+
 pub struct Page {
     pub items: Vec<Stored>,
     /// The store revision the page was read at.
@@ -113,6 +123,25 @@ impl Store {
         )]);
         let r = self.client.kv_client().txn(txn).await?;
         Ok(r.succeeded().then(|| r.header().map(|h| h.revision()).unwrap_or_default()))
+    }
+
+    /// Creates `obj` at `key` together with `also` (keys, new objects, the revision each
+    /// must still be at: the quotas it is charged to), all or nothing.
+    pub async fn create_with(&self, key: &str, obj: &Value, also: &[(String, Value, i64)]) -> ApiResult<Created> {
+        let mut when = vec![Compare::mod_revision(key, CompareOp::Equal, 0)];
+        let mut ops = vec![TxnOp::put(key, encode(key, obj), None)];
+        for (k, o, rev) in also {
+            when.push(Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev));
+            ops.push(TxnOp::put(k.as_str(), encode(k, o), None));
+        }
+        let txn =
+            Txn::new().when(when).and_then(ops).or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))]);
+        let r = self.client.kv_client().txn(txn).await?;
+        if r.succeeded() {
+            return Ok(Created::At(r.header().map(|h| h.revision()).unwrap_or_default()));
+        }
+        let exists = r.op_responses().iter().any(|op| matches!(op, TxnOpResponse::Get(g) if !g.kvs().is_empty()));
+        Ok(if exists { Created::Exists } else { Created::Stale })
     }
 
     /// Replaces the object at `key` if it is still at `expect`: Ok(new revision), or

@@ -334,6 +334,21 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
                 json!(age(o)),
             ]
         }
+        "resourcequotas" => {
+            // "name: used/hard", requests (and counts) in one column, limits in the other.
+            let hard = o["status"]["hard"].as_object().cloned().unwrap_or_default();
+            let shown = |limits: bool| {
+                hard.iter()
+                    .filter(|(k, _)| k.starts_with("limits.") == limits)
+                    .map(|(k, h)| {
+                        let used = o["status"]["used"][k].as_str().unwrap_or("0");
+                        format!("{k}: {used}/{}", h.as_str().unwrap_or_default())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![name, json!(age(o)), json!(shown(false)), json!(shown(true))]
+        }
         "configmaps" => {
             let n = o["data"].as_object().map_or(0, |m| m.len()) + o["binaryData"].as_object().map_or(0, |m| m.len());
             vec![name, json!(n), json!(age(o))]
@@ -526,6 +541,12 @@ fn columns(r: &Resource) -> Vec<Value> {
             age,
         ],
         "configmaps" => vec![name, col("Data", "string", "Number of keys"), age],
+        "resourcequotas" => vec![
+            name,
+            age,
+            col("Request", "string", "Used and hard amounts of what is not a limit"),
+            col("Limit", "string", "Used and hard limits"),
+        ],
         "secrets" => {
             vec![name, col("Type", "string", "The type of the secret"), col("Data", "string", "Number of items"), age]
         }

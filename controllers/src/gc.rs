@@ -28,6 +28,7 @@ pub const KINDS: &[(&str, &str, &str, &str, bool)] = &[
     ("", "v1", "Secret", "secrets", true),
     ("", "v1", "ConfigMap", "configmaps", true),
     ("", "v1", "LimitRange", "limitranges", true),
+    ("", "v1", "ResourceQuota", "resourcequotas", true),
     ("", "v1", "ServiceAccount", "serviceaccounts", true),
     ("", "v1", "Event", "events", true),
     ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true),

@@ -188,6 +188,15 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     drop(rss.run());
     drop(nodes.run());
     drop(leases.run());
+    // The controllers read each other's caches (a ReplicaSet's pods, a Deployment's
+    // ReplicaSets): they start only once those hold a full list, or a fresh manager
+    // would take an empty cache for "no pods" and act on it.
+    let synced = futures::try_join!(
+        ctx.pods.wait_until_ready(),
+        ctx.replicasets.wait_until_ready(),
+        ctx.nodes.wait_until_ready(),
+    );
+    synced.map_err(|_| anyhow::anyhow!("a cache's watch ended before its first list"))?;
     let tasks = vec![
         drain(rs_ctrl),
         drain(deploy_ctrl),
