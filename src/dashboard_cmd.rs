@@ -39,7 +39,7 @@ pub struct DashboardArgs {
 /// Largest request body passed on (the API server's own limit is 3 MiB).
 const MAX_BODY: usize = 3 << 20;
 
-fn kubeconfig_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn kubeconfig_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = flag {
         return Ok(p);
     }

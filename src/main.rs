@@ -12,6 +12,7 @@ mod endpoint;
 mod member_cmd;
 mod pod_bench;
 mod snapshot;
+mod token_cmd;
 mod up;
 
 use std::path::PathBuf;
@@ -86,6 +87,11 @@ enum Command {
     /// Serve the web dashboard on a local port, acting as a kubeconfig's user (like
     /// `kubectl proxy`); prints its URL.
     Dashboard(dashboard_cmd::DashboardArgs),
+    /// Bootstrap tokens (create, list, delete), with which new machines join.
+    Token {
+        #[command(subcommand)]
+        command: token_cmd::TokenCommand,
+    },
     /// Kill, pause and partition store members under load and check that nothing was lost.
     Chaos {
         #[command(subcommand)]
@@ -220,6 +226,7 @@ fn main() -> ExitCode {
             Command::Up(args) => up::up(args).await,
             Command::Down(args) => up::down(args).await,
             Command::Dashboard(args) => dashboard_cmd::run(args).await,
+            Command::Token { command } => token_cmd::run(command).await,
         }
         .map(|()| ExitCode::SUCCESS)
     });

@@ -1459,6 +1459,148 @@ fn limit_ranges_default_and_bound_container_resources() {
     api.k_in(&["create", "-f", "-"], &pod("fits", r#"{"limits": {"cpu": "500m"}, "requests": {"memory": "32Mi"}}"#));
 }
 
+/// Bootstrap tokens and CertificateSigningRequests, the way a new node joins: `skiff
+/// token create` makes a token; with it the node asks for `CN=system:node:<name>`, which
+/// is approved and signed at once; the issued certificate then authenticates it. Other
+/// requests wait for `kubectl certificate approve`. A deleted or expired token is dead.
+#[test]
+fn bootstrap_tokens_get_node_certificates_through_csrs() {
+    let api = Api::start();
+    let ok = |kc: &Path, args: &[&str]| {
+        let o = kubectl_as(kc, args);
+        assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let refused = |kc: &Path, args: &[&str]| {
+        let o = kubectl_as(kc, args);
+        assert!(!o.status.success(), "kubectl {args:?} should fail: {}", text(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let skiff = |args: &[&str]| -> String {
+        let o = Command::new(skiff_bin()).args(args).arg("--kubeconfig").arg(api.kubeconfig()).output().unwrap();
+        assert!(o.status.success(), "skiff {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let token = skiff(&["token", "create", "--ttl", "1h", "--description", "for w1"]);
+    let (id, _) = token.split_once('.').unwrap();
+    let list = skiff(&["token", "list"]);
+    assert!(list.contains(id) && list.contains("authentication,signing") && list.contains("for w1"), "{list}");
+    let joiner = user_kubeconfig(&api, "joiner", &format!("    token: {token}"));
+    let who: Value = serde_json::from_str(&ok(&joiner, &["auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], format!("system:bootstrap:{id}"));
+    assert_eq!(
+        who["status"]["userInfo"]["groups"],
+        json!(["system:bootstrappers", "system:bootstrappers:skiff:default-node-token", "system:authenticated"])
+    );
+    let e = refused(&joiner, &["get", "secrets", "-n", "kube-system"]);
+    assert!(e.contains(&format!(r#"User "system:bootstrap:{id}" cannot list resource "secrets""#)), "{e}");
+
+    let sh = |cmd: &str| {
+        let o = Command::new("bash").arg("-c").arg(cmd).current_dir(d).output().unwrap();
+        assert!(o.status.success(), "{cmd}: {}", text(&o));
+    };
+    let csr = |name: &str, subject: &str, signer: &str| -> String {
+        sh(&format!("openssl ecparam -name prime256v1 -genkey -noout -out {name}.key"));
+        sh(&format!("openssl req -new -key {name}.key -subj '{subject}' -out {name}.csr"));
+        let pem = std::fs::read(d.join(format!("{name}.csr"))).unwrap();
+        let request = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pem);
+        format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: {name}\nspec:\n  request: {request}\n  signerName: {signer}\n  usages: [digital signature, client auth]\n"
+        )
+    };
+    let create_as = |kubeconfig: &Path, manifest: &str| {
+        let path = d.join("csr.yaml");
+        std::fs::write(&path, manifest).unwrap();
+        ok(kubeconfig, &["create", "-f", path.to_str().unwrap()]);
+    };
+    let issued = |name: &str| -> String {
+        let t = Instant::now();
+        loop {
+            let c = api.k(&["get", "csr", name, "-o", "jsonpath={.status.certificate}"]);
+            if !c.is_empty() {
+                return c;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{name} was never issued: {}",
+                api.k(&["get", "csr", name, "-o", "yaml"])
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let kubeconfig_of = |name: &str, cert_b64: &str| {
+        let key = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            std::fs::read(d.join(format!("{name}.key"))).unwrap(),
+        );
+        user_kubeconfig(&api, name, &format!("    client-certificate-data: {cert_b64}\n    client-key-data: {key}"))
+    };
+
+    // The node's own request: approved automatically, issued, and it authenticates.
+    create_as(&joiner, &csr("w1", "/O=system:nodes/CN=system:node:w1", "kubernetes.io/kube-apiserver-client-kubelet"));
+    let cert = issued("w1");
+    let table = api.k(&["get", "csr", "w1"]);
+    assert!(table.contains(&format!("system:bootstrap:{id}")) && table.contains("Approved,Issued"), "{table}");
+    let w1 = kubeconfig_of("w1", &cert);
+    let who: Value = serde_json::from_str(&ok(&w1, &["auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "system:node:w1");
+    assert_eq!(who["status"]["userInfo"]["groups"], json!(["system:nodes", "system:authenticated"]));
+
+    // A request for anything else waits for a person, who may approve or deny it.
+    create_as(&joiner, &csr("admin2", "/O=system:masters/CN=admin2", "kubernetes.io/kube-apiserver-client"));
+    create_as(&joiner, &csr("denied", "/CN=mallory", "kubernetes.io/kube-apiserver-client"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(api.k(&["get", "csr", "admin2"]).contains("Pending"));
+    let e = refused(&joiner, &["certificate", "approve", "admin2"]);
+    assert!(e.contains("cannot update resource \"certificatesigningrequests/approval\""), "{e}");
+    api.k(&["certificate", "deny", "denied"]);
+    api.k(&["certificate", "approve", "admin2"]);
+    let admin2 = kubeconfig_of("admin2", &issued("admin2"));
+    assert_eq!(ok(&admin2, &["auth", "can-i", "delete", "nodes"]).trim(), "yes");
+    let denied = api.k(&["get", "csr", "denied"]);
+    assert!(denied.contains("Denied") && !denied.contains("Issued"), "{denied}");
+    // A node request that names someone else is refused by the signer, not signed.
+    create_as(
+        &joiner,
+        &csr("sneaky", "/O=system:masters/CN=system:node:w2", "kubernetes.io/kube-apiserver-client-kubelet"),
+    );
+    let t = Instant::now();
+    while !api.k(&["get", "csr", "sneaky"]).contains("Failed") {
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", api.k(&["get", "csr", "sneaky", "-o", "yaml"]));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(api.k(&["get", "csr", "sneaky", "-o", "jsonpath={.status.certificate}"]), "");
+    // A request that is not a signed PKCS#10 request is refused outright.
+    let bad = "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: bad\nspec:\n  request: aGVsbG8=\n  signerName: kubernetes.io/kube-apiserver-client\n";
+    std::fs::write(d.join("bad.yaml"), bad).unwrap();
+    let e = api.k_fails(&["create", "-f", d.join("bad.yaml").to_str().unwrap()], None);
+    assert!(e.contains("spec.request: Invalid value"), "{e}");
+
+    // A deleted token stops working at once; an expired one too.
+    assert!(skiff(&["token", "delete", &token]).contains(id));
+    let e = refused(&joiner, &["get", "csr"]);
+    assert!(e.contains("You must be logged in to the server"), "{e}");
+    let short = skiff(&["token", "create", "--ttl", "2s"]);
+    let brief = user_kubeconfig(&api, "brief", &format!("    token: {short}"));
+    ok(&brief, &["auth", "whoami"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let e = refused(&brief, &["auth", "whoami"]);
+    assert!(e.contains("You must be logged in to the server"), "{e}");
+    let o = Command::new(skiff_bin())
+        .args(["token", "create", "--groups", "system:masters", "--kubeconfig"])
+        .arg(api.kubeconfig())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(r#"does not start with "system:bootstrappers:""#),
+        "{}",
+        text(&o)
+    );
+}
+
 /// ResourceQuota: a namespace's quota counts what its objects use, refuses what would
 /// go past it (and pods that do not say what it limits) in Kubernetes' words, gives room
 /// back when objects go, and lets exactly as many racing creates through as fit.

@@ -101,7 +101,7 @@ impl Tokens {
         Ok(Tokens { users })
     }
 
-    fn find(&self, token: &str) -> Option<&User> {
+    pub fn find(&self, token: &str) -> Option<&User> {
         // Compared in full for every token, so the time taken says nothing about how
         // much of a guess was right.
         let mut found = None;
@@ -114,7 +114,7 @@ impl Tokens {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -164,7 +164,7 @@ pub fn authenticate(conn: &Connection, authorization: Option<&str>, tokens: &Tok
 // ---- a minimal DER reader for certificate subjects ---------------------------------------
 
 /// One DER element: (tag, contents, rest).
-fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = b.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {
@@ -207,10 +207,15 @@ fn subject(der: &[u8]) -> Option<(String, Vec<String>)> {
     for _ in 0..4 {
         rest = tlv(rest)?.2;
     }
-    let (tag, mut name, _) = tlv(rest)?;
+    let (tag, name, _) = tlv(rest)?;
     if tag != SEQUENCE {
         return None;
     }
+    name_parts(name)
+}
+
+/// (CommonName, Organizations) of the contents of an X.501 Name.
+pub(crate) fn name_parts(mut name: &[u8]) -> Option<(String, Vec<String>)> {
     let (mut cn, mut orgs) = (String::new(), Vec::new());
     while !name.is_empty() {
         let (tag, mut rdn, next) = tlv(name)?;

@@ -277,6 +277,8 @@ fn fuzz_selectors() {
 fn fuzz_client_certificates() {
     fuzz("certificates", |b| {
         let _ = crate::authn::user_of_certificate(b);
+        let _ = crate::csr::parse_der(b);
+        let _ = crate::csr::parse_pem(b);
     });
 }
 
@@ -288,6 +290,9 @@ fn fuzz_tokens_and_encrypted_values() {
     fuzz("tokens", |b| {
         let s = String::from_utf8_lossy(b);
         let _ = signer.verify(&s, crate::satoken::ISSUER);
+        if let Some((id, secret)) = crate::bootstrap::parse(&s) {
+            let _ = crate::bootstrap::user(&json!({"type": crate::bootstrap::SECRET_TYPE, "data": {}}), id, secret, 0);
+        }
         let _ = crate::authn::Tokens::parse(&s);
         let _ = crate::authn::bearer(&s);
         let _ = crate::encryption::open(b"/registry/secrets/default/x", b);

@@ -39,6 +39,7 @@ pub struct App {
     pub watch_limits: Arc<crate::limits::WatchLimits>,
     pub request_rates: crate::limits::RequestRates,
     pub quotas: Arc<crate::quota::Quotas>,
+    pub signer: Arc<crate::csr::Signer>,
 }
 
 /// A response body that holds something (a watch permit) until it is dropped.
@@ -215,6 +216,9 @@ pub async fn handle(
         _ => None,
     };
     let quotas = app.quotas.clone();
+    let signer = (matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+        && req.uri().path().contains("/certificatesigningrequests"))
+    .then(|| app.signer.clone());
     let resp = match admit(&app, &conn, &req).await {
         Ok(user) => {
             // Decided from the query as the router reads it (percent-decoded). Members of
@@ -244,8 +248,13 @@ pub async fn handle(
         }
         Err(e) => error_response(&e),
     };
-    if let Some(ns) = written.filter(|_| resp.status().is_success()) {
-        quotas.touch(&ns);
+    if resp.status().is_success() {
+        if let Some(ns) = written {
+            quotas.touch(&ns);
+        }
+        if let Some(s) = signer {
+            s.touch();
+        }
     }
     let mut labels = labels;
     // Labels come from the request: only those of served resources become series, so a
@@ -286,8 +295,15 @@ async fn admit(
         .and_then(crate::authn::bearer)
         .filter(|t| t.matches('.').count() == 2)
         .and_then(|t| app.sa_signer.verify(t, crate::satoken::ISSUER));
-    let user = match (conn, claims) {
-        (crate::authn::Connection::Tls(None), Some(claims)) => service_account_user(app, &claims).await?,
+    // A token shaped like a bootstrap token, and not a static one, is looked up in
+    // kube-system's bootstrap token Secrets.
+    let bootstrap = authorization
+        .and_then(crate::authn::bearer)
+        .filter(|t| app.tokens.find(t).is_none())
+        .and_then(crate::bootstrap::parse);
+    let user = match (conn, claims, bootstrap) {
+        (crate::authn::Connection::Tls(None), Some(claims), _) => service_account_user(app, &claims).await?,
+        (crate::authn::Connection::Tls(None), None, Some((id, secret))) => bootstrap_user(app, id, secret).await?,
         _ => match crate::authn::authenticate(conn, authorization, &app.tokens)? {
             Some(u) => u,
             None => return Ok(None),
@@ -309,6 +325,16 @@ async fn admit(
         return Err(e);
     }
     Ok(Some(user))
+}
+
+/// The user of bootstrap token `<id>.<secret>`, if its Secret says it is valid.
+async fn bootstrap_user(app: &App, id: &str, secret: &str) -> ApiResult<crate::authn::User> {
+    let secrets = registry::find("", "v1", "secrets").expect("secrets are registered");
+    let key = storage::key(secrets, Some(crate::bootstrap::NAMESPACE), &crate::bootstrap::secret_name(id));
+    let stored = app.store.get(&key).await?;
+    stored
+        .and_then(|s| crate::bootstrap::user(&s.obj, id, secret, crate::satoken::now()))
+        .ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))
 }
 
 /// The ServiceAccount a verified token's claims stand for, if the ServiceAccount (and
@@ -760,7 +786,7 @@ async fn resource(
     let answer = match (method, t.name.as_deref(), t.sub.as_deref()) {
         (Method::GET, None, _) if q.flag("watch") => h.watch().await,
         (Method::GET, None, _) => h.list().await,
-        (Method::GET, Some(name), None | Some("status")) => {
+        (Method::GET, Some(name), None | Some("status") | Some("approval")) => {
             let s = h.get(name).await?;
             Ok(h.reply(200, &s.obj))
         }
@@ -1054,6 +1080,9 @@ impl Handler<'_> {
         if self.is("", "limitranges") {
             admission::default_limit_range(&mut obj);
         }
+        if self.is("certificates.k8s.io", "certificatesigningrequests") {
+            self.admit_csr(&mut obj)?;
+        }
         if self.is("", "persistentvolumeclaims") {
             let r = registry::find("storage.k8s.io", "v1", "storageclasses").expect("storage classes are registered");
             let page = self.store.list(&storage::prefix(r, None), None, 0, 0).await?;
@@ -1094,6 +1123,35 @@ impl Handler<'_> {
                 }
             }
         }
+    }
+
+    /// A new CertificateSigningRequest: it must carry a readable, correctly signed
+    /// request and a signer; who asked is recorded from the request itself.
+    fn admit_csr(&self, obj: &mut Value) -> ApiResult<()> {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let mut causes = Vec::new();
+        let pem =
+            obj["spec"]["request"].as_str().and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+        match pem.as_deref().map(crate::csr::parse_pem) {
+            None => causes.push(("spec.request".to_string(), "Required value".to_string())),
+            Some(Err(e)) => causes.push(("spec.request".into(), format!("Invalid value: []byte{{...}}: {e}"))),
+            Some(Ok(_)) => {}
+        }
+        if obj["spec"]["signerName"].as_str().is_none_or(str::is_empty) {
+            causes.push(("spec.signerName".into(), "Required value".into()));
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid("CertificateSigningRequest", "certificates.k8s.io", &name, causes));
+        }
+        let (user, uid, groups) = match self.user {
+            Some(u) => (u.name.clone(), u.uid.clone(), u.groups.clone()),
+            None => ("system:anonymous".to_string(), String::new(), Vec::new()),
+        };
+        obj["spec"]["username"] = json!(user);
+        obj["spec"]["uid"] = json!(uid);
+        obj["spec"]["groups"] = json!(groups);
+        obj["status"] = json!({});
+        Ok(())
     }
 
     /// The namespace's ResourceQuotas that `obj` counts against, each with the charge
@@ -1269,6 +1327,26 @@ impl Handler<'_> {
             Some("status") => {
                 let mut o = cur.clone();
                 o["status"] = body["status"].clone();
+                Ok(o)
+            }
+            Some("approval") => {
+                // Only the Approved / Denied conditions change; the certificate stays.
+                let conds = body["status"]["conditions"].clone();
+                let has = |t: &str| conds.as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == t));
+                if has("Approved") && has("Denied") {
+                    let name = cur["metadata"]["name"].as_str().unwrap_or_default();
+                    return Err(ApiError::invalid(
+                        "CertificateSigningRequest",
+                        "certificates.k8s.io",
+                        name,
+                        vec![(
+                            "status.conditions".into(),
+                            "Invalid value: \"Approved\": Approved and Denied conditions are mutually exclusive".into(),
+                        )],
+                    ));
+                }
+                let mut o = cur.clone();
+                o["status"]["conditions"] = conds;
                 Ok(o)
             }
             Some("finalize") => {

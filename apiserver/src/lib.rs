@@ -6,7 +6,9 @@
 pub mod admission;
 pub mod alloc;
 pub mod authn;
+pub mod bootstrap;
 pub mod convert;
+pub mod csr;
 pub mod dashboard;
 pub mod defaults;
 pub mod discovery;
@@ -151,11 +153,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         watch_limits: Arc::new(limits::WatchLimits::new(cfg.max_watches_per_user)),
         request_rates: limits::RequestRates::new(cfg.requests_per_user.0, cfg.requests_per_user.1),
         quotas: Default::default(),
+        signer: Arc::new(csr::Signer::new(pki.issuer()?)),
     });
     dashboard::spawn_sampler(app.store.clone(), app.usage.clone());
     {
         let (quotas, store) = (app.quotas.clone(), app.store.clone());
         tokio::spawn(async move { quotas.run(store, cfg.resource_quota_sync_period).await });
+        let (signer, store, rbac) = (app.signer.clone(), app.store.clone(), app.rbac.clone());
+        tokio::spawn(async move { signer.run(store, rbac, std::time::Duration::from_secs(10)).await });
     }
     {
         let app = app.clone();

@@ -65,7 +65,7 @@ pub trait KindVisitor {
 
 /// Calls `v` with the k8s-openapi type of `r`'s kind; None for kinds without one.
 pub fn for_kind<V: KindVisitor>(r: &Resource, v: &mut V) -> Option<V::Out> {
-    use api::{apps, autoscaling, batch, coordination, core, discovery, events, rbac, storage};
+    use api::{apps, autoscaling, batch, certificates, coordination, core, discovery, events, rbac, storage};
     Some(match (r.group, r.version, r.kind) {
         ("", "v1", "Namespace") => v.visit::<core::v1::Namespace>(),
         ("", "v1", "Pod") => v.visit::<core::v1::Pod>(),
@@ -85,6 +85,9 @@ pub fn for_kind<V: KindVisitor>(r: &Resource, v: &mut V) -> Option<V::Out> {
         ("apps", "v1", "StatefulSet") => v.visit::<apps::v1::StatefulSet>(),
         ("apps", "v1", "DaemonSet") => v.visit::<apps::v1::DaemonSet>(),
         ("apps", "v1", "ControllerRevision") => v.visit::<apps::v1::ControllerRevision>(),
+        ("certificates.k8s.io", "v1", "CertificateSigningRequest") => {
+            v.visit::<certificates::v1::CertificateSigningRequest>()
+        }
         ("autoscaling", "v1", "HorizontalPodAutoscaler") => v.visit::<autoscaling::v1::HorizontalPodAutoscaler>(),
         ("autoscaling", "v2", "HorizontalPodAutoscaler") => v.visit::<autoscaling::v2::HorizontalPodAutoscaler>(),
         ("batch", "v1", "Job") => v.visit::<batch::v1::Job>(),

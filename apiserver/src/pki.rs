@@ -14,6 +14,15 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// The cluster CA's certificate parameters (its subject and uses).
+fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "skiff-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    Ok(ca)
+}
+
 pub struct Pki {
     pub dir: PathBuf,
 }
@@ -33,11 +42,7 @@ impl Pki {
         std::fs::create_dir_all(&pki.dir).with_context(|| format!("cannot create {}", pki.dir.display()))?;
 
         let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.distinguished_name.push(DnType::CommonName, "skiff-ca");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let ca_cert = ca.self_signed(&ca_key)?;
+        let ca_cert = ca_params()?.self_signed(&ca_key)?;
 
         let server_key = KeyPair::generate()?;
         let mut server = CertificateParams::new(vec!["localhost".to_string(), "kubernetes".to_string()])?;
@@ -74,6 +79,16 @@ impl Pki {
         // Last: its presence means the set is complete.
         write("ca.crt", ca_cert.pem())?;
         Ok(pki)
+    }
+
+    /// The CA as an issuer of certificates: its key, and a certificate with the same
+    /// subject and key as `ca.crt` (what signing needs from the issuer).
+    pub fn issuer(&self) -> anyhow::Result<crate::csr::Issuer> {
+        let p = self.path("ca.key");
+        let pem = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let key = KeyPair::from_pem(&pem).with_context(|| format!("{} is not a private key", p.display()))?;
+        let cert = ca_params()?.self_signed(&key)?;
+        Ok(crate::csr::Issuer::new(cert, key))
     }
 
     /// TLS for the server: its certificate, and client certificates checked against

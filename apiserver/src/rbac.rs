@@ -676,6 +676,59 @@ pub fn default_policy() -> Vec<(&'static str, Value)> {
                 None,
             ),
         ),
+        (
+            "clusterroles",
+            role(
+                "system:node-bootstrapper",
+                bootstrap.clone(),
+                vec![rule(
+                    &["certificates.k8s.io"],
+                    &["certificatesigningrequests"],
+                    &["create", "get", "list", "watch"],
+                )],
+                None,
+            ),
+        ),
+        (
+            "clusterroles",
+            role(
+                "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+                bootstrap.clone(),
+                vec![rule(&["certificates.k8s.io"], &["certificatesigningrequests/nodeclient"], &["create"])],
+                None,
+            ),
+        ),
+        (
+            "clusterroles",
+            role(
+                "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+                bootstrap.clone(),
+                vec![rule(&["certificates.k8s.io"], &["certificatesigningrequests/selfnodeclient"], &["create"])],
+                None,
+            ),
+        ),
+        // As kubeadm binds them: holders of the default node token may ask for node
+        // certificates, which are approved at once; nodes may renew their own.
+        (
+            "clusterrolebindings",
+            binding("skiff:kubelet-bootstrap", "system:node-bootstrapper", &[crate::bootstrap::DEFAULT_GROUP]),
+        ),
+        (
+            "clusterrolebindings",
+            binding(
+                "skiff:node-autoapprove-bootstrap",
+                "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+                &[crate::bootstrap::DEFAULT_GROUP],
+            ),
+        ),
+        (
+            "clusterrolebindings",
+            binding(
+                "skiff:node-autoapprove-certificate-rotation",
+                "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+                &["system:nodes"],
+            ),
+        ),
         ("clusterrolebindings", binding("cluster-admin", "cluster-admin", &[MASTERS])),
         ("clusterrolebindings", binding("system:discovery", "system:discovery", &[AUTHENTICATED])),
         ("clusterrolebindings", binding("system:basic-user", "system:basic-user", &[AUTHENTICATED])),

@@ -80,6 +80,18 @@ pub static RESOURCES: &[Resource] = &[
     res!("", "v1", "ConfigMap", "configmaps", "configmap", true, ["cm"], false, [], "configmaps"),
     res!("", "v1", "LimitRange", "limitranges", "limitrange", true, ["limits"], false, [], "limitranges"),
     res!(
+        "certificates.k8s.io",
+        "v1",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        false,
+        ["csr"],
+        false,
+        ["status", "approval"],
+        "certificatesigningrequests"
+    ),
+    res!(
         "",
         "v1",
         "ResourceQuota",

@@ -334,6 +334,36 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
                 json!(age(o)),
             ]
         }
+        "certificatesigningrequests" => {
+            let conds: Vec<String> = o["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["status"] != "False")
+                .filter_map(|c| c["type"].as_str().map(String::from))
+                .collect();
+            let mut condition = if conds.is_empty() { "Pending".to_string() } else { conds.join(",") };
+            if o["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty()) {
+                condition.push_str(",Issued");
+            }
+            let duration = o["spec"]["expirationSeconds"].as_i64().map_or("<none>".to_string(), |s| {
+                if s % 3600 == 0 {
+                    format!("{}h", s / 3600)
+                } else if s % 60 == 0 {
+                    format!("{}m", s / 60)
+                } else {
+                    format!("{s}s")
+                }
+            });
+            vec![
+                name,
+                json!(age(o)),
+                json!(o["spec"]["signerName"].as_str().unwrap_or_default()),
+                json!(o["spec"]["username"].as_str().unwrap_or_default()),
+                json!(duration),
+                json!(condition),
+            ]
+        }
         "resourcequotas" => {
             // "name: used/hard", requests (and counts) in one column, limits in the other.
             let hard = o["status"]["hard"].as_object().cloned().unwrap_or_default();
@@ -541,6 +571,14 @@ fn columns(r: &Resource) -> Vec<Value> {
             age,
         ],
         "configmaps" => vec![name, col("Data", "string", "Number of keys"), age],
+        "certificatesigningrequests" => vec![
+            name,
+            age,
+            col("SignerName", "string", "The name of the signer that should sign the certificate"),
+            col("Requestor", "string", "The user who created the request"),
+            col("RequestedDuration", "string", "How long the certificate is asked to be valid"),
+            col("Condition", "string", "Pending, Approved, Denied or Failed, and Issued"),
+        ],
         "resourcequotas" => vec![
             name,
             age,
