@@ -349,21 +349,22 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
     tasks.spawn(async move { ("apiserver", crate::apiserver_cmd::run(api).await) });
     let kubeconfig = dir.join("apiserver/admin.kubeconfig");
     wait_for("the API server", || async { api_client(&kubeconfig).await.is_some() }).await?;
-    let kc = kubeconfig.display().to_string();
+    // Each component acts with its own identity (the API server wrote their kubeconfigs).
+    let kc = |component: &str| dir.join(format!("apiserver/{component}.kubeconfig")).display().to_string();
 
     // One process holds the only replica: no leader election (whose Lease would make a
     // restarted cluster wait for the previous one to expire).
-    let single = [s("--kubeconfig"), kc.clone(), s("--leader-elect"), s("false")];
-    let mut cm_argv = single.to_vec();
+    let single = |component: &str| [s("--kubeconfig"), kc(component), s("--leader-elect"), s("false")];
+    let mut cm_argv = single("controller-manager").to_vec();
     if let Some(m) = a.controller_metrics_addr {
         cm_argv.extend([s("--metrics-bind-address"), m.to_string()]);
     }
     let cm: controllers_cmd::ControllerManagerArgs = parse("controller-manager", cm_argv)?;
     tasks.spawn(async move { ("controller-manager", controllers_cmd::controller_manager(cm).await) });
-    let sched: controllers_cmd::SchedulerArgs = parse("scheduler", single.to_vec())?;
+    let sched: controllers_cmd::SchedulerArgs = parse("scheduler", single("scheduler").to_vec())?;
     tasks.spawn(async move { ("scheduler", controllers_cmd::scheduler(sched).await) });
 
-    let mut agent_argv = vec![s("--kubeconfig"), kc, s("--node-name"), a.node_name()];
+    let mut agent_argv = vec![s("--kubeconfig"), kc("node"), s("--node-name"), a.node_name()];
     agent_argv.extend([s("--local-path-root"), path("local-path")]);
     let mut agent: AgentArgs = match a.runtime {
         RuntimeKind::Fake => {

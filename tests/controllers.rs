@@ -71,10 +71,17 @@ impl Plane {
             .append(true)
             .open(self.api.dir.path().join(format!("{name}.log")))
             .unwrap();
+        // Each component with its own identity and role, as `skiff up` runs them.
+        let identity = match name {
+            n if n.starts_with("controller-manager") => "controller-manager",
+            n if n.starts_with("scheduler") => "scheduler",
+            n if n.starts_with("agent") => "node",
+            _ => "admin",
+        };
         let child = Command::new(skiff_bin())
             .args(args)
             .arg("--kubeconfig")
-            .arg(self.api.kubeconfig())
+            .arg(self.api.dir.path().join(format!("api/{identity}.kubeconfig")))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

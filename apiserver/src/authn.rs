@@ -30,6 +30,9 @@ pub const MASTERS: &str = "system:masters";
 pub const AUTHENTICATED: &str = "system:authenticated";
 pub const UNAUTHENTICATED: &str = "system:unauthenticated";
 pub const ANONYMOUS: &str = "system:anonymous";
+pub const NODES: &str = "system:nodes";
+pub const SCHEDULER: &str = "system:kube-scheduler";
+pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
 
 impl User {
     fn authenticated(name: String, uid: String, mut groups: Vec<String>) -> User {
@@ -45,6 +48,12 @@ impl User {
 
     pub fn in_group(&self, g: &str) -> bool {
         self.groups.iter().any(|x| x == g)
+    }
+
+    /// The cluster's own components (administrators, nodes, the scheduler and the
+    /// controller-manager): not held to the per-user request and watch limits.
+    pub fn is_component(&self) -> bool {
+        self.in_group(MASTERS) || self.in_group(NODES) || self.name == SCHEDULER || self.name == CONTROLLER_MANAGER
     }
 }
 

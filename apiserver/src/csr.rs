@@ -160,6 +160,14 @@ impl Issuer {
         Issuer { cert, key }
     }
 
+    pub fn cert(&self) -> &rcgen::Certificate {
+        &self.cert
+    }
+
+    pub fn key(&self) -> &rcgen::KeyPair {
+        &self.key
+    }
+
     /// A client certificate (PEM) for `req`'s subject and key, valid from a minute ago
     /// for `seconds`. A subject with several organizations is refused: the certificate
     /// library keeps one value per attribute, and a group silently dropped is worse

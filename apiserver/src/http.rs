@@ -225,7 +225,7 @@ pub async fn handle(
             // system:masters (the components) are not limited.
             let watch = req.method() == Method::GET && Query::parse(req.uri().query()).flag("watch");
             let permit = match &user {
-                Some(u) if !u.in_group(crate::authn::MASTERS) => match app.request_rates.take(&u.name) {
+                Some(u) if !u.is_component() => match app.request_rates.take(&u.name) {
                     Ok(()) if watch => app.watch_limits.acquire(&u.name),
                     Ok(()) => Ok(None),
                     Err(e) => Err(e),

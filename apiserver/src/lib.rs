@@ -108,6 +108,13 @@ async fn bootstrap(store: &storage::Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This machine's name, as nodes are named.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
 /// Starts serving; returns once the listeners are bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if let Some(a) = cfg.insecure_bind {
@@ -138,7 +145,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let https = listener.local_addr()?;
     let host = if https.ip().is_unspecified() { "127.0.0.1".to_string() } else { https.ip().to_string() };
     let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
-    pki.write_kubeconfig(&kubeconfig, &format!("https://{host}:{}", https.port()))?;
+    let server = format!("https://{host}:{}", https.port());
+    pki.write_kubeconfig(&kubeconfig, &server)?;
+    // Each component's own identity, with only the rights its role gives.
+    let node = format!("system:node:{}", hostname());
+    for (file, user, group) in [
+        ("controller-manager.kubeconfig", authn::CONTROLLER_MANAGER, None),
+        ("scheduler.kubeconfig", authn::SCHEDULER, None),
+        ("node.kubeconfig", node.as_str(), Some(authn::NODES)),
+    ] {
+        pki.write_component_kubeconfig(&cfg.data_dir.join(file), &server, user, group)?;
+    }
 
     let app = Arc::new(http::App {
         metrics: Default::default(),

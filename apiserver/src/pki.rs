@@ -115,16 +115,53 @@ impl Pki {
 
     /// Writes a kubeconfig for the admin user that reaches the server at `server`.
     pub fn write_kubeconfig(&self, path: &Path, server: &str) -> anyhow::Result<()> {
-        let b64 = |name: &str| -> anyhow::Result<String> {
+        let read = |name: &str| -> anyhow::Result<Vec<u8>> {
             let p = self.path(name);
-            let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-            Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+            std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))
         };
+        self.write_kubeconfig_with(path, server, "admin", &read("admin.crt")?, &read("admin.key")?)
+    }
+
+    /// Writes a kubeconfig for a component: a new key and a certificate for `CN=user`
+    /// (and `O=group`), valid for a year, issued by the cluster CA.
+    pub fn write_component_kubeconfig(
+        &self,
+        path: &Path,
+        server: &str,
+        user: &str,
+        group: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, user);
+        if let Some(g) = group {
+            p.distinguished_name.push(DnType::OrganizationName, g);
+        }
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(1);
+        p.not_after = now + time::Duration::days(365);
+        let issuer = self.issuer()?;
+        let cert = p.signed_by(&key, issuer.cert(), issuer.key())?;
+        self.write_kubeconfig_with(path, server, user, cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+    }
+
+    fn write_kubeconfig_with(
+        &self,
+        path: &Path,
+        server: &str,
+        user: &str,
+        cert: &[u8],
+        key: &[u8],
+    ) -> anyhow::Result<()> {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let ca = std::fs::read(self.path("ca.crt"))
+            .with_context(|| format!("cannot read {}", self.path("ca.crt").display()))?;
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: admin\n    namespace: default\ncurrent-context: skiff\n",
-            b64("ca.crt")?,
-            b64("admin.crt")?,
-            b64("admin.key")?
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: {user}\n    namespace: default\ncurrent-context: skiff\n",
+            b64(&ca),
+            b64(cert),
+            b64(key)
         );
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
         use std::os::unix::fs::PermissionsExt;

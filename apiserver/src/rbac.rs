@@ -547,6 +547,109 @@ fn edit_rules() -> Vec<Value> {
     ]
 }
 
+/// The scheduler's rights: read what placement depends on, bind pods, say why a pod
+/// waits, pick volumes for claims, and hold its lease.
+fn scheduler_rules() -> Vec<Value> {
+    vec![
+        rule(
+            &[""],
+            &[
+                "pods",
+                "nodes",
+                "namespaces",
+                "services",
+                "replicationcontrollers",
+                "persistentvolumes",
+                "persistentvolumeclaims",
+            ],
+            READ,
+        ),
+        rule(&[""], &["pods/binding", "bindings"], &["create"]),
+        rule(&[""], &["pods/status"], &["patch", "update"]),
+        rule(&[""], &["persistentvolumes", "persistentvolumeclaims"], &["patch", "update"]),
+        rule(&[""], &["persistentvolumes/status", "persistentvolumeclaims/status"], &["patch", "update"]),
+        rule(&["storage.k8s.io"], &["storageclasses", "csinodes"], READ),
+        rule(&["apps"], &["replicasets", "statefulsets"], READ),
+        rule(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
+        rule(&["coordination.k8s.io"], &["leases"], &["create", "get", "list", "watch", "update", "patch"]),
+    ]
+}
+
+/// The controller-manager's rights. Kubernetes gives each controller its own service
+/// account; skiff's controller-manager is one identity, so this is the union: read and
+/// delete everything (the garbage collector and namespace deletion work across all
+/// kinds, Secrets included), write the kinds the controllers manage. It may not write
+/// RBAC objects, Secrets or CertificateSigningRequests, nor impersonate, escalate or
+/// bind.
+fn controller_manager_rules() -> Vec<Value> {
+    vec![
+        rule(&["*"], &["*"], &["get", "list", "watch", "delete", "deletecollection"]),
+        rule(
+            &[""],
+            &[
+                "pods",
+                "pods/status",
+                "services",
+                "services/status",
+                "endpoints",
+                "events",
+                "nodes",
+                "nodes/status",
+                "namespaces",
+                "namespaces/status",
+                "namespaces/finalize",
+                "serviceaccounts",
+                "configmaps",
+                "persistentvolumes",
+                "persistentvolumes/status",
+                "persistentvolumeclaims",
+                "persistentvolumeclaims/status",
+                "replicationcontrollers",
+                "replicationcontrollers/status",
+            ],
+            &["create", "patch", "update"],
+        ),
+        rule(&["apps", "batch", "autoscaling"], &["*"], &["create", "patch", "update"]),
+        rule(&["discovery.k8s.io"], &["endpointslices"], &["create", "patch", "update"]),
+        rule(&["events.k8s.io"], &["events"], &["create", "patch", "update"]),
+        rule(&["coordination.k8s.io"], &["leases"], &["create", "patch", "update"]),
+        rule(&["policy"], &["poddisruptionbudgets/status"], &["patch", "update"]),
+    ]
+}
+
+/// A node agent's rights (bound to the group system:nodes). Kubernetes narrows these
+/// per node with its Node authorizer, which skiff does not have: any node may read
+/// every Secret and ConfigMap and write any Node and pod status.
+fn node_rules() -> Vec<Value> {
+    vec![
+        rule(&[""], &["nodes"], &["create", "get", "list", "watch", "update", "patch", "delete"]),
+        rule(&[""], &["nodes/status"], &["patch", "update"]),
+        rule(&[""], &["pods"], &["get", "list", "watch", "delete"]),
+        rule(&[""], &["pods/status"], &["get", "patch", "update"]),
+        rule(
+            &[""],
+            &[
+                "configmaps",
+                "secrets",
+                "services",
+                "endpoints",
+                "namespaces",
+                "persistentvolumeclaims",
+                "persistentvolumes",
+            ],
+            READ,
+        ),
+        rule(&[""], &["persistentvolumes"], &["create", "delete", "patch", "update"]),
+        rule(&[""], &["serviceaccounts/token"], &["create"]),
+        rule(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
+        rule(&["storage.k8s.io"], &["storageclasses"], READ),
+        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        rule(&["coordination.k8s.io"], &["leases"], &["create", "get", "list", "watch", "update", "patch", "delete"]),
+        rule(&["metrics.k8s.io"], &["pods", "nodes"], &["create", "get", "list", "watch", "update", "patch", "delete"]),
+        rule(&["certificates.k8s.io"], &["certificatesigningrequests"], &["create", "get", "list", "watch"]),
+    ]
+}
+
 fn admin_rules() -> Vec<Value> {
     vec![
         rule(&["authorization.k8s.io"], &["localsubjectaccessreviews"], &["create"]),
@@ -557,6 +660,9 @@ fn admin_rules() -> Vec<Value> {
         ),
     ]
 }
+
+const SCHEDULER_ROLE: &str = "system:kube-scheduler";
+const CONTROLLER_MANAGER_ROLE: &str = "system:kube-controller-manager";
 
 /// The default ClusterRoles and ClusterRoleBindings.
 pub fn default_policy() -> Vec<(&'static str, Value)> {
@@ -588,6 +694,11 @@ pub fn default_policy() -> Vec<(&'static str, Value)> {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
             "subjects": groups.iter().map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g})).collect::<Vec<_>>(),
         })
+    };
+    let user_binding = |name: &str, role: &str, user: &str| {
+        let mut b = binding(name, role, &[]);
+        b["subjects"] = json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]);
+        b
     };
     vec![
         (
@@ -729,6 +840,15 @@ pub fn default_policy() -> Vec<(&'static str, Value)> {
                 &["system:nodes"],
             ),
         ),
+        ("clusterroles", role(SCHEDULER_ROLE, bootstrap.clone(), scheduler_rules(), None)),
+        ("clusterroles", role(CONTROLLER_MANAGER_ROLE, bootstrap.clone(), controller_manager_rules(), None)),
+        ("clusterroles", role("system:node", bootstrap.clone(), node_rules(), None)),
+        ("clusterrolebindings", user_binding(SCHEDULER_ROLE, SCHEDULER_ROLE, crate::authn::SCHEDULER)),
+        (
+            "clusterrolebindings",
+            user_binding(CONTROLLER_MANAGER_ROLE, CONTROLLER_MANAGER_ROLE, crate::authn::CONTROLLER_MANAGER),
+        ),
+        ("clusterrolebindings", binding("system:node", "system:node", &[crate::authn::NODES])),
         ("clusterrolebindings", binding("cluster-admin", "cluster-admin", &[MASTERS])),
         ("clusterrolebindings", binding("system:discovery", "system:discovery", &[AUTHENTICATED])),
         ("clusterrolebindings", binding("system:basic-user", "system:basic-user", &[AUTHENTICATED])),
