@@ -11,6 +11,16 @@ pub struct ApiServerArgs {
     /// Comma-separated store (etcd v3) endpoints.
     #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
     store_endpoints: Vec<String>,
+    /// CA (PEM) the store's certificate must be signed by; set for a store that serves
+    /// https (kube-apiserver's flag).
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) shown to the store (for --client-cert-auth).
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-certfile.
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
     /// HTTPS address to serve on.
     #[arg(long, default_value = "127.0.0.1:6443")]
     bind: SocketAddr,
@@ -65,6 +75,11 @@ pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
     let ranges = skiff_apiserver::alloc::Ranges::parse(&args.service_cluster_ip_range, &args.service_node_port_range)?;
     let running = skiff_apiserver::start(skiff_apiserver::Config {
         store_endpoints: args.store_endpoints,
+        store_tls: skiff_apiserver::storage::StoreTls {
+            ca_file: args.etcd_cafile,
+            cert_file: args.etcd_certfile,
+            key_file: args.etcd_keyfile,
+        },
         bind: args.bind,
         insecure_bind: args.insecure_bind,
         data_dir: args.data_dir,

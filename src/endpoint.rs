@@ -29,6 +29,45 @@ pub struct EndpointArgs {
     /// Time allowed for each endpoint to answer, in seconds.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS to a store that serves https, with etcdctl's flag names.
+#[derive(Args, Clone, Default)]
+pub struct TlsArgs {
+    /// CA (PEM) the store's certificate must be signed by; makes the connection TLS.
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a store that asks for one (--client-cert-auth).
+    #[arg(long)]
+    cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long)]
+    key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// `opts` with TLS, if any TLS flag was given.
+    pub fn apply(&self, opts: ConnectOptions) -> anyhow::Result<ConnectOptions> {
+        if self.cacert.is_none() && self.cert.is_none() {
+            return Ok(opts);
+        }
+        let read =
+            |flag: &str, p: &std::path::Path| std::fs::read(p).with_context(|| format!("{flag} {}", p.display()));
+        let mut t = etcd_client::TlsOptions::new();
+        if let Some(ca) = &self.cacert {
+            t = t.ca_certificate(etcd_client::Certificate::from_pem(read("--cacert", ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                t = t.identity(etcd_client::Identity::from_pem(read("--cert", c)?, read("--key", k)?))
+            }
+            (None, None) => {}
+            _ => bail!("--cert and --key go together"),
+        }
+        Ok(opts.with_tls(t))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -38,8 +77,8 @@ enum Format {
     Json,
 }
 
-async fn connect(endpoint: &str, timeout: Duration) -> anyhow::Result<Client> {
-    let opts = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
+async fn connect(endpoint: &str, timeout: Duration, tls: &TlsArgs) -> anyhow::Result<Client> {
+    let opts = tls.apply(ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout))?;
     Client::connect([endpoint], Some(opts)).await.with_context(|| format!("cannot connect to {endpoint}"))
 }
 
@@ -48,7 +87,7 @@ async fn endpoints(args: &EndpointArgs) -> anyhow::Result<Vec<String>> {
         return Ok(args.endpoints.clone());
     }
     let first = args.endpoints.first().context("--endpoints is empty")?;
-    let mut c = connect(first, Duration::from_secs(args.timeout)).await?;
+    let mut c = connect(first, Duration::from_secs(args.timeout), &args.tls).await?;
     let list = c.member_list().await.with_context(|| format!("member list from {first}"))?;
     Ok(list.members().iter().flat_map(|m| m.client_urls().to_vec()).collect())
 }
@@ -79,7 +118,7 @@ async fn status(args: &EndpointArgs) -> anyhow::Result<()> {
     let mut json = Vec::new();
     let mut failed = false;
     for ep in endpoints(args).await? {
-        let result = async { connect(&ep, timeout).await?.status().await.context("status") }.await;
+        let result = async { connect(&ep, timeout, &args.tls).await?.status().await.context("status") }.await;
         match result {
             Ok(s) => {
                 let id = s.header().map_or(0, |h| h.member_id());
@@ -155,8 +194,10 @@ async fn health(args: &EndpointArgs) -> anyhow::Result<()> {
     for ep in endpoints(args).await? {
         let start = Instant::now();
         // Like etcdctl: a linearizable read needs a leader and a quorum.
-        let result =
-            async { connect(&ep, timeout).await?.get("health", None).await.context("failed to commit proposal") }.await;
+        let result = async {
+            connect(&ep, timeout, &args.tls).await?.get("health", None).await.context("failed to commit proposal")
+        }
+        .await;
         let took = start.elapsed();
         match result {
             Ok(_) => {

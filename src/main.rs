@@ -9,6 +9,7 @@ mod controllers_cmd;
 mod dashboard_cmd;
 mod duration;
 mod endpoint;
+mod join_cmd;
 mod member_cmd;
 mod pod_bench;
 mod snapshot;
@@ -87,6 +88,9 @@ enum Command {
     /// Serve the web dashboard on a local port, acting as a kubeconfig's user (like
     /// `kubectl proxy`); prints its URL.
     Dashboard(dashboard_cmd::DashboardArgs),
+    /// Join this machine to a cluster as a node, with a bootstrap token (like `kubeadm
+    /// join`): fetch and check the CA, get a node certificate, run the node agent.
+    Join(join_cmd::JoinArgs),
     /// Bootstrap tokens (create, list, delete), with which new machines join.
     Token {
         #[command(subcommand)]
@@ -153,6 +157,30 @@ struct StoreArgs {
     /// `http://127.0.0.1:2381`. Default: none.
     #[arg(long, value_delimiter = ',')]
     listen_metrics_urls: Vec<String>,
+    /// Certificate (PEM) served on https:// client URLs.
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// CA (PEM) that client certificates must be signed by.
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by --trusted-ca-file.
+    #[arg(long)]
+    client_cert_auth: bool,
+    /// Certificate (PEM) for https:// peer URLs, served to peers and shown to them.
+    #[arg(long)]
+    peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long)]
+    peer_key_file: Option<PathBuf>,
+    /// CA (PEM) that peers' certificates must be signed by.
+    #[arg(long)]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse peers without a certificate signed by --peer-trusted-ca-file.
+    #[arg(long)]
+    peer_client_cert_auth: bool,
 }
 
 impl StoreArgs {
@@ -190,6 +218,18 @@ impl StoreArgs {
             watch_progress_notify_interval: Duration::from_secs(self.watch_progress_notify_interval),
             quota_backend_bytes: self.quota_backend_bytes,
             listen_metrics_urls: self.listen_metrics_urls,
+            client_tls: skiff_store::config::TlsFiles {
+                cert_file: self.cert_file,
+                key_file: self.key_file,
+                trusted_ca_file: self.trusted_ca_file,
+                client_cert_auth: self.client_cert_auth,
+            },
+            peer_tls: skiff_store::config::TlsFiles {
+                cert_file: self.peer_cert_file,
+                key_file: self.peer_key_file,
+                trusted_ca_file: self.peer_trusted_ca_file,
+                client_cert_auth: self.peer_client_cert_auth,
+            },
         })
     }
 }
@@ -227,6 +267,7 @@ fn main() -> ExitCode {
             Command::Down(args) => up::down(args).await,
             Command::Dashboard(args) => dashboard_cmd::run(args).await,
             Command::Token { command } => token_cmd::run(command).await,
+            Command::Join(args) => join_cmd::run(args).await,
         }
         .map(|()| ExitCode::SUCCESS)
     });

@@ -55,6 +55,8 @@ pub struct Common {
     /// Output format.
     #[arg(long, short = 'w', value_enum, default_value_t = Format::Simple)]
     write_out: Format,
+    #[command(flatten)]
+    tls: crate::endpoint::TlsArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,7 +66,9 @@ enum Format {
 }
 
 async fn connect(c: &Common) -> anyhow::Result<Client> {
-    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(15));
+    let opts = c.tls.apply(
+        ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(15)),
+    )?;
     Client::connect(&c.endpoints, Some(opts)).await.with_context(|| format!("connecting to {}", c.endpoints.join(",")))
 }
 

@@ -32,6 +32,8 @@ pub struct SaveArgs {
     /// Seconds allowed for connecting.
     #[arg(long, default_value_t = 5)]
     dial_timeout: u64,
+    #[command(flatten)]
+    tls: crate::endpoint::TlsArgs,
 }
 
 #[derive(Args)]
@@ -90,7 +92,7 @@ async fn save(a: SaveArgs) -> anyhow::Result<()> {
     if a.endpoints.contains(',') {
         bail!("snapshot save needs exactly one endpoint, got {}", a.endpoints);
     }
-    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(a.dial_timeout));
+    let opts = a.tls.apply(ConnectOptions::new().with_connect_timeout(Duration::from_secs(a.dial_timeout)))?;
     let mut client = Client::connect([a.endpoints.as_str()], Some(opts))
         .await
         .with_context(|| format!("connecting to {}", a.endpoints))?;

@@ -46,6 +46,24 @@ pub struct CreateArgs {
     /// A note stored with the token.
     #[arg(long, default_value = "")]
     description: String,
+    /// Print the whole `skiff join` command (API server, token and CA hash), not just
+    /// the token.
+    #[arg(long)]
+    print_join_command: bool,
+}
+
+/// `skiff join <host:port> --token <token> --ca-hash <hash>` for the cluster of `path`.
+fn join_command(path: &std::path::Path, token: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let field = |name: &str| text.lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()));
+    let server = field("server:").context("the kubeconfig names no server")?;
+    let ca = field("certificate-authority-data:").context("the kubeconfig has no certificate-authority-data")?;
+    use base64::Engine;
+    let ca =
+        base64::engine::general_purpose::STANDARD.decode(ca).context("certificate-authority-data is not base64")?;
+    let hash = skiff_apiserver::pki::ca_hash(&ca).context("certificate-authority-data is not a PEM certificate")?;
+    let server = server.trim_start_matches("https://").trim_end_matches('/');
+    Ok(format!("skiff join {server} --token {token} --ca-hash {hash}"))
 }
 
 async fn api(k: KubeconfigArg) -> anyhow::Result<Api<Secret>> {
@@ -77,8 +95,13 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 secret["stringData"].as_object_mut().expect("an object").remove("expiration");
             }
             let secret: Secret = serde_json::from_value(secret)?;
+            let path = crate::dashboard_cmd::kubeconfig_path(a.k.kubeconfig.clone())?;
             api(a.k).await?.create(&PostParams::default(), &secret).await.context("cannot store the token's Secret")?;
-            println!("{token}");
+            if a.print_join_command {
+                println!("{}", join_command(&path, &token)?);
+            } else {
+                println!("{token}");
+            }
             Ok(())
         }
         TokenCommand::List(k) => {

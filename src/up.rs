@@ -106,7 +106,7 @@ struct Flags<T: Args> {
     inner: T,
 }
 
-fn parse<T: Args>(what: &str, argv: Vec<String>) -> anyhow::Result<T> {
+pub(crate) fn parse<T: Args>(what: &str, argv: Vec<String>) -> anyhow::Result<T> {
     Flags::<T>::try_parse_from(std::iter::once(what.to_string()).chain(argv))
         .map(|f| f.inner)
         .map_err(|e| anyhow::anyhow!("{what}: {e}"))

@@ -984,3 +984,73 @@ fn scaling_mid_rollout_is_proportional() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(sizes(&p), want(15, 10), "and it stays so");
 }
+
+/// `skiff join` with a bootstrap token: the joining machine checks the CA against the
+/// hash, gets a certificate as `system:node:<name>` through a CertificateSigningRequest
+/// approved for the token, and runs its agent with it; pods then run on the new node. A
+/// wrong CA hash or an unknown token stops the join with the reason.
+#[test]
+fn a_machine_joins_with_a_bootstrap_token_and_runs_pods() {
+    let mut p = Plane::control_plane();
+    let admin = p.api.kubeconfig();
+    let skiff = |args: &[&str]| {
+        let o = Command::new(skiff_bin()).args(args).arg("--kubeconfig").arg(&admin).output().unwrap();
+        assert!(o.status.success(), "skiff {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let join = skiff(&["token", "create", "--print-join-command", "--ttl", "1h"]);
+    let parts: Vec<&str> = join.split_whitespace().collect();
+    assert!(
+        matches!(parts.as_slice(), ["skiff", "join", _, "--token", _, "--ca-hash", h] if h.starts_with("sha256:") && h.len() == 71),
+        "{join}"
+    );
+    let (server, token, hash) = (parts[2], parts[4], parts[6]);
+    let data = p.api.dir.path().join("joined");
+    let try_join = |server: &str, token: &str, hash: &str| {
+        let o = Command::new(skiff_bin())
+            .args(["join", server, "--token", token, "--ca-hash", hash, "--node-name", "w1-0", "--data-dir"])
+            .arg(p.api.dir.path().join("refused"))
+            .args(["--", "--runtime", "fake"])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let e = try_join(server, token, &wrong);
+    assert!(e.contains("refusing to trust"), "{e}");
+    let e = try_join(server, "abcdef.0123456789abcdef", hash);
+    assert!(e.contains("did not accept the token"), "{e}");
+    assert!(!p.api.dir.path().join("refused/node.kubeconfig").exists());
+
+    let log = std::fs::File::create(p.api.dir.path().join("join.log")).unwrap();
+    let child = Command::new(skiff_bin())
+        .args(["join", server, "--token", token, "--ca-hash", hash, "--node-name", "w1-0", "--data-dir"])
+        .arg(&data)
+        .args(["--", "--runtime", "fake", "--node-name-prefix", "w1", "--start-delay", "300ms"])
+        .args(["--node-lease-renew-interval", "500ms", "--sync-period", "300ms"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    p.procs.push(("join".into(), child));
+    p.wait_for("the joined node to be Ready", Duration::from_secs(60), |p| p.ready_nodes() == 1);
+    assert!(p.k(&["get", "nodes"]).contains("w1-0"));
+    let csrs = p.k(&["get", "csr"]);
+    assert!(csrs.contains("system:bootstrap:") && csrs.contains("Approved,Issued"), "{csrs}");
+    let node_kc = data.join("node.kubeconfig");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&node_kc).unwrap().permissions().mode() & 0o777, 0o600);
+    let o = Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32")
+        .arg("--kubeconfig")
+        .arg(&node_kc)
+        .args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "system:node:w1-0", "{}", text(&o));
+    p.k(&["create", "deployment", "web", "--image=nginx", "--replicas=2"]);
+    p.wait_for("2 pods running on the joined node", Duration::from_secs(60), |p| {
+        let pods = p.live_pods("app=web");
+        pods.len() == 2 && pods.iter().all(|x| x["status"]["phase"] == "Running" && x["spec"]["nodeName"] == "w1-0")
+    });
+}

@@ -16,5 +16,6 @@ mod lease;
 mod maintenance;
 mod membership;
 mod node;
+mod tls;
 mod up;
 mod watch;

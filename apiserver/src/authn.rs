@@ -198,6 +198,22 @@ const OID: u8 = 0x06;
 const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
 const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
 
+/// The subjectPublicKeyInfo element (tag and length included) of a certificate.
+pub(crate) fn public_key_info(der: &[u8]) -> Option<&[u8]> {
+    let (_, cert, _) = tlv(der)?;
+    let (_, tbs, _) = tlv(cert)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = tlv(rest)?.2;
+    }
+    // serialNumber, signature, issuer, validity, subject
+    for _ in 0..5 {
+        rest = tlv(rest)?.2;
+    }
+    let (tag, _, after) = tlv(rest)?;
+    (tag == SEQUENCE).then(|| &rest[..rest.len() - after.len()])
+}
+
 /// (CommonName, Organizations) of a certificate's subject.
 fn subject(der: &[u8]) -> Option<(String, Vec<String>)> {
     let (tag, cert, _) = tlv(der)?;

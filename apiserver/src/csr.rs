@@ -203,6 +203,17 @@ impl Issuer {
     }
 }
 
+/// A new private key and a certificate request for `CN=common_name, O=organization`,
+/// both PEM: what a joining node sends.
+pub fn new_request(common_name: &str, organization: &str) -> Result<(String, String), rcgen::Error> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, common_name);
+    p.distinguished_name.push(DnType::OrganizationName, organization);
+    let pem = p.serialize_request(&key)?.pem()?;
+    Ok((key.serialize_pem(), pem))
+}
+
 fn condition(csr: &Value, t: &str) -> bool {
     csr["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] != "False"))
 }

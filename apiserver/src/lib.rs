@@ -46,6 +46,8 @@ use serde_json::json;
 
 pub struct Config {
     pub store_endpoints: Vec<String>,
+    /// TLS to the store, if it serves https.
+    pub store_tls: storage::StoreTls,
     /// HTTPS address.
     pub bind: SocketAddr,
     /// Optional plain-HTTP address (loopback only), for tests and local tools.
@@ -108,6 +110,46 @@ async fn bootstrap(store: &storage::Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `kube-public/cluster-info` (the CA and this server's address) and lets
+/// anonymous users read it and nothing else, as kubeadm does, for `skiff join`.
+async fn publish_cluster_info(store: &storage::Store, pki: &pki::Pki, server: &str) -> anyhow::Result<()> {
+    let ca = std::fs::read(pki.dir.join("ca.crt"))?;
+    let objects = [
+        (registry::find("", "v1", "configmaps"), pki::cluster_info(&ca, server)),
+        (
+            registry::find("rbac.authorization.k8s.io", "v1", "roles"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "skiff:bootstrap-signer-clusterinfo", "namespace": "kube-public"},
+                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"]}]}),
+        ),
+        (
+            registry::find("rbac.authorization.k8s.io", "v1", "rolebindings"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "skiff:bootstrap-signer-clusterinfo", "namespace": "kube-public"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "skiff:bootstrap-signer-clusterinfo"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": authn::ANONYMOUS}]}),
+        ),
+    ];
+    for (r, mut obj) in objects {
+        let r = r.expect("registered");
+        let key = storage::key(r, Some("kube-public"), obj["metadata"]["name"].as_str().unwrap_or_default());
+        match store.get(&key).await.map_err(|e| anyhow::anyhow!(e.message))? {
+            // The address changes when the server moves: keep the published one current.
+            Some(cur) if cur.obj["data"] != obj["data"] && obj.get("data").is_some() => {
+                let mut new = cur.obj.clone();
+                new["data"] = obj["data"].clone();
+                let _ = store.update(&key, &new, cur.rev).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            }
+            Some(_) => {}
+            None => {
+                object::prepare_create(r, &mut obj, Some("kube-public")).map_err(|e| anyhow::anyhow!(e.message))?;
+                store.create(&key, &obj).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// This machine's name, as nodes are named.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -126,7 +168,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if let Some(p) = &cfg.encryption_provider_config {
         encryption::install(encryption::Encryption::load(p)?);
     }
-    let store = storage::Store::connect(&cfg.store_endpoints)
+    let store = storage::Store::connect(&cfg.store_endpoints, &cfg.store_tls)
         .await
         .with_context(|| format!("cannot reach the store at {}", cfg.store_endpoints.join(",")))?;
     bootstrap(&store).await.context("cannot create the system namespaces in the store")?;
@@ -156,6 +198,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     ] {
         pki.write_component_kubeconfig(&cfg.data_dir.join(file), &server, user, group)?;
     }
+    publish_cluster_info(&store, &pki, &server).await.context("cannot publish kube-public/cluster-info")?;
 
     let app = Arc::new(http::App {
         metrics: Default::default(),

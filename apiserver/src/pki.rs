@@ -14,6 +14,31 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// What `skiff join --ca-hash` checks, as kubeadm's `--discovery-token-ca-cert-hash`:
+/// `sha256:` and the hex SHA-256 of the CA certificate's subjectPublicKeyInfo (PEM in).
+pub fn ca_hash(ca_pem: &[u8]) -> Option<String> {
+    let der = CertificateDer::pem_slice_iter(ca_pem).next()?.ok()?;
+    let spki = crate::authn::public_key_info(der.as_ref())?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki);
+    Some(format!("sha256:{}", digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// The `cluster-info` ConfigMap of kube-public, as kubeadm publishes it: a kubeconfig
+/// with the API server's address and the CA, readable without credentials, so that a
+/// joining machine can fetch the CA and check it against the hash it was given.
+pub fn cluster_info(ca_pem: &[u8], server: &str) -> serde_json::Value {
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    certificate-authority-data: {ca}\n    server: {server}\ncontexts: []\ncurrent-context: \"\"\nusers: []\n"
+    );
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+        "data": {"kubeconfig": kubeconfig},
+    })
+}
+
 /// The cluster CA's certificate parameters (its subject and uses).
 fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;

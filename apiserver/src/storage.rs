@@ -78,6 +78,38 @@ pub enum Created {
     Stale,
 }
 
+/// How the API server reaches a store that serves TLS (kube-apiserver's `--etcd-cafile`,
+/// `--etcd-certfile`, `--etcd-keyfile`); all None: plain HTTP.
+#[derive(Clone, Debug, Default)]
+pub struct StoreTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl StoreTls {
+    fn options(&self) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
+        use anyhow::Context;
+        let read =
+            |flag: &str, p: &std::path::Path| std::fs::read(p).with_context(|| format!("{flag} {}", p.display()));
+        if self.ca_file.is_none() && self.cert_file.is_none() {
+            return Ok(None);
+        }
+        let mut t = etcd_client::TlsOptions::new();
+        if let Some(ca) = &self.ca_file {
+            t = t.ca_certificate(etcd_client::Certificate::from_pem(read("--etcd-cafile", ca)?));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => {
+                t = t.identity(etcd_client::Identity::from_pem(read("--etcd-certfile", c)?, read("--etcd-keyfile", k)?))
+            }
+            (None, None) => {}
+            _ => anyhow::bail!("--etcd-certfile and --etcd-keyfile go together"),
+        }
+        Ok(Some(t))
+    }
+}
+
 pub struct Page {
     pub items: Vec<Stored>,
     /// The store revision the page was read at.
@@ -87,10 +119,13 @@ pub struct Page {
 }
 
 impl Store {
-    pub async fn connect(endpoints: &[String]) -> anyhow::Result<Store> {
-        let opts = etcd_client::ConnectOptions::new()
+    pub async fn connect(endpoints: &[String], tls: &StoreTls) -> anyhow::Result<Store> {
+        let mut opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(3))
             .with_timeout(std::time::Duration::from_secs(10));
+        if let Some(t) = tls.options()? {
+            opts = opts.with_tls(t);
+        }
         let client = Client::connect(endpoints, Some(opts)).await?;
         Ok(Store { client })
     }

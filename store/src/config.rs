@@ -23,6 +23,70 @@ impl std::str::FromStr for ClusterState {
     }
 }
 
+/// TLS for one side of a member (clients or peers), as etcd's `--cert-file`,
+/// `--key-file`, `--trusted-ca-file` and `--client-cert-auth` (and their `--peer-`
+/// twins) give it. Used for the `https://` URLs of that side.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse connections without a certificate signed by the trusted CA.
+    pub client_cert_auth: bool,
+}
+
+fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+impl TlsFiles {
+    /// The server side: this member's certificate, and the CA client certificates must
+    /// chain to (required with `client_cert_auth`).
+    pub fn server(&self, side: &str) -> Result<tonic::transport::ServerTlsConfig, String> {
+        let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else {
+            let which = if side.is_empty() { "client" } else { "peer" };
+            return Err(format!("https {which} URLs need --{side}cert-file and --{side}key-file"));
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            read_pem(&format!("--{side}cert-file"), cert)?,
+            read_pem(&format!("--{side}key-file"), key)?,
+        );
+        let mut cfg = tonic::transport::ServerTlsConfig::new().identity(identity);
+        match &self.trusted_ca_file {
+            Some(ca) => {
+                let ca = read_pem(&format!("--{side}trusted-ca-file"), ca)?;
+                cfg = cfg
+                    .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                    .client_auth_optional(!self.client_cert_auth);
+            }
+            None if self.client_cert_auth => {
+                return Err(format!("--{side}client-cert-auth needs --{side}trusted-ca-file"));
+            }
+            None => {}
+        }
+        Ok(cfg)
+    }
+
+    /// The client side (a member calling its peers): trust the CA, show this member's
+    /// certificate.
+    pub fn client(&self, side: &str) -> Result<tonic::transport::ClientTlsConfig, String> {
+        let mut cfg = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &self.trusted_ca_file {
+            cfg = cfg.ca_certificate(tonic::transport::Certificate::from_pem(read_pem(
+                &format!("--{side}trusted-ca-file"),
+                ca,
+            )?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            cfg = cfg.identity(tonic::transport::Identity::from_pem(
+                read_pem(&format!("--{side}cert-file"), cert)?,
+                read_pem(&format!("--{side}key-file"), key)?,
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
 /// Everything `skiff store` needs to run one member.
 #[derive(Clone, Debug)]
 pub struct MemberConfig {
@@ -50,6 +114,10 @@ pub struct MemberConfig {
     /// Where `/metrics` and `/health` are served over plain HTTP (etcd
     /// `--listen-metrics-urls`); none by default.
     pub listen_metrics_urls: Vec<String>,
+    /// TLS of the `https://` client URLs.
+    pub client_tls: TlsFiles,
+    /// TLS of the `https://` peer URLs, both ways.
+    pub peer_tls: TlsFiles,
 }
 
 /// etcd's default backend quota.
@@ -88,6 +156,8 @@ impl MemberConfig {
             watch_progress_notify_interval: Duration::from_secs(600),
             quota_backend_bytes: 0,
             listen_metrics_urls: Vec::new(),
+            client_tls: TlsFiles::default(),
+            peer_tls: TlsFiles::default(),
         }
     }
 
@@ -118,6 +188,14 @@ impl MemberConfig {
         for u in self.listen_client_urls.iter().chain(&self.listen_peer_urls).chain(&self.advertise_client_urls) {
             parse_url(u)?;
         }
+        // The certificates must be readable before anything starts.
+        if self.listen_client_urls.iter().any(|u| is_https(u)) {
+            self.client_tls.server("")?;
+        }
+        if self.listen_peer_urls.iter().any(|u| is_https(u)) {
+            self.peer_tls.server("peer-")?;
+        }
+        self.peer_tls.client("peer-")?;
         let members = self.initial_members()?;
         if self.initial_cluster_state == ClusterState::New {
             let mine = members
@@ -149,10 +227,16 @@ impl MemberConfig {
 }
 
 /// Parses `http://host:port` into a socket address.
+/// Whether `url` asks for TLS.
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
 pub fn parse_url(url: &str) -> Result<SocketAddr, String> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("invalid URL {url:?}: only http://host:port is supported"))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("invalid URL {url:?}: only http://host:port and https://host:port are supported"))?;
     let hostport = rest.trim_end_matches('/');
     hostport
         .to_socket_addrs()

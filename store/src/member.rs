@@ -390,7 +390,7 @@ pub async fn start(config: MemberConfig) -> anyhow::Result<Arc<Member>> {
         ..Default::default()
     }
     .validate()?;
-    let pool = PeerPool::for_member(&config.listen_peer_urls);
+    let pool = PeerPool::for_member(&config);
     let raft = Raft::new(
         identity.member_id,
         Arc::new(raft_config),
@@ -461,7 +461,7 @@ pub(crate) fn initial_nodes(members: &[(String, Vec<String>)], token: &str) -> B
 /// `--initial-cluster` for the membership and finds this member's id (given by `member
 /// add`) by its peer URLs.
 async fn join_identity(config: &MemberConfig, members: &[(String, Vec<String>)]) -> anyhow::Result<Identity> {
-    let pool = PeerPool::for_member(&config.listen_peer_urls);
+    let pool = PeerPool::for_member(config);
     let mut mine = config.initial_advertise_peer_urls.clone();
     mine.sort();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

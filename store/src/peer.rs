@@ -90,6 +90,8 @@ pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Source address of outgoing peer connections (see [`PeerPool::for_member`]).
     local: Option<IpAddr>,
+    /// For `https://` peers: the CA to trust and this member's certificate.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl PeerPool {
@@ -98,13 +100,16 @@ impl PeerPool {
     /// can be told apart by the source of their connections (firewall rules, the
     /// fault-injecting proxies of `skiff chaos`). Other addresses keep the kernel's
     /// choice of source, which routing may need.
-    pub fn for_member(listen_peer_urls: &[String]) -> Self {
-        let local = listen_peer_urls
+    pub fn for_member(config: &crate::config::MemberConfig) -> Self {
+        let local = config
+            .listen_peer_urls
             .first()
             .and_then(|u| crate::config::parse_url(u).ok())
             .map(|a| a.ip())
             .filter(|ip| ip.is_loopback());
-        PeerPool { channels: Arc::default(), local }
+        // Checked readable by MemberConfig::validate before the member starts.
+        let tls = config.peer_tls.client("peer-").ok();
+        PeerPool { channels: Arc::default(), local, tls }
     }
 
     pub fn client(&self, url: &str) -> Result<PeerClient<Channel>, String> {
@@ -112,8 +117,12 @@ impl PeerPool {
         let channel = match map.get(url) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(url.to_string())
-                    .map_err(|e| format!("bad peer URL {url}: {e}"))?
+                let mut e = Endpoint::from_shared(url.to_string()).map_err(|e| format!("bad peer URL {url}: {e}"))?;
+                if crate::config::is_https(url) {
+                    let tls = self.tls.clone().unwrap_or_default();
+                    e = e.tls_config(tls).map_err(|e| format!("peer URL {url}: {e}"))?;
+                }
+                let c = e
                     .connect_timeout(Duration::from_millis(500))
                     .local_address(self.local)
                     .tcp_nodelay(true)

@@ -42,9 +42,14 @@ pub async fn serve_peers(member: Arc<Member>) -> anyhow::Result<()> {
         let svc = pb::peer_server::PeerServer::new(PeerService { m: member.clone() })
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let mut server = tonic::transport::Server::builder();
+        if crate::config::is_https(url) {
+            let tls = member.config.peer_tls.server("peer-").map_err(anyhow::Error::msg)?;
+            server = server.tls_config(tls)?;
+        }
         let url = url.clone();
         tokio::spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await {
+            if let Err(e) = server.add_service(svc).serve_with_incoming(incoming).await {
                 tracing::error!("peer server on {url} stopped: {e}");
             }
         });
@@ -57,7 +62,12 @@ pub async fn serve_clients(member: Arc<Member>) -> anyhow::Result<()> {
     for url in &member.config.listen_client_urls {
         let incoming = bind(url)?;
         let m = member.clone();
-        let router = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if crate::config::is_https(url) {
+            let tls = member.config.client_tls.server("").map_err(anyhow::Error::msg)?;
+            server = server.tls_config(tls)?;
+        }
+        let router = server
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(PbKvServer::new(KvService { m: m.clone() }).max_decoding_message_size(limit))
             .add_service(PbWatchServer::new(WatchService::new(m.clone())).max_decoding_message_size(limit))
