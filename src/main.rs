@@ -83,6 +83,10 @@ enum Command {
     /// Start a whole single-node cluster (store, API server, controllers, scheduler and a
     /// node on a private containerd) in the background and wait until it is ready.
     Up(up::UpArgs),
+    /// Like `up`, for the first machine of a cluster others join: the store serves TLS
+    /// and takes only clients with a certificate of the cluster CA, and a `skiff join`
+    /// command (with a new bootstrap token and the CA's hash) is printed.
+    Init(up::UpArgs),
     /// Stop the cluster `skiff up` started and remove what its node made on the machine.
     Down(up::DownArgs),
     /// Serve the web dashboard on a local port, acting as a kubeconfig's user (like
@@ -264,6 +268,10 @@ fn main() -> ExitCode {
             Command::ResetNode(args) => controllers_cmd::reset_node(args).await,
             Command::Image { command } => controllers_cmd::image(command).await,
             Command::Up(args) => up::up(args).await,
+            Command::Init(mut args) => {
+                args.init = true;
+                up::up(args).await
+            }
             Command::Down(args) => up::down(args).await,
             Command::Dashboard(args) => dashboard_cmd::run(args).await,
             Command::Token { command } => token_cmd::run(command).await,

@@ -52,8 +52,43 @@ pub struct CreateArgs {
     print_join_command: bool,
 }
 
+/// Stores a new bootstrap token valid for `ttl` (`0`: no expiry) through the API
+/// server of kubeconfig `path`; the token.
+pub(crate) async fn create(
+    path: &std::path::Path,
+    ttl: &str,
+    groups: &[String],
+    description: &str,
+) -> anyhow::Result<String> {
+    for g in groups {
+        anyhow::ensure!(
+            g.starts_with("system:bootstrappers:"),
+            "--groups: {g:?} does not start with \"system:bootstrappers:\"; a bootstrap token may only add such groups"
+        );
+    }
+    let expiration = match ttl {
+        "0" => String::new(),
+        ttl => {
+            let d = crate::duration::parse(ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+            skiff_apiserver::object::rfc3339(skiff_apiserver::satoken::now() + d.as_secs() as i64)
+        }
+    };
+    let token = bootstrap::generate();
+    let mut secret = bootstrap::secret(&token, &expiration, groups, description).expect("a generated token");
+    if expiration.is_empty() {
+        secret["stringData"].as_object_mut().expect("an object").remove("expiration");
+    }
+    let secret: Secret = serde_json::from_value(secret)?;
+    let client = skiff_controllers::client::from_kubeconfig(path).await?;
+    Api::<Secret>::namespaced(client, bootstrap::NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await
+        .context("cannot store the token's Secret")?;
+    Ok(token)
+}
+
 /// `skiff join <host:port> --token <token> --ca-hash <hash>` for the cluster of `path`.
-fn join_command(path: &std::path::Path, token: &str) -> anyhow::Result<String> {
+pub(crate) fn join_command(path: &std::path::Path, token: &str) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let field = |name: &str| text.lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()));
     let server = field("server:").context("the kubeconfig names no server")?;
@@ -75,28 +110,8 @@ async fn api(k: KubeconfigArg) -> anyhow::Result<Api<Secret>> {
 pub async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create(a) => {
-            for g in &a.groups {
-                anyhow::ensure!(
-                    g.starts_with("system:bootstrappers:"),
-                    "--groups: {g:?} does not start with \"system:bootstrappers:\"; a bootstrap token may only add such groups"
-                );
-            }
-            let expiration = match a.ttl.as_str() {
-                "0" => String::new(),
-                ttl => {
-                    let d = crate::duration::parse(ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-                    skiff_apiserver::object::rfc3339(skiff_apiserver::satoken::now() + d.as_secs() as i64)
-                }
-            };
-            let token = bootstrap::generate();
-            let mut secret =
-                bootstrap::secret(&token, &expiration, &a.groups, &a.description).expect("a generated token");
-            if expiration.is_empty() {
-                secret["stringData"].as_object_mut().expect("an object").remove("expiration");
-            }
-            let secret: Secret = serde_json::from_value(secret)?;
             let path = crate::dashboard_cmd::kubeconfig_path(a.k.kubeconfig.clone())?;
-            api(a.k).await?.create(&PostParams::default(), &secret).await.context("cannot store the token's Secret")?;
+            let token = create(&path, &a.ttl, &a.groups, &a.description).await?;
             if a.print_join_command {
                 println!("{}", join_command(&path, &token)?);
             } else {

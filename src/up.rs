@@ -72,6 +72,10 @@ pub struct UpArgs {
     /// Give up waiting for the cluster to be ready after this long.
     #[arg(long, default_value = "2m", value_parser = duration::parse)]
     timeout: Duration,
+    /// `skiff init`: the store serves TLS with client certificates, and a join command
+    /// is printed.
+    #[arg(skip)]
+    pub(crate) init: bool,
 }
 
 #[derive(Args)]
@@ -159,7 +163,7 @@ fn running_pid(dir: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(dir.join(PID_FILE)).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let ours = args.contains(&&b"up"[..]) && args.contains(&&b"--foreground"[..]);
+    let ours = (args.contains(&&b"up"[..]) || args.contains(&&b"init"[..])) && args.contains(&&b"--foreground"[..]);
     (ours && alive(pid)).then_some(pid)
 }
 
@@ -264,7 +268,7 @@ async fn wait_ready(a: &UpArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     step(&format!("store on {}", a.store_client_addr));
     let endpoint = a.store_client_addr.to_string();
-    until(a, start, || store_answers(&endpoint)).await.map_err(failed)?;
+    until(a, start, || store_answers(&endpoint, &a.data_dir, a.init)).await.map_err(failed)?;
     done(t);
 
     let t = Instant::now();
@@ -292,6 +296,24 @@ async fn wait_ready(a: &UpArgs) -> anyhow::Result<()> {
 
     let kc = std::fs::canonicalize(&kubeconfig)?;
     println!("export KUBECONFIG={}", kc.display());
+    if a.init {
+        let token = crate::token_cmd::create(
+            &kc,
+            "24h",
+            &[skiff_apiserver::bootstrap::DEFAULT_GROUP.to_string()],
+            "skiff init",
+        )
+        .await?;
+        println!("{}", crate::token_cmd::join_command(&kc, &token)?);
+        let pki = std::fs::canonicalize(a.data_dir.join("apiserver/pki"))?;
+        eprintln!(
+            "\nOn another machine, the line above makes it a node of this cluster (the token lives 24 hours;\n\
+             `skiff token create --print-join-command` makes another). The store takes only clients with a\n\
+             certificate: etcdctl --endpoints https://{} --cacert {1}/ca.crt --cert {1}/apiserver-etcd-client.crt --key {1}/apiserver-etcd-client.key",
+            a.store_client_addr,
+            pki.display()
+        );
+    }
     eprintln!(
         "\nThe cluster is up ({:.1} s). Run the line above, then e.g. `kubectl get nodes`.\n\
          The store answers etcdctl on {}. Stop with `skiff down{}`.",
@@ -314,24 +336,43 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
     let path = |p: &str| dir.join(p).display().to_string();
     let s = |x: &str| x.to_string();
 
-    let store: crate::StoreArgs = parse(
-        "store",
-        vec![
-            s("--data-dir"),
-            path("store"),
-            s("--listen-client-urls"),
-            format!("http://{}", a.store_client_addr),
-            s("--listen-peer-urls"),
-            format!("http://{}", a.store_peer_addr),
-        ]
-        .into_iter()
-        .chain(a.store_metrics_addr.iter().flat_map(|m| [s("--listen-metrics-urls"), format!("http://{m}")]))
-        .collect(),
-    )?;
+    // `skiff init`: certificates for the store (server and peer) and for the API server
+    // as its client, from the cluster CA; the store then takes only clients with one.
+    let scheme = if a.init { "https" } else { "http" };
+    let mut store_argv = vec![
+        s("--data-dir"),
+        path("store"),
+        s("--listen-client-urls"),
+        format!("{scheme}://{}", a.store_client_addr),
+        s("--listen-peer-urls"),
+        format!("{scheme}://{}", a.store_peer_addr),
+    ];
+    let mut etcd_tls = Vec::new();
+    if a.init {
+        let pki = skiff_apiserver::pki::Pki::ensure(&dir.join("apiserver"), a.bind.ip())?;
+        let ips = [a.store_client_addr.ip(), a.store_peer_addr.ip()];
+        pki.ensure_pair("store", "skiff-store", &ips, true)?;
+        pki.ensure_pair("apiserver-etcd-client", "kube-apiserver-etcd-client", &[], false)?;
+        let f = |n: &str| pki.dir.join(n).display().to_string();
+        store_argv.extend([s("--cert-file"), f("store.crt"), s("--key-file"), f("store.key")]);
+        store_argv.extend([s("--trusted-ca-file"), f("ca.crt"), s("--client-cert-auth")]);
+        store_argv.extend([s("--peer-cert-file"), f("store.crt"), s("--peer-key-file"), f("store.key")]);
+        store_argv.extend([s("--peer-trusted-ca-file"), f("ca.crt"), s("--peer-client-cert-auth")]);
+        etcd_tls = vec![
+            s("--etcd-cafile"),
+            f("ca.crt"),
+            s("--etcd-certfile"),
+            f("apiserver-etcd-client.crt"),
+            s("--etcd-keyfile"),
+            f("apiserver-etcd-client.key"),
+        ];
+    }
+    store_argv.extend(a.store_metrics_addr.iter().flat_map(|m| [s("--listen-metrics-urls"), format!("http://{m}")]));
+    let store: crate::StoreArgs = parse("store", store_argv)?;
     let mut tasks = Components::new();
     tasks.spawn(async move { ("store", crate::run_store(store).await) });
     let endpoint = a.store_client_addr.to_string();
-    wait_for("the store", || store_answers(&endpoint)).await?;
+    wait_for("the store", || store_answers(&endpoint, &dir, a.init)).await?;
 
     let api: crate::apiserver_cmd::ApiServerArgs = parse(
         "apiserver",
@@ -344,7 +385,10 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
             path("apiserver"),
             s("--service-cluster-ip-range"),
             a.containerd.service_cidr.clone(),
-        ],
+        ]
+        .into_iter()
+        .chain(etcd_tls)
+        .collect(),
     )?;
     tasks.spawn(async move { ("apiserver", crate::apiserver_cmd::run(api).await) });
     let kubeconfig = dir.join("apiserver/admin.kubeconfig");
@@ -452,8 +496,20 @@ fn busybox_image(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Whether the store at `endpoint` answers a read.
-async fn store_answers(endpoint: &str) -> bool {
-    match etcd_client::Client::connect([endpoint], None).await {
+/// Whether the store at `endpoint` answers a read (over TLS, as the API server reaches
+/// it, for `skiff init`).
+async fn store_answers(endpoint: &str, dir: &Path, tls: bool) -> bool {
+    let mut opts = etcd_client::ConnectOptions::new();
+    if tls {
+        let pki = dir.join("apiserver/pki");
+        let read = |n: &str| std::fs::read(pki.join(n)).unwrap_or_default();
+        opts = opts.with_tls(
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read("ca.crt"))).identity(
+                etcd_client::Identity::from_pem(read("apiserver-etcd-client.crt"), read("apiserver-etcd-client.key")),
+            ),
+        );
+    }
+    match etcd_client::Client::connect([endpoint], Some(opts)).await {
         Ok(mut c) => c.get("/", None).await.is_ok(),
         Err(_) => false,
     }
@@ -498,7 +554,7 @@ pub async fn down(d: DownArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("`skiff up` ran in {}, which is gone: {e}", saved.cwd.display()))?;
     let parsed = crate::Cli::try_parse_from(std::iter::once("skiff".to_string()).chain(saved.argv))
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", dir.join(ARGS_FILE).display()))?;
-    let crate::Command::Up(a) = parsed.command else {
+    let (crate::Command::Up(a) | crate::Command::Init(a)) = parsed.command else {
         anyhow::bail!("{} does not hold a `skiff up` command line", dir.join(ARGS_FILE).display());
     };
 

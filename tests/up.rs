@@ -430,3 +430,76 @@ fn dashboard_in_a_browser_follows_and_changes_the_cluster() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("dashboard: ok"), "{}", text(&o));
     assert!(Path::new(artifacts).join("overview.png").exists());
 }
+
+/// `skiff init`: a cluster whose store serves only TLS clients with a certificate of the
+/// cluster CA, and a printed `skiff join` command that makes another "machine" (here a
+/// simulated node in its own data directory) a node of it.
+#[test]
+fn init_serves_the_store_over_tls_and_prints_a_join_command_that_works() {
+    let c = Cluster::new(&["--runtime".into(), "fake".into()]);
+    let o = Command::new(skiff_bin()).arg("init").args(&c.flags).output().unwrap();
+    assert!(o.status.success(), "skiff init: {}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0], format!("export KUBECONFIG={}", c.kubeconfig().display()));
+    let join: Vec<&str> = lines[1].split_whitespace().collect();
+    assert!(matches!(join.as_slice(), ["skiff", "join", _, "--token", _, "--ca-hash", _]), "{stdout}");
+
+    // The store: nothing over plain HTTP or without a client certificate; everything
+    // with the one the API server uses.
+    let pki = c.dir.join("apiserver/pki");
+    let tls = |args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=https://{}", c.store))
+            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+            .args(args)
+            .args(["--command-timeout=5s", "--dial-timeout=3s"])
+            .output()
+            .unwrap()
+    };
+    let cert = format!("--cert={}", pki.join("apiserver-etcd-client.crt").display());
+    let key = format!("--key={}", pki.join("apiserver-etcd-client.key").display());
+    let o = tls(&[&cert, &key, "get", "/registry/namespaces/default", "--keys-only"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("/registry/namespaces/default"), "{}", text(&o));
+    assert!(!tls(&["get", "/registry/namespaces/default"]).status.success(), "no client certificate");
+    let plain = etcdctl(&format!("http://{}", c.store), &["--dial-timeout=3s", "get", "/registry/namespaces/default"]);
+    assert!(!plain.status.success(), "plain HTTP");
+
+    // The printed join command, run as written (plus where the new node keeps its data
+    // and the simulated runtime), adds a node.
+    let node_dir = c.dir.parent().unwrap().join("joined");
+    let mut agent = Command::new(skiff_bin())
+        .args(&join[1..])
+        .args(["--node-name", "joined-0", "--data-dir"])
+        .arg(&node_dir)
+        .args(["--", "--runtime", "fake", "--node-name-prefix", "joined", "--start-delay", "300ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let ready = |c: &Cluster| {
+        let nodes = c.json(&["get", "nodes"]);
+        nodes["items"].as_array().unwrap().iter().any(|n| {
+            n["metadata"]["name"] == "joined-0"
+                && n["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|x| x["type"] == "Ready" && x["status"] == "True"))
+        })
+    };
+    while !ready(&c) {
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = agent.kill();
+            panic!(
+                "the joined node never became Ready: {}",
+                String::from_utf8_lossy(&c.kubectl(&["get", "nodes", "-o", "wide"], None).stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(node_dir.join("node.kubeconfig").exists());
+}

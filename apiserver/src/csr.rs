@@ -132,8 +132,15 @@ pub(crate) fn parse_der(der: &[u8]) -> Option<Request> {
     type Verify = &'static dyn ring::signature::VerificationAlgorithm;
     // The key's algorithm, and the signature algorithm that must go with it.
     let (algorithm, verify, signed_as): (&'static SignatureAlgorithm, Verify, &[u8]) = match algorithm_id(key_alg)? {
+        // Either digest with either curve, as openssl signs P-384 requests with SHA-256.
+        (OID_EC_PUBLIC_KEY, Some(OID_P256)) if algorithm_id(sig_alg)?.0 == OID_ECDSA_SHA384 => {
+            (&rcgen::PKCS_ECDSA_P256_SHA256, &ring::signature::ECDSA_P256_SHA384_ASN1, OID_ECDSA_SHA384)
+        }
         (OID_EC_PUBLIC_KEY, Some(OID_P256)) => {
             (&rcgen::PKCS_ECDSA_P256_SHA256, &ring::signature::ECDSA_P256_SHA256_ASN1, OID_ECDSA_SHA256)
+        }
+        (OID_EC_PUBLIC_KEY, Some(OID_P384)) if algorithm_id(sig_alg)?.0 == OID_ECDSA_SHA256 => {
+            (&rcgen::PKCS_ECDSA_P384_SHA384, &ring::signature::ECDSA_P384_SHA256_ASN1, OID_ECDSA_SHA256)
         }
         (OID_EC_PUBLIC_KEY, Some(OID_P384)) => {
             (&rcgen::PKCS_ECDSA_P384_SHA384, &ring::signature::ECDSA_P384_SHA384_ASN1, OID_ECDSA_SHA384)
@@ -215,7 +222,7 @@ pub fn new_request(common_name: &str, organization: &str) -> Result<(String, Str
 }
 
 fn condition(csr: &Value, t: &str) -> bool {
-    csr["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] != "False"))
+    csr["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] == "True"))
 }
 
 fn usages(csr: &Value) -> Vec<&str> {

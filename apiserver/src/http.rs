@@ -225,7 +225,9 @@ pub async fn handle(
             // system:masters (the components) are not limited.
             let watch = req.method() == Method::GET && Query::parse(req.uri().query()).flag("watch");
             let permit = match &user {
-                Some(u) if !u.is_component() => match app.request_rates.take(&u.name) {
+                // Health probes are never refused for rate (load balancers send them
+                // anonymously, all in one bucket).
+                Some(u) if !u.is_component() && !is_probe(req.uri().path()) => match app.request_rates.take(&u.name) {
                     Ok(()) if watch => app.watch_limits.acquire(&u.name),
                     Ok(()) => Ok(None),
                     Err(e) => Err(e),
@@ -269,6 +271,10 @@ pub async fn handle(
         return Ok(Response::from_parts(parts, metrics.track_watch(&labels.resource, body)));
     }
     Ok(resp)
+}
+
+fn is_probe(path: &str) -> bool {
+    matches!(path.split('/').nth(1), Some("healthz" | "livez" | "readyz"))
 }
 
 /// The namespace a resource path is in (`/api/v1/namespaces/<ns>/...`,
@@ -384,6 +390,7 @@ async fn service_account_user(app: &App, claims: &Value) -> ApiResult<crate::aut
 /// when the request names one (`kubectl create token --bound-object-kind Pod`).
 async fn token_request(
     app: &App,
+    user: Option<&crate::authn::User>,
     ns: &str,
     name: &str,
     req: Request<Incoming>,
@@ -422,6 +429,15 @@ async fn token_request(
         audiences.push(crate::satoken::ISSUER.to_string());
     }
     let bound = &spec["boundObjectRef"];
+    // Without a Node authorizer any node could mint a token for any ServiceAccount;
+    // nodes get only tokens bound to a pod, which die with it.
+    if user.is_some_and(|u| u.in_group(crate::authn::NODES)) && bound["kind"] != "Pod" {
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!("serviceaccounts \"{name}\" is forbidden: nodes may only request tokens bound to a pod"),
+        ));
+    }
     let pod = match bound["kind"].as_str() {
         None | Some("") => None,
         Some("Pod") => {
@@ -764,7 +780,7 @@ async fn resource(
     if let (Some("token"), Some(name), Some(ns), &Method::POST) =
         (t.sub.as_deref(), t.name.as_deref(), t.namespace.as_deref(), &method)
     {
-        return token_request(&app, ns, name, req, fmt).await;
+        return token_request(&app, user, ns, name, req, fmt).await;
     }
     if let (Some("portforward"), Some(name), Some(ns)) = (t.sub.as_deref(), t.name.as_deref(), t.namespace.as_deref()) {
         return crate::nodeproxy::pod_port_forward(&app.store, ns, name, req).await;
@@ -1320,6 +1336,63 @@ impl Handler<'_> {
         }
     }
 
+    /// What a write may change of a CertificateSigningRequest, as Kubernetes' strategy
+    /// for it: the request itself never; `Approved`/`Denied` only through `approval`,
+    /// by a user who may `approve` its signer; the certificate only through `status`.
+    fn guard_csr(&self, sub: Option<&str>, cur: &Value, mut new: Value) -> ApiResult<Value> {
+        if !self.is("certificates.k8s.io", "certificatesigningrequests") {
+            return Ok(new);
+        }
+        let decision = |c: &Value| c["type"] == "Approved" || c["type"] == "Denied";
+        let conditions = |o: &Value| o["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        new["spec"] = cur["spec"].clone();
+        match sub {
+            None => new["status"] = cur["status"].clone(),
+            Some("status") => {
+                let mut kept: Vec<Value> = conditions(cur).into_iter().filter(decision).collect();
+                kept.extend(conditions(&new).into_iter().filter(|c| !decision(c)));
+                new["status"]["conditions"] = json!(kept);
+            }
+            Some("approval") => {
+                new["status"]["certificate"] = cur["status"]["certificate"].clone();
+                let changed = conditions(cur).into_iter().filter(decision).collect::<Vec<_>>()
+                    != conditions(&new).into_iter().filter(decision).collect::<Vec<_>>();
+                let signer = cur["spec"]["signerName"].as_str().unwrap_or_default();
+                if changed && !self.may_approve(signer) {
+                    let name = cur["metadata"]["name"].as_str().unwrap_or_default();
+                    return Err(ApiError::new(
+                        403,
+                        "Forbidden",
+                        format!(
+                            "certificatesigningrequests.certificates.k8s.io \"{name}\" is forbidden: user not permitted to approve requests with signerName \"{signer}\""
+                        ),
+                    ));
+                }
+            }
+            Some(_) => {}
+        }
+        Ok(new)
+    }
+
+    /// Whether the user may `approve` on `signers` named `signer` (or `<domain>/*`).
+    fn may_approve(&self, signer: &str) -> bool {
+        let Some(user) = self.user else { return true };
+        let domain = signer.split('/').next().unwrap_or_default();
+        [signer.to_string(), format!("{domain}/*")].into_iter().any(|name| {
+            self.rbac.allowed(
+                user,
+                &crate::rbac::Attributes {
+                    verb: "approve".into(),
+                    resource_request: true,
+                    api_group: "certificates.k8s.io".into(),
+                    resource: "signers".into(),
+                    name,
+                    ..Default::default()
+                },
+            )
+        })
+    }
+
     /// The object a subresource write makes: only status, or only spec.replicas, change.
     fn apply_sub(sub: Option<&str>, cur: &Value, body: Value) -> ApiResult<Value> {
         match sub {
@@ -1383,7 +1456,7 @@ impl Handler<'_> {
         if sub.is_none() && !body["metadata"]["name"].is_string() {
             body["metadata"]["name"] = json!(name);
         }
-        let new = Self::apply_sub(sub, &cur.obj, body)?;
+        let new = self.guard_csr(sub, &cur.obj, Self::apply_sub(sub, &cur.obj, body)?)?;
         let out = self.write(name, new, &cur).await?;
         Ok(self.reply_written(sub, &out))
     }
@@ -1454,7 +1527,7 @@ impl Handler<'_> {
                 "application/strategic-merge-patch+json" => patch::strategic_merge_patch(&mut patched, &p)?,
                 _ => patch::merge_patch(&mut patched, &p),
             }
-            let new = Self::apply_sub(sub, &cur.obj, patched)?;
+            let new = self.guard_csr(sub, &cur.obj, Self::apply_sub(sub, &cur.obj, patched)?)?;
             match self.write(name, new, &cur).await {
                 Err(e) if e.reason == "Conflict" && p["metadata"]["resourceVersion"].is_null() => continue,
                 Err(e) => return Err(e),

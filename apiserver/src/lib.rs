@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::json;
+use serde_json::{json, Value};
 
 pub struct Config {
     pub store_endpoints: Vec<String>,
@@ -90,14 +90,38 @@ async fn bootstrap(store: &storage::Store) -> anyhow::Result<()> {
         let created = store.create(&storage::key(r, None, ns), &obj).await.map_err(|e| anyhow::anyhow!(e.message))?;
         first_start |= ns == "default" && created.is_some();
     }
-    // The default RBAC roles and bindings, where missing (an administrator's changes
-    // to them stay).
+    // The default RBAC roles and bindings: created where missing; where present and
+    // still marked `rbac.authorization.kubernetes.io/autoupdate: "true"`, given the rules
+    // (subjects) a newer version added, keeping what an administrator added, as
+    // kube-apiserver reconciles them. Set the annotation to "false" to keep a role as is.
     for (plural, obj) in rbac::default_policy() {
         let r = registry::find("rbac.authorization.k8s.io", "v1", plural).expect("RBAC kinds are registered");
         let mut obj = obj;
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        object::prepare_create(r, &mut obj, None).map_err(|e| anyhow::anyhow!(e.message))?;
-        store.create(&storage::key(r, None, &name), &obj).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        let key = storage::key(r, None, &name);
+        let err = |e: status::ApiError| anyhow::anyhow!(e.message);
+        match store.get(&key).await.map_err(err)? {
+            None => {
+                object::prepare_create(r, &mut obj, None).map_err(err)?;
+                store.create(&key, &obj).await.map_err(err)?;
+            }
+            Some(cur)
+                if cur.obj["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"] == "true" =>
+            {
+                let field = if plural == "clusterroles" { "rules" } else { "subjects" };
+                let mut items = cur.obj[field].as_array().cloned().unwrap_or_default();
+                let missing: Vec<Value> =
+                    obj[field].as_array().into_iter().flatten().filter(|x| !items.contains(x)).cloned().collect();
+                if !missing.is_empty() {
+                    items.extend(missing);
+                    let mut new = cur.obj.clone();
+                    new[field] = Value::Array(items);
+                    // Lost to a concurrent writer (another API server): it reconciles too.
+                    let _ = store.update(&key, &new, cur.rev).await.map_err(err)?;
+                }
+            }
+            Some(_) => {}
+        }
     }
     // A new cluster gets a default StorageClass once (as minikube's addon gives one);
     // if an administrator deletes it, it stays deleted.

@@ -106,6 +106,37 @@ impl Pki {
         Ok(pki)
     }
 
+    /// `<name>.crt` and `<name>.key` in the PKI directory, for `CN=common_name` and the
+    /// given IP addresses, for server and client use (`server`) or client use only;
+    /// made once, kept across restarts.
+    pub fn ensure_pair(&self, name: &str, common_name: &str, ips: &[IpAddr], server: bool) -> anyhow::Result<()> {
+        let (crt, key_path) = (self.path(&format!("{name}.crt")), self.path(&format!("{name}.key")));
+        if crt.exists() && key_path.exists() {
+            return Ok(());
+        }
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(if server { vec!["localhost".to_string()] } else { Vec::new() })?;
+        p.distinguished_name.push(DnType::CommonName, common_name);
+        let mut all = vec![IpAddr::from([127, 0, 0, 1])];
+        all.extend(ips.iter().copied().filter(|ip| !ip.is_unspecified()));
+        all.sort();
+        all.dedup();
+        if server {
+            p.subject_alt_names.extend(all.into_iter().map(SanType::IpAddress));
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        } else {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let issuer = self.issuer()?;
+        let cert = p.signed_by(&key, issuer.cert(), issuer.key())?;
+        std::fs::write(&key_path, key.serialize_pem())
+            .with_context(|| format!("cannot write {}", key_path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::write(&crt, cert.pem()).with_context(|| format!("cannot write {}", crt.display()))?;
+        Ok(())
+    }
+
     /// The CA as an issuer of certificates: its key, and a certificate with the same
     /// subject and key as `ca.crt` (what signing needs from the issuer).
     pub fn issuer(&self) -> anyhow::Result<crate::csr::Issuer> {

@@ -87,7 +87,8 @@ fn pod_resources(pod: &Value, field: &str) -> BTreeMap<String, i128> {
     let mut sum: BTreeMap<String, i128> = BTreeMap::new();
     for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
         for (r, v) in c["resources"][field].as_object().into_iter().flatten() {
-            *sum.entry(r.clone()).or_default() += milli(v).unwrap_or(0).max(0);
+            let e = sum.entry(r.clone()).or_default();
+            *e = e.saturating_add(milli(v).unwrap_or(0).max(0));
         }
     }
     for c in pod["spec"]["initContainers"].as_array().into_iter().flatten() {
@@ -97,7 +98,8 @@ fn pod_resources(pod: &Value, field: &str) -> BTreeMap<String, i128> {
         }
     }
     for (r, v) in pod["spec"]["overhead"].as_object().into_iter().flatten() {
-        *sum.entry(r.clone()).or_default() += milli(v).unwrap_or(0).max(0);
+        let e = sum.entry(r.clone()).or_default();
+        *e = e.saturating_add(milli(v).unwrap_or(0).max(0));
     }
     sum
 }
@@ -130,7 +132,7 @@ pub fn usage(r: &Resource, obj: &Value) -> Usage {
             }
             if t == "NodePort" || t == "LoadBalancer" {
                 let ports = obj["spec"]["ports"].as_array().map_or(0, Vec::len) as i128;
-                u.insert("services.nodeports".into(), ports * 1000);
+                u.insert("services.nodeports".into(), ports.saturating_mul(1000));
             }
         }
         ("", "persistentvolumeclaims") => {
@@ -229,17 +231,17 @@ fn listed(names: &[&String], amounts: impl Fn(&str) -> i128) -> String {
     names.iter().map(|n| format!("{n}={}", format(n, amounts(n)))).collect::<Vec<_>>().join(",")
 }
 
-/// The compute resources a quota limits that each container must then name.
+/// The CPU and memory a quota limits that each container must then name (as in
+/// Kubernetes, other resources, extended ones included, need not be named).
 fn must_specify(quota_hard: &BTreeMap<String, Value>, pod: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     for name in quota_hard.keys() {
         let (field, res) = match name.as_str() {
-            "cpu" | "memory" | "ephemeral-storage" => ("requests", name.as_str()),
-            n => match n.split_once('.') {
-                Some(("requests", r)) if r != "storage" => ("requests", r),
-                Some(("limits", r)) => ("limits", r),
-                _ => continue,
-            },
+            "cpu" | "requests.cpu" => ("requests", "cpu"),
+            "memory" | "requests.memory" => ("requests", "memory"),
+            "limits.cpu" => ("limits", "cpu"),
+            "limits.memory" => ("limits", "memory"),
+            _ => continue,
         };
         let missing: Vec<&str> = ["containers", "initContainers"]
             .iter()
@@ -282,7 +284,9 @@ pub fn charge(quota: &Value, r: &Resource, obj: &Value) -> Result<Option<Value>,
     }
     let now = |k: &str| milli(&used[k]).unwrap_or(0);
     let limit = |k: &str| milli(&hard[k]).unwrap_or(0);
-    let over: Vec<&String> = limited.iter().copied().filter(|k| now(k) + wanted[k.as_str()] > limit(k)).collect();
+    // Saturating: a quantity too large to add up is past any limit, never below one.
+    let over: Vec<&String> =
+        limited.iter().copied().filter(|k| now(k).saturating_add(wanted[k.as_str()]) > limit(k)).collect();
     if !over.is_empty() {
         return Err(format!(
             "exceeded quota: {name}, requested: {}, used: {}, limited: {}",
@@ -293,7 +297,7 @@ pub fn charge(quota: &Value, r: &Resource, obj: &Value) -> Result<Option<Value>,
     }
     let mut q = quota.clone();
     for k in limited {
-        q["status"]["used"][k.as_str()] = json!(format(k, now(k) + wanted[k.as_str()]));
+        q["status"]["used"][k.as_str()] = json!(format(k, now(k).saturating_add(wanted[k.as_str()])));
     }
     Ok(Some(q))
 }
@@ -371,7 +375,7 @@ async fn recount(store: &Store, quotas: &'static Resource, ns: &str) -> ApiResul
             for o in objs.iter().filter(|o| in_scope(&q.obj, r, o)) {
                 for (k, v) in usage(r, o) {
                     if let Some(u) = used.get_mut(&k) {
-                        *u += v;
+                        *u = u.saturating_add(v);
                     }
                 }
             }
@@ -453,6 +457,24 @@ mod tests {
         assert_eq!(charge(&fresh, pods(), &p).unwrap_err(), "status unknown for quota: new, resources: pods");
         let secrets = registry::find("", "v1", "secrets").unwrap();
         assert_eq!(charge(&fresh, secrets, &json!({"metadata": {"name": "s"}})).unwrap(), None);
+    }
+
+    #[test]
+    fn huge_quantities_exceed_the_quota_instead_of_wrapping() {
+        let quota = json!({"metadata": {"name": "q"}, "spec": {"hard": {"requests.cpu": "4"}},
+            "status": {"used": {"requests.cpu": "1e100"}}});
+        let p = pod(json!({"cpu": "1e100"}), json!({}));
+        assert!(charge(&quota, pods(), &p).unwrap_err().starts_with("exceeded quota: q"));
+        let mut many = pod(json!({"cpu": "1e100"}), json!({}));
+        many["spec"]["overhead"] = json!({"cpu": "1e100"});
+        assert_eq!(usage(pods(), &many)["requests.cpu"], i128::MAX);
+    }
+
+    #[test]
+    fn only_cpu_and_memory_must_be_named() {
+        let quota = json!({"metadata": {"name": "gpu"}, "spec": {"hard": {"requests.nvidia.com/gpu": "1", "requests.ephemeral-storage": "1Gi"}},
+            "status": {"used": {"requests.nvidia.com/gpu": "0", "requests.ephemeral-storage": "0"}}});
+        assert_eq!(charge(&quota, pods(), &pod(json!({}), json!({}))).unwrap(), None);
     }
 
     #[test]

@@ -576,14 +576,15 @@ fn scheduler_rules() -> Vec<Value> {
 }
 
 /// The controller-manager's rights. Kubernetes gives each controller its own service
-/// account; skiff's controller-manager is one identity, so this is the union: read and
-/// delete everything (the garbage collector and namespace deletion work across all
-/// kinds, Secrets included), write the kinds the controllers manage. It may not write
-/// RBAC objects, Secrets or CertificateSigningRequests, nor impersonate, escalate or
-/// bind.
+/// account; skiff's controller-manager is one identity, so this is the union: read,
+/// change and delete everything (the garbage collector removes owner references and
+/// finalizers from every kind, as Kubernetes' does; namespace deletion empties every
+/// kind, Secrets included), create the kinds the controllers manage. It may not create
+/// Secrets, RBAC objects or CertificateSigningRequests, nor impersonate, escalate or
+/// bind (so it cannot widen a role: the escalation check still applies to its updates).
 fn controller_manager_rules() -> Vec<Value> {
     vec![
-        rule(&["*"], &["*"], &["get", "list", "watch", "delete", "deletecollection"]),
+        rule(&["*"], &["*"], &["get", "list", "watch", "patch", "update", "delete", "deletecollection"]),
         rule(
             &[""],
             &[

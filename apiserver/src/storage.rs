@@ -92,7 +92,7 @@ impl StoreTls {
         use anyhow::Context;
         let read =
             |flag: &str, p: &std::path::Path| std::fs::read(p).with_context(|| format!("{flag} {}", p.display()));
-        if self.ca_file.is_none() && self.cert_file.is_none() {
+        if self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none() {
             return Ok(None);
         }
         let mut t = etcd_client::TlsOptions::new();

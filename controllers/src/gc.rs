@@ -168,16 +168,23 @@ impl Gc {
                         .await;
                 }
                 if deps.is_empty() {
-                    self.drop_finalizer(k, o, "orphan").await?;
+                    // One object the collector may not change must not stop the sweep.
+                    if let Err(e) = self.drop_finalizer(k, o, "orphan").await {
+                        tracing::warn!("garbage collector: {}: {e}", o.name_any());
+                    }
                 }
             } else if fins.iter().any(|f| f == "foregroundDeletion") {
                 for (dk, d) in &deps {
                     if d.metadata.deletion_timestamp.is_none() {
-                        self.delete(dk, d, PropagationPolicy::Foreground).await?;
+                        if let Err(e) = self.delete(dk, d, PropagationPolicy::Foreground).await {
+                            tracing::warn!("garbage collector: {}: {e}", d.name_any());
+                        }
                     }
                 }
                 if deps.is_empty() {
-                    self.drop_finalizer(k, o, "foregroundDeletion").await?;
+                    if let Err(e) = self.drop_finalizer(k, o, "foregroundDeletion").await {
+                        tracing::warn!("garbage collector: {}: {e}", o.name_any());
+                    }
                 }
             }
         }

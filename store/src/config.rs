@@ -188,6 +188,13 @@ impl MemberConfig {
         for u in self.listen_client_urls.iter().chain(&self.listen_peer_urls).chain(&self.advertise_client_urls) {
             parse_url(u)?;
         }
+        // TLS flags where nothing serves TLS would protect nothing: refuse them.
+        if self.client_tls.client_cert_auth && !self.listen_client_urls.iter().any(|u| is_https(u)) {
+            return Err("--client-cert-auth applies to https:// client URLs; --listen-client-urls has none".into());
+        }
+        if self.peer_tls.client_cert_auth && !self.listen_peer_urls.iter().any(|u| is_https(u)) {
+            return Err("--peer-client-cert-auth applies to https:// peer URLs; --listen-peer-urls has none".into());
+        }
         // The certificates must be readable before anything starts.
         if self.listen_client_urls.iter().any(|u| is_https(u)) {
             self.client_tls.server("")?;
