@@ -1041,6 +1041,20 @@ pub(crate) fn user_kubeconfig(api: &Api, name: &str, user: &str) -> PathBuf {
     path
 }
 
+/// kubectl as the user of `kubeconfig`, which must succeed: its stdout.
+fn ok_as(kubeconfig: &Path, args: &[&str]) -> String {
+    let o = kubectl_as(kubeconfig, args);
+    assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// kubectl as the user of `kubeconfig`, which must fail: its stderr.
+fn refused_as(kubeconfig: &Path, args: &[&str]) -> String {
+    let o = kubectl_as(kubeconfig, args);
+    assert!(!o.status.success(), "kubectl {args:?} should fail: {}", text(&o));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// kubectl as the user of `kubeconfig`.
 pub(crate) fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new(KUBECTL_132)
@@ -1070,16 +1084,7 @@ fn rbac_decides_what_each_user_may_do() {
     api.k(&["create", "rolebinding", "jane-view", "--clusterrole=view", "--user=jane", "-n", "dev"]);
 
     let jane = user_kubeconfig(&api, "jane", "    token: jane-secret-token");
-    let ok = |kc: &Path, args: &[&str]| {
-        let o = kubectl_as(kc, args);
-        assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let refused = |kc: &Path, args: &[&str]| {
-        let o = kubectl_as(kc, args);
-        assert!(!o.status.success(), "kubectl {args:?} should fail: {}", text(&o));
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    };
+    let (ok, refused) = (ok_as, refused_as);
     // Eventually: bindings reach the authorizer through its watch.
     let eventually = |what: &str, f: &dyn Fn() -> bool| {
         let t = Instant::now();
@@ -1466,16 +1471,7 @@ fn limit_ranges_default_and_bound_container_resources() {
 #[test]
 fn bootstrap_tokens_get_node_certificates_through_csrs() {
     let api = Api::start();
-    let ok = |kc: &Path, args: &[&str]| {
-        let o = kubectl_as(kc, args);
-        assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let refused = |kc: &Path, args: &[&str]| {
-        let o = kubectl_as(kc, args);
-        assert!(!o.status.success(), "kubectl {args:?} should fail: {}", text(&o));
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    };
+    let (ok, refused) = (ok_as, refused_as);
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let skiff = |args: &[&str]| -> String {

@@ -1048,6 +1048,13 @@ fn a_machine_joins_with_a_bootstrap_token_and_runs_pods() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "system:node:w1-0", "{}", text(&o));
+    // The controller-manager's token cleaner deletes tokens once they expire.
+    let brief = skiff(&["token", "create", "--ttl", "2s"]);
+    let id = brief.split('.').next().unwrap().to_string();
+    assert!(skiff(&["token", "list"]).contains(&id));
+    p.wait_for("the expired token's Secret to go", Duration::from_secs(30), |_| {
+        !skiff(&["token", "list"]).contains(&id)
+    });
     p.k(&["create", "deployment", "web", "--image=nginx", "--replicas=2"]);
     p.wait_for("2 pods running on the joined node", Duration::from_secs(60), |p| {
         let pods = p.live_pods("app=web");

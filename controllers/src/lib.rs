@@ -26,6 +26,7 @@ pub mod quantity;
 pub mod replicaset;
 pub mod scheduler;
 pub mod statefulset;
+pub mod tokencleaner;
 pub mod volumes;
 
 use std::path::PathBuf;
@@ -224,6 +225,13 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 hpa::run(ctx, hpa_store, cfg.autoscaling, hpa::History::default()).await;
+                Vec::new()
+            })
+        },
+        {
+            let client = ctx.client.clone();
+            tokio::spawn(async move {
+                tokencleaner::run(client, Duration::from_secs(5)).await;
                 Vec::new()
             })
         },
