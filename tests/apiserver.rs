@@ -104,6 +104,8 @@ impl Api {
     pub(crate) fn kubectl_env(&self, bin: &str, env: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> Output {
         let cache = self.dir.path().join(format!("cache-{}", Path::new(bin).file_name().unwrap().to_string_lossy()));
         let mut child = Command::new(bin)
+            // kubectl edit leaves its temporary files behind: in the test's directory.
+            .env("TMPDIR", self.dir.path())
             .envs(env.iter().copied())
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
