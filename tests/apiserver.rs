@@ -1415,6 +1415,16 @@ fn pod_security_levels_refuse_and_warn_as_kubernetes_does() {
     let host = pod("host", r#"{"hostNetwork": true, "containers": [{"name": "app", "image": "busybox"}]}"#);
     let e = api.k_fails(&["create", "-n", "base", "-f", "-"], Some(&host));
     assert!(e.contains(r#"violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true)"#), "{e}");
+    let tuned = pod(
+        "tuned",
+        r#"{"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "65536"}]},
+            "containers": [{"name": "app", "image": "busybox", "securityContext": {"procMount": "Unmasked"}}]}"#,
+    );
+    let e = api.k_fails(&["create", "-n", "base", "-f", "-"], Some(&tuned));
+    assert!(
+        e.contains(r#"violates PodSecurity "baseline:latest": procMount (container "app" must not set securityContext.procMount to "Unmasked"), forbidden sysctls (kernel.msgmax)"#),
+        "{e}"
+    );
     let plain = pod("plain", r#"{"containers": [{"name": "app", "image": "busybox"}]}"#);
     let o = api.kubectl_with(KUBECTL_132, &["create", "-n", "base", "-f", "-"], Some(&plain));
     assert!(o.status.success(), "{}", text(&o));

@@ -86,6 +86,22 @@ const DEFAULT_CAPS: [&str; 13] = [
     "SYS_CHROOT",
 ];
 
+/// The sysctls a baseline pod may set (Kubernetes 1.32's safe set, what 1.33 allows).
+const SAFE_SYSCTLS: [&str; 12] = [
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+];
+
 /// Volume types a restricted pod may use.
 const RESTRICTED_VOLUMES: [&str; 8] =
     ["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
@@ -173,6 +189,23 @@ pub fn check(level: Level, spec: &Value) -> Vec<String> {
             named("container", &privileged)
         ));
     }
+    // procMount
+    let unmasked: Vec<(&str, &str)> = cs
+        .iter()
+        .filter_map(|(n, c)| c["securityContext"]["procMount"].as_str().filter(|p| *p != "Default").map(|p| (*n, p)))
+        .collect();
+    if !unmasked.is_empty() {
+        let names: Vec<&str> = unmasked.iter().map(|(n, _)| *n).collect();
+        let mut kinds: Vec<&str> = unmasked.iter().map(|(_, p)| *p).collect();
+        kinds.sort();
+        kinds.dedup();
+        let kinds: Vec<String> = kinds.iter().map(|k| format!("\"{k}\"")).collect();
+        out.push(format!(
+            "procMount ({} must not set securityContext.procMount to {})",
+            named("container", &names),
+            kinds.join(", ")
+        ));
+    }
     // seccompProfile_baseline (replaced by seccompProfile_restricted)
     if !restricted {
         let mut parts = Vec::new();
@@ -193,6 +226,17 @@ pub fn check(level: Level, spec: &Value) -> Vec<String> {
                 parts.join(" and ")
             ));
         }
+    }
+    // sysctls
+    let forbidden: Vec<&str> = psc["sysctls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str())
+        .filter(|n| !SAFE_SYSCTLS.contains(n))
+        .collect();
+    if !forbidden.is_empty() {
+        out.push(format!("forbidden sysctls ({})", forbidden.join(", ")));
     }
     if !restricted {
         return out;
@@ -393,5 +437,28 @@ mod tests {
         );
         assert!(r.iter().any(|v| v.contains("must not include \"NET_ADMIN\"")), "{r:?}");
         assert!(!r.iter().any(|v| v.starts_with("hostPath volumes")), "replaced by the restricted check: {r:?}");
+    }
+
+    #[test]
+    fn unmasked_proc_and_unsafe_sysctls_are_refused_at_baseline() {
+        let pod = json!({
+            "securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}, {"name": "net.ipv4.tcp_syncookies", "value": "1"}, {"name": "net.core.somaxconn", "value": "1"}]},
+            "containers": [
+                {"name": "a", "securityContext": {"procMount": "Unmasked"}},
+                {"name": "b", "securityContext": {"procMount": "Default", "privileged": true}},
+            ],
+        });
+        assert_eq!(
+            check(Level::Baseline, &pod),
+            vec![
+                "privileged (container \"b\" must not set securityContext.privileged=true)",
+                "procMount (container \"a\" must not set securityContext.procMount to \"Unmasked\")",
+                "forbidden sysctls (kernel.msgmax, net.core.somaxconn)",
+            ]
+        );
+        let r = check(Level::Restricted, &pod);
+        assert!(r.contains(&"forbidden sysctls (kernel.msgmax, net.core.somaxconn)".to_string()), "{r:?}");
+        let safe = json!({"securityContext": {"sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": "1024 65535"}]}, "containers": [{"name": "a"}]});
+        assert_eq!(check(Level::Baseline, &safe), Vec::<String>::new());
     }
 }
