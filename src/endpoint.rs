@@ -50,23 +50,15 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// `opts` with TLS, if any TLS flag was given.
     pub fn apply(&self, opts: ConnectOptions) -> anyhow::Result<ConnectOptions> {
-        if self.cacert.is_none() && self.cert.is_none() {
-            return Ok(opts);
-        }
-        let read =
-            |flag: &str, p: &std::path::Path| std::fs::read(p).with_context(|| format!("{flag} {}", p.display()));
-        let mut t = etcd_client::TlsOptions::new();
-        if let Some(ca) = &self.cacert {
-            t = t.ca_certificate(etcd_client::Certificate::from_pem(read("--cacert", ca)?));
-        }
-        match (&self.cert, &self.key) {
-            (Some(c), Some(k)) => {
-                t = t.identity(etcd_client::Identity::from_pem(read("--cert", c)?, read("--key", k)?))
-            }
-            (None, None) => {}
-            _ => bail!("--cert and --key go together"),
-        }
-        Ok(opts.with_tls(t))
+        let files = skiff_apiserver::storage::StoreTls {
+            ca_file: self.cacert.clone(),
+            cert_file: self.cert.clone(),
+            key_file: self.key.clone(),
+        };
+        Ok(match files.options_named(["--cacert", "--cert", "--key"])? {
+            Some(t) => opts.with_tls(t),
+            None => opts,
+        })
     }
 }
 

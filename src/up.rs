@@ -502,12 +502,15 @@ async fn store_answers(endpoint: &str, dir: &Path, tls: bool) -> bool {
     let mut opts = etcd_client::ConnectOptions::new();
     if tls {
         let pki = dir.join("apiserver/pki");
-        let read = |n: &str| std::fs::read(pki.join(n)).unwrap_or_default();
-        opts = opts.with_tls(
-            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read("ca.crt"))).identity(
-                etcd_client::Identity::from_pem(read("apiserver-etcd-client.crt"), read("apiserver-etcd-client.key")),
-            ),
-        );
+        let files = skiff_apiserver::storage::StoreTls {
+            ca_file: Some(pki.join("ca.crt")),
+            cert_file: Some(pki.join("apiserver-etcd-client.crt")),
+            key_file: Some(pki.join("apiserver-etcd-client.key")),
+        };
+        match files.options_named(["the CA", "the certificate", "the key"]) {
+            Ok(Some(t)) => opts = opts.with_tls(t),
+            _ => return false,
+        }
     }
     match etcd_client::Client::connect([endpoint], Some(opts)).await {
         Ok(mut c) => c.get("/", None).await.is_ok(),

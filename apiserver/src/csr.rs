@@ -52,6 +52,12 @@ const OID_ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02
 const OID_ECDSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
 const OID_RSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
 
+/// The contents of the element at the start of `b` and what follows, if its tag is `tag`.
+fn element(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (t, contents, rest) = tlv(b)?;
+    (t == tag).then_some((contents, rest))
+}
+
 /// The OIDs of an AlgorithmIdentifier's contents: (algorithm, parameter if an OID).
 fn algorithm_id(contents: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
     let (tag, oid, rest) = tlv(contents)?;
@@ -85,48 +91,22 @@ pub fn parse_pem(pem: &[u8]) -> Result<Request, String> {
 }
 
 pub(crate) fn parse_der(der: &[u8]) -> Option<Request> {
-    let (tag, outer, _) = tlv(der)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, info, rest) = tlv(outer)?;
+    const SEQ: u8 = 0x30;
+    const BITS: u8 = 0x03;
+    let (outer, _) = element(der, SEQ)?;
+    let (info, rest) = element(outer, SEQ)?;
     // The signed bytes: the whole certificationRequestInfo element.
     let info_der = &outer[..outer.len() - rest.len()];
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, sig_alg, rest) = tlv(rest)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, sig, _) = tlv(rest)?;
-    if tag != 0x03 {
-        return None;
-    }
-    let signature = bits(sig)?;
+    let (sig_alg, rest) = element(rest, SEQ)?;
+    let signature = bits(element(rest, BITS)?.0)?;
 
     // version, subject, subjectPKInfo, [0] attributes
-    let (tag, _, rest) = tlv(info)?;
-    if tag != 0x02 {
-        return None;
-    }
-    let (tag, name, rest) = tlv(rest)?;
-    if tag != 0x30 {
-        return None;
-    }
+    let (_, rest) = element(info, 0x02)?;
+    let (name, rest) = element(rest, SEQ)?;
     let (common_name, organizations) = name_parts(name)?;
-    let (tag, spki, _) = tlv(rest)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, key_alg, rest) = tlv(spki)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, key, _) = tlv(rest)?;
-    if tag != 0x03 {
-        return None;
-    }
+    let (spki, _) = element(rest, SEQ)?;
+    let (key_alg, rest) = element(spki, SEQ)?;
+    let (key, _) = element(rest, BITS)?;
     let key = bits(key)?.to_vec();
 
     type Verify = &'static dyn ring::signature::VerificationAlgorithm;

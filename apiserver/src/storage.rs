@@ -89,6 +89,13 @@ pub struct StoreTls {
 
 impl StoreTls {
     fn options(&self) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
+        self.options_named(["--etcd-cafile", "--etcd-certfile", "--etcd-keyfile"])
+    }
+
+    /// The etcd client's TLS options from these files (None: no file given, plain
+    /// HTTP), with errors naming them by `flags` (CA, certificate, key), as the
+    /// command line that gave them calls them.
+    pub fn options_named(&self, flags: [&str; 3]) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
         use anyhow::Context;
         let read =
             |flag: &str, p: &std::path::Path| std::fs::read(p).with_context(|| format!("{flag} {}", p.display()));
@@ -97,14 +104,14 @@ impl StoreTls {
         }
         let mut t = etcd_client::TlsOptions::new();
         if let Some(ca) = &self.ca_file {
-            t = t.ca_certificate(etcd_client::Certificate::from_pem(read("--etcd-cafile", ca)?));
+            t = t.ca_certificate(etcd_client::Certificate::from_pem(read(flags[0], ca)?));
         }
         match (&self.cert_file, &self.key_file) {
             (Some(c), Some(k)) => {
-                t = t.identity(etcd_client::Identity::from_pem(read("--etcd-certfile", c)?, read("--etcd-keyfile", k)?))
+                t = t.identity(etcd_client::Identity::from_pem(read(flags[1], c)?, read(flags[2], k)?))
             }
             (None, None) => {}
-            _ => anyhow::bail!("--etcd-certfile and --etcd-keyfile go together"),
+            _ => anyhow::bail!("{} and {} go together", flags[1], flags[2]),
         }
         Ok(Some(t))
     }
