@@ -304,11 +304,33 @@ fn up_with_a_simulated_node_needs_no_containers() {
     };
     assert!(count("deployment", "controller_runtime_reconcile_total") >= 1.0, "{body}");
     assert!(count("replicaset", "controller_runtime_reconcile_time_seconds_count") >= 1.0, "{body}");
+    // Each controller's work queue: the Deployment went through it (and its ReplicaSet,
+    // and the pods' changes through the ReplicaSet's), and nothing waits once all is done.
+    let queue = |name: &str, series: &str| {
+        samples.iter().find(|(n, l, _)| n == series && l.get("name").map(String::as_str) == Some(name)).map(|s| s.2)
+    };
+    for name in ["deployment", "replicaset", "statefulset", "daemonset", "job", "endpoints", "namespace"] {
+        assert!(queue(name, "workqueue_depth").is_some(), "{name}: {body}");
+    }
+    assert!(queue("deployment", "workqueue_adds_total").is_some_and(|v| v >= 1.0), "{body}");
+    assert!(queue("replicaset", "workqueue_adds_total").is_some_and(|v| v >= 1.0), "{body}");
+    assert!(queue("replicaset", "workqueue_queue_duration_seconds_count").is_some_and(|v| v >= 1.0), "{body}");
+    c.wait("the deployment queue to drain", || {
+        let (_, body) = http_get_plain(&cm_metrics, "/metrics");
+        prometheus(&body).iter().any(|(n, l, v)| {
+            n == "workqueue_depth" && l.get("name").map(String::as_str) == Some("deployment") && *v == 0.0
+        })
+    });
     // The scheduler runs in the same process, so its attempts are there too.
     let scheduled =
         samples.iter().find(|(n, l, _)| n == "scheduler_schedule_attempts_total" && l["result"] == "scheduled");
     assert!(scheduled.is_some_and(|s| s.2 >= 3.0), "{body}");
     // And how long each pod waited to be bound: three pods, each within the buckets.
+    // All three are bound, so none is pending (as of the scheduler's last pass).
+    let pending = samples
+        .iter()
+        .find(|(n, l, _)| n == "scheduler_pending_pods" && l.get("queue").map(String::as_str) == Some("active"));
+    assert!(pending.is_some(), "{body}");
     let sli = |n: &str| samples.iter().find(|(name, _, _)| name == n).map(|s| s.2);
     assert!(sli("scheduler_pod_scheduling_sli_duration_seconds_count").is_some_and(|v| v >= 3.0), "{body}");
     let inf = samples.iter().find(|(n, l, _)| {

@@ -23,6 +23,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod pods;
 pub mod quantity;
+pub mod queue;
 pub mod replicaset;
 pub mod scheduler;
 pub mod statefulset;
@@ -40,11 +41,12 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 
 use crate::informer::Informer;
+use crate::queue::Queue;
 
 /// A reconcile failure; the object is retried shortly.
 #[derive(Debug)]
@@ -131,51 +133,45 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     });
 
     let drain = |s: futures::stream::BoxStream<'static, ()>| tokio::spawn(s.collect::<Vec<()>>());
-    let rs_ctrl = Controller::for_stream(rss.subscribe(), rss.store())
-        .owns_stream(pods.subscribe())
-        .run(metrics::timed("replicaset", replicaset::reconcile), retry, ctx.clone())
-        .map(|_| ())
-        .boxed();
-    let deploy_ctrl = Controller::new(Api::<Deployment>::all(client.clone()), watcher::Config::default())
-        .owns_stream(rss.subscribe())
-        .run(metrics::timed("deployment", deployment::reconcile), retry, ctx.clone())
-        .map(|_| ())
-        .boxed();
-    let sts_ctrl = Controller::new(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
-        .owns_stream(pods.subscribe())
-        .run(metrics::timed("statefulset", statefulset::reconcile), retry, ctx.clone())
-        .map(|_| ())
-        .boxed();
-    let ds = Controller::new(Api::<DaemonSet>::all(client.clone()), watcher::Config::default());
-    let daemonsets = ds.store();
-    let ds_ctrl = ds
-        .owns_stream(pods.subscribe())
-        .watches_stream(nodes.subscribe(), move |_: Node| {
-            daemonsets
-                .state()
-                .iter()
-                .map(|d| kube::runtime::reflector::ObjectRef::from_obj(d.as_ref()))
-                .collect::<Vec<_>>()
+    let mut deploys = Informer::new(Api::<Deployment>::all(client.clone()));
+    let mut statefulsets = Informer::new(Api::<StatefulSet>::all(client.clone()));
+    let mut daemonsets = Informer::new(Api::<DaemonSet>::all(client.clone()));
+    let mut services = Informer::new(Api::<Service>::all(client.clone()));
+    let mut namespaces = Informer::new(Api::<Namespace>::all(client.clone()));
+    let rs_ctrl = Queue::new("replicaset", rss.subscribe(), rss.store()).owns(pods.subscribe()).run(
+        replicaset::reconcile,
+        retry,
+        ctx.clone(),
+    );
+    let deploy_ctrl = Queue::new("deployment", deploys.subscribe(), deploys.store()).owns(rss.subscribe()).run(
+        deployment::reconcile,
+        retry,
+        ctx.clone(),
+    );
+    let sts_ctrl = Queue::new("statefulset", statefulsets.subscribe(), statefulsets.store())
+        .owns(pods.subscribe())
+        .run(statefulset::reconcile, retry, ctx.clone());
+    let ds_store = daemonsets.store();
+    let ds_ctrl = Queue::new("daemonset", daemonsets.subscribe(), daemonsets.store())
+        .owns(pods.subscribe())
+        .watches(nodes.subscribe(), move |_: Node| {
+            ds_store.state().iter().map(|d| ObjectRef::from_obj(d.as_ref())).collect::<Vec<_>>()
         })
-        .run(metrics::timed("daemonset", daemonset::reconcile), retry, ctx.clone())
-        .map(|_| ())
-        .boxed();
-    let job_ctrl = Controller::for_stream(jobs.subscribe(), jobs.store())
-        .owns_stream(pods.subscribe())
-        .run(metrics::timed("job", job::reconcile), retry, ctx.clone())
-        .map(|_| ())
-        .boxed();
-    let svc = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
-    let services = svc.store();
-    let ep_ctrl = svc
-        .watches_stream(pods.subscribe(), move |p: Pod| endpoints::services_of(&p, &services))
-        .run(metrics::timed("endpoints", endpoints::reconcile), retry, ctx.clone())
-        .map(|_| ())
-        .boxed();
-    let ns_ctrl = Controller::new(Api::<Namespace>::all(client.clone()), watcher::Config::default())
-        .run(metrics::timed("namespace", namespace::reconcile), retry, ctx.clone())
-        .map(|_| ())
-        .boxed();
+        .run(daemonset::reconcile, retry, ctx.clone());
+    let job_ctrl = Queue::new("job", jobs.subscribe(), jobs.store()).owns(pods.subscribe()).run(
+        job::reconcile,
+        retry,
+        ctx.clone(),
+    );
+    let svc_store = services.store();
+    let ep_ctrl = Queue::new("endpoints", services.subscribe(), services.store())
+        .watches(pods.subscribe(), move |p: Pod| endpoints::services_of(&p, &svc_store))
+        .run(endpoints::reconcile, retry, ctx.clone());
+    let ns_ctrl = Queue::new("namespace", namespaces.subscribe(), namespaces.store()).run(
+        namespace::reconcile,
+        retry,
+        ctx.clone(),
+    );
     let node_store = nodes.store();
     let lease_store = leases.store();
     let hpa_store = hpas.store();
@@ -189,6 +185,11 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     drop(rss.run());
     drop(nodes.run());
     drop(leases.run());
+    drop(deploys.run());
+    drop(statefulsets.run());
+    drop(daemonsets.run());
+    drop(services.run());
+    drop(namespaces.run());
     // The controllers read each other's caches (a ReplicaSet's pods, a Deployment's
     // ReplicaSets): they start only once those hold a full list, or a fresh manager
     // would take an empty cache for "no pods" and act on it.

@@ -2,11 +2,12 @@
 //! under controller-runtime's names: `controller_runtime_reconcile_total{controller,result}`
 //! and the `controller_runtime_reconcile_time_seconds{controller}` histogram; and
 //! kube-scheduler's `scheduler_schedule_attempts_total{result}` and
-//! `scheduler_pod_scheduling_sli_duration_seconds` (first seen pending → bound). The work
-//! queues belong to kube-runtime, which does not expose their depth, so there is no
-//! `workqueue_depth`.
+//! `scheduler_pod_scheduling_sli_duration_seconds` (first seen pending → bound) and
+//! `scheduler_pending_pods`; and client-go's work-queue series for each queue-driven
+//! controller (`workqueue_depth`, `workqueue_adds_total`,
+//! `workqueue_queue_duration_seconds`, fed by [`crate::queue`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use kube::runtime::controller::Action;
 
-use crate::{Ctx, Error};
+use crate::Error;
 
 const BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
@@ -66,6 +67,63 @@ struct State {
     times: BTreeMap<&'static str, Histogram>,
     attempts: BTreeMap<&'static str, u64>,
     scheduling: Option<Histogram>,
+    pending_pods: Option<usize>,
+    queues: BTreeMap<&'static str, QueueStats>,
+}
+
+/// One work queue: what waits in it (object key -> when it was added), how many
+/// adds it took, and how long items waited.
+struct QueueStats {
+    waiting: HashMap<String, Instant>,
+    adds: u64,
+    waited: Histogram,
+}
+
+/// client-go's buckets for `workqueue_queue_duration_seconds` (10 ns to 10 s).
+const QUEUE_BUCKETS: [f64; 10] = [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
+
+fn with_state<T>(f: impl FnOnce(&mut State) -> T) -> T {
+    let mut guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(State::default))
+}
+
+/// A work queue named `name` exists (so its depth shows as 0 before anything arrives).
+pub fn queue_created(name: &'static str) {
+    with_state(|s| {
+        s.queues.entry(name).or_insert_with(|| QueueStats {
+            waiting: HashMap::new(),
+            adds: 0,
+            waited: Histogram::new(&QUEUE_BUCKETS),
+        });
+    });
+}
+
+/// A trigger named the object `key` for queue `name`; one already waiting stays one item.
+pub fn queue_add(name: &'static str, key: String) {
+    with_state(|s| {
+        if let Some(q) = s.queues.get_mut(name) {
+            if let std::collections::hash_map::Entry::Vacant(e) = q.waiting.entry(key) {
+                e.insert(Instant::now());
+                q.adds += 1;
+            }
+        }
+    });
+}
+
+/// The object `key` left queue `name`: its reconcile started, or it no longer exists.
+pub fn queue_take(name: &'static str, key: String) {
+    with_state(|s| {
+        if let Some(q) = s.queues.get_mut(name) {
+            if let Some(since) = q.waiting.remove(&key) {
+                q.waited.observe(since.elapsed().as_secs_f64());
+            }
+        }
+    });
+}
+
+/// How many pods are waiting for the scheduler at the start of its pass.
+pub fn pending_pods(n: usize) {
+    with_state(|s| s.pending_pods = Some(n));
 }
 
 /// kube-scheduler's buckets for `scheduler_pod_scheduling_sli_duration_seconds`.
@@ -76,34 +134,31 @@ const SCHEDULING_BUCKETS: [f64; 20] = [
 
 /// A pod bound `took` after the scheduler first saw it pending.
 pub fn pod_scheduled(took: Duration) {
-    let mut guard = STATE.lock().expect("not poisoned");
-    let s = guard.get_or_insert_with(State::default);
-    s.scheduling.get_or_insert_with(|| Histogram::new(&SCHEDULING_BUCKETS)).observe(took.as_secs_f64());
+    with_state(|s| s.scheduling.get_or_insert_with(|| Histogram::new(&SCHEDULING_BUCKETS)).observe(took.as_secs_f64()));
 }
 
 /// One controller-manager per process, so one set of metrics.
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
 fn record(controller: &'static str, ok: bool, took: Duration) {
-    let mut guard = STATE.lock().expect("not poisoned");
-    let s = guard.get_or_insert_with(State::default);
-    *s.results.entry((controller, if ok { "success" } else { "error" })).or_default() += 1;
-    s.times.entry(controller).or_insert_with(|| Histogram::new(&BUCKETS)).observe(took.as_secs_f64());
+    with_state(|s| {
+        *s.results.entry((controller, if ok { "success" } else { "error" })).or_default() += 1;
+        s.times.entry(controller).or_insert_with(|| Histogram::new(&BUCKETS)).observe(took.as_secs_f64());
+    });
 }
 
 /// Counts one scheduling attempt: `scheduled`, `unschedulable` or `error`.
 pub fn schedule_attempt(result: &'static str) {
-    let mut guard = STATE.lock().expect("not poisoned");
-    *guard.get_or_insert_with(State::default).attempts.entry(result).or_default() += 1;
+    with_state(|s| *s.attempts.entry(result).or_default() += 1);
 }
 
 /// `reconcile`, timed and counted as `controller`.
-pub fn timed<K, F, Fut>(
+pub fn timed<K, C, F, Fut>(
     controller: &'static str,
     reconcile: F,
-) -> impl FnMut(Arc<K>, Arc<Ctx>) -> BoxFuture<'static, Result<Action, Error>>
+) -> impl FnMut(Arc<K>, Arc<C>) -> BoxFuture<'static, Result<Action, Error>>
 where
-    F: Fn(Arc<K>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<C>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
 {
     move |obj, ctx| {
@@ -119,7 +174,7 @@ where
 
 /// The metrics in Prometheus' text format.
 pub fn render() -> String {
-    let guard = STATE.lock().expect("not poisoned");
+    let guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let empty = State::default();
     let s = guard.as_ref().unwrap_or(&empty);
     let mut out = String::from(
@@ -150,6 +205,34 @@ pub fn render() -> String {
              # TYPE scheduler_pod_scheduling_sli_duration_seconds histogram\n",
         );
         h.write(&mut out, "scheduler_pod_scheduling_sli_duration_seconds", "");
+    }
+    if let Some(n) = s.pending_pods {
+        let _ = write!(
+            out,
+            "# HELP scheduler_pending_pods Number of pending pods, by the queue type.\n\
+             # TYPE scheduler_pending_pods gauge\n\
+             scheduler_pending_pods{{queue=\"active\"}} {n}\n"
+        );
+    }
+    if !s.queues.is_empty() {
+        out.push_str("# HELP workqueue_depth Current depth of workqueue\n# TYPE workqueue_depth gauge\n");
+        for (name, q) in &s.queues {
+            let _ = writeln!(out, "workqueue_depth{{name=\"{name}\"}} {}", q.waiting.len());
+        }
+        out.push_str(
+            "# HELP workqueue_adds_total Total number of adds handled by workqueue\n\
+             # TYPE workqueue_adds_total counter\n",
+        );
+        for (name, q) in &s.queues {
+            let _ = writeln!(out, "workqueue_adds_total{{name=\"{name}\"}} {}", q.adds);
+        }
+        out.push_str(
+            "# HELP workqueue_queue_duration_seconds How long in seconds an item stays in workqueue before being requested.\n\
+             # TYPE workqueue_queue_duration_seconds histogram\n",
+        );
+        for (name, q) in &s.queues {
+            q.waited.write(&mut out, "workqueue_queue_duration_seconds", &format!("name=\"{name}\""));
+        }
     }
     out
 }

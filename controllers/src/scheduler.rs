@@ -494,6 +494,7 @@ impl Scheduler {
                 }
             }
         }
+        crate::metrics::pending_pods(pending.len());
         pending.sort_by_key(|p| {
             (
                 std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
