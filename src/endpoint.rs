@@ -33,9 +33,13 @@ pub struct EndpointArgs {
     tls: TlsArgs,
 }
 
-/// TLS to a store that serves https, with etcdctl's flag names.
+/// TLS to a store that serves https, and the user to act as once its auth is enabled,
+/// with etcdctl's flag names.
 #[derive(Args, Clone, Default)]
 pub struct TlsArgs {
+    /// NAME:PASSWORD of a store user (etcdctl's --user), for a store with auth enabled.
+    #[arg(long)]
+    user: Option<String>,
     /// CA (PEM) the store's certificate must be signed by; makes the connection TLS.
     #[arg(long)]
     cacert: Option<std::path::PathBuf>,
@@ -48,16 +52,24 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
-    /// `opts` with TLS, if any TLS flag was given.
+    /// `opts` with TLS, if any TLS flag was given, and the --user.
     pub fn apply(&self, opts: ConnectOptions) -> anyhow::Result<ConnectOptions> {
         let files = skiff_apiserver::storage::StoreTls {
             ca_file: self.cacert.clone(),
             cert_file: self.cert.clone(),
             key_file: self.key.clone(),
         };
-        Ok(match files.options_named(["--cacert", "--cert", "--key"])? {
+        let opts = match files.options_named(["--cacert", "--cert", "--key"])? {
             Some(t) => opts.with_tls(t),
             None => opts,
+        };
+        Ok(match &self.user {
+            None => opts,
+            Some(u) => {
+                let (name, password) =
+                    u.split_once(':').ok_or_else(|| anyhow::anyhow!("--user {u:?}: expected NAME:PASSWORD"))?;
+                opts.with_user(name, password)
+            }
         })
     }
 }

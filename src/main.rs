@@ -185,6 +185,9 @@ struct StoreArgs {
     /// Refuse peers without a certificate signed by --peer-trusted-ca-file.
     #[arg(long)]
     peer_client_cert_auth: bool,
+    /// Seconds an auth token (etcdctl --user) stays valid; clients then log in again.
+    #[arg(long, default_value_t = 300)]
+    auth_token_ttl: u64,
 }
 
 impl StoreArgs {
@@ -204,6 +207,9 @@ impl StoreArgs {
         });
         if self.watch_progress_notify_interval == 0 {
             return Err("--watch-progress-notify-interval must be at least 1 second".into());
+        }
+        if self.auth_token_ttl == 0 {
+            return Err("--auth-token-ttl must be at least 1 second".into());
         }
         Ok(MemberConfig {
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.skiff", self.name))),
@@ -234,6 +240,7 @@ impl StoreArgs {
                 trusted_ca_file: self.peer_trusted_ca_file,
                 client_cert_auth: self.peer_client_cert_auth,
             },
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
         })
     }
 }

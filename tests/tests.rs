@@ -4,6 +4,7 @@
 mod common;
 
 mod apiserver;
+mod auth;
 mod backup;
 mod chaos;
 mod client;

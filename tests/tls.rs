@@ -60,7 +60,8 @@ fn store_serves_tls_with_client_certificates_to_etcdctl_and_the_api_server() {
     let tmp = tempfile::Builder::new().prefix("skiff-test-").tempdir().unwrap();
     let d = tmp.path();
     let both = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth";
-    pki(d, "ca", &[("member", "member", both), ("client", "root", "extendedKeyUsage=clientAuth")]);
+    let client = "extendedKeyUsage=clientAuth";
+    pki(d, "ca", &[("member", "member", both), ("client", "root", client), ("alice", "alice", client)]);
     pki(d, "rogue-ca", &[("rogue", "root", "extendedKeyUsage=clientAuth")]);
 
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -168,6 +169,35 @@ fn store_serves_tls_with_client_certificates_to_etcdctl_and_the_api_server() {
     assert!(o.status.success(), "{}", text(&o));
     let o = etcdctl_tls(d, &url(2), good, &["get", "/registry/configmaps/default/over-tls", "--keys-only"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("/registry/configmaps/default/over-tls"), "{}", text(&o));
+
+    // With auth on, a client certificate's CN is its user, as in etcd: CN=root
+    // administers without a password, CN=alice gets what her role allows.
+    let run = |tls: &[&str], args: &[&str]| {
+        let o = etcdctl_tls(d, &url(1), tls, args);
+        (o.status.success(), text(&o))
+    };
+    let alice = ["--cacert=ca.crt", "--cert=alice.crt", "--key=alice.key"];
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["auth", "enable"],
+        &["user", "add", "alice", "--no-password"],
+        &["role", "add", "reader"],
+        &["role", "grant-permission", "reader", "read", "/pub/", "--prefix"],
+        &["user", "grant-role", "alice", "reader"],
+        &["put", "/pub/x", "shared"],
+    ] {
+        let (ok, out) = run(good, args);
+        assert!(ok, "{args:?}: {out}");
+    }
+    let (ok, out) = run(&alice, &["get", "/pub/x", "--print-value-only"]);
+    assert!(ok && out.trim() == "shared", "{out}");
+    let (ok, out) = run(&alice, &["get", "greeting"]);
+    assert!(!ok && out.contains("etcdserver: permission denied"), "{out}");
+    let (ok, out) = run(&alice, &["user", "list"]);
+    assert!(!ok && out.contains("etcdserver: permission denied"), "{out}");
+    // The API server's certificate is root's: it goes on working.
+    let o = kubectl(&["create", "configmap", "with-auth", "--from-literal=a=b"]);
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 /// TLS flags that cannot work stop the member before it touches its data, saying why.

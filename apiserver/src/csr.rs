@@ -16,9 +16,10 @@ use base64::Engine;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose, PublicKeyData, SignatureAlgorithm};
 use serde_json::{json, Value};
 
-use crate::authn::{name_parts, tlv, User};
+use crate::authn::User;
 use crate::registry;
 use crate::storage::{self, Store};
+use skiff_x509::{name_parts, tlv};
 
 pub const CLIENT: &str = "kubernetes.io/kube-apiserver-client";
 pub const KUBELET: &str = "kubernetes.io/kube-apiserver-client-kubelet";

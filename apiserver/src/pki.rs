@@ -18,7 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// `sha256:` and the hex SHA-256 of the CA certificate's subjectPublicKeyInfo (PEM in).
 pub fn ca_hash(ca_pem: &[u8]) -> Option<String> {
     let der = CertificateDer::pem_slice_iter(ca_pem).next()?.ok()?;
-    let spki = crate::authn::public_key_info(der.as_ref())?;
+    let spki = skiff_x509::public_key_info(der.as_ref())?;
     let digest = ring::digest::digest(&ring::digest::SHA256, spki);
     Some(format!("sha256:{}", digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }

@@ -5,7 +5,7 @@
 //! value` (tag 1 = kv version, 2 = revision log, 3 = state-machine metadata), then tag
 //! 0xFF, zero padding to a multiple of 512 bytes, and the 32-byte sha256 of everything
 //! before it — the framing `etcdctl snapshot save` checks. A backup holds the data,
-//! history and leases; never the membership, which a restore replaces.
+//! history, leases and users and roles; never the membership, which a restore replaces.
 
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -25,9 +25,14 @@ const TAG_REVS: u8 = 2;
 const TAG_META: u8 = 3;
 const TAG_END: u8 = 0xFF;
 
-/// Metadata keys a backup carries: revisions and leases, not membership or raft state.
+/// Metadata keys a backup carries: revisions, leases and users/roles (as etcd's does),
+/// not membership or raft state.
 fn meta_key_in_backup(k: &[u8]) -> bool {
-    k == mvcc::META_REV || k == mvcc::META_COMPACT || k.starts_with(b"lease/") || k.starts_with(b"lkey/")
+    k == mvcc::META_REV
+        || k == mvcc::META_COMPACT
+        || k == crate::auth::META_AUTH
+        || k.starts_with(b"lease/")
+        || k.starts_with(b"lkey/")
 }
 
 /// Writes a consistent backup of `db` (one rocksdb snapshot) to `path`; returns its size.

@@ -35,6 +35,7 @@ fn groupable(cmd: &Command) -> bool {
     match cmd {
         Command::Put(_) | Command::DeleteRange(_) => true,
         Command::Txn(b) => !b.is_empty() && !txn_reads_at_revision(b),
+        Command::Guarded { cmd, .. } => groupable(cmd),
         _ => false,
     }
 }
@@ -55,6 +56,7 @@ fn txn_reads_at_revision(bytes: &[u8]) -> bool {
 fn size(cmd: &Command) -> usize {
     match cmd {
         Command::Put(b) | Command::DeleteRange(b) | Command::Txn(b) | Command::Compact(b) => b.len(),
+        Command::Guarded { cmd, .. } => size(cmd),
         _ => 64,
     }
 }

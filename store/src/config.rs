@@ -118,6 +118,8 @@ pub struct MemberConfig {
     pub client_tls: TlsFiles,
     /// TLS of the `https://` peer URLs, both ways.
     pub peer_tls: TlsFiles,
+    /// How long an auth token from `Authenticate` stays valid (etcd `--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
 }
 
 /// etcd's default backend quota.
@@ -158,6 +160,7 @@ impl MemberConfig {
             listen_metrics_urls: Vec::new(),
             client_tls: TlsFiles::default(),
             peer_tls: TlsFiles::default(),
+            auth_token_ttl: Duration::from_secs(300),
         }
     }
 

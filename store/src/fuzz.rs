@@ -1,6 +1,6 @@
 //! Mutation fuzzing of the store's request handling: a protobuf `TxnRequest` (the most
 //! general write; it nests puts, ranges, deletes and txns) is decoded as the gRPC layer
-//! does, checked as the server checks it, and, when accepted, applied to a real rocksdb
+//! does, checked as the server checks it (auth permissions included), and, when accepted, applied to a real rocksdb
 //! through the same `Writer` the state machine uses, then read back. A request may be
 //! refused, but nothing may panic: a panic while applying would stop every member that
 //! applies the entry.
@@ -17,6 +17,7 @@ use etcd_client::proto::{PbRangeRequest, PbTxnRequest};
 use prost::Message;
 use rocksdb::WriteBatch;
 
+use crate::auth::{AuthOp, Perm, READ, READWRITE, WRITE};
 use crate::mvcc::{check_txn, View, Writer};
 
 struct Rng(u64);
@@ -113,6 +114,23 @@ fn fuzz_txn_requests_decode_check_and_apply() {
     let db = crate::db::open(tmp.path()).expect("a database");
     let mut rng = Rng(env_u64("SKIFF_FUZZ_SEED", 0x5EED_F00D_1234_ABCD) | 1);
     let iterations = env_u64("SKIFF_FUZZ_ITERATIONS", 3000) as usize;
+    // The permission check every txn goes through once auth is on: a user with a few
+    // ranges (adjacent, point and open-ended) checked against whatever the txn names.
+    let mut auth = crate::auth::AuthState::default();
+    for op in [
+        AuthOp::UserAdd { name: "root".into(), password: None },
+        AuthOp::UserGrantRole { user: "root".into(), role: "root".into() },
+        AuthOp::UserAdd { name: "u".into(), password: None },
+        AuthOp::RoleAdd { name: "r".into() },
+        AuthOp::UserGrantRole { user: "u".into(), role: "r".into() },
+        AuthOp::Enable { token_key: vec![7; 32] },
+    ] {
+        auth.apply(&op).expect("a valid set-up");
+    }
+    for (kind, key, end) in [(READ, &b"a"[..], &b"c"[..]), (READWRITE, b"c", b"e"), (WRITE, b"k", b""), (READ, b"x", b"\0")] {
+        let perm = Perm { kind, key: key.to_vec(), range_end: end.to_vec() };
+        auth.apply(&AuthOp::RoleGrantPermission { role: "r".into(), perm }).expect("a grant");
+    }
     let (mut applied, mut refused) = (0, 0);
     for i in 0..iterations + seeds.len() {
         let input = if i < seeds.len() {
@@ -125,6 +143,9 @@ fn fuzz_txn_requests_decode_check_and_apply() {
             let Ok(req) = PbTxnRequest::decode(input.as_slice()) else { return false };
             if check_txn(&req).is_err() {
                 return false;
+            }
+            for (kind, key, end) in crate::auth_service::txn_needs(&req) {
+                let _ = auth.check_range(Some("u"), kind, key, end);
             }
             let mut w = Writer::new(&db, WriteBatch::default()).expect("a writer");
             let ok = w.txn(&req).is_ok();

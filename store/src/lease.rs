@@ -210,7 +210,10 @@ pub struct LeaseService {
 
 #[tonic::async_trait]
 impl PbLeaseService for LeaseService {
+    /// Lease RPCs need no permission (etcd checks the keys, not the leases), but a token
+    /// given must be valid.
     async fn lease_grant(&self, req: Request<PbLeaseGrantRequest>) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        self.m.caller(&req)?;
         let r = req.into_inner();
         if r.ttl > MAX_LEASE_TTL {
             return Err(EtcdError::new(tonic::Code::OutOfRange, "etcdserver: too large lease TTL").into());
@@ -237,8 +240,14 @@ impl PbLeaseService for LeaseService {
         &self,
         req: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let user = self.m.caller(&req)?;
         let id = req.get_ref().id;
-        let mut resp: PbLeaseRevokeResponse = decode_reply(&self.m.propose(Command::LeaseRevoke { id }).await?)?;
+        // Revoking deletes the lease's keys: the caller must be allowed to delete each.
+        let keys = self.m.lease_keys_if_auth(id)?;
+        let needs: Vec<_> = keys.iter().map(|k| (crate::auth::WRITE, k.as_slice(), &[][..])).collect();
+        let auth_rev = self.m.permit(user.as_deref(), &needs)?;
+        let cmd = Command::LeaseRevoke { id };
+        let mut resp: PbLeaseRevokeResponse = decode_reply(&self.m.propose_guarded(cmd, auth_rev).await?)?;
         self.m.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -249,6 +258,7 @@ impl PbLeaseService for LeaseService {
         &self,
         req: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.m.caller(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let m = self.m.clone();
@@ -271,6 +281,7 @@ impl PbLeaseService for LeaseService {
         &self,
         req: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        self.m.caller(&req)?;
         let r = req.into_inner();
         let header = Some(self.m.header(self.m.current_rev()));
         let Some((granted, remaining)) = self.m.lease_remaining(r.id).await? else {
@@ -289,8 +300,9 @@ impl PbLeaseService for LeaseService {
 
     async fn lease_leases(
         &self,
-        _req: Request<PbLeaseLeasesRequest>,
+        req: Request<PbLeaseLeasesRequest>,
     ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+        self.m.caller(&req)?;
         let leases = View::new(self.m.db()).leases()?.into_iter().map(|(id, _)| PbLeaseStatus { id }).collect();
         Ok(Response::new(PbLeaseLeasesResponse { header: Some(self.m.header(self.m.current_rev())), leases }))
     }

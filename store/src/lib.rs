@@ -11,6 +11,8 @@
 // mean unboxing it again at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod auth;
+pub mod auth_service;
 pub mod backup;
 pub mod batcher;
 pub mod config;

@@ -350,6 +350,7 @@ impl ClusterService {
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
     async fn member_add(&self, req: Request<PbMemberAddRequest>) -> Result<Response<PbMemberAddResponse>, Status> {
+        self.m.permit_admin_request(&req)?;
         let r = req.into_inner();
         if r.peer_ur_ls.is_empty() {
             return Err(EtcdError::new(Code::InvalidArgument, "etcdserver: member peer URLs are not provided").into());
@@ -372,6 +373,7 @@ impl PbClusterService for ClusterService {
         &self,
         req: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        self.m.permit_admin_request(&req)?;
         let id = req.get_ref().id;
         self.m.change_members(MembershipOp::Remove { id }).await?;
         self.m.wait_for_member(id, false).await;
@@ -383,6 +385,7 @@ impl PbClusterService for ClusterService {
         &self,
         req: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        self.m.permit_admin_request(&req)?;
         let r = req.into_inner();
         self.m.change_members(MembershipOp::Update { id: r.id, peer_urls: r.peer_ur_ls }).await?;
         let (header, members) = self.members_response();
@@ -398,6 +401,7 @@ impl PbClusterService for ClusterService {
         &self,
         req: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        self.m.permit_admin_request(&req)?;
         let id = req.get_ref().id;
         self.m.change_members(MembershipOp::Promote { id }).await?;
         let (header, members) = self.members_response();

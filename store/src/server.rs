@@ -13,6 +13,7 @@ use rocksdb::WriteBatch;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use crate::auth_service::{self, AuthService, PbAuthServer};
 use crate::config::parse_url;
 use crate::errors::{EtcdError, EtcdResult};
 use crate::lease::LeaseService;
@@ -73,7 +74,8 @@ pub async fn serve_clients(member: Arc<Member>) -> anyhow::Result<()> {
             .add_service(PbWatchServer::new(WatchService::new(m.clone())).max_decoding_message_size(limit))
             .add_service(PbMaintenanceServer::new(MaintenanceService { m: m.clone() }).max_decoding_message_size(limit))
             .add_service(PbClusterServer::new(ClusterService { m: m.clone() }).max_decoding_message_size(limit))
-            .add_service(PbLeaseServer::new(LeaseService { m: m.clone() }).max_decoding_message_size(limit));
+            .add_service(PbLeaseServer::new(LeaseService { m: m.clone() }).max_decoding_message_size(limit))
+            .add_service(PbAuthServer::new(AuthService { m: m.clone() }).max_decoding_message_size(limit));
         let url = url.clone();
         tokio::spawn(async move {
             if let Err(e) = router.serve_with_incoming(incoming).await {
@@ -149,8 +151,9 @@ impl Member {
         *h = Some(self.header(rev));
     }
 
-    async fn range(self: &Arc<Self>, r: &PbRangeRequest) -> EtcdResult<PbRangeResponse> {
+    async fn range(self: &Arc<Self>, user: Option<&str>, r: &PbRangeRequest) -> EtcdResult<PbRangeResponse> {
         self.check_size(r)?;
+        self.permit(user, &auth_service::range_needs(r))?;
         if !r.serializable {
             self.check_not_learner()?;
             self.linearizable_barrier().await?;
@@ -173,7 +176,8 @@ struct KvService {
 #[tonic::async_trait]
 impl PbKvService for KvService {
     async fn range(&self, req: Request<PbRangeRequest>) -> TonicResult<PbRangeResponse> {
-        Ok(Response::new(self.m.range(req.get_ref()).await?))
+        let user = self.m.caller(&req)?;
+        Ok(Response::new(self.m.range(user.as_deref(), req.get_ref()).await?))
     }
 
     type RangeStreamStream = BoxStream<PbRangeStreamResponse>;
@@ -181,7 +185,8 @@ impl PbKvService for KvService {
     /// Range, answered in chunks of at most 1000 keys; the last chunk carries the header,
     /// `more` and `count`.
     async fn range_stream(&self, req: Request<PbRangeRequest>) -> TonicResult<Self::RangeStreamStream> {
-        let full = self.m.range(req.get_ref()).await?;
+        let user = self.m.caller(&req)?;
+        let full = self.m.range(user.as_deref(), req.get_ref()).await?;
         let mut chunks: Vec<Vec<PbKeyValue>> = full.kvs.chunks(1000).map(|c| c.to_vec()).collect();
         if chunks.is_empty() {
             chunks.push(Vec::new());
@@ -206,30 +211,39 @@ impl PbKvService for KvService {
     }
 
     async fn put(&self, req: Request<PbPutRequest>) -> TonicResult<PbPutResponse> {
+        let user = self.m.caller(&req)?;
         let r = req.into_inner();
         self.m.check_size(&r)?;
         self.m.check_not_learner()?;
         mvcc::check_put(&r)?;
+        let lease_keys = self.m.lease_keys_if_auth(r.lease)?;
+        let auth_rev = self.m.permit(user.as_deref(), &auth_service::put_needs(&r, &lease_keys))?;
         self.m.check_quota(&r).await?;
-        let mut resp: PbPutResponse = decode_reply(&self.m.propose(Command::Put(r.encode_to_vec())).await?)?;
+        let cmd = Command::Put(r.encode_to_vec());
+        let mut resp: PbPutResponse = decode_reply(&self.m.propose_guarded(cmd, auth_rev).await?)?;
         self.m.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn delete_range(&self, req: Request<PbDeleteRequest>) -> TonicResult<PbDeleteResponse> {
+        let user = self.m.caller(&req)?;
         let r = req.into_inner();
         self.m.check_size(&r)?;
         self.m.check_not_learner()?;
         mvcc::check_delete(&r)?;
-        let mut resp: PbDeleteResponse = decode_reply(&self.m.propose(Command::DeleteRange(r.encode_to_vec())).await?)?;
+        let auth_rev = self.m.permit(user.as_deref(), &auth_service::delete_needs(&r))?;
+        let cmd = Command::DeleteRange(r.encode_to_vec());
+        let mut resp: PbDeleteResponse = decode_reply(&self.m.propose_guarded(cmd, auth_rev).await?)?;
         self.m.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn txn(&self, req: Request<PbTxnRequest>) -> TonicResult<PbTxnResponse> {
+        let user = self.m.caller(&req)?;
         let r = req.into_inner();
         self.m.check_size(&r)?;
         mvcc::check_txn(&r)?;
+        let auth_rev = self.m.permit(user.as_deref(), &auth_service::txn_needs(&r))?;
         let mut resp = if mvcc::txn_is_read_only(&r) {
             // A txn that writes nothing is a read: no log entry, no revision.
             if !mvcc::txn_is_serializable(&r) {
@@ -242,13 +256,15 @@ impl PbKvService for KvService {
             if mvcc::txn_puts(&r) {
                 self.m.check_quota(&r).await?;
             }
-            decode_reply(&self.m.propose(Command::Txn(r.encode_to_vec())).await?)?
+            decode_reply(&self.m.propose_guarded(Command::Txn(r.encode_to_vec()), auth_rev).await?)?
         };
         self.m.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
+    /// Open to every client, as in etcd 3.4 (a token, if given, must still be valid).
     async fn compact(&self, req: Request<PbCompactionRequest>) -> TonicResult<PbCompactionResponse> {
+        self.m.caller(&req)?;
         let r = req.into_inner();
         self.m.check_not_learner()?;
         // Compaction is applied as part of the raft entry, so `physical` holds on return.
@@ -372,7 +388,8 @@ impl PbMaintenanceService for MaintenanceService {
         Ok(Response::new(self.m.status()))
     }
 
-    async fn defragment(&self, _req: Request<PbDefragmentRequest>) -> TonicResult<PbDefragmentResponse> {
+    async fn defragment(&self, req: Request<PbDefragmentRequest>) -> TonicResult<PbDefragmentResponse> {
+        self.m.permit_maintenance(&req)?;
         let m = self.m.clone();
         tokio::task::spawn_blocking(move || {
             for name in crate::db::ALL_CFS {
@@ -384,12 +401,14 @@ impl PbMaintenanceService for MaintenanceService {
         Ok(Response::new(PbDefragmentResponse { header: Some(self.m.header(self.m.current_rev())) }))
     }
 
-    async fn hash(&self, _req: Request<PbHashRequest>) -> TonicResult<PbHashResponse> {
+    async fn hash(&self, req: Request<PbHashRequest>) -> TonicResult<PbHashResponse> {
+        self.m.permit_maintenance(&req)?;
         let r = self.m.hash_kv(0)?;
         Ok(Response::new(PbHashResponse { header: r.header, hash: r.hash }))
     }
 
     async fn hash_kv(&self, req: Request<PbHashKvRequest>) -> TonicResult<PbHashKvResponse> {
+        self.m.permit_maintenance(&req)?;
         Ok(Response::new(self.m.hash_kv(req.get_ref().revision)?))
     }
 
@@ -397,7 +416,8 @@ impl PbMaintenanceService for MaintenanceService {
 
     /// Streams a consistent backup (see `backup`): written from one rocksdb snapshot to a
     /// temporary file, then sent in 64 KiB chunks, so it is never whole in memory.
-    async fn snapshot(&self, _req: Request<PbSnapshotRequest>) -> TonicResult<Self::SnapshotStream> {
+    async fn snapshot(&self, req: Request<PbSnapshotRequest>) -> TonicResult<Self::SnapshotStream> {
+        self.m.permit_maintenance(&req)?;
         use tokio::io::AsyncReadExt;
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let tmp = self.m.shared.snap_dir.join(format!("backup-{stamp}.tmp"));

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 use tokio::sync::broadcast;
 
+use crate::auth::{Auth, AuthState, META_AUTH};
 use crate::db::{cf, Db, CF_KV, CF_META, CF_REVS};
 use crate::errors::{EtcdError, EtcdResult};
 use crate::lease::Lessor;
@@ -69,6 +70,8 @@ pub struct Shared {
     pub leader_changes: std::sync::atomic::AtomicU64,
     /// Disk, apply and peer latencies (for `metrics`).
     pub latencies: Arc<crate::metrics::Latencies>,
+    /// Users, roles and the auth switch, as applied (see `auth`).
+    pub auth: Auth,
 }
 
 impl Shared {
@@ -80,6 +83,7 @@ impl Shared {
         lessor.reload(view.leases()?);
         let nospace = AtomicBool::new(view.alarms()?.iter().any(|(_, a)| *a == mvcc::ALARM_NOSPACE));
         drop(view);
+        let auth = Auth::new(load_auth(&db)?);
         Ok(Arc::new(Shared {
             db,
             hub,
@@ -90,7 +94,21 @@ impl Shared {
             watchers: AtomicI64::new(0),
             leader_changes: Default::default(),
             latencies: Default::default(),
+            auth,
         }))
+    }
+
+    /// Re-reads what a snapshot install replaced: the revision, leases, alarms and auth.
+    fn reload(&self) -> EtcdResult<i64> {
+        let view = mvcc::View::new(&self.db);
+        let rev = view.current_rev()?;
+        self.current_rev.store(rev, Ordering::SeqCst);
+        self.lessor.reload(view.leases()?);
+        let alarms = view.alarms()?;
+        self.nospace.store(alarms.iter().any(|(_, a)| *a == mvcc::ALARM_NOSPACE), Ordering::SeqCst);
+        drop(view);
+        self.auth.replace(load_auth(&self.db)?);
+        Ok(rev)
     }
 
     pub fn member_attrs(&self) -> Vec<(u64, MemberAttrs)> {
@@ -134,8 +152,7 @@ impl StateMachine {
             let meta = read_meta(&path).map_err(|e| snap_err(ErrorVerb::Read, e))?;
             load_snapshot(&shared.db, &path, &meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             std::fs::remove_file(&marker).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            let rev = mvcc::View::new(&shared.db).current_rev().map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            shared.current_rev.store(rev, Ordering::SeqCst);
+            shared.reload().map_err(|e| sm_err(ErrorVerb::Read, e))?;
         }
         Ok(StateMachine { shared })
     }
@@ -150,6 +167,16 @@ impl StateMachine {
     /// Runs one command in `w` (a group's commands share one writer, so the group is one
     /// atomic write). On error nothing of the command is kept.
     fn execute(&self, w: &mut Writer, cmd: Command, effects: &mut Vec<Effect>) -> CommandResponse {
+        let cmd = match cmd {
+            Command::Guarded { auth_rev, cmd } => {
+                let auth = self.shared.auth.read();
+                if auth.enabled && auth_rev != Some(auth.revision) {
+                    return CommandResponse::Error(crate::auth::old_revision());
+                }
+                *cmd
+            }
+            cmd => cmd,
+        };
         let mut effect = None;
         let result = (|| -> EtcdResult<Vec<u8>> {
             Ok(match cmd {
@@ -184,7 +211,17 @@ impl StateMachine {
                     w.put_meta(key, attrs);
                     Vec::new()
                 }
+                Command::Auth(op) => {
+                    let mut auth = self.shared.auth.read().clone();
+                    auth.apply(&op)?;
+                    w.put_meta(META_AUTH.to_vec(), bincode::serialize(&auth).map_err(EtcdError::internal)?);
+                    // Published at once: a later command of this entry is checked against
+                    // it. The entry is committed, so a crash before the write re-applies it.
+                    self.shared.auth.replace(auth);
+                    mvcc::header(w.base_rev()).encode_to_vec()
+                }
                 Command::Batch(_) => return Err(EtcdError::internal("nested command batch")),
+                Command::Guarded { .. } => return Err(EtcdError::internal("nested guarded command")),
             })
         })();
         w.end_command(result.is_ok());
@@ -203,6 +240,14 @@ enum Effect {
     Granted(i64, i64),
     Revoked(i64),
     Alarms,
+}
+
+/// The auth record in `db` (the default, auth off and nobody, when there is none).
+fn load_auth(db: &Db) -> EtcdResult<AuthState> {
+    match db.get_pinned_cf(cf(db, CF_META), META_AUTH).map_err(EtcdError::internal)? {
+        None => Ok(AuthState::default()),
+        Some(b) => bincode::deserialize(&b).map_err(EtcdError::internal),
+    }
 }
 
 fn decode<M: Message + Default>(b: &[u8]) -> EtcdResult<M> {
@@ -317,13 +362,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             load_snapshot(&shared.db, &final_path, &meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             std::fs::remove_file(&marker).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             remove_other_snapshots(&shared.snap_dir, &final_path);
-            let rev = mvcc::View::new(&shared.db).current_rev().map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            shared.current_rev.store(rev, Ordering::SeqCst);
-            let view = mvcc::View::new(&shared.db);
-            shared.lessor.reload(view.leases().map_err(|e| sm_err(ErrorVerb::Read, e))?);
-            let alarms = view.alarms().map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            shared.nospace.store(alarms.iter().any(|(_, a)| *a == mvcc::ALARM_NOSPACE), Ordering::SeqCst);
-            drop(view);
+            let rev = shared.reload().map_err(|e| sm_err(ErrorVerb::Read, e))?;
             let _ = shared.hub.send(Arc::new(HubMsg::Reset));
             tracing::info!("installed snapshot {} (revision {rev})", meta.snapshot_id);
             Ok(())

@@ -57,6 +57,14 @@ pub enum Command {
         name: String,
         client_urls: Vec<String>,
     },
+    /// A change to users, roles or the auth switch (see `auth`).
+    Auth(crate::auth::AuthOp),
+    /// A client's command that was permitted at auth revision `auth_rev` (None: auth was
+    /// off): applied only if the auth state is still the one it was checked against.
+    Guarded {
+        auth_rev: Option<u64>,
+        cmd: Box<Command>,
+    },
 }
 
 /// What applying one command answers: the prost-encoded etcd response (without the

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::errors::EtcdError;
+use crate::errors::{EtcdError, EtcdResult};
 use crate::member::Member;
 use crate::mvcc::{KeyRange, RevisionChanges, View};
 use crate::state_machine::HubMsg;
@@ -55,9 +55,11 @@ impl PbWatchService for WatchService {
         if require_leader && self.m.leader().is_none() {
             return Err(EtcdError::no_leader().into());
         }
+        // Who watches is settled when the stream opens; each watch is checked on creation.
+        let caller = self.m.caller(&req);
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(128);
-        tokio::spawn(run_stream(self.m.clone(), inbound, tx));
+        tokio::spawn(run_stream(self.m.clone(), caller, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -84,7 +86,12 @@ struct WatcherHandle {
 }
 
 /// Serves one Watch stream: creates and cancels watchers, answers progress requests.
-async fn run_stream(m: Arc<Member>, mut inbound: Streaming<PbWatchRequest>, tx: Out) {
+async fn run_stream(
+    m: Arc<Member>,
+    caller: EtcdResult<Option<String>>,
+    mut inbound: Streaming<PbWatchRequest>,
+    tx: Out,
+) {
     let mut watchers: HashMap<i64, WatcherHandle> = HashMap::new();
     let mut next_id: i64 = 0;
     loop {
@@ -123,6 +130,24 @@ async fn run_stream(m: Arc<Member>, mut inbound: Streaming<PbWatchRequest>, tx: 
                 }
                 // etcd: an empty key means "\0"; range_end "\0" means every key >= key.
                 let key = if c.key.is_empty() { vec![0] } else { c.key };
+                let allowed = caller
+                    .clone()
+                    .and_then(|user| m.permit(user.as_deref(), &[(crate::auth::READ, &key, &c.range_end)]));
+                if let Err(e) = allowed {
+                    // Refused watches are not stream errors: a canceled watch, as etcd answers.
+                    let resp = PbWatchResponse {
+                        header: Some(m.header(m.current_rev())),
+                        watch_id: -1,
+                        created: true,
+                        canceled: true,
+                        cancel_reason: format!("rpc error: code = {:?} desc = {}", e.code(), e.message()),
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let range = KeyRange::new(&key, &c.range_end);
                 let current = m.current_rev();
                 let start = if c.start_revision <= 0 { current + 1 } else { c.start_revision };
