@@ -164,3 +164,42 @@ fn bumped_and_compacted_restore_never_goes_back_in_revisions() {
     assert!(err.contains("required revision has been compacted"), "{err}");
     assert_eq!(json(&rep, &["put", "b", "after"])["header"]["revision"], rev + 1001);
 }
+
+/// A backup keeps users, roles and the auth switch (as etcd's does), but not the key
+/// tokens are signed with: the restored cluster makes its own at its first login, and
+/// every member then logs its users in and holds them to their roles.
+#[test]
+fn restore_keeps_users_and_roles_but_not_the_token_key() {
+    let c = Cluster::start(1);
+    let ep = c.endpoints();
+    let root = ["--user", "root:rootpw"];
+    ok(&ep, &["user", "add", "root:rootpw"]);
+    ok(&ep, &["auth", "enable"]);
+    for args in [
+        &["user", "add", "alice:alicepw"][..],
+        &["role", "add", "app"],
+        &["role", "grant-permission", "app", "readwrite", "/app/", "--prefix"],
+        &["user", "grant-role", "alice", "app"],
+        &["put", "/app/k", "v"],
+    ] {
+        ok(&ep, &[&root[..], args].concat());
+    }
+    let file = c.path().join("auth.db");
+    ok(&ep, &["--user", "root:rootpw", "snapshot", "save", file.to_str().unwrap()]);
+
+    let r = restore_cluster(&file, 3, &[]);
+    let t = std::time::Instant::now();
+    while !etcdctl(&r.endpoints(), &["--user", "alice:alicepw", "get", "/app/k"]).status.success() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "{}", r.all_logs());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for m in &r.members {
+        let o = etcdctl(&m.endpoint(), &["--user", "alice:alicepw", "get", "/app/k", "--print-value-only"]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "v", "{}: {}", m.name, text(&o));
+        let o = etcdctl(&m.endpoint(), &["--user", "alice:alicepw", "put", "/elsewhere", "x"]);
+        assert!(text(&o).contains("permission denied"), "{}: {}", m.name, text(&o));
+    }
+    let o = etcdctl(&r.endpoints(), &["get", "/app/k"]);
+    assert!(text(&o).contains("user name is empty"), "auth stays enabled: {}", text(&o));
+    assert_eq!(ok(&r.endpoints(), &["--user", "root:rootpw", "user", "list"]), "alice\nroot\n");
+}

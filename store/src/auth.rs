@@ -67,7 +67,7 @@ pub struct Role {
 }
 
 /// The replicated auth record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthState {
     pub enabled: bool,
     /// Bumped by every change.
@@ -80,9 +80,15 @@ pub struct AuthState {
 }
 
 /// One change to the auth record, as a log entry carries it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthOp {
     Enable {
+        #[serde(with = "serde_bytes")]
+        token_key: Vec<u8>,
+    },
+    /// A token key for a cluster restored from a backup (which carries none); ignored
+    /// once there is one.
+    TokenKey {
         #[serde(with = "serde_bytes")]
         token_key: Vec<u8>,
     },
@@ -125,6 +131,39 @@ pub enum AuthOp {
     },
 }
 
+// Keys and password hashes stay out of logs and panic messages.
+impl std::fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthState")
+            .field("enabled", &self.enabled)
+            .field("revision", &self.revision)
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for AuthOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthOp::Enable { .. } => f.write_str("Enable"),
+            AuthOp::TokenKey { .. } => f.write_str("TokenKey"),
+            AuthOp::Disable => f.write_str("Disable"),
+            AuthOp::UserAdd { name, .. } => write!(f, "UserAdd({name})"),
+            AuthOp::UserDelete { name } => write!(f, "UserDelete({name})"),
+            AuthOp::UserChangePassword { name, .. } => write!(f, "UserChangePassword({name})"),
+            AuthOp::UserGrantRole { user, role } => write!(f, "UserGrantRole({user}, {role})"),
+            AuthOp::UserRevokeRole { user, role } => write!(f, "UserRevokeRole({user}, {role})"),
+            AuthOp::RoleAdd { name } => write!(f, "RoleAdd({name})"),
+            AuthOp::RoleDelete { name } => write!(f, "RoleDelete({name})"),
+            AuthOp::RoleGrantPermission { role, perm } => write!(f, "RoleGrantPermission({role}, {perm:?})"),
+            AuthOp::RoleRevokePermission { role, key, range_end } => {
+                write!(f, "RoleRevokePermission({role}, {key:?}, {range_end:?})")
+            }
+        }
+    }
+}
+
 // etcd's auth errors, code and text as clients match them (rpctypes).
 fn failed(msg: &str) -> EtcdError {
     EtcdError::new(Code::FailedPrecondition, format!("etcdserver: {msg}"))
@@ -162,19 +201,24 @@ fn invalid_management() -> EtcdError {
 
 impl AuthState {
     /// Applies one change; on error the state is unchanged.
+    /// Applies one change; on error the state is unchanged. A change that changes
+    /// nothing (enabling twice, granting a role held) keeps the revision, as in etcd, so
+    /// it does not fail the writes checked at the current one.
     pub fn apply(&mut self, op: &AuthOp) -> EtcdResult<()> {
         let mut next = self.clone();
-        next.change(op)?;
-        next.revision += 1;
+        if next.change(op)? {
+            next.revision += 1;
+        }
         *self = next;
         Ok(())
     }
 
-    fn change(&mut self, op: &AuthOp) -> EtcdResult<()> {
+    /// Makes the change; whether it changed what requests are checked against.
+    fn change(&mut self, op: &AuthOp) -> EtcdResult<bool> {
         match op {
             AuthOp::Enable { token_key } => {
                 if self.enabled {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let root = self.users.get(ROOT).ok_or_else(|| failed("root user does not exist"))?;
                 if !root.roles.iter().any(|r| r == ROOT) {
@@ -183,7 +227,18 @@ impl AuthState {
                 self.enabled = true;
                 self.token_key = token_key.clone();
             }
-            AuthOp::Disable => self.enabled = false,
+            AuthOp::TokenKey { token_key } => {
+                if self.token_key.is_empty() {
+                    self.token_key = token_key.clone();
+                }
+                return Ok(false);
+            }
+            AuthOp::Disable => {
+                if !self.enabled {
+                    return Ok(false);
+                }
+                self.enabled = false;
+            }
             AuthOp::UserAdd { name, password } => {
                 if name.is_empty() {
                     return Err(user_empty());
@@ -217,8 +272,9 @@ impl AuthState {
                     return Err(role_not_found());
                 }
                 let user = self.users.get_mut(user).ok_or_else(user_not_found)?;
-                if let Err(at) = user.roles.binary_search(role) {
-                    user.roles.insert(at, role.clone());
+                match user.roles.binary_search(role) {
+                    Ok(_) => return Ok(false),
+                    Err(at) => user.roles.insert(at, role.clone()),
                 }
             }
             AuthOp::UserRevokeRole { user, role } => {
@@ -266,7 +322,7 @@ impl AuthState {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn is_root(&self, user: &User) -> bool {
@@ -289,7 +345,12 @@ impl AuthState {
     /// May `user` read (`READ`) or write (`WRITE`) the keys `[key, range_end)` (just
     /// `key` when `range_end` is empty; to the end of the keyspace when it is "\0")?
     pub fn check_range(&self, user: Option<&str>, kind: i32, key: &[u8], range_end: &[u8]) -> EtcdResult<()> {
-        if !self.enabled {
+        self.check_all(user, &[(kind, key, range_end)])
+    }
+
+    /// [`AuthState::check_range`] for each of `needs`, the user's ranges gathered once.
+    pub fn check_all(&self, user: Option<&str>, needs: &[(i32, &[u8], &[u8])]) -> EtcdResult<()> {
+        if !self.enabled || needs.is_empty() {
             return Ok(());
         }
         let name = user.filter(|u| !u.is_empty()).ok_or_else(user_empty)?;
@@ -297,20 +358,26 @@ impl AuthState {
         if self.is_root(user) {
             return Ok(());
         }
-        let mut spans: Vec<(&[u8], Option<Vec<u8>>)> = user
-            .roles
-            .iter()
-            .filter_map(|r| self.roles.get(r))
-            .flat_map(|r| &r.perms)
-            .filter(|p| p.kind == kind || p.kind == READWRITE)
-            .map(|p| (p.key.as_slice(), span_end(&p.key, &p.range_end)))
-            .collect();
-        spans.sort_by(|a, b| a.0.cmp(b.0));
-        if covered(&spans, key, span_end(key, range_end)) {
-            Ok(())
-        } else {
-            Err(permission_denied())
+        let spans = |kind: i32| {
+            let mut spans: Vec<(&[u8], Option<Vec<u8>>)> = user
+                .roles
+                .iter()
+                .filter_map(|r| self.roles.get(r))
+                .flat_map(|r| &r.perms)
+                .filter(|p| p.kind == kind || p.kind == READWRITE)
+                .map(|p| (p.key.as_slice(), span_end(&p.key, &p.range_end)))
+                .collect();
+            spans.sort_by(|a, b| a.0.cmp(b.0));
+            spans
+        };
+        let (read, write) = (spans(READ), spans(WRITE));
+        for (kind, key, range_end) in needs {
+            let spans = if *kind == READ { &read } else { &write };
+            if !covered(spans, key, span_end(key, range_end)) {
+                return Err(permission_denied());
+            }
         }
+        Ok(())
     }
 
     /// The user a name/password pair proves, as `Authenticate` answers it.
@@ -318,7 +385,12 @@ impl AuthState {
         if !self.enabled {
             return Err(not_enabled());
         }
-        let user = self.users.get(name).ok_or_else(auth_failed)?;
+        let Some(user) = self.users.get(name) else {
+            // As slow as a wrong password, so timing does not tell who exists.
+            static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+            verify_password(DUMMY.get_or_init(|| hash_password("")), password);
+            return Err(auth_failed());
+        };
         match &user.password {
             None => Err(EtcdError::new(
                 Code::Unknown,
@@ -329,32 +401,37 @@ impl AuthState {
         }
     }
 
-    /// A token for `user`, valid for `ttl` from `now` (seconds since the epoch).
+    /// A token for `user`, valid for `ttl` from `now` (seconds since the epoch):
+    /// `<name hex>.<expiry>.<password generation>.<HMAC-SHA256 hex>`.
     pub fn issue_token(&self, user: &User, now: u64, ttl: u64) -> String {
-        let expires = now.saturating_add(ttl);
-        let body = format!("{}.{expires}", hex(user.name.as_bytes()));
-        let mac = hmac::sign(&self.token_key(), format!("{body}.{}", user.generation).as_bytes());
-        format!("{body}.{}", hex(&mac.as_ref()[..20]))
+        let body = format!("{}.{}.{}", hex(user.name.as_bytes()), now.saturating_add(ttl), user.generation);
+        let mac = hmac::sign(&self.token_key(), body.as_bytes());
+        format!("{body}.{}", hex(mac.as_ref()))
     }
 
-    /// The user a token names, if it is genuine, unexpired and its user unchanged.
+    /// The user a token names, if it is genuine, unexpired and its user unchanged. The
+    /// MAC is checked first (in constant time), before anything the token claims.
     pub fn verify_token(&self, token: &str, now: u64) -> EtcdResult<String> {
-        let mut parts = token.split('.');
-        let (Some(name), Some(expires), Some(mac), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        if !self.enabled || self.token_key.len() < 32 {
+            return Err(invalid_token());
+        }
+        let (body, mac) = token.rsplit_once('.').ok_or_else(invalid_token)?;
+        let mac = unhex(mac).ok_or_else(invalid_token)?;
+        hmac::verify(&self.token_key(), body.as_bytes(), &mac).map_err(|_| invalid_token())?;
+        let mut parts = body.split('.');
+        let (Some(name), Some(expires), Some(generation), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(invalid_token());
         };
         let name = unhex(name).and_then(|n| String::from_utf8(n).ok()).ok_or_else(invalid_token)?;
-        let exp: u64 = expires.parse().map_err(|_| invalid_token())?;
-        let user = self.users.get(&name).filter(|_| self.enabled && exp > now).ok_or_else(invalid_token)?;
-        let signed = format!("{}.{exp}.{}", hex(name.as_bytes()), user.generation);
-        let mac = unhex(mac).ok_or_else(invalid_token)?;
-        let full = hmac::sign(&self.token_key(), signed.as_bytes());
-        // Compared in constant time, so timing tells nothing about a forged MAC.
-        if mac.len() != 20 || !constant_time_eq(&full.as_ref()[..20], &mac) {
+        let (Ok(expires), Ok(generation)) = (expires.parse::<u64>(), generation.parse::<u64>()) else {
             return Err(invalid_token());
+        };
+        match self.users.get(&name) {
+            Some(u) if expires > now && u.generation == generation => Ok(name),
+            _ => Err(invalid_token()),
         }
-        Ok(name)
     }
 
     fn token_key(&self) -> hmac::Key {
@@ -397,10 +474,6 @@ fn covered(spans: &[(&[u8], Option<Vec<u8>>)], start: &[u8], end: Option<Vec<u8>
         }
     }
     false
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn hex(b: &[u8]) -> String {
@@ -548,6 +621,8 @@ mod tests {
         let forged = token.replacen(&hex(b"alice"), &hex(b"root"), 1);
         assert_eq!(s.verify_token(&forged, 1000), Err(invalid_token()), "the MAC covers the name");
         assert_eq!(s.verify_token("garbage", 1000), Err(invalid_token()));
+        let later = token.replacen(".1300.", ".9999.", 1);
+        assert_eq!(s.verify_token(&later, 1000), Err(invalid_token()), "the MAC covers the expiry");
         s.apply(&AuthOp::UserChangePassword { name: "alice".into(), password: hash_password("new") }).unwrap();
         assert_eq!(s.verify_token(&token, 1000), Err(invalid_token()), "a password change voids tokens");
         let token = s.issue_token(&s.users["alice"].clone(), 1000, 300);
@@ -579,5 +654,12 @@ mod tests {
         s.apply(&AuthOp::RoleDelete { name: "r".into() }).unwrap();
         assert!(s.users["alice"].roles.is_empty(), "deleting a role takes it from its users");
         assert_eq!(s.apply(&AuthOp::UserGrantRole { user: "alice".into(), role: "r".into() }), Err(role_not_found()));
+        // Changes that change nothing keep the revision writes were checked at.
+        let rev = s.revision;
+        s.apply(&AuthOp::UserGrantRole { user: "root".into(), role: "root".into() }).unwrap();
+        s.apply(&AuthOp::Enable { token_key: vec![9; 32] }).unwrap();
+        s.apply(&AuthOp::TokenKey { token_key: vec![9; 32] }).unwrap();
+        assert_eq!(s.revision, rev);
+        assert_ne!(s.token_key, vec![9; 32], "a key is never replaced by TokenKey or a second Enable");
     }
 }

@@ -39,36 +39,64 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// What a request shows of who sent it: its token, and its client certificate's CN
+/// (kept only on members with `--client-cert-auth`, where rustls verified the chain).
+#[derive(Clone, Default)]
+pub struct Identity {
+    token: Option<String>,
+    cn: Option<String>,
+}
+
+/// Hashing a password costs tens of milliseconds of CPU: at most two at a time, so
+/// logins cannot starve the raft heartbeats of the cores.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+async fn hashing<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> EtcdResult<T> {
+    let _permit = HASHING.acquire().await.map_err(EtcdError::internal)?;
+    tokio::task::spawn_blocking(f).await.map_err(EtcdError::internal)
+}
+
 impl Member {
-    /// The user a request acts as, if any. A token that is present but not valid is an
-    /// error on every RPC, as in etcd.
-    pub(crate) fn caller<T>(&self, req: &Request<T>) -> EtcdResult<Option<String>> {
-        if let Some(t) = req.metadata().get("token") {
-            let t = t.to_str().map_err(|_| auth::invalid_token())?;
-            if !t.is_empty() {
-                return self.shared.auth.read().verify_token(t, now()).map(Some);
-            }
-        }
-        if self.config.client_tls.client_cert_auth {
+    /// The credentials `req` carries. Certificates are read only while auth is on.
+    pub(crate) fn identity<T>(&self, req: &Request<T>) -> Identity {
+        // A token that is not text can match nothing: kept as one that fails.
+        let token = req.metadata().get("token").map(|t| t.to_str().unwrap_or("-").to_string());
+        let mut cn = None;
+        if self.config.client_tls.client_cert_auth && self.shared.auth.read().enabled {
             let certs = req.peer_certs();
-            let cn = certs.as_deref().and_then(|c| c.first()).and_then(|c| skiff_x509::subject(c.as_ref()));
-            if let Some((cn, _)) = cn.filter(|(cn, _)| !cn.is_empty()) {
-                return Ok(Some(cn));
-            }
+            let subject = certs.as_deref().and_then(|c| c.first()).and_then(|c| skiff_x509::subject(c.as_ref()));
+            cn = subject.map(|(cn, _)| cn).filter(|cn| !cn.is_empty());
         }
-        Ok(None)
+        Identity { token: token.filter(|t| !t.is_empty()), cn }
+    }
+
+    /// The user `id` acts as now. A token that is present but not valid (expired, its
+    /// user's password changed, auth disabled) is an error on every RPC, as in etcd.
+    pub(crate) fn user_of(&self, id: &Identity) -> EtcdResult<Option<String>> {
+        match &id.token {
+            Some(t) => self.shared.auth.read().verify_token(t, now()).map(Some),
+            None => Ok(id.cn.clone()),
+        }
+    }
+
+    /// The user a request acts as, if any.
+    pub(crate) fn caller<T>(&self, req: &Request<T>) -> EtcdResult<Option<String>> {
+        self.user_of(&self.identity(req))
     }
 
     /// Checks `needs` for `user`; returns the auth revision they hold at (None while
     /// auth is off), which the proposed command then carries.
-    pub(crate) fn permit(&self, user: Option<&str>, needs: &[Need<'_>]) -> EtcdResult<Option<u64>> {
+    /// `needs` is only called while auth is on.
+    pub(crate) fn permit<'a>(
+        &self,
+        user: Option<&str>,
+        needs: impl FnOnce() -> Vec<Need<'a>>,
+    ) -> EtcdResult<Option<u64>> {
         let st = self.shared.auth.read();
         if !st.enabled {
             return Ok(None);
         }
-        for (kind, key, end) in needs {
-            st.check_range(user, *kind, key, end)?;
-        }
+        st.check_all(user, &needs())?;
         Ok(Some(st.revision))
     }
 
@@ -107,10 +135,20 @@ impl Member {
         self.propose(Command::Guarded { auth_rev, cmd: Box::new(cmd) }).await
     }
 
+    /// The admin check of an auth change; the revision to guard it with.
+    fn admin<T>(&self, req: &Request<T>) -> EtcdResult<Option<u64>> {
+        let user = self.caller(req)?;
+        self.permit_admin(user.as_deref())
+    }
+
     /// Runs an auth change as `req`'s caller; the response header.
     async fn change<T>(&self, req: &Request<T>, op: AuthOp) -> EtcdResult<Option<ResponseHeader>> {
-        let user = self.caller(req)?;
-        let rev = self.permit_admin(user.as_deref())?;
+        let rev = self.admin(req)?;
+        self.change_checked(rev, op).await
+    }
+
+    /// Runs an auth change already checked at `rev`.
+    async fn change_checked(&self, rev: Option<u64>, op: AuthOp) -> EtcdResult<Option<ResponseHeader>> {
         let header: PbResponseHeader = decode_reply(&self.propose_guarded(Command::Auth(op), rev).await?)?;
         let mut header = Some(header);
         self.fill(&mut header);
@@ -139,9 +177,17 @@ fn unmapped(e: EtcdError) -> EtcdError {
     EtcdError::new(Code::Unknown, format!("auth: {text}"))
 }
 
-/// Hashing costs tens of milliseconds of CPU: kept off the async workers.
 async fn hash(password: String) -> EtcdResult<String> {
-    tokio::task::spawn_blocking(move || auth::hash_password(&password)).await.map_err(EtcdError::internal)
+    hashing(move || auth::hash_password(&password)).await
+}
+
+/// A request with only a bcrypt `hashedPassword` (etcd 3.5 clients): Skiff cannot check
+/// bcrypt, and taking the empty `password` instead would set an empty one.
+fn refuse_prehashed(password: &str, hashed: &str) -> EtcdResult<()> {
+    if password.is_empty() && !hashed.is_empty() {
+        return Err(EtcdError::new(Code::InvalidArgument, "skiff: pre-hashed (bcrypt) passwords are not supported"));
+    }
+    Ok(())
 }
 
 pub struct AuthService {
@@ -172,31 +218,37 @@ impl PbAuthService for AuthService {
 
     async fn authenticate(&self, req: Request<AuthenticateRequest>) -> TonicResult<AuthenticateResponse> {
         self.m.linearizable_barrier().await?;
+        let key_missing = {
+            let st = self.m.shared.auth.read();
+            st.enabled && st.token_key.is_empty()
+        };
+        if key_missing {
+            // Restored from a backup, which carries no token key: make one, once.
+            let op = AuthOp::TokenKey { token_key: auth::random_bytes(32) };
+            self.m.propose(Command::Auth(op)).await?;
+        }
         let st = self.m.shared.auth.read().clone();
         let r = req.into_inner();
         let ttl = self.m.config.auth_token_ttl.as_secs();
-        let token = tokio::task::spawn_blocking(move || -> EtcdResult<String> {
+        let token = hashing(move || -> EtcdResult<String> {
             let user = st.check_password(&r.name, &r.password)?;
             Ok(st.issue_token(user, now(), ttl))
         })
-        .await
-        .map_err(EtcdError::internal)??;
+        .await??;
         Ok(Response::new(AuthenticateResponse { header: self.m.auth_header(), token }))
     }
 
     async fn user_add(&self, req: Request<AuthUserAddRequest>) -> TonicResult<AuthUserAddResponse> {
+        // Checked before hashing, so no one but an administrator makes the member hash.
+        let rev = self.m.admin(&req)?;
         let r = req.get_ref();
         let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
-        if !no_password && r.password.is_empty() && !r.hashed_password.is_empty() {
-            return Err(EtcdError::new(
-                Code::InvalidArgument,
-                "skiff: pre-hashed (bcrypt) passwords are not supported",
-            )
-            .into());
+        if !no_password {
+            refuse_prehashed(&r.password, &r.hashed_password)?;
         }
         let password = if no_password { None } else { Some(hash(r.password.clone()).await?) };
         let op = AuthOp::UserAdd { name: r.name.clone(), password };
-        Ok(Response::new(AuthUserAddResponse { header: self.m.change(&req, op).await? }))
+        Ok(Response::new(AuthUserAddResponse { header: self.m.change_checked(rev, op).await? }))
     }
 
     async fn user_get(&self, req: Request<AuthUserGetRequest>) -> TonicResult<AuthUserGetResponse> {
@@ -230,9 +282,11 @@ impl PbAuthService for AuthService {
         &self,
         req: Request<AuthUserChangePasswordRequest>,
     ) -> TonicResult<AuthUserChangePasswordResponse> {
+        let rev = self.m.admin(&req)?;
         let r = req.get_ref();
+        refuse_prehashed(&r.password, &r.hashed_password)?;
         let op = AuthOp::UserChangePassword { name: r.name.clone(), password: hash(r.password.clone()).await? };
-        Ok(Response::new(AuthUserChangePasswordResponse { header: self.m.change(&req, op).await? }))
+        Ok(Response::new(AuthUserChangePasswordResponse { header: self.m.change_checked(rev, op).await? }))
     }
 
     async fn user_grant_role(&self, req: Request<AuthUserGrantRoleRequest>) -> TonicResult<AuthUserGrantRoleResponse> {
@@ -292,7 +346,7 @@ impl PbAuthService for AuthService {
     ) -> TonicResult<AuthRoleGrantPermissionResponse> {
         let r = req.get_ref();
         let Some(p) = &r.perm else {
-            return Err(EtcdError::new(Code::InvalidArgument, "etcdserver: permission is not given").into());
+            return Err(EtcdError::new(Code::InvalidArgument, "etcdserver: permission not given").into());
         };
         if !(auth::READ..=auth::READWRITE).contains(&p.perm_type) {
             return Err(EtcdError::new(Code::InvalidArgument, "skiff: unknown permission type").into());

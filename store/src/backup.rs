@@ -35,6 +35,15 @@ fn meta_key_in_backup(k: &[u8]) -> bool {
         || k.starts_with(b"lkey/")
 }
 
+/// The auth record without its token key: whoever holds a backup could otherwise sign
+/// tokens for any user of the live cluster. A restored cluster makes a new key at its
+/// first login.
+fn without_token_key(record: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut auth: crate::auth::AuthState = bincode::deserialize(record).map_err(std::io::Error::other)?;
+    auth.token_key.clear();
+    bincode::serialize(&auth).map_err(std::io::Error::other)
+}
+
 /// Writes a consistent backup of `db` (one rocksdb snapshot) to `path`; returns its size.
 pub fn write_backup(db: &Db, path: &Path) -> std::io::Result<u64> {
     let snap = db.snapshot();
@@ -47,11 +56,18 @@ pub fn write_backup(db: &Db, path: &Path) -> std::io::Result<u64> {
             if tag == TAG_META && !meta_key_in_backup(&k) {
                 continue;
             }
+            let stripped;
+            let v: &[u8] = if tag == TAG_META && *k == *crate::auth::META_AUTH {
+                stripped = without_token_key(&v)?;
+                &stripped
+            } else {
+                &v
+            };
             w.write_all(&[tag])?;
             w.write_all(&(k.len() as u32).to_be_bytes())?;
             w.write_all(&k)?;
             w.write_all(&(v.len() as u32).to_be_bytes())?;
-            w.write_all(&v)?;
+            w.write_all(v)?;
         }
     }
     w.write_all(&[TAG_END])?;

@@ -127,7 +127,9 @@ fn fuzz_txn_requests_decode_check_and_apply() {
     ] {
         auth.apply(&op).expect("a valid set-up");
     }
-    for (kind, key, end) in [(READ, &b"a"[..], &b"c"[..]), (READWRITE, b"c", b"e"), (WRITE, b"k", b""), (READ, b"x", b"\0")] {
+    for (kind, key, end) in
+        [(READ, &b"a"[..], &b"c"[..]), (READWRITE, b"c", b"e"), (WRITE, b"k", b""), (READ, b"x", b"\0")]
+    {
         let perm = Perm { kind, key: key.to_vec(), range_end: end.to_vec() };
         auth.apply(&AuthOp::RoleGrantPermission { role: "r".into(), perm }).expect("a grant");
     }
@@ -144,9 +146,7 @@ fn fuzz_txn_requests_decode_check_and_apply() {
             if check_txn(&req).is_err() {
                 return false;
             }
-            for (kind, key, end) in crate::auth_service::txn_needs(&req) {
-                let _ = auth.check_range(Some("u"), kind, key, end);
-            }
+            let _ = auth.check_all(Some("u"), &crate::auth_service::txn_needs(&req));
             let mut w = Writer::new(&db, WriteBatch::default()).expect("a writer");
             let ok = w.txn(&req).is_ok();
             w.end_command(ok);

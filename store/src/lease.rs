@@ -244,8 +244,8 @@ impl PbLeaseService for LeaseService {
         let id = req.get_ref().id;
         // Revoking deletes the lease's keys: the caller must be allowed to delete each.
         let keys = self.m.lease_keys_if_auth(id)?;
-        let needs: Vec<_> = keys.iter().map(|k| (crate::auth::WRITE, k.as_slice(), &[][..])).collect();
-        let auth_rev = self.m.permit(user.as_deref(), &needs)?;
+        let needs = || keys.iter().map(|k| (crate::auth::WRITE, k.as_slice(), &[][..])).collect();
+        let auth_rev = self.m.permit(user.as_deref(), needs)?;
         let cmd = Command::LeaseRevoke { id };
         let mut resp: PbLeaseRevokeResponse = decode_reply(&self.m.propose_guarded(cmd, auth_rev).await?)?;
         self.m.fill(&mut resp.header);
@@ -281,7 +281,7 @@ impl PbLeaseService for LeaseService {
         &self,
         req: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
-        self.m.caller(&req)?;
+        let user = self.m.caller(&req)?;
         let r = req.into_inner();
         let header = Some(self.m.header(self.m.current_rev()));
         let Some((granted, remaining)) = self.m.lease_remaining(r.id).await? else {
@@ -295,6 +295,9 @@ impl PbLeaseService for LeaseService {
             }));
         };
         let keys = if r.keys { View::new(self.m.db()).lease_keys(r.id)? } else { Vec::new() };
+        // Key names are data: listing them needs read on each (etcd's fix of CVE-2023-32082).
+        let needs = || keys.iter().map(|k| (crate::auth::READ, k.as_slice(), &[][..])).collect();
+        self.m.permit(user.as_deref(), needs)?;
         Ok(Response::new(PbLeaseTimeToLiveResponse { header, id: r.id, ttl: remaining, granted_ttl: granted, keys }))
     }
 

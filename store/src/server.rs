@@ -153,11 +153,12 @@ impl Member {
 
     async fn range(self: &Arc<Self>, user: Option<&str>, r: &PbRangeRequest) -> EtcdResult<PbRangeResponse> {
         self.check_size(r)?;
-        self.permit(user, &auth_service::range_needs(r))?;
         if !r.serializable {
             self.check_not_learner()?;
             self.linearizable_barrier().await?;
         }
+        // After the barrier: a permission revoked before this read began is gone here too.
+        self.permit(user, || auth_service::range_needs(r))?;
         let mut resp = View::new(self.db()).range(r)?;
         self.fill(&mut resp.header);
         Ok(resp)
@@ -217,7 +218,7 @@ impl PbKvService for KvService {
         self.m.check_not_learner()?;
         mvcc::check_put(&r)?;
         let lease_keys = self.m.lease_keys_if_auth(r.lease)?;
-        let auth_rev = self.m.permit(user.as_deref(), &auth_service::put_needs(&r, &lease_keys))?;
+        let auth_rev = self.m.permit(user.as_deref(), || auth_service::put_needs(&r, &lease_keys))?;
         self.m.check_quota(&r).await?;
         let cmd = Command::Put(r.encode_to_vec());
         let mut resp: PbPutResponse = decode_reply(&self.m.propose_guarded(cmd, auth_rev).await?)?;
@@ -231,7 +232,7 @@ impl PbKvService for KvService {
         self.m.check_size(&r)?;
         self.m.check_not_learner()?;
         mvcc::check_delete(&r)?;
-        let auth_rev = self.m.permit(user.as_deref(), &auth_service::delete_needs(&r))?;
+        let auth_rev = self.m.permit(user.as_deref(), || auth_service::delete_needs(&r))?;
         let cmd = Command::DeleteRange(r.encode_to_vec());
         let mut resp: PbDeleteResponse = decode_reply(&self.m.propose_guarded(cmd, auth_rev).await?)?;
         self.m.fill(&mut resp.header);
@@ -243,15 +244,16 @@ impl PbKvService for KvService {
         let r = req.into_inner();
         self.m.check_size(&r)?;
         mvcc::check_txn(&r)?;
-        let auth_rev = self.m.permit(user.as_deref(), &auth_service::txn_needs(&r))?;
         let mut resp = if mvcc::txn_is_read_only(&r) {
             // A txn that writes nothing is a read: no log entry, no revision.
             if !mvcc::txn_is_serializable(&r) {
                 self.m.check_not_learner()?;
                 self.m.linearizable_barrier().await?;
             }
+            self.m.permit(user.as_deref(), || auth_service::txn_needs(&r))?;
             Writer::new(self.m.db(), WriteBatch::default())?.txn(&r)?
         } else {
+            let auth_rev = self.m.permit(user.as_deref(), || auth_service::txn_needs(&r))?;
             self.m.check_not_learner()?;
             if mvcc::txn_puts(&r) {
                 self.m.check_quota(&r).await?;

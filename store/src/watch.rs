@@ -23,7 +23,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::errors::{EtcdError, EtcdResult};
+use crate::auth_service::Identity;
+use crate::errors::EtcdError;
 use crate::member::Member;
 use crate::mvcc::{KeyRange, RevisionChanges, View};
 use crate::state_machine::HubMsg;
@@ -55,11 +56,11 @@ impl PbWatchService for WatchService {
         if require_leader && self.m.leader().is_none() {
             return Err(EtcdError::no_leader().into());
         }
-        // Who watches is settled when the stream opens; each watch is checked on creation.
-        let caller = self.m.caller(&req);
+        // The stream's credentials; each watch is checked with them as it is created.
+        let identity = self.m.identity(&req);
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(128);
-        tokio::spawn(run_stream(self.m.clone(), caller, inbound, tx));
+        tokio::spawn(run_stream(self.m.clone(), identity, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -86,12 +87,7 @@ struct WatcherHandle {
 }
 
 /// Serves one Watch stream: creates and cancels watchers, answers progress requests.
-async fn run_stream(
-    m: Arc<Member>,
-    caller: EtcdResult<Option<String>>,
-    mut inbound: Streaming<PbWatchRequest>,
-    tx: Out,
-) {
+async fn run_stream(m: Arc<Member>, identity: Identity, mut inbound: Streaming<PbWatchRequest>, tx: Out) {
     let mut watchers: HashMap<i64, WatcherHandle> = HashMap::new();
     let mut next_id: i64 = 0;
     loop {
@@ -130,9 +126,9 @@ async fn run_stream(
                 }
                 // etcd: an empty key means "\0"; range_end "\0" means every key >= key.
                 let key = if c.key.is_empty() { vec![0] } else { c.key };
-                let allowed = caller
-                    .clone()
-                    .and_then(|user| m.permit(user.as_deref(), &[(crate::auth::READ, &key, &c.range_end)]));
+                let allowed = m
+                    .user_of(&identity)
+                    .and_then(|user| m.permit(user.as_deref(), || vec![(crate::auth::READ, &key, &c.range_end)]));
                 if let Err(e) = allowed {
                     // Refused watches are not stream errors: a canceled watch, as etcd answers.
                     let resp = PbWatchResponse {
