@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-const KUBECTL_132: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
+pub(crate) const KUBECTL_132: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
 const KUBECTL_133: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
 
 pub(crate) struct Api {
@@ -38,7 +38,11 @@ impl Api {
 
     /// With extra `skiff apiserver` flags.
     pub(crate) fn start_with(extra: &[&str]) -> Api {
-        let store = Cluster::start(1);
+        Api::start_on(Cluster::start(1), extra)
+    }
+
+    /// An API server on `store`.
+    pub(crate) fn start_on(store: Cluster, extra: &[&str]) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let (https_port, http_port) = (free_port(), free_port());
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();

@@ -14,7 +14,7 @@ fn skiff(args: &[&str]) -> std::process::Output {
 }
 
 /// A new cluster restored from `file`, one data dir per member, started like any other.
-fn restore_cluster(file: &Path, n: usize, extra: &[&str]) -> Cluster {
+pub(crate) fn restore_cluster(file: &Path, n: usize, extra: &[&str]) -> Cluster {
     Cluster::start_prepared(n, |m, initial| {
         let mut args = vec![
             "snapshot".to_string(),
