@@ -52,8 +52,25 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
+    /// A client of `endpoints` with `opts` and these flags. A `--user` given to a store
+    /// whose auth is off is ignored, as etcdctl ignores it.
+    pub async fn connect<E: AsRef<str>, S: AsRef<[E]>>(
+        &self,
+        endpoints: S,
+        opts: ConnectOptions,
+    ) -> anyhow::Result<Client> {
+        let with_user = self.apply(opts.clone())?;
+        match Client::connect(&endpoints, Some(with_user)).await {
+            Err(e) if self.user.is_some() && e.to_string().contains("authentication is not enabled") => {
+                let without = TlsArgs { user: None, ..self.clone() };
+                Ok(Client::connect(&endpoints, Some(without.apply(opts)?)).await?)
+            }
+            r => Ok(r?),
+        }
+    }
+
     /// `opts` with TLS, if any TLS flag was given, and the --user.
-    pub fn apply(&self, opts: ConnectOptions) -> anyhow::Result<ConnectOptions> {
+    fn apply(&self, opts: ConnectOptions) -> anyhow::Result<ConnectOptions> {
         let files = skiff_apiserver::storage::StoreTls {
             ca_file: self.cacert.clone(),
             cert_file: self.cert.clone(),
@@ -82,8 +99,8 @@ enum Format {
 }
 
 async fn connect(endpoint: &str, timeout: Duration, tls: &TlsArgs) -> anyhow::Result<Client> {
-    let opts = tls.apply(ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout))?;
-    Client::connect([endpoint], Some(opts)).await.with_context(|| format!("cannot connect to {endpoint}"))
+    let opts = ConnectOptions::new().with_connect_timeout(timeout).with_timeout(timeout);
+    tls.connect([endpoint], opts).await.with_context(|| format!("cannot connect to {endpoint}"))
 }
 
 async fn endpoints(args: &EndpointArgs) -> anyhow::Result<Vec<String>> {

@@ -66,10 +66,8 @@ enum Format {
 }
 
 async fn connect(c: &Common) -> anyhow::Result<Client> {
-    let opts = c.tls.apply(
-        ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(15)),
-    )?;
-    Client::connect(&c.endpoints, Some(opts)).await.with_context(|| format!("connecting to {}", c.endpoints.join(",")))
+    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(15));
+    c.tls.connect(&c.endpoints, opts).await.with_context(|| format!("connecting to {}", c.endpoints.join(",")))
 }
 
 fn parse_id(s: &str) -> anyhow::Result<u64> {

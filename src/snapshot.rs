@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::ConnectOptions;
 use skiff_store::backup;
 
 #[derive(Subcommand)]
@@ -92,10 +92,9 @@ async fn save(a: SaveArgs) -> anyhow::Result<()> {
     if a.endpoints.contains(',') {
         bail!("snapshot save needs exactly one endpoint, got {}", a.endpoints);
     }
-    let opts = a.tls.apply(ConnectOptions::new().with_connect_timeout(Duration::from_secs(a.dial_timeout)))?;
-    let mut client = Client::connect([a.endpoints.as_str()], Some(opts))
-        .await
-        .with_context(|| format!("connecting to {}", a.endpoints))?;
+    let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(a.dial_timeout));
+    let mut client =
+        a.tls.connect([a.endpoints.as_str()], opts).await.with_context(|| format!("connecting to {}", a.endpoints))?;
     let part = PathBuf::from(format!("{}.part", a.file.display()));
     let mut out = std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?;
     let mut stream = client.snapshot().await.context("starting the snapshot")?;

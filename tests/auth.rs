@@ -34,6 +34,14 @@ fn users_roles_and_prefix_permissions_with_etcdctl() {
     let e = c.endpoints();
     ok(&e, &["put", "/other/k", "before"]);
 
+    // A --user given while auth is off is ignored, by etcdctl and by skiff alike.
+    assert!(etcdctl(&e, &["--user", "nobody:x", "get", "/other/k"]).status.success());
+    let o = std::process::Command::new(skiff_bin())
+        .args(["member", "list", "--endpoints", &c.members[0].endpoint(), "--user", "nobody:x"])
+        .output()
+        .unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).lines().count() == 3, "{}", text(&o));
+
     // Set-up as an etcd user does it; etcdctl creates the root role on `auth enable`.
     assert_eq!(ok(&e, &["user", "add", "root:rootpw"]).trim(), "User root created");
     assert_eq!(ok(&e, &["user", "get", "root"]).trim(), "User: root\nRoles:");
