@@ -30,41 +30,40 @@ pub const OID: u8 = 0x06;
 pub const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
 pub const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
 
+/// The fields of a certificate's TBSCertificate after the optional `[0]` version:
+/// serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ...
+fn tbs_fields(der: &[u8]) -> Option<&[u8]> {
+    let (tag, cert, _) = tlv(der)?;
+    let (tag2, tbs, _) = tlv(cert)?;
+    if tag != SEQUENCE || tag2 != SEQUENCE {
+        return None;
+    }
+    if tbs.first() == Some(&0xa0) {
+        return Some(tlv(tbs)?.2);
+    }
+    Some(tbs)
+}
+
+/// The `n`th TBSCertificate field (counted as in [`tbs_fields`]), as (tag, contents,
+/// the whole element with its tag and length).
+fn tbs_field(der: &[u8], n: usize) -> Option<(u8, &[u8], &[u8])> {
+    let mut rest = tbs_fields(der)?;
+    for _ in 0..n {
+        rest = tlv(rest)?.2;
+    }
+    let (tag, contents, after) = tlv(rest)?;
+    Some((tag, contents, &rest[..rest.len() - after.len()]))
+}
+
 /// The subjectPublicKeyInfo element (tag and length included) of a certificate.
 pub fn public_key_info(der: &[u8]) -> Option<&[u8]> {
-    let (_, cert, _) = tlv(der)?;
-    let (_, tbs, _) = tlv(cert)?;
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = tlv(rest)?.2;
-    }
-    // serialNumber, signature, issuer, validity, subject
-    for _ in 0..5 {
-        rest = tlv(rest)?.2;
-    }
-    let (tag, _, after) = tlv(rest)?;
-    (tag == SEQUENCE).then(|| &rest[..rest.len() - after.len()])
+    let (tag, _, whole) = tbs_field(der, 5)?;
+    (tag == SEQUENCE).then_some(whole)
 }
 
 /// (CommonName, Organizations) of a certificate's subject.
 pub fn subject(der: &[u8]) -> Option<(String, Vec<String>)> {
-    let (tag, cert, _) = tlv(der)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, tbs, _) = tlv(cert)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let mut rest = tbs;
-    // [0] version (optional), serialNumber, signature, issuer, validity, subject.
-    if rest.first() == Some(&0xa0) {
-        rest = tlv(rest)?.2;
-    }
-    for _ in 0..4 {
-        rest = tlv(rest)?.2;
-    }
-    let (tag, name, _) = tlv(rest)?;
+    let (tag, name, _) = tbs_field(der, 4)?;
     if tag != SEQUENCE {
         return None;
     }
