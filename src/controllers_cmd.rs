@@ -51,6 +51,16 @@ pub struct ControllerManagerArgs {
     /// behavior.scaleDown sets a window.
     #[arg(long, default_value = "5m", value_parser = duration::parse)]
     horizontal_pod_autoscaler_downscale_stabilization: Duration,
+    /// Give every Node a pod CIDR (`spec.podCIDR`) from --cluster-cidr; node agents
+    /// without --pod-cidr wire their pods from it and route to the other Nodes' CIDRs.
+    #[arg(long, requires = "cluster_cidr")]
+    allocate_node_cidrs: bool,
+    /// The range Nodes' pod CIDRs come from (with --allocate-node-cidrs), e.g. 10.88.0.0/16.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// Prefix length of each Node's pod CIDR: /24 gives 254 pod addresses per Node.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
 }
 
 #[derive(Args)]
@@ -90,9 +100,12 @@ pub struct ContainerdArgs {
     /// Bridge the pods' interfaces attach to (created by the CNI bridge plugin).
     #[arg(long, default_value = "skiff0")]
     bridge: String,
-    /// Subnet pod addresses come from; the bridge takes its first address.
-    #[arg(long, default_value = "10.88.0.0/16")]
-    pod_cidr: String,
+    /// Subnet pod addresses come from; the bridge takes its first address. Default:
+    /// the pod CIDR the controller-manager gives this Node (`spec.podCIDR`, with
+    /// --allocate-node-cidrs), waited for at start. Given here, it is registered as the
+    /// Node's `spec.podCIDR`, so other nodes route it here.
+    #[arg(long)]
+    pod_cidr: Option<String>,
     /// The API server's --service-cluster-ip-range; routed to the bridge so that
     /// Service addresses never leave the machine.
     #[arg(long, default_value = "10.96.0.0/12")]
@@ -139,7 +152,7 @@ impl ContainerdArgs {
             namespace: self.containerd_namespace.clone(),
             network: skiff_nodeagent::ctr::cni::Network {
                 bridge: self.bridge.clone(),
-                subnet: self.pod_cidr.clone(),
+                subnet: self.pod_cidr.clone().unwrap_or_default(),
                 bin_dir: self.cni_bin_dir.clone(),
                 state_dir: root.join("cni"),
             },
@@ -231,6 +244,12 @@ async fn until_stopped(work: impl std::future::Future<Output = anyhow::Result<()
 }
 
 pub async fn controller_manager(a: ControllerManagerArgs) -> anyhow::Result<()> {
+    let node_ipam = match (a.allocate_node_cidrs, &a.cluster_cidr) {
+        (true, Some(c)) => {
+            Some(skiff_controllers::nodeipam::Settings::new(c, a.node_cidr_mask_size).map_err(|e| anyhow::anyhow!(e))?)
+        }
+        _ => None,
+    };
     until_stopped(skiff_controllers::run_controller_manager(skiff_controllers::ManagerConfig {
         kubeconfig: a.kubeconfig,
         metrics_addr: a.metrics_bind_address,
@@ -243,6 +262,7 @@ pub async fn controller_manager(a: ControllerManagerArgs) -> anyhow::Result<()> 
             period: a.horizontal_pod_autoscaler_sync_period,
             downscale_window: a.horizontal_pod_autoscaler_downscale_stabilization,
         },
+        node_ipam,
     }))
     .await
 }
@@ -294,6 +314,14 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
     } else {
         a.node_ip
     };
+    if let Some(c) = &a.containerd.pod_cidr {
+        let cidr: skiff_controllers::nodeipam::Cidr = c.parse().map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
+        if cidr.len > 30 || cidr.to_string() != *c {
+            anyhow::bail!(
+                "--pod-cidr {c}: give a network of at least 4 addresses with its host bits clear, e.g. {cidr}"
+            );
+        }
+    }
     let cfg = skiff_nodeagent::agent::Config {
         kubeconfig: a.kubeconfig,
         nodes: a.nodes,
@@ -310,6 +338,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
         node_ip,
         port: a.port,
         runtime_version: "fake://0.1.0".into(),
+        pod_cidr: if real { a.containerd.pod_cidr.clone() } else { None },
     };
     match a.runtime {
         RuntimeKind::Fake => until_stopped(skiff_nodeagent::run_fake(cfg, a.start_delay)).await,

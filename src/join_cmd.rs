@@ -4,6 +4,9 @@
 //! with the token for a certificate as `system:node:<name>` (a CertificateSigningRequest
 //! the cluster approves for the default node token), keeps it in `--data-dir`, and runs
 //! the node agent with it.
+//!
+//! With `--control-plane`, the machine becomes a control-plane machine as well: see
+//! `controlplane` for how it gets the cluster's CA and joins the store.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,14 +35,38 @@ pub struct JoinArgs {
     /// name, lowercased.
     #[arg(long)]
     node_name: Option<String>,
-    /// Where the node keeps its credentials (`node.kubeconfig`). A node that already has
-    /// them there does not ask again.
-    #[arg(long, default_value = "/var/lib/skiff-node")]
-    data_dir: PathBuf,
+    /// Where the node keeps its credentials (`node.kubeconfig`); default
+    /// /var/lib/skiff-node. A node that already has them there does not ask again. With
+    /// --control-plane: the machine's `skiff init --data-dir` (default /var/lib/skiff).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Join as a control-plane machine: a store member (added as a learner, promoted
+    /// once caught up), an API server, a controller-manager and a scheduler, besides the
+    /// node agent. The flags after `--` are then `skiff init`'s, for this machine (its
+    /// --bind, --store-client-addr, --store-peer-addr and --node-ip on an address the
+    /// other machines reach).
+    #[arg(long, requires = "certificate_key")]
+    control_plane: bool,
+    /// With --control-plane: the key `skiff init` printed, which opens the cluster's CA
+    /// and signing keys.
+    #[arg(long, requires = "control_plane")]
+    certificate_key: Option<String>,
     /// Flags for the node agent, as `skiff agent` takes them, after `--` (for example
-    /// `-- --runtime containerd`); `--kubeconfig` is set by join.
+    /// `-- --runtime containerd`); `--kubeconfig` is set by join. With --control-plane:
+    /// `skiff init`'s flags.
     #[arg(last = true)]
     agent: Vec<String>,
+}
+
+/// Whether `argv` sets `flag` (as `--flag value` or `--flag=value`), and to what.
+fn flag_value<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
+    argv.iter().enumerate().find_map(|(i, f)| {
+        if f == flag {
+            argv.get(i + 1).map(String::as_str)
+        } else {
+            f.strip_prefix(flag).and_then(|r| r.strip_prefix('='))
+        }
+    })
 }
 
 fn b64(b: &[u8]) -> String {
@@ -95,12 +122,18 @@ async fn discover_ca(server: &str, want: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Asks for and waits for the node's certificate; the node kubeconfig's text.
+/// A client of the cluster that authenticates with the bootstrap token.
+async fn bootstrap_client(a: &JoinArgs, ca: &[u8], dir: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let boot = dir.join("bootstrap.kubeconfig");
+    write_private(&boot, &kubeconfig(&format!("https://{}", a.server), ca, &format!("    token: {}", a.token)))?;
+    let client = skiff_controllers::client::from_kubeconfig(&boot).await;
+    std::fs::remove_file(&boot).ok();
+    client
+}
+
 async fn node_credentials(a: &JoinArgs, node: &str, ca: &[u8], dir: &std::path::Path) -> anyhow::Result<String> {
     let server = format!("https://{}", a.server);
-    let boot = dir.join("bootstrap.kubeconfig");
-    write_private(&boot, &kubeconfig(&server, ca, &format!("    token: {}", a.token)))?;
-    let client = skiff_controllers::client::from_kubeconfig(&boot).await?;
-    std::fs::remove_file(&boot).ok();
+    let client = bootstrap_client(a, ca, dir).await?;
     let (key, request) = csr::new_request(&format!("system:node:{node}"), "system:nodes")?;
     let api: Api<CertificateSigningRequest> = Api::all(client);
     let suffix: String = bootstrap::generate().chars().skip(7).take(6).collect();
@@ -158,19 +191,107 @@ pub async fn run(a: JoinArgs) -> anyhow::Result<()> {
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("--ca-hash must be sha256: followed by 64 hex digits, not {:?}", a.ca_hash);
     }
+    if a.control_plane {
+        return control_plane(a).await;
+    }
     let node = a.node_name.clone().unwrap_or_else(crate::controllers_cmd::host_name);
-    std::fs::create_dir_all(&a.data_dir).with_context(|| format!("cannot create {}", a.data_dir.display()))?;
-    let path = a.data_dir.join("node.kubeconfig");
+    let data_dir = a.data_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/skiff-node"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let path = data_dir.join("node.kubeconfig");
     if path.exists() {
         eprintln!("{} exists: this machine has joined before; starting its agent", path.display());
     } else {
         let ca = discover_ca(&a.server, &a.ca_hash.to_lowercase()).await?;
-        let text = node_credentials(&a, &node, &ca, &a.data_dir).await?;
+        let text = node_credentials(&a, &node, &ca, &data_dir).await?;
         write_private(&path, &text)?;
         eprintln!("joined as system:node:{node}; credentials in {}", path.display());
     }
     let mut argv = vec!["--kubeconfig".to_string(), path.display().to_string()];
+    // The agent registers the Node its certificate names, unless told otherwise.
+    if !a.agent.iter().any(|f| f == "--node-name" || f.starts_with("--node-name=")) {
+        argv.extend(["--node-name".to_string(), node.clone()]);
+    }
     argv.extend(a.agent.iter().cloned());
     let agent: crate::controllers_cmd::AgentArgs = crate::up::parse("agent", argv)?;
     crate::controllers_cmd::agent(agent).await
+}
+
+/// `skiff join --control-plane`: gets the cluster's CA and keys, adds this machine's
+/// store member as a learner, then starts everything as `skiff init` with the flags
+/// after `--` (in the background, as `skiff init` does). Run again, a machine that has
+/// joined before starts as it did then.
+async fn control_plane(a: JoinArgs) -> anyhow::Result<()> {
+    use crate::controlplane;
+    let key = controlplane::parse_key(a.certificate_key.as_deref().unwrap_or_default())?;
+    let mut argv = a.agent.clone();
+    if let (Some(n), None) = (&a.node_name, flag_value(&argv, "--node-name")) {
+        argv.extend(["--node-name".into(), n.clone()]);
+    }
+    if let (Some(d), None) = (&a.data_dir, flag_value(&argv, "--data-dir")) {
+        argv.extend(["--data-dir".into(), d.display().to_string()]);
+    }
+    let up: crate::up::UpArgs = crate::up::parse("init", argv.clone())?;
+    let dir = up.data_dir.clone();
+    let prepared = dir.join("store").exists() || dir.join(controlplane::STORE_JOIN).exists();
+    if prepared {
+        if let Some(saved) = crate::up::saved_argv(&dir) {
+            eprintln!("{} holds a control-plane machine that joined before; starting it", dir.display());
+            argv = saved.into_iter().skip(1).collect();
+        }
+    } else {
+        for (flag, addr) in [("--store-client-addr", up.store_client_addr), ("--store-peer-addr", up.store_peer_addr)] {
+            if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+                bail!("{flag} {addr}: give an address of this machine that the other control-plane machines reach");
+            }
+        }
+        let ca = discover_ca(&a.server, &a.ca_hash.to_lowercase()).await?;
+        let pki = dir.join("apiserver/pki");
+        std::fs::create_dir_all(&pki).with_context(|| format!("cannot create {}", pki.display()))?;
+        let shared = controlplane::download(bootstrap_client(&a, &ca, &dir).await?, &key).await?;
+        if shared.ca_crt.as_bytes() != ca.as_slice() {
+            bail!("the sealed CA is not the one the cluster serves");
+        }
+        if let Some(e) = shared.store_endpoints.iter().find(|e| e.contains("//127.") || e.contains("//localhost")) {
+            bail!(
+                "the cluster's store listens on {e} only, which no other machine reaches; start `skiff init` \
+                 with --store-client-addr and --store-peer-addr on the first machine's address"
+            );
+        }
+        // The API server's Service range and the Nodes' pod range are the cluster's.
+        for (flag, theirs) in [("--service-cidr", &shared.service_cidr), ("--cluster-cidr", &shared.cluster_cidr)] {
+            match flag_value(&argv, flag) {
+                Some(mine) if mine != theirs => bail!("{flag} {mine}: the cluster uses {theirs}"),
+                Some(_) => {}
+                None => argv.extend([flag.to_string(), theirs.clone()]),
+            }
+        }
+        write_private(&pki.join("ca.key"), &shared.ca_key)?;
+        write_private(&pki.join("sa.key"), &shared.sa_key)?;
+        std::fs::write(pki.join("ca.crt"), &shared.ca_crt)?;
+        let certs = skiff_apiserver::pki::Pki { dir: pki.clone() };
+        certs.ensure_pair("apiserver-etcd-client", "kube-apiserver-etcd-client", &[], false)?;
+        let name = up.node_name();
+        let peer = format!("https://{}", up.store_peer_addr);
+        let join = controlplane::add_member(&pki, &shared.store_endpoints, &name, &peer).await?;
+        std::fs::write(dir.join(controlplane::STORE_NAME), &name)?;
+        std::fs::write(dir.join(controlplane::STORE_JOIN), serde_json::to_vec(&join)?)?;
+        eprintln!("added store member {name} ({peer}) as a learner; starting this machine's control plane");
+    }
+    let mut up: crate::up::UpArgs = crate::up::parse("init", argv.clone())?;
+    up.init = true;
+    crate::up::up_with(up, std::iter::once("init".to_string()).chain(argv).collect()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_found_in_either_spelling() {
+        let argv: Vec<String> = ["--bind", "10.0.0.2:6443", "--cluster-cidr=10.88.0.0/16"].map(String::from).to_vec();
+        assert_eq!(flag_value(&argv, "--bind"), Some("10.0.0.2:6443"));
+        assert_eq!(flag_value(&argv, "--cluster-cidr"), Some("10.88.0.0/16"));
+        assert_eq!(flag_value(&argv, "--cluster"), None);
+        assert_eq!(flag_value(&argv, "--data-dir"), None);
+    }
 }

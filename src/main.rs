@@ -6,6 +6,7 @@ mod bench_cmd;
 mod chaos_cmd;
 mod cluster_bench;
 mod controllers_cmd;
+mod controlplane;
 mod dashboard_cmd;
 mod duration;
 mod endpoint;

@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
 use crate::controllers_cmd::{self, AgentArgs, ContainerdArgs, RuntimeKind};
+use crate::controlplane;
 use crate::duration;
 
 #[derive(Args, Clone)]
@@ -31,17 +32,17 @@ pub struct UpArgs {
     /// (`apiserver/`), the node agent and its containerd (`agent/`), local volumes
     /// (`local-path/`), the log (`skiff.log`) and the pid file.
     #[arg(long, default_value = "/var/lib/skiff")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// How the node runs pods: real containers on a private containerd (needs root), or
     /// simulated ones (pods go Running, nothing runs).
     #[arg(long, value_enum, default_value = "containerd")]
     runtime: RuntimeKind,
     /// Where the store serves etcd clients (`etcdctl --endpoints`).
     #[arg(long, default_value = "127.0.0.1:2379")]
-    store_client_addr: SocketAddr,
+    pub(crate) store_client_addr: SocketAddr,
     /// Where the store listens for peers (it has none until members are added).
     #[arg(long, default_value = "127.0.0.1:2380")]
-    store_peer_addr: SocketAddr,
+    pub(crate) store_peer_addr: SocketAddr,
     /// Where the store serves Prometheus `/metrics` and `/health` (plain HTTP), e.g.
     /// 127.0.0.1:2381 as kubeadm sets up etcd. Default: not served.
     #[arg(long)]
@@ -64,6 +65,11 @@ pub struct UpArgs {
     /// The agent's port on the node address (the kubelet's port).
     #[arg(long, default_value_t = 10250)]
     node_port: u16,
+    /// The range the controller-manager gives each Node a /24 pod CIDR from
+    /// (`spec.podCIDR`); a node agent without --pod-cidr takes its pods' addresses
+    /// from that /24.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    cluster_cidr: String,
     #[command(flatten)]
     containerd: ContainerdArgs,
     /// Run in this process, logging to stderr, instead of starting a background process.
@@ -117,7 +123,7 @@ pub(crate) fn parse<T: Args>(what: &str, argv: Vec<String>) -> anyhow::Result<T>
 }
 
 impl UpArgs {
-    fn node_name(&self) -> String {
+    pub(crate) fn node_name(&self) -> String {
         self.node_name.clone().unwrap_or_else(controllers_cmd::host_name)
     }
 
@@ -176,6 +182,12 @@ fn alive(pid: i32) -> bool {
 }
 
 pub async fn up(a: UpArgs) -> anyhow::Result<()> {
+    up_with(a, std::env::args().skip(1).collect()).await
+}
+
+/// `skiff up` / `skiff init` as the command line `argv` (from the subcommand on) says;
+/// the background process is started with it, and `skiff down` reads it back.
+pub(crate) async fn up_with(a: UpArgs, argv: Vec<String>) -> anyhow::Result<()> {
     if a.runtime == RuntimeKind::Containerd {
         if let Some(why) = containerd_unavailable(&a) {
             anyhow::bail!(
@@ -197,22 +209,32 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", a.data_dir.display()))?;
     // How this cluster was started, for `skiff down` (with the directory relative paths
     // in it are relative to).
-    let saved = Saved { cwd: std::env::current_dir()?, argv: std::env::args().skip(1).collect() };
+    // Without the --foreground the background process is started with, so that the
+    // saved line starts the cluster as its user did.
+    let saved_argv = argv.iter().filter(|f| *f != "--foreground").cloned().collect();
+    let saved = Saved { cwd: std::env::current_dir()?, argv: saved_argv };
     std::fs::write(a.data_dir.join(ARGS_FILE), serde_json::to_vec(&saved)?)?;
     if a.foreground {
         return run(a).await;
     }
-    start_background(&a)?;
-    wait_ready(&a).await
+    // A control-plane machine joining the store (see `skiff join --control-plane`).
+    let joining = a.data_dir.join(controlplane::STORE_JOIN).exists();
+    start_background(&a, &argv)?;
+    wait_ready(&a, joining).await
+}
+
+/// The command line `skiff up` / `skiff init` was last started with in `dir`.
+pub(crate) fn saved_argv(dir: &Path) -> Option<Vec<String>> {
+    let saved: Saved = serde_json::from_slice(&std::fs::read(dir.join(ARGS_FILE)).ok()?).ok()?;
+    Some(saved.argv)
 }
 
 /// Starts this program again as `skiff up --foreground` in a session of its own, logging
 /// to the data directory, and remembers how it was started for `skiff down`.
-fn start_background(a: &UpArgs) -> anyhow::Result<()> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+fn start_background(a: &UpArgs, argv: &[String]) -> anyhow::Result<()> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(a.data_dir.join(LOG_FILE))?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(&argv).arg("--foreground").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.args(argv).arg("--foreground").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe; it detaches the cluster from this terminal.
     unsafe {
@@ -227,7 +249,7 @@ fn start_background(a: &UpArgs) -> anyhow::Result<()> {
 }
 
 /// Shows the start-up step by step until the node is Ready.
-async fn wait_ready(a: &UpArgs) -> anyhow::Result<()> {
+async fn wait_ready(a: &UpArgs, joining: bool) -> anyhow::Result<()> {
     let start = Instant::now();
     // A resumed cluster's Node still says Ready from before: only a heartbeat of this
     // start counts (the times have whole seconds).
@@ -241,7 +263,8 @@ async fn wait_ready(a: &UpArgs) -> anyhow::Result<()> {
     };
     let step = |name: &str| eprint!("  {name:<40} ");
     let done = |t: Instant| eprintln!("ready ({:.1} s)", t.elapsed().as_secs_f64());
-    eprintln!("starting a single-node cluster in {} (log: {})", a.data_dir.display(), log.display());
+    let what = if joining { "this machine's part of the control plane" } else { "a single-node cluster" };
+    eprintln!("starting {what} in {} (log: {})", a.data_dir.display(), log.display());
 
     // Each step polls `check` until it holds, the process dies, or time runs out.
     async fn until<F, Fut>(a: &UpArgs, start: Instant, mut check: F) -> Result<(), &'static str>
@@ -296,7 +319,7 @@ async fn wait_ready(a: &UpArgs) -> anyhow::Result<()> {
 
     let kc = std::fs::canonicalize(&kubeconfig)?;
     println!("export KUBECONFIG={}", kc.display());
-    if a.init {
+    if a.init && !joining {
         let token = crate::token_cmd::create(
             &kc,
             "24h",
@@ -304,15 +327,27 @@ async fn wait_ready(a: &UpArgs) -> anyhow::Result<()> {
             "skiff init",
         )
         .await?;
-        println!("{}", crate::token_cmd::join_command(&kc, &token)?);
+        let join = crate::token_cmd::join_command(&kc, &token)?;
         let pki = std::fs::canonicalize(a.data_dir.join("apiserver/pki"))?;
+        let client = skiff_controllers::client::from_kubeconfig(&kc).await?;
+        let stores = vec![format!("https://{}", a.store_client_addr)];
+        let key =
+            controlplane::upload(client, &pki, &token, stores, &a.containerd.service_cidr, &a.cluster_cidr).await?;
+        println!("{join}");
+        println!("{join} --control-plane --certificate-key {key}");
         eprintln!(
-            "\nOn another machine, the line above makes it a node of this cluster (the token lives 24 hours;\n\
-             `skiff token create --print-join-command` makes another). The store takes only clients with a\n\
-             certificate: etcdctl --endpoints https://{} --cacert {1}/ca.crt --cert {1}/apiserver-etcd-client.crt --key {1}/apiserver-etcd-client.key",
+            "\nOn another machine, the first line above makes it a node of this cluster; the second makes it a\n\
+             control-plane machine too (a store member, an API server, a controller-manager and a scheduler;\n\
+             add `-- <skiff init flags for that machine>`). The token lives 24 hours, and the certificates for\n\
+             the second line go with it (`skiff token create --print-join-command` makes a token for nodes).\n\
+             The store takes only clients with a certificate:\n\
+             etcdctl --endpoints https://{} --cacert {1}/ca.crt --cert {1}/apiserver-etcd-client.crt --key {1}/apiserver-etcd-client.key",
             a.store_client_addr,
             pki.display()
         );
+    }
+    if joining {
+        eprintln!("\nThis machine joined the control plane: its store member is a voting member.");
     }
     eprintln!(
         "\nThe cluster is up ({:.1} s). Run the line above, then e.g. `kubectl get nodes`.\n\
@@ -348,7 +383,24 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
         format!("{scheme}://{}", a.store_peer_addr),
     ];
     let mut etcd_tls = Vec::new();
+    let joining: Option<controlplane::StoreJoin> =
+        std::fs::read(dir.join(controlplane::STORE_JOIN)).ok().and_then(|b| serde_json::from_slice(&b).ok());
     if a.init {
+        // Members of a multi-machine store need names of their own: the node's. (A store
+        // made before names were kept stays `default`, the name it was made with.)
+        let name = match std::fs::read_to_string(dir.join(controlplane::STORE_NAME)) {
+            Ok(n) => n.trim().to_string(),
+            Err(_) if dir.join("store").exists() => s("default"),
+            Err(_) => {
+                std::fs::write(dir.join(controlplane::STORE_NAME), a.node_name())?;
+                a.node_name()
+            }
+        };
+        store_argv.extend([s("--name"), name]);
+        if let Some(j) = &joining {
+            store_argv.extend([s("--initial-cluster"), j.initial_cluster.clone()]);
+            store_argv.extend([s("--initial-cluster-state"), s("existing")]);
+        }
         let pki = skiff_apiserver::pki::Pki::ensure(&dir.join("apiserver"), a.bind.ip())?;
         let ips = [a.store_client_addr.ip(), a.store_peer_addr.ip()];
         pki.ensure_pair("store", "skiff-store", &ips, true)?;
@@ -372,6 +424,23 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
     let mut tasks = Components::new();
     tasks.spawn(async move { ("store", crate::run_store(store).await) });
     let endpoint = a.store_client_addr.to_string();
+    if let Some(j) = &joining {
+        // A learner serves no linearizable reads: the API server waits for the promotion,
+        // which the leader grants once the member has caught up.
+        let pki = dir.join("apiserver/pki");
+        wait_for("this machine's store member's promotion", || async {
+            match controlplane::promote(&pki, j).await {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::warn!("promoting this machine's store member: {e:#}");
+                    false
+                }
+            }
+        })
+        .await?;
+        tracing::info!("store member {} promoted to a voting member", j.name);
+        std::fs::remove_file(dir.join(controlplane::STORE_JOIN))?;
+    }
     wait_for("the store", || store_answers(&endpoint, &dir, a.init)).await?;
 
     let api: crate::apiserver_cmd::ApiServerArgs = parse(
@@ -396,10 +465,13 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
     // Each component acts with its own identity (the API server wrote their kubeconfigs).
     let kc = |component: &str| dir.join(format!("apiserver/{component}.kubeconfig")).display().to_string();
 
-    // One process holds the only replica: no leader election (whose Lease would make a
-    // restarted cluster wait for the previous one to expire).
-    let single = |component: &str| [s("--kubeconfig"), kc(component), s("--leader-elect"), s("false")];
+    // `skiff up`: one process holds the only replica, so no leader election (whose Lease
+    // would make a restarted cluster wait for the previous one to expire). `skiff init`:
+    // other control-plane machines may join, so they elect.
+    let elect = if a.init { "true" } else { "false" };
+    let single = |component: &str| [s("--kubeconfig"), kc(component), s("--leader-elect"), s(elect)];
     let mut cm_argv = single("controller-manager").to_vec();
+    cm_argv.extend([s("--allocate-node-cidrs"), s("--cluster-cidr"), a.cluster_cidr.clone()]);
     if let Some(m) = a.controller_metrics_addr {
         cm_argv.extend([s("--metrics-bind-address"), m.to_string()]);
     }

@@ -12,6 +12,7 @@ mod controllers;
 mod crash;
 mod differential;
 mod docs;
+mod hosts;
 mod kv;
 mod lease;
 mod maintenance;

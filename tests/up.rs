@@ -463,10 +463,25 @@ fn init_serves_the_store_over_tls_and_prints_a_join_command_that_works() {
     assert!(o.status.success(), "skiff init: {}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines.len(), 3, "{stdout}");
     assert_eq!(lines[0], format!("export KUBECONFIG={}", c.kubeconfig().display()));
     let join: Vec<&str> = lines[1].split_whitespace().collect();
     assert!(matches!(join.as_slice(), ["skiff", "join", _, "--token", _, "--ca-hash", _]), "{stdout}");
+    assert_eq!(
+        lines[2],
+        format!("{} --control-plane --certificate-key {}", lines[1], &lines[2][lines[2].len() - 64..])
+    );
+
+    // The control-plane line needs a store other machines reach; this one is on 127.0.0.1.
+    let o = Command::new(skiff_bin())
+        .args(&lines[2].split_whitespace().collect::<Vec<_>>()[1..])
+        .args(["--", "--data-dir"])
+        .arg(c.dir.parent().unwrap().join("second"))
+        .args(["--store-client-addr", "127.0.0.1:1", "--store-peer-addr", "127.0.0.1:2"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--store-client-addr 127.0.0.1:1: give an address of this machine"), "{}", text(&o));
 
     // The store: nothing over plain HTTP or without a client certificate; everything
     // with the one the API server uses.

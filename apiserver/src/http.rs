@@ -1284,6 +1284,9 @@ impl Handler<'_> {
         self.check_fields(&mut new)?;
         self.check_decodes(&mut new)?;
         object::prepare_update(self.r, &mut new, &cur.obj)?;
+        if self.is("", "nodes") {
+            object::keep_pod_cidrs(&new, &cur.obj)?;
+        }
         defaults::apply(self.r, &mut new);
         if self.is("", "limitranges") {
             admission::default_limit_range(&mut new);

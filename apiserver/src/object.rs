@@ -280,6 +280,25 @@ pub fn prepare_update(r: &Resource, new: &mut Value, old: &Value) -> ApiResult<(
     validate_meta(r, new)
 }
 
+/// A Node's pod CIDRs may be set once (by the controller-manager or the node's agent)
+/// and never changed: pods and other nodes' routes depend on them.
+pub fn keep_pod_cidrs(new: &Value, old: &Value) -> ApiResult<()> {
+    let cidrs = |n: &Value| -> Vec<Value> {
+        let list = n["spec"]["podCIDRs"].as_array().cloned().unwrap_or_default();
+        match (list.is_empty(), n["spec"]["podCIDR"].as_str()) {
+            (true, Some(one)) if !one.is_empty() => vec![json!(one)],
+            _ => list,
+        }
+    };
+    let held = cidrs(old);
+    if held.is_empty() || cidrs(new) == held {
+        return Ok(());
+    }
+    let name = new["metadata"]["name"].as_str().unwrap_or_default();
+    let msg = "Forbidden: node updates may not change podCIDR except from \"\" to valid";
+    Err(ApiError::invalid("Node", "", name, vec![("spec.podCIDRs".into(), msg.into())]))
+}
+
 /// The object without metadata and status: what generation tracks.
 fn strip(v: &Value) -> Value {
     let mut v = v.clone();
@@ -295,6 +314,25 @@ fn strip(v: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nodes_pod_cidr_is_set_once() {
+        let node = |cidrs: Value| json!({"metadata": {"name": "n1"}, "spec": cidrs});
+        let none = node(json!({}));
+        let a = node(json!({"podCIDR": "10.88.0.0/24", "podCIDRs": ["10.88.0.0/24"]}));
+        let b = node(json!({"podCIDR": "10.88.1.0/24", "podCIDRs": ["10.88.1.0/24"]}));
+        assert!(keep_pod_cidrs(&a, &none).is_ok(), "from nothing to a CIDR");
+        assert!(keep_pod_cidrs(&a, &a).is_ok());
+        assert!(keep_pod_cidrs(&a, &node(json!({"podCIDR": "10.88.0.0/24"}))).is_ok(), "the one podCIDR counts");
+        for changed in [&b, &none] {
+            let e = keep_pod_cidrs(changed, &a).unwrap_err();
+            assert_eq!(e.code, 422);
+            assert_eq!(
+                e.message,
+                "Node \"n1\" is invalid: spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid"
+            );
+        }
+    }
 
     #[test]
     fn times_round_trip_and_match_known_dates() {

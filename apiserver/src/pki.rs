@@ -57,36 +57,13 @@ impl Pki {
         self.dir.join(name)
     }
 
-    /// Creates the CA and certificates unless they exist. `ip` goes into the serving
-    /// certificate's names with `localhost` and 127.0.0.1.
+    /// Creates what is missing of the CA, the API server's serving certificate and the
+    /// admin's client certificate. `ip` goes into the serving certificate's names with
+    /// `localhost` and 127.0.0.1. A control-plane machine that joins brings the CA (and
+    /// so gets only the other two made here).
     pub fn ensure(data_dir: &Path, ip: IpAddr) -> anyhow::Result<Pki> {
         let pki = Pki { dir: data_dir.join("pki") };
-        if pki.path("ca.crt").exists() {
-            return Ok(pki);
-        }
         std::fs::create_dir_all(&pki.dir).with_context(|| format!("cannot create {}", pki.dir.display()))?;
-
-        let ca_key = KeyPair::generate()?;
-        let ca_cert = ca_params()?.self_signed(&ca_key)?;
-
-        let server_key = KeyPair::generate()?;
-        let mut server = CertificateParams::new(vec!["localhost".to_string(), "kubernetes".to_string()])?;
-        server.distinguished_name.push(DnType::CommonName, "skiff-apiserver");
-        let mut ips = vec![IpAddr::from([127, 0, 0, 1])];
-        if !ip.is_unspecified() && !ips.contains(&ip) {
-            ips.push(ip);
-        }
-        server.subject_alt_names.extend(ips.into_iter().map(SanType::IpAddress));
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key)?;
-
-        let admin_key = KeyPair::generate()?;
-        let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin.distinguished_name.push(DnType::CommonName, "admin");
-        admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin.signed_by(&admin_key, &ca_cert, &ca_key)?;
-
         let write = |name: &str, text: String| -> anyhow::Result<()> {
             let p = pki.path(name);
             std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
@@ -96,13 +73,38 @@ impl Pki {
             }
             Ok(())
         };
-        write("ca.key", ca_key.serialize_pem())?;
-        write("apiserver.crt", server_cert.pem())?;
-        write("apiserver.key", server_key.serialize_pem())?;
-        write("admin.crt", admin_cert.pem())?;
-        write("admin.key", admin_key.serialize_pem())?;
-        // Last: its presence means the set is complete.
-        write("ca.crt", ca_cert.pem())?;
+        if !pki.path("ca.crt").exists() {
+            let ca_key = KeyPair::generate()?;
+            let ca_cert = ca_params()?.self_signed(&ca_key)?;
+            write("ca.key", ca_key.serialize_pem())?;
+            // Last: its presence means the CA is complete.
+            write("ca.crt", ca_cert.pem())?;
+        }
+        let issuer = pki.issuer()?;
+        if !pki.path("apiserver.crt").exists() {
+            let server_key = KeyPair::generate()?;
+            let mut server = CertificateParams::new(vec!["localhost".to_string(), "kubernetes".to_string()])?;
+            server.distinguished_name.push(DnType::CommonName, "skiff-apiserver");
+            let mut ips = vec![IpAddr::from([127, 0, 0, 1])];
+            if !ip.is_unspecified() && !ips.contains(&ip) {
+                ips.push(ip);
+            }
+            server.subject_alt_names.extend(ips.into_iter().map(SanType::IpAddress));
+            server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            let server_cert = server.signed_by(&server_key, issuer.cert(), issuer.key())?;
+            write("apiserver.key", server_key.serialize_pem())?;
+            write("apiserver.crt", server_cert.pem())?;
+        }
+        if !pki.path("admin.crt").exists() {
+            let admin_key = KeyPair::generate()?;
+            let mut admin = CertificateParams::new(Vec::<String>::new())?;
+            admin.distinguished_name.push(DnType::CommonName, "admin");
+            admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
+            admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let admin_cert = admin.signed_by(&admin_key, issuer.cert(), issuer.key())?;
+            write("admin.key", admin_key.serialize_pem())?;
+            write("admin.crt", admin_cert.pem())?;
+        }
         Ok(pki)
     }
 

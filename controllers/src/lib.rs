@@ -20,6 +20,7 @@ pub mod labels;
 pub mod leader;
 pub mod metrics;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod pods;
 pub mod quantity;
@@ -99,6 +100,8 @@ pub struct ManagerConfig {
     pub election: Election,
     pub nodes: nodelifecycle::Settings,
     pub autoscaling: hpa::Settings,
+    /// Pod CIDRs for Nodes (`--allocate-node-cidrs`), if the controller-manager gives them.
+    pub node_ipam: Option<nodeipam::Settings>,
 }
 
 async fn lead(name: &str, client: &kube::Client, e: &Election) -> futures::future::BoxFuture<'static, ()> {
@@ -173,6 +176,7 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
         ctx.clone(),
     );
     let node_store = nodes.store();
+    let ipam = cfg.node_ipam.clone().map(|s| (s, nodes.subscribe().boxed()));
     let lease_store = leases.store();
     let hpa_store = hpas.store();
     let cronjob_ctrl = cronjob::Controller::new(ctx.clone(), cronjobs.store(), jobs.store());
@@ -233,6 +237,16 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
             let client = ctx.client.clone();
             tokio::spawn(async move {
                 tokencleaner::run(client, Duration::from_secs(5)).await;
+                Vec::new()
+            })
+        },
+        {
+            let (ctx, nodes) = (ctx.clone(), node_store.clone());
+            tokio::spawn(async move {
+                match ipam {
+                    Some((settings, changes)) => nodeipam::run(ctx, nodes, changes, settings).await,
+                    None => std::future::pending().await,
+                }
                 Vec::new()
             })
         },

@@ -51,6 +51,80 @@ pub struct Config {
     pub port: u16,
     /// What runs the containers, for nodeInfo (`fake://0.1.0`, `containerd://1.6.20`).
     pub runtime_version: String,
+    /// The real node's pod CIDR when it is configured on the agent (`--pod-cidr`) rather
+    /// than given by the controller-manager: registered as the Node's `spec.podCIDR`.
+    pub pod_cidr: Option<String>,
+}
+
+/// The Node object an agent registers (its status comes separately).
+fn node_object(cfg: &Config, s: &Slot, simulated: bool) -> Node {
+    let mut spec = json!({});
+    if let (Some(c), false) = (&cfg.pod_cidr, simulated) {
+        spec = json!({"podCIDR": c, "podCIDRs": [c]});
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": s.name, "labels": {
+            "kubernetes.io/hostname": s.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "node.kubernetes.io/instance-type": if simulated { "skiff-simulated" } else { "skiff" },
+            "topology.kubernetes.io/zone": format!("zone-{}", s.index % cfg.zones.max(1)),
+        }},
+        "spec": spec,
+    }))
+    .expect("a valid Node")
+}
+
+/// The pod CIDR of the real node: `cfg.pod_cidr` if the agent was given one (a Node
+/// holding another is warned about), else the `spec.podCIDR` the controller-manager
+/// gives the Node, waited for. The Node is created first if it does not exist, since
+/// the controller-manager only gives CIDRs to Nodes it sees.
+pub async fn node_pod_cidr(client: &kube::Client, cfg: &Config) -> anyhow::Result<String> {
+    let name = cfg.node_name.clone().ok_or_else(|| anyhow::anyhow!("the agent has no node name"))?;
+    let slot = Slot { name: name.clone(), host_ip: cfg.node_ip.clone().unwrap_or_default(), index: 0 };
+    let api: Api<Node> = Api::all(client.clone());
+    let mut next_note = std::time::Instant::now();
+    loop {
+        let held = match api.get_opt(&name).await {
+            Ok(Some(n)) => n.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()),
+            Ok(None) => match api.create(&PostParams::default(), &node_object(cfg, &slot, false)).await {
+                Ok(n) => n.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()),
+                Err(e) => {
+                    tracing::warn!("registering node {name}: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!("reading node {name}: {e}");
+                None
+            }
+        };
+        match (&cfg.pod_cidr, held) {
+            (Some(mine), Some(held)) if *mine != held => {
+                tracing::warn!(
+                    "node {name} holds pod CIDR {held} but this agent was given --pod-cidr {mine}; using {mine}: \
+                     other nodes route {held} here"
+                );
+                return Ok(mine.clone());
+            }
+            (Some(mine), _) => return Ok(mine.clone()),
+            (None, Some(held)) => {
+                tracing::info!("node {name} has pod CIDR {held}");
+                return Ok(held);
+            }
+            (None, None) => {}
+        }
+        if std::time::Instant::now() >= next_note {
+            tracing::info!(
+                "waiting for the controller-manager to give node {name} a pod CIDR (it needs --allocate-node-cidrs \
+                 and --cluster-cidr), or pass --pod-cidr"
+            );
+            next_note += Duration::from_secs(10);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 struct Slot {
@@ -122,19 +196,7 @@ impl<R: Runtime> Agent<R> {
     }
 
     fn node_object(&self, s: &Slot) -> Node {
-        serde_json::from_value(json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": s.name, "labels": {
-                "kubernetes.io/hostname": s.name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "node.kubernetes.io/instance-type": if self.simulated() { "skiff-simulated" } else { "skiff" },
-                "topology.kubernetes.io/zone": format!("zone-{}", s.index % self.cfg.zones.max(1)),
-            }},
-            "spec": {},
-        }))
-        .expect("a valid Node")
+        node_object(&self.cfg, s, self.simulated())
     }
 
     fn node_status(&self, s: &Slot) -> serde_json::Value {

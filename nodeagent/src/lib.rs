@@ -11,7 +11,7 @@ pub mod metrics;
 pub mod podstatus;
 pub mod runtime;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use skiff_controllers::informer::notifying_cache;
@@ -33,6 +33,11 @@ pub async fn run_containerd(
     stopped: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let client = skiff_controllers::client::from_kubeconfig(&cfg.kubeconfig).await?;
+    let mut settings = settings;
+    settings.network.subnet = agent::node_pod_cidr(&client, &cfg).await?;
+    // For `skiff reset-node`, which tears pods' networks down without asking the Node.
+    std::fs::create_dir_all(&settings.root)?;
+    std::fs::write(settings.root.join(ctr::POD_CIDR_FILE), &settings.network.subnet)?;
     let proxy = settings.proxy();
     let dns_addr = settings.network.gateway().map(|(ip, _)| std::net::SocketAddr::from((ip, 53)));
     let domain = settings.cluster_domain.clone();
@@ -55,10 +60,14 @@ pub async fn run_containerd(
         None => anyhow::bail!("the containerd agent needs the node's address"),
     };
     let addr = std::net::SocketAddr::new(ip, cfg.port);
+    let nodes_changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let nodes = notifying_cache(Api::<Node>::all(client.clone()), nodes_changed.clone());
+    let routes = ctr::routes::Routes::new(cfg.node_name.as_deref().unwrap_or_default());
     let result = tokio::select! {
         r = agent::Agent::new(client.clone(), cfg, rt.clone()).run() => r,
         r = ctr::server::serve(rt.clone(), addr) => r,
         r = ctr::proxy::run_proxy(proxy, services, slices, changed) => r,
+        r = routes.run(nodes, nodes_changed) => r,
         r = dns => r,
         _ = stopped => Ok(()),
     };

@@ -240,7 +240,8 @@ pub fn restore(path: &Path, opts: &RestoreOptions, progress: &mut dyn FnMut(u64)
     cfg.initial_cluster = opts.initial_cluster.clone();
     cfg.initial_cluster_token = opts.initial_cluster_token.clone();
     cfg.initial_advertise_peer_urls = opts.initial_advertise_peer_urls.clone();
-    cfg.listen_peer_urls = opts.initial_advertise_peer_urls.clone();
+    // Only the membership is checked: the member is started later with its own listen
+    // URLs and certificates (https:// peer URLs need none to restore).
     cfg.validate()?;
     let members = cfg.initial_members()?;
     if opts.data_dir.exists() && std::fs::read_dir(&opts.data_dir).map_err(|e| e.to_string())?.next().is_some() {

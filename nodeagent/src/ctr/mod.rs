@@ -19,6 +19,7 @@ pub mod portforward;
 pub mod probe;
 pub mod proxy;
 pub mod registry;
+pub mod routes;
 pub mod server;
 pub mod spdy;
 pub mod spec;
@@ -60,6 +61,8 @@ const LABEL_NAME: &str = "skiff.io/container-name";
 const LABEL_RESTARTS: &str = "skiff.io/restart-count";
 const LABEL_POD: &str = "skiff.io/pod";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// The node's pod CIDR, as the agent last used it, in its root directory.
+pub const POD_CIDR_FILE: &str = "pod-cidr";
 
 /// A connection to containerd in one namespace.
 #[derive(Clone)]
@@ -1432,8 +1435,12 @@ pub async fn reset(s: Settings) -> anyhow::Result<()> {
     if let Err(e) = proxy::remove(&s.proxy()).await {
         tracing::warn!("removing service rules: {e:#}");
     }
+    routes::remove_all().await;
     let mut s = s;
     s.images.clear();
+    if s.network.subnet.is_empty() {
+        s.network.subnet = std::fs::read_to_string(root.join(POD_CIDR_FILE)).unwrap_or_default().trim().to_string();
+    }
     let rt = Containerd::start(client, s).await?;
     let mut uids: Vec<String> = rt.pods();
     // Pod directories without containers (stopped half-way) are torn down too.
