@@ -221,3 +221,64 @@ fn fragmented_watch_responses_split_only_when_asked() {
         assert!(!r.0.fragment);
     });
 }
+
+/// Writes sent to a follower are forwarded to the leader, which groups them with others
+/// into shared raft entries; each still gets its own answer: hundreds of concurrent puts
+/// and txns through one follower each see their own key's previous value, get distinct
+/// revisions, and land.
+#[test]
+fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader();
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    rt().block_on(async {
+        let cl = Client::connect([c.members[follower].endpoint()], None).await.unwrap();
+        let n = 300;
+        let round = |tag: &'static str| {
+            let cl = cl.clone();
+            async move {
+                let writes = (0..n).map(|i| {
+                    let mut cl = cl.clone();
+                    async move {
+                        let (key, value) = (format!("fw/{i}"), format!("{tag}-{i}"));
+                        if i % 3 == 0 {
+                            // Kubernetes' write: a txn on the key's mod revision.
+                            let t =
+                                Txn::new().when([Compare::version(key.as_str(), CompareOp::Greater, -1)]).and_then([
+                                    TxnOp::put(key.as_str(), value.as_str(), Some(PutOptions::new().with_prev_key())),
+                                ]);
+                            let r = cl.txn(t).await.unwrap();
+                            let prev = match &r.op_responses()[0] {
+                                TxnOpResponse::Put(p) => p.prev_key().map(|kv| kv.value_str().unwrap().to_string()),
+                                other => panic!("{other:?}"),
+                            };
+                            (i, prev, r.header().unwrap().revision())
+                        } else {
+                            let r = cl
+                                .put(key.as_str(), value.as_str(), Some(PutOptions::new().with_prev_key()))
+                                .await
+                                .unwrap();
+                            let prev = r.prev_key().map(|kv| kv.value_str().unwrap().to_string());
+                            (i, prev, r.header().unwrap().revision())
+                        }
+                    }
+                });
+                futures::future::join_all(writes).await
+            }
+        };
+        let first = round("one").await;
+        assert!(first.iter().all(|(_, prev, _)| prev.is_none()), "new keys have no previous value");
+        let second = round("two").await;
+        for (i, prev, _) in &second {
+            assert_eq!(prev.as_deref(), Some(format!("one-{i}").as_str()), "key fw/{i} got another write's answer");
+        }
+        let mut revisions: Vec<i64> = first.iter().chain(&second).map(|(_, _, r)| *r).collect();
+        revisions.sort();
+        revisions.dedup();
+        assert_eq!(revisions.len(), 2 * n, "every write has a revision of its own");
+        let mut cl = cl.clone();
+        let all = cl.get("fw/", Some(GetOptions::new().with_prefix())).await.unwrap();
+        assert_eq!(all.count(), n as i64);
+        assert!(all.kvs().iter().all(|kv| kv.value_str().unwrap().starts_with("two-")));
+    });
+}
