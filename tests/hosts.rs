@@ -163,6 +163,16 @@ impl Machines {
         }
     }
 
+    /// Whether machine `i` sees exactly `n` live pods of the `web` Deployment, each bound
+    /// to a node.
+    fn web_pods_all_bound(&self, i: usize, n: usize) -> bool {
+        let o = self.kubectl_on(i, &["get", "pods", "-l", "app=web", "-o", "json"]);
+        let Ok(pods) = serde_json::from_slice::<Value>(&o.stdout) else { return false };
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        let live: Vec<&Value> = items.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
+        live.len() == n && live.iter().all(|p| p["spec"]["nodeName"].is_string())
+    }
+
     fn stop_join(&mut self) {
         if let Some(mut c) = self.join.take() {
             let _ = c.kill();
@@ -470,13 +480,7 @@ fn three_control_plane_machines_survive_losing_one_and_recover_from_losing_two()
     // A controller-manager and a scheduler of the survivors take over (once the dead
     // leader's Lease expires): scaled to 5, the ReplicaSet gets 5 pods, all bound.
     m.k_on(2, &["scale", "deployment", "web", "--replicas=5"]);
-    m.wait_with("5 pods of web, all scheduled", 2, || {
-        let o = m.kubectl_on(2, &["get", "pods", "-l", "app=web", "-o", "json"]);
-        let Ok(pods) = serde_json::from_slice::<Value>(&o.stdout) else { return false };
-        let items = pods["items"].as_array().cloned().unwrap_or_default();
-        let live: Vec<&Value> = items.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
-        live.len() == 5 && live.iter().all(|p| p["spec"]["nodeName"].is_string())
-    });
+    m.wait_with("5 pods of web, all scheduled", 2, || m.web_pods_all_bound(2, 5));
     let lease = m.json_on(2, &["-n", "kube-system", "get", "lease", "kube-controller-manager"]);
     let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string();
     assert!(!holder.ends_with(&format!("_{}", pid.trim())), "the lease moved off the dead machine: {holder}");
@@ -548,11 +552,5 @@ fn three_control_plane_machines_survive_losing_one_and_recover_from_losing_two()
 
     // The controllers carry on (once the Lease from the backup expires).
     m.k_on(2, &["scale", "deployment", "web", "--replicas=6"]);
-    m.wait_with("6 pods of web after the restore", 2, || {
-        let o = m.kubectl_on(2, &["get", "pods", "-l", "app=web", "-o", "json"]);
-        let Ok(pods) = serde_json::from_slice::<Value>(&o.stdout) else { return false };
-        let items = pods["items"].as_array().cloned().unwrap_or_default();
-        let live: Vec<&Value> = items.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
-        live.len() == 6 && live.iter().all(|p| p["spec"]["nodeName"].is_string())
-    });
+    m.wait_with("6 pods of web after the restore", 2, || m.web_pods_all_bound(2, 6));
 }

@@ -47,11 +47,8 @@ impl Network {
     /// The bridge's own address (the pods' gateway): the subnet's first host, and the
     /// prefix length.
     pub fn gateway(&self) -> Option<(std::net::Ipv4Addr, u8)> {
-        let (net, len) = self.subnet.split_once('/')?;
-        let net: std::net::Ipv4Addr = net.parse().ok()?;
-        let len: u8 = len.parse().ok().filter(|l| *l <= 30)?;
-        let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
-        Some((std::net::Ipv4Addr::from((u32::from(net) & mask) + 1), len))
+        let cidr: skiff_controllers::nodeipam::Cidr = self.subnet.parse().ok()?;
+        (cidr.len <= 30).then(|| (std::net::Ipv4Addr::from(u32::from(cidr.net) + 1), cidr.len))
     }
 
     fn list(&self) -> Vec<Value> {

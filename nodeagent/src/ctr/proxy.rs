@@ -222,7 +222,8 @@ fn render(cfg: &ProxyConfig, ports: &[Port], existing: &BTreeSet<(String, String
     out
 }
 
-async fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+/// Runs `cmd` with `args` (and `stdin`), its stdout; a failure says the command and its stderr.
+pub(crate) async fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
     let mut child = tokio::process::Command::new(cmd)
         .args(args)
         .stdin(Stdio::piped())

@@ -47,13 +47,8 @@ fn wanted(me: &str, nodes: &[Arc<Node>]) -> Table {
         .collect()
 }
 
-async fn ip(args: &[&str]) -> Result<(), String> {
-    let out = tokio::process::Command::new("ip").args(args).output().await.map_err(|e| format!("running ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+async fn ip(args: &[&str]) -> anyhow::Result<()> {
+    super::proxy::run("ip", args, None).await.map(|_| ())
 }
 
 /// Keeps this node's routes to the other nodes' pods as the Nodes say.
@@ -82,7 +77,7 @@ impl Routes {
             .collect();
         for (cidr, gw) in stale {
             if let Err(e) = ip(&["route", "del", &cidr, "via", &gw, "proto", PROTO]).await {
-                tracing::debug!("removing the route to {cidr} via {gw}: {e}");
+                tracing::debug!("removing the route to {cidr} via {gw}: {e:#}");
             }
             tracing::info!("removed the route to pod CIDR {cidr} via {gw}");
             self.applied.remove(&cidr);
@@ -100,7 +95,7 @@ impl Routes {
                 }
                 Err(e) => {
                     if self.failed.insert((cidr.clone(), gw.clone())) {
-                        tracing::warn!("cannot route pod CIDR {cidr} via {gw} (nodes must share a link): {e}");
+                        tracing::warn!("cannot route pod CIDR {cidr} via {gw} (nodes must share a link): {e:#}");
                     }
                 }
             }
@@ -122,12 +117,11 @@ impl Routes {
 
 /// Removes every route an agent made on this machine (`skiff reset-node`).
 pub async fn remove_all() {
-    let out = tokio::process::Command::new("ip").args(["-4", "-o", "route", "show", "proto", PROTO]).output().await;
-    let Ok(out) = out else { return };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    let Ok(out) = super::proxy::run("ip", &["-4", "-o", "route", "show", "proto", PROTO], None).await else { return };
+    for line in out.lines() {
         if let Some(dst) = line.split_whitespace().next() {
             if let Err(e) = ip(&["route", "del", dst, "proto", PROTO]).await {
-                tracing::warn!("removing the route to {dst}: {e}");
+                tracing::warn!("removing the route to {dst}: {e:#}");
             }
         }
     }
