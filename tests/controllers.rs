@@ -133,17 +133,19 @@ impl Plane {
         panic!("timed out waiting for {what}\n{}", self.state());
     }
 
-    /// What a failing test prints: objects, node taints, pod conditions, events, logs.
+    /// What a failing test prints: component logs first (CI keeps the start of long
+    /// output), then objects, node taints and lease renewals, pod conditions, events.
     pub(crate) fn state(&self) -> String {
         let run =
             |args: &[&str]| text(&self.api.kubectl_with("/usr/lib/google-cloud-sdk/bin/kubectl.1.32", args, None));
         format!(
-            "{}\n{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}\n{}\n{}",
+            self.logs(),
             run(&["get", "nodes,deploy,rs,pods", "-o", "wide"]),
             run(&["get", "nodes", "-o", "custom-columns=NAME:.metadata.name,TAINTS:.spec.taints[*].key,READY:.status.conditions[?(@.type=='Ready')].status"]),
             run(&["get", "pods", "-o", "custom-columns=NAME:.metadata.name,SCHEDULED:.status.conditions[?(@.type=='PodScheduled')].message,WAITING:.status.containerStatuses[*].state.waiting.message"]),
+            run(&["get", "leases", "-n", "kube-node-lease", "-o", "custom-columns=NAME:.metadata.name,RENEWED:.spec.renewTime"]),
             run(&["get", "events", "--sort-by=.lastTimestamp"]),
-            self.logs()
         )
     }
 

@@ -56,6 +56,12 @@ pub struct Config {
     pub pod_cidr: Option<String>,
 }
 
+/// How long one node's lease renewal may take before the agent gives up on it and
+/// starts the next: four renew intervals, and never under 5 s.
+fn renewal_timeout(renew: Duration) -> Duration {
+    (renew * 4).max(Duration::from_secs(5))
+}
+
 /// The Node object an agent registers (its status comes separately).
 fn node_object(cfg: &Config, s: &Slot, simulated: bool) -> Node {
     let mut spec = json!({});
@@ -238,15 +244,20 @@ impl<R: Runtime> Agent<R> {
         Ok(())
     }
 
+    /// Renews every node's Lease once (and reports a node Ready again when the node
+    /// controller marked it Unknown). Each node's renewal is abandoned after
+    /// `renewal_timeout`, so one request the server never answers cannot stop the
+    /// heartbeats: the next round tries again.
     async fn renew_leases(&self, nodes: &Store<Node>, rvs: &Mutex<HashMap<String, String>>) {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
         let node_api: Api<Node> = Api::all(self.client.clone());
+        let limit = renewal_timeout(self.cfg.renew);
         let work: Vec<_> = self
             .slots
             .values()
             .map(|s| {
                 let (api, node_api) = (api.clone(), node_api.clone());
-                async move {
+                let renew = async move {
                     let rv = rvs.lock().expect("not poisoned").get(&s.name).cloned();
                     let lease = Lease {
                         metadata: ObjectMeta {
@@ -307,6 +318,12 @@ impl<R: Runtime> Agent<R> {
                             .await;
                     } else if node.is_none() && nodes.wait_until_ready().await.is_ok() {
                         let _ = self.register(s).await;
+                    }
+                };
+                async move {
+                    if tokio::time::timeout(limit, renew).await.is_err() {
+                        rvs.lock().expect("not poisoned").remove(&s.name);
+                        tracing::warn!("renewing the lease of {} took over {limit:?}; trying again", s.name);
                     }
                 }
             })
