@@ -1380,8 +1380,9 @@ fn secrets_are_encrypted_at_rest_and_keys_rotate() {
 }
 
 /// Pod Security admission by namespace labels, in Kubernetes' words: `restricted` refuses
-/// a privileged pod and admits a hardened one; `baseline` refuses host namespaces; `warn`
-/// admits with a warning.
+/// a privileged pod and admits a hardened one; `baseline` refuses host namespaces, an
+/// unmasked /proc, unsafe sysctls, an unconfined AppArmor profile and a custom SELinux
+/// type; `warn` admits with a warning.
 #[test]
 fn pod_security_levels_refuse_and_warn_as_kubernetes_does() {
     let api = Api::start();
@@ -1427,6 +1428,16 @@ fn pod_security_levels_refuse_and_warn_as_kubernetes_does() {
     let e = api.k_fails(&["create", "-n", "base", "-f", "-"], Some(&tuned));
     assert!(
         e.contains(r#"violates PodSecurity "baseline:latest": procMount (container "app" must not set securityContext.procMount to "Unmasked"), forbidden sysctls (kernel.msgmax)"#),
+        "{e}"
+    );
+    let confined = pod(
+        "confined",
+        r#"{"securityContext": {"seLinuxOptions": {"type": "spc_t"}},
+            "containers": [{"name": "app", "image": "busybox", "securityContext": {"appArmorProfile": {"type": "Unconfined"}}}]}"#,
+    );
+    let e = api.k_fails(&["create", "-n", "base", "-f", "-"], Some(&confined));
+    assert!(
+        e.contains(r#"violates PodSecurity "baseline:latest": forbidden AppArmor profile (container "app" must not set AppArmor profile type to "Unconfined"), seLinuxOptions (pod set forbidden securityContext.seLinuxOptions: type "spc_t")"#),
         "{e}"
     );
     let plain = pod("plain", r#"{"containers": [{"name": "app", "image": "busybox"}]}"#);

@@ -230,8 +230,8 @@ fn fuzz_objects_through_validation_admission_and_policy() {
         crate::admission::default_tolerations(&mut pod, Default::default());
         crate::admission::service_account(&mut pod, Some(&obj), "abcde");
         for level in [crate::podsecurity::Level::Baseline, crate::podsecurity::Level::Restricted] {
-            let _ = crate::podsecurity::check(level, &obj["spec"]);
             let _ = crate::podsecurity::check(level, &obj);
+            let _ = crate::podsecurity::check(level, &json!({"spec": obj}));
         }
         for plural in ["roles", "clusterroles", "rolebindings", "clusterrolebindings"] {
             let _ = rbac.may_write(&jane, plural, Some("dev"), &obj);

@@ -1261,7 +1261,7 @@ impl Handler<'_> {
         let ns_res = registry::find("", "v1", "namespaces").expect("registered");
         let Some(namespace) = self.store.get(&storage::key(ns_res, None, ns)).await? else { return Ok(()) };
         if let Some((level, version)) = crate::podsecurity::policy(&namespace.obj, "enforce") {
-            let v = crate::podsecurity::check(level, &pod["spec"]);
+            let v = crate::podsecurity::check(level, pod);
             if !v.is_empty() {
                 let name = pod["metadata"]["name"].as_str().unwrap_or_default();
                 let why = crate::podsecurity::describe(level, &version, &v);
@@ -1269,7 +1269,7 @@ impl Handler<'_> {
             }
         }
         if let Some((level, version)) = crate::podsecurity::policy(&namespace.obj, "warn") {
-            let v = crate::podsecurity::check(level, &pod["spec"]);
+            let v = crate::podsecurity::check(level, pod);
             if !v.is_empty() {
                 let why = crate::podsecurity::describe(level, &version, &v);
                 self.warnings.lock().expect("warnings").push(format!("would violate {why}"));

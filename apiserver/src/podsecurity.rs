@@ -5,9 +5,12 @@
 //! restricted ones, each by check id; a restricted check replaces the baseline check it
 //! tightens).
 //!
-//! Checked: host namespaces, privileged, capabilities, hostPath volumes, host ports,
-//! seccomp, allowPrivilegeEscalation, volume types, runAsNonRoot, runAsUser. Not checked
-//! (always pass): AppArmor, SELinux options, /proc mount type, sysctls.
+//! Every check of the Pod Security Standards is made: AppArmor profiles (fields and the
+//! beta annotations), capabilities, host namespaces, hostPath volumes, host ports,
+//! privileged, /proc mount type, SELinux options, seccomp, sysctls, Windows hostProcess;
+//! and for `restricted` allowPrivilegeEscalation, volume types, runAsNonRoot and
+//! runAsUser. Not relaxed for user-namespaced pods (`hostUsers: false`), which Skiff
+//! does not run.
 
 use serde_json::Value;
 
@@ -110,11 +113,135 @@ fn added_caps(c: &Value) -> Vec<&str> {
     c["securityContext"]["capabilities"]["add"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
 }
 
-/// The checks the pod spec fails at `level`, in Kubernetes' order and words.
-pub fn check(level: Level, spec: &Value) -> Vec<String> {
+/// `"a", "b"`: each item in double quotes, as Kubernetes lists values.
+fn quoted(items: &[&str]) -> String {
+    items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ")
+}
+
+/// The AppArmor beta annotation prefix (one annotation per container).
+const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/";
+
+/// appArmorProfile: a profile type other than RuntimeDefault or Localhost, on the pod or
+/// a container, or an annotation other than `runtime/default` or `localhost/*`.
+fn apparmor(meta: &Value, psc: &Value, cs: &[(&str, &Value)]) -> Option<String> {
+    let bad_type = |sc: &Value| -> Option<String> {
+        let profile = &sc["appArmorProfile"];
+        let t = profile["type"].as_str().unwrap_or_default();
+        (!profile.is_null() && t != "RuntimeDefault" && t != "Localhost").then(|| t.to_string())
+    };
+    let mut setters = Vec::new();
+    let mut types = std::collections::BTreeSet::new();
+    if let Some(t) = bad_type(psc) {
+        setters.push("pod".to_string());
+        types.insert(t);
+    }
+    let bad: Vec<&str> = cs
+        .iter()
+        .filter(|(_, c)| bad_type(&c["securityContext"]).map(|t| types.insert(t)).is_some())
+        .map(|(n, _)| *n)
+        .collect();
+    if !bad.is_empty() {
+        setters.push(named("container", &bad));
+    }
+    let mut annotations: Vec<String> = meta["annotations"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(APPARMOR_ANNOTATION))
+        .filter_map(|(k, v)| {
+            let v = v.as_str().unwrap_or_default();
+            let allowed = v.is_empty() || v == "runtime/default" || v.starts_with("localhost/");
+            (!allowed).then(|| format!("{k}={}", Value::from(v)))
+        })
+        .collect();
+    annotations.sort();
+    if !annotations.is_empty() {
+        setters.push(if annotations.len() == 1 { "annotation" } else { "annotations" }.to_string());
+    }
+    if setters.is_empty() {
+        return None;
+    }
+    let values: Vec<&str> = types.iter().map(String::as_str).chain(annotations.iter().map(String::as_str)).collect();
+    let reason = if values.len() == 1 { "forbidden AppArmor profile" } else { "forbidden AppArmor profiles" };
+    Some(format!("{reason} ({} must not set AppArmor profile type to {})", setters.join(" and "), quoted(&values)))
+}
+
+/// seLinuxOptions: a type other than the container ones, or any user or role.
+fn selinux(psc: &Value, cs: &[(&str, &Value)]) -> Option<String> {
+    const TYPES: [&str; 4] = ["", "container_t", "container_init_t", "container_kvm_t"];
+    let mut types = std::collections::BTreeSet::new();
+    let (mut user, mut role) = (false, false);
+    let mut bad = |sc: &Value| -> bool {
+        let o = &sc["seLinuxOptions"];
+        if !o.is_object() {
+            return false;
+        }
+        let t = o["type"].as_str().unwrap_or_default();
+        let bad_type = !TYPES.contains(&t);
+        if bad_type {
+            types.insert(t.to_string());
+        }
+        let u = o["user"].as_str().is_some_and(|u| !u.is_empty());
+        let r = o["role"].as_str().is_some_and(|r| !r.is_empty());
+        user |= u;
+        role |= r;
+        bad_type || u || r
+    };
+    let mut setters = Vec::new();
+    if bad(psc) {
+        setters.push("pod".to_string());
+    }
+    let containers: Vec<&str> = cs.iter().filter(|(_, c)| bad(&c["securityContext"])).map(|(n, _)| *n).collect();
+    if !containers.is_empty() {
+        setters.push(named("container", &containers));
+    }
+    if setters.is_empty() {
+        return None;
+    }
+    let mut data = Vec::new();
+    if !types.is_empty() {
+        let list: Vec<&str> = types.iter().map(String::as_str).collect();
+        data.push(format!("{} {}", if list.len() == 1 { "type" } else { "types" }, quoted(&list)));
+    }
+    if user {
+        data.push("user may not be set".to_string());
+    }
+    if role {
+        data.push("role may not be set".to_string());
+    }
+    Some(format!(
+        "seLinuxOptions ({} set forbidden securityContext.seLinuxOptions: {})",
+        setters.join(" and "),
+        data.join("; ")
+    ))
+}
+
+/// windowsHostProcess: hostProcess=true on the pod or a container.
+fn host_process(psc: &Value, cs: &[(&str, &Value)]) -> Option<String> {
+    let mut setters = Vec::new();
+    if psc["windowsOptions"]["hostProcess"] == true {
+        setters.push("pod".to_string());
+    }
+    let bad: Vec<&str> = cs
+        .iter()
+        .filter(|(_, c)| c["securityContext"]["windowsOptions"]["hostProcess"] == true)
+        .map(|(n, _)| *n)
+        .collect();
+    if !bad.is_empty() {
+        setters.push(named("container", &bad));
+    }
+    (!setters.is_empty()).then(|| {
+        format!("hostProcess ({} must not set securityContext.windowsOptions.hostProcess=true)", setters.join(" and "))
+    })
+}
+
+/// The checks `pod` (its metadata and spec) fails at `level`, in Kubernetes' order and
+/// words.
+pub fn check(level: Level, pod: &Value) -> Vec<String> {
     if level == Level::Privileged {
         return Vec::new();
     }
+    let spec = &pod["spec"];
     let restricted = level == Level::Restricted;
     let cs = containers(spec);
     let psc = &spec["securityContext"];
@@ -122,6 +249,8 @@ pub fn check(level: Level, spec: &Value) -> Vec<String> {
     let mut out = Vec::new();
 
     // --- baseline, by check id ---
+    // appArmorProfile
+    out.extend(apparmor(&pod["metadata"], psc, &cs));
     // capabilities_baseline (replaced by capabilities_restricted)
     if !restricted {
         let bad: Vec<(&str, Vec<&str>)> = cs
@@ -206,6 +335,8 @@ pub fn check(level: Level, spec: &Value) -> Vec<String> {
             kinds.join(", ")
         ));
     }
+    // seLinuxOptions
+    out.extend(selinux(psc, &cs));
     // seccompProfile_baseline (replaced by seccompProfile_restricted)
     if !restricted {
         let mut parts = Vec::new();
@@ -238,6 +369,8 @@ pub fn check(level: Level, spec: &Value) -> Vec<String> {
     if !forbidden.is_empty() {
         out.push(format!("forbidden sysctls ({})", forbidden.join(", ")));
     }
+    // windowsHostProcess
+    out.extend(host_process(psc, &cs));
     if !restricted {
         return out;
     }
@@ -396,14 +529,14 @@ mod tests {
     fn a_privileged_pod_in_restricted_and_baseline_namespaces() {
         let spec = json!({"containers": [{"name": "app", "image": "nginx", "securityContext": {"privileged": true}}]});
         assert_eq!(
-            describe(Level::Restricted, "latest", &check(Level::Restricted, &spec)),
+            describe(Level::Restricted, "latest", &check(Level::Restricted, &json!({"spec": spec}))),
             "PodSecurity \"restricted:latest\": privileged (container \"app\" must not set securityContext.privileged=true), allowPrivilegeEscalation != false (container \"app\" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container \"app\" must set securityContext.capabilities.drop=[\"ALL\"]), runAsNonRoot != true (pod or container \"app\" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container \"app\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"
         );
         assert_eq!(
-            check(Level::Baseline, &spec),
+            check(Level::Baseline, &json!({"spec": spec})),
             vec!["privileged (container \"app\" must not set securityContext.privileged=true)"]
         );
-        assert!(check(Level::Privileged, &spec).is_empty());
+        assert!(check(Level::Privileged, &json!({"spec": spec})).is_empty());
     }
 
     #[test]
@@ -413,14 +546,14 @@ mod tests {
             "volumes": [{"name": "t", "projected": {}}, {"name": "d", "emptyDir": {}}],
             "containers": [{"name": "a", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}}],
         });
-        assert_eq!(check(Level::Restricted, &good), Vec::<String>::new());
+        assert_eq!(check(Level::Restricted, &json!({"spec": good})), Vec::<String>::new());
         let host = json!({
             "hostNetwork": true,
             "volumes": [{"name": "h", "hostPath": {"path": "/"}}, {"name": "g", "hostPath": {"path": "/etc"}}],
             "containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 8080}], "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}],
         });
         assert_eq!(
-            check(Level::Baseline, &host),
+            check(Level::Baseline, &json!({"spec": host})),
             vec![
                 "non-default capabilities (container \"a\" must not include \"NET_ADMIN\" in securityContext.capabilities.add)",
                 "host namespaces (hostNetwork=true)",
@@ -428,7 +561,7 @@ mod tests {
                 "hostPort (container \"a\" uses hostPort 8080)",
             ]
         );
-        let r = check(Level::Restricted, &host);
+        let r = check(Level::Restricted, &json!({"spec": host}));
         assert!(
             r.contains(
                 &"restricted volume types (volumes \"h\", \"g\" use restricted volume type \"hostPath\")".to_string()
@@ -449,16 +582,60 @@ mod tests {
             ],
         });
         assert_eq!(
-            check(Level::Baseline, &pod),
+            check(Level::Baseline, &json!({"spec": pod})),
             vec![
                 "privileged (container \"b\" must not set securityContext.privileged=true)",
                 "procMount (container \"a\" must not set securityContext.procMount to \"Unmasked\")",
                 "forbidden sysctls (kernel.msgmax, net.core.somaxconn)",
             ]
         );
-        let r = check(Level::Restricted, &pod);
+        let r = check(Level::Restricted, &json!({"spec": pod}));
         assert!(r.contains(&"forbidden sysctls (kernel.msgmax, net.core.somaxconn)".to_string()), "{r:?}");
         let safe = json!({"securityContext": {"sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": "1024 65535"}]}, "containers": [{"name": "a"}]});
-        assert_eq!(check(Level::Baseline, &safe), Vec::<String>::new());
+        assert_eq!(check(Level::Baseline, &json!({"spec": safe})), Vec::<String>::new());
+    }
+    #[test]
+    fn apparmor_selinux_and_host_process_are_refused_at_baseline() {
+        let pod = json!({
+            "metadata": {"annotations": {
+                "container.apparmor.security.beta.kubernetes.io/a": "unconfined",
+                "container.apparmor.security.beta.kubernetes.io/b": "localhost/mine",
+            }},
+            "spec": {
+                "securityContext": {"appArmorProfile": {"type": "Unconfined"}, "seLinuxOptions": {"user": "root"}},
+                "initContainers": [{"name": "i", "securityContext": {"seLinuxOptions": {"type": "spc_t", "role": "r"}}}],
+                "containers": [
+                    {"name": "a", "securityContext": {"appArmorProfile": {"type": "RuntimeDefault"}, "windowsOptions": {"hostProcess": true}}},
+                    {"name": "b", "securityContext": {"appArmorProfile": {"type": "Localhost", "localhostProfile": "p"}, "seLinuxOptions": {"type": "container_t"}}},
+                ],
+            },
+        });
+        let want = vec![
+            "forbidden AppArmor profiles (pod and annotation must not set AppArmor profile type to \"Unconfined\", \"container.apparmor.security.beta.kubernetes.io/a=\"unconfined\"\")",
+            "seLinuxOptions (pod and container \"i\" set forbidden securityContext.seLinuxOptions: type \"spc_t\"; user may not be set; role may not be set)",
+            "hostProcess (container \"a\" must not set securityContext.windowsOptions.hostProcess=true)",
+        ];
+        assert_eq!(check(Level::Baseline, &pod), want);
+        let r = check(Level::Restricted, &pod);
+        assert!(want.iter().all(|w| r.contains(&w.to_string())), "restricted includes baseline: {r:?}");
+        // Allowed values pass.
+        let fine = json!({
+            "metadata": {"annotations": {"container.apparmor.security.beta.kubernetes.io/a": "runtime/default"}},
+            "spec": {"containers": [{"name": "a", "securityContext": {
+                "appArmorProfile": {"type": "Localhost", "localhostProfile": "p"},
+                "seLinuxOptions": {"type": "container_init_t", "level": "s0:c1"},
+                "windowsOptions": {"hostProcess": false},
+            }}]},
+        });
+        assert_eq!(check(Level::Baseline, &fine), Vec::<String>::new());
+        // Only containers: the plural forms.
+        let two = json!({"spec": {"containers": [
+            {"name": "x", "securityContext": {"appArmorProfile": {"type": "Unconfined"}}},
+            {"name": "y", "securityContext": {"appArmorProfile": {"type": "Unconfined"}}},
+        ]}});
+        assert_eq!(
+            check(Level::Baseline, &two),
+            vec!["forbidden AppArmor profile (containers \"x\", \"y\" must not set AppArmor profile type to \"Unconfined\")"]
+        );
     }
 }
