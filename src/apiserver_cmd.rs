@@ -69,6 +69,11 @@ pub struct ApiServerArgs {
     /// (writes through this server recount their namespace at once), e.g. 10s, 1m.
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     resource_quota_sync_period: std::time::Duration,
+    /// The node whose agent runs on this machine: `node.kubeconfig` in --data-dir is
+    /// written for `system:node:<name>`, which the Node authorizer holds to that node's
+    /// own objects. Default: the host name.
+    #[arg(long)]
+    node_name: Option<String>,
 }
 
 pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
@@ -93,6 +98,7 @@ pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
         max_watches_per_user: args.max_watches_per_user,
         requests_per_user: (args.max_requests_per_user, args.max_request_burst_per_user),
         resource_quota_sync_period: args.resource_quota_sync_period,
+        node_name: args.node_name,
     })
     .await?;
     tracing::info!("serving the Kubernetes API on https://{}", running.https);

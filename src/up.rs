@@ -454,6 +454,8 @@ async fn run(a: UpArgs) -> anyhow::Result<()> {
             path("apiserver"),
             s("--service-cluster-ip-range"),
             a.containerd.service_cidr.clone(),
+            s("--node-name"),
+            a.node_name(),
         ]
         .into_iter()
         .chain(etcd_tls)

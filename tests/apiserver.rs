@@ -1317,6 +1317,116 @@ fn service_account_tokens_are_bound_to_their_pod() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("You must be logged in"), "{}", text(&o));
 }
 
+/// The Node authorizer and NodeRestriction: a node's identity (`system:node:w1`) reads
+/// only the Secrets and ConfigMaps its own pods use, gets tokens only for its own pods,
+/// and changes only its own Node, Lease and pods, with Kubernetes' refusals; the
+/// simulated-node identity is left to RBAC.
+#[test]
+fn a_node_reaches_only_what_its_own_pods_use() {
+    let api = Api::start_with(&["--node-name", "w1"]);
+    for name in ["w1", "w2"] {
+        api.k_in(
+            &["create", "-f", "-"],
+            &format!(r#"{{"apiVersion": "v1", "kind": "Node", "metadata": {{"name": "{name}"}}}}"#),
+        );
+    }
+    api.k(&["create", "secret", "generic", "used", "--from-literal=k=v"]);
+    api.k(&["create", "secret", "generic", "other", "--from-literal=k=v"]);
+    api.k(&["create", "configmap", "used-map", "--from-literal=k=v"]);
+    api.k(&["create", "configmap", "other-map", "--from-literal=k=v"]);
+    api.k(&["create", "serviceaccount", "a1"]);
+    api.k(&["create", "serviceaccount", "a2"]);
+    let pod = |name: &str, node: &str, account: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}},
+                "spec": {{"nodeName": "{node}", "serviceAccountName": "{account}",
+                  "volumes": [{{"name": "s", "secret": {{"secretName": "used"}}}}],
+                  "containers": [{{"name": "c", "image": "busybox",
+                    "env": [{{"name": "K", "valueFrom": {{"configMapKeyRef": {{"name": "used-map", "key": "k"}}}}}}]}}]}}}}"#
+        )
+    };
+    api.k_in(&["create", "-f", "-"], &pod("p1", "w1", "a1"));
+    api.k_in(&["create", "-f", "-"], &pod("p2", "w2", "a2"));
+    api.k_in(&["create", "-f", "-"], &pod("p3", "w2", "a1"));
+
+    let node = api.dir.path().join("api/node.kubeconfig");
+    let as_node = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(KUBECTL_132)
+            .arg("--kubeconfig")
+            .arg(&node)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let ok_in = |args: &[&str], stdin: Option<&str>| {
+        let o = as_node(args, stdin);
+        assert!(o.status.success(), "kubectl {args:?} as the node: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let ok = |args: &[&str]| ok_in(args, None);
+    let refused = |args: &[&str], stdin: Option<&str>| {
+        let o = as_node(args, stdin);
+        assert!(!o.status.success(), "kubectl {args:?} as the node should be refused: {}", text(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert_eq!(ok(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]), "system:node:w1");
+
+    // Secrets and ConfigMaps: only those of its own pods, one at a time.
+    assert!(ok(&["get", "secret", "used"]).contains("used"));
+    assert!(ok(&["get", "configmap", "used-map"]).contains("used-map"));
+    let e = refused(&["get", "secret", "other"], None);
+    assert!(
+        e.contains(r#"secrets "other" is forbidden: User "system:node:w1" cannot get resource "secrets" in API group "" in the namespace "default": no relationship found between node 'w1' and this object"#),
+        "{e}"
+    );
+    let e = refused(&["get", "configmap", "other-map"], None);
+    assert!(e.contains("no relationship found between node 'w1' and this object"), "{e}");
+    let e = refused(&["get", "secrets"], None);
+    assert!(e.contains("can only get individual resources of this type"), "{e}");
+
+    // Tokens: for the accounts of its pods, bound to its own pods.
+    let token = ok(&["create", "token", "a1", "--bound-object-kind", "Pod", "--bound-object-name", "p1"]);
+    assert_eq!(token.trim().matches('.').count(), 2, "{token}");
+    let e = refused(&["create", "token", "a2", "--bound-object-kind", "Pod", "--bound-object-name", "p2"], None);
+    assert!(e.contains("no relationship found between node 'w1' and this object"), "{e}");
+    let e = refused(&["create", "token", "a1", "--bound-object-kind", "Pod", "--bound-object-name", "p3"], None);
+    assert!(e.contains("node requested token bound to a pod scheduled on a different node"), "{e}");
+
+    // Its own Node, Lease and pods only.
+    ok(&["label", "node", "w1", "disk=ssd"]);
+    let e = refused(&["label", "node", "w2", "disk=ssd"], None);
+    assert!(e.contains(r#"nodes "w2" is forbidden: node "w1" is not allowed to modify node "w2""#), "{e}");
+    let lease = |name: &str| {
+        format!(
+            r#"{{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {{"name": "{name}", "namespace": "kube-node-lease"}}, "spec": {{"holderIdentity": "{name}"}}}}"#
+        )
+    };
+    ok_in(&["create", "-f", "-"], Some(&lease("w1")));
+    let e = refused(&["create", "-f", "-"], Some(&lease("w2")));
+    assert!(e.contains("can only access node lease with the same name as the requesting node"), "{e}");
+    let e = refused(&["patch", "pod", "p2", "--subresource=status", "-p", r#"{"status": {"phase": "Failed"}}"#], None);
+    assert!(
+        e.contains(
+            r#"pods "p2" is forbidden: node "w1" can only update pod status for pods with spec.nodeName set to itself"#
+        ),
+        "{e}"
+    );
+    ok(&["patch", "pod", "p1", "--subresource=status", "-p", r#"{"status": {"phase": "Running"}}"#]);
+    let e = refused(&["delete", "pod", "p2", "--wait=false"], None);
+    assert!(e.contains(r#"node "w1" can only delete pods with spec.nodeName set to itself"#), "{e}");
+    ok(&["delete", "pod", "p1", "--wait=false"]);
+
+    // The simulated-node identity is not one node's: RBAC's system:node role alone.
+    let sim = api.dir.path().join("api/simulated-nodes.kubeconfig");
+    let o = kubectl_as(&sim, &["get", "secret", "other"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// Secrets encrypted at rest with an EncryptionConfiguration: the store holds only
 /// ciphertext (`k8s:enc:aesgcm:v1:<key>:`), kubectl reads the plain values, other kinds
 /// stay plain, and keys rotate: a new key first, the secrets rewritten, the old key gone.

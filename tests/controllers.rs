@@ -60,7 +60,14 @@ impl Plane {
     pub(crate) fn control_plane_on(store: Cluster) -> Plane {
         let api = Api::start_on(
             store,
-            &["--default-unreachable-toleration-seconds", "2", "--default-not-ready-toleration-seconds", "2"],
+            &[
+                "--default-unreachable-toleration-seconds",
+                "2",
+                "--default-not-ready-toleration-seconds",
+                "2",
+                "--node-name",
+                "real",
+            ],
         );
         let mut p = Plane { api, procs: Vec::new() };
         p.spawn("controller-manager", &[&["controller-manager"], MANAGER].concat());
@@ -78,7 +85,10 @@ impl Plane {
         let identity = match name {
             n if n.starts_with("controller-manager") => "controller-manager",
             n if n.starts_with("scheduler") => "scheduler",
-            n if n.starts_with("agent") => "node",
+            // The real node of tests/node.rs is `real` (the API server's --node-name);
+            // simulated ones share one identity, which the Node authorizer leaves alone.
+            "agent" => "node",
+            n if n.starts_with("agent") => "simulated-nodes",
             _ => "admin",
         };
         let child = Command::new(skiff_bin())

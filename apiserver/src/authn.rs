@@ -31,6 +31,8 @@ pub const AUTHENTICATED: &str = "system:authenticated";
 pub const UNAUTHENTICATED: &str = "system:unauthenticated";
 pub const ANONYMOUS: &str = "system:anonymous";
 pub const NODES: &str = "system:nodes";
+/// The simulated-node agent's user: in system:nodes, but no single node's.
+pub const SIMULATED_NODES: &str = "system:skiff:simulated-nodes";
 pub const SCHEDULER: &str = "system:kube-scheduler";
 pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
 

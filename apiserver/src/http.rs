@@ -316,8 +316,15 @@ async fn admit(
         },
     };
     let attrs = attributes(req.method(), req.uri().path(), &Query::parse(req.uri().query()));
-    if !app.rbac.allowed(&user, &attrs) {
-        let mut e = ApiError::new(403, "Forbidden", attrs.forbidden_message(&user));
+    let refusal = if !app.rbac.allowed(&user, &attrs) {
+        Some(attrs.forbidden_message(&user))
+    } else if let Some(node) = crate::nodeauthz::node_of(&user) {
+        crate::nodeauthz::authorize(&app.store, &user, node, &attrs).await?
+    } else {
+        None
+    };
+    if let Some(message) = refusal {
+        let mut e = ApiError::new(403, "Forbidden", message);
         if attrs.resource_request {
             let mut d = json!({"kind": attrs.resource});
             if !attrs.name.is_empty() {
@@ -429,14 +436,11 @@ async fn token_request(
         audiences.push(crate::satoken::ISSUER.to_string());
     }
     let bound = &spec["boundObjectRef"];
-    // Without a Node authorizer any node could mint a token for any ServiceAccount;
-    // nodes get only tokens bound to a pod, which die with it.
+    // Nodes get only tokens bound to a pod, which die with it (NodeRestriction).
+    let node_refusal =
+        |why: &str| ApiError::new(403, "Forbidden", format!("serviceaccounts \"{name}\" is forbidden: {why}"));
     if user.is_some_and(|u| u.in_group(crate::authn::NODES)) && bound["kind"] != "Pod" {
-        return Err(ApiError::new(
-            403,
-            "Forbidden",
-            format!("serviceaccounts \"{name}\" is forbidden: nodes may only request tokens bound to a pod"),
-        ));
+        return Err(node_refusal("node requested token not bound to a pod"));
     }
     let pod = match bound["kind"].as_str() {
         None | Some("") => None,
@@ -448,6 +452,9 @@ async fn token_request(
                 .get(&storage::key(pods, Some(ns), pod_name))
                 .await?
                 .ok_or_else(|| ApiError::not_found("pods", "", pod_name))?;
+            if let Some(node) = user.and_then(crate::nodeauthz::node_of) {
+                crate::nodeauthz::may_bind_token(node, &p.obj).map_err(|why| node_refusal(&why))?;
+            }
             let uid = p.obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
             let pod_account = p.obj["spec"]["serviceAccountName"].as_str().unwrap_or("default");
             if pod_account != name {
@@ -1062,6 +1069,12 @@ impl Handler<'_> {
         self.check_fields(&mut obj)?;
         self.check_decodes(&mut obj)?;
         object::prepare_create(self.r, &mut obj, self.ns.filter(|_| self.r.namespaced))?;
+        if let Some(node) = self.user.and_then(crate::nodeauthz::node_of) {
+            crate::nodeauthz::may_create(node, self.r.plural, &obj).map_err(|why| {
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                ApiError::new(403, "Forbidden", format!("{} \"{name}\" is forbidden: {why}", self.r.plural))
+            })?;
+        }
         defaults::apply(self.r, &mut obj);
         if self.is("", "pods") {
             admission::default_tolerations(&mut obj, self.tolerations);

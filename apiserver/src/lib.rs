@@ -19,6 +19,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod nodeauthz;
 pub mod nodeproxy;
 pub mod object;
 pub mod openapi;
@@ -68,6 +69,9 @@ pub struct Config {
     /// How often every ResourceQuota is counted again (writes through this server
     /// recount their namespace at once).
     pub resource_quota_sync_period: std::time::Duration,
+    /// The node whose agent runs beside this server: `node.kubeconfig` is written for
+    /// `system:node:<name>` (None: the host name).
+    pub node_name: Option<String>,
 }
 
 /// A running API server: where it listens and where its kubeconfig is.
@@ -214,11 +218,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let server = format!("https://{host}:{}", https.port());
     pki.write_kubeconfig(&kubeconfig, &server)?;
     // Each component's own identity, with only the rights its role gives.
-    let node = format!("system:node:{}", hostname());
+    // `node.kubeconfig` is one node's, held to that node by the Node authorizer;
+    // `simulated-nodes.kubeconfig` is for an agent that runs many simulated nodes under
+    // one identity, which only RBAC's system:node role limits.
+    let node = format!("system:node:{}", cfg.node_name.clone().unwrap_or_else(hostname));
     for (file, user, group) in [
         ("controller-manager.kubeconfig", authn::CONTROLLER_MANAGER, None),
         ("scheduler.kubeconfig", authn::SCHEDULER, None),
         ("node.kubeconfig", node.as_str(), Some(authn::NODES)),
+        ("simulated-nodes.kubeconfig", authn::SIMULATED_NODES, Some(authn::NODES)),
     ] {
         pki.write_component_kubeconfig(&cfg.data_dir.join(file), &server, user, group)?;
     }
