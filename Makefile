@@ -80,11 +80,23 @@ test: deps test-deps
 	SKIFF_PYTHON=$(TEST_VENV)/bin/python SKIFF_NGINX_ROOTFS=$(CURDIR)/target/test-images/nginx-rootfs \
 	  $(CARGO) nextest run --workspace --no-fail-fast
 
-# Longer fuzzing than `make test` runs: the API server's decoders and policies and the
-# store's request handling, from the corpora in apiserver/fuzz and store/fuzz.
+# Longer fuzzing than `make test` runs, from the corpora in apiserver/fuzz and store/fuzz:
+# first coverage-guided, with cargo-fuzz and libFuzzer (nightly Rust; both installed if
+# missing), FUZZ_SECONDS per API server target, new inputs kept in target/fuzz-corpus
+# and crashes in apiserver/fuzz/artifacts; then the seeded mutation fuzzers of the API
+# server and the store's request handling, FUZZ_ITERATIONS inputs per target.
+FUZZ_SECONDS ?= 60
 FUZZ_ITERATIONS ?= 300000
+FUZZ_TARGETS := protobuf objects patches selectors certificates tokens
 fuzz: deps
-	SKIFF_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) $(CARGO) nextest run -p skiff-apiserver -p skiff-store -E 'test(/^fuzz::/)'
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd apiserver && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p ../target/fuzz-corpus/$$t && \
+	  cargo +nightly fuzz run --sanitizer none $$t ../target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
+	done
+	SKIFF_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) $(CARGO) nextest run --workspace -E 'test(/fuzz::/)'
 
 # Side-by-side benchmark against etcd 3.4 on this machine; rewrites docs/PERFORMANCE.md.
 # Takes about 10 minutes; QUICK=1 runs a tenth of the requests.

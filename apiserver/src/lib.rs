@@ -13,8 +13,8 @@ pub mod dashboard;
 pub mod defaults;
 pub mod discovery;
 pub mod encryption;
-#[cfg(test)]
-mod fuzz;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod lifecycle;
 pub mod limits;
