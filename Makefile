@@ -82,9 +82,9 @@ test: deps test-deps
 
 # Longer fuzzing than `make test` runs, from the corpora in apiserver/fuzz and store/fuzz:
 # first coverage-guided, with cargo-fuzz and libFuzzer (nightly Rust; both installed if
-# missing), FUZZ_SECONDS per API server target, new inputs kept in target/fuzz-corpus
-# and crashes in apiserver/fuzz/artifacts; then the seeded mutation fuzzers of the API
-# server and the store's request handling, FUZZ_ITERATIONS inputs per target.
+# missing), FUZZ_SECONDS per target (the API server's six, the store's txn), new inputs
+# kept in target/fuzz-corpus and crashes in <crate>/fuzz/artifacts; then the seeded
+# mutation fuzzers, FUZZ_ITERATIONS inputs per target.
 FUZZ_SECONDS ?= 60
 FUZZ_ITERATIONS ?= 300000
 FUZZ_TARGETS := protobuf objects patches selectors certificates tokens
@@ -96,6 +96,10 @@ fuzz: deps
 	  cargo +nightly fuzz run --sanitizer none $$t ../target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
 	done
+	mkdir -p target/fuzz-corpus/txn && rm -rf target/fuzz-store-db
+	cd store && SKIFF_FUZZ_DIR=$(CURDIR)/target/fuzz-store-db cargo +nightly fuzz run --sanitizer none txn \
+	  ../target/fuzz-corpus/txn fuzz/corpus/txn -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	  -rss_limit_mb=2048 -print_final_stats=1; s=$$?; rm -rf $(CURDIR)/target/fuzz-store-db; exit $$s
 	SKIFF_FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) $(CARGO) nextest run --workspace -E 'test(/fuzz::/)'
 
 # Side-by-side benchmark against etcd 3.4 on this machine; rewrites docs/PERFORMANCE.md.

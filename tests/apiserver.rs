@@ -1063,14 +1063,24 @@ fn refused_as(kubeconfig: &Path, args: &[&str]) -> String {
 
 /// kubectl as the user of `kubeconfig`.
 pub(crate) fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(KUBECTL_132)
+    kubectl_as_in(kubeconfig, args, None)
+}
+
+/// kubectl 1.32 as the user of `kubeconfig`, with `stdin` as its input.
+pub(crate) fn kubectl_as_in(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(KUBECTL_132)
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .arg("--cache-dir")
         .arg(kubeconfig.with_extension("cache"))
         .args(args)
-        .output()
-        .unwrap()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// Authentication (client certificates with CN/O, static bearer tokens, anonymous) and
@@ -1350,19 +1360,7 @@ fn a_node_reaches_only_what_its_own_pods_use() {
     api.k_in(&["create", "-f", "-"], &pod("p3", "w2", "a1"));
 
     let node = api.dir.path().join("api/node.kubeconfig");
-    let as_node = |args: &[&str], stdin: Option<&str>| {
-        let mut child = Command::new(KUBECTL_132)
-            .arg("--kubeconfig")
-            .arg(&node)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let as_node = |args: &[&str], stdin: Option<&str>| kubectl_as_in(&node, args, stdin);
     let ok_in = |args: &[&str], stdin: Option<&str>| {
         let o = as_node(args, stdin);
         assert!(o.status.success(), "kubectl {args:?} as the node: {}", text(&o));

@@ -5,12 +5,16 @@
 //! refused, but nothing may panic: a panic while applying would stop every member that
 //! applies the entry.
 //!
-//! Corpus: `store/fuzz/corpus/txn/` (in the repository). Bounded by a count
-//! (`SKIFF_FUZZ_ITERATIONS`, default 3000; `make fuzz` runs more) and seeded
-//! (`SKIFF_FUZZ_SEED`). The mutator is the same small one as the API server's fuzzer
-//! (`apiserver/src/fuzz.rs`); the crates share no code by design (ARCHITECTURE.md).
+//! Corpus: `store/fuzz/corpus/txn/` (in the repository). In `make test`, seeded mutation
+//! fuzzing bounded by a count (`SKIFF_FUZZ_ITERATIONS`, default 3000) from a fixed seed
+//! (`SKIFF_FUZZ_SEED`); the mutator is the same small one as the API server's fuzzer
+//! (`apiserver/src/fuzz.rs`; the crates share no code by design, ARCHITECTURE.md). In
+//! `make fuzz`, `TxnTarget` also runs coverage-guided under cargo-fuzz (`store/fuzz/`).
 
+#[cfg(test)]
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+#[cfg(test)]
 use std::path::PathBuf;
 
 use etcd_client::proto::{PbRangeRequest, PbTxnRequest};
@@ -20,8 +24,10 @@ use rocksdb::WriteBatch;
 use crate::auth::{AuthOp, Perm, READ, READWRITE, WRITE};
 use crate::mvcc::{check_txn, View, Writer};
 
+#[cfg(test)]
 struct Rng(u64);
 
+#[cfg(test)]
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
@@ -39,6 +45,7 @@ impl Rng {
     }
 }
 
+#[cfg(test)]
 /// Protobuf fragments: tags of the request fields, large varints, empty messages.
 const TOKENS: &[&[u8]] = &[
     b"\x0a\x00",
@@ -55,6 +62,7 @@ const TOKENS: &[&[u8]] = &[
     b"\x82\x04\x01\x00",
 ];
 
+#[cfg(test)]
 fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
     let mut v = input.to_vec();
     for _ in 0..=rng.below(4) {
@@ -94,8 +102,61 @@ fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
+#[cfg(test)]
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The fuzz target: a `TxnRequest` decoded, checked (auth included) and applied to one
+/// rocksdb, kept across inputs as a member's database is.
+pub struct TxnTarget {
+    db: crate::db::Db,
+    auth: crate::auth::AuthState,
+}
+
+impl TxnTarget {
+    /// A target on a new database in `dir`.
+    pub fn new(dir: &Path) -> TxnTarget {
+        let db = crate::db::open(dir).expect("a database");
+        // The permission check every txn goes through once auth is on: a user with a few
+        // ranges (adjacent, point and open-ended) checked against whatever the txn names.
+        let mut auth = crate::auth::AuthState::default();
+        for op in [
+            AuthOp::UserAdd { name: "root".into(), password: None },
+            AuthOp::UserGrantRole { user: "root".into(), role: "root".into() },
+            AuthOp::UserAdd { name: "u".into(), password: None },
+            AuthOp::RoleAdd { name: "r".into() },
+            AuthOp::UserGrantRole { user: "u".into(), role: "r".into() },
+            AuthOp::Enable { token_key: vec![7; 32] },
+        ] {
+            auth.apply(&op).expect("a valid set-up");
+        }
+        for (kind, key, end) in
+            [(READ, &b"a"[..], &b"c"[..]), (READWRITE, b"c", b"e"), (WRITE, b"k", b""), (READ, b"x", b"\0")]
+        {
+            let perm = Perm { kind, key: key.to_vec(), range_end: end.to_vec() };
+            auth.apply(&AuthOp::RoleGrantPermission { role: "r".into(), perm }).expect("a grant");
+        }
+        TxnTarget { db, auth }
+    }
+
+    /// Runs one input; true if it was applied (false: refused as a request).
+    pub fn run(&self, input: &[u8]) -> bool {
+        let Ok(req) = PbTxnRequest::decode(input) else { return false };
+        if check_txn(&req).is_err() {
+            return false;
+        }
+        let _ = self.auth.check_all(Some("u"), &crate::auth_service::txn_needs(&req));
+        let mut w = Writer::new(&self.db, WriteBatch::default()).expect("a writer");
+        let ok = w.txn(&req).is_ok();
+        w.end_command(ok);
+        let (batch, _) = w.finish();
+        self.db.write(batch).expect("the batch is written");
+        // Everything written reads back.
+        let all = PbRangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+        View::new(&self.db).range(&all).expect("a full range");
+        ok
+    }
 }
 
 #[test]
@@ -111,28 +172,9 @@ fn fuzz_txn_requests_decode_check_and_apply() {
         check_txn(&req).expect("every seed is a valid request");
     }
     let tmp = tempfile::tempdir().expect("a temporary directory");
-    let db = crate::db::open(tmp.path()).expect("a database");
+    let target = TxnTarget::new(tmp.path());
     let mut rng = Rng(env_u64("SKIFF_FUZZ_SEED", 0x5EED_F00D_1234_ABCD) | 1);
     let iterations = env_u64("SKIFF_FUZZ_ITERATIONS", 3000) as usize;
-    // The permission check every txn goes through once auth is on: a user with a few
-    // ranges (adjacent, point and open-ended) checked against whatever the txn names.
-    let mut auth = crate::auth::AuthState::default();
-    for op in [
-        AuthOp::UserAdd { name: "root".into(), password: None },
-        AuthOp::UserGrantRole { user: "root".into(), role: "root".into() },
-        AuthOp::UserAdd { name: "u".into(), password: None },
-        AuthOp::RoleAdd { name: "r".into() },
-        AuthOp::UserGrantRole { user: "u".into(), role: "r".into() },
-        AuthOp::Enable { token_key: vec![7; 32] },
-    ] {
-        auth.apply(&op).expect("a valid set-up");
-    }
-    for (kind, key, end) in
-        [(READ, &b"a"[..], &b"c"[..]), (READWRITE, b"c", b"e"), (WRITE, b"k", b""), (READ, b"x", b"\0")]
-    {
-        let perm = Perm { kind, key: key.to_vec(), range_end: end.to_vec() };
-        auth.apply(&AuthOp::RoleGrantPermission { role: "r".into(), perm }).expect("a grant");
-    }
     let (mut applied, mut refused) = (0, 0);
     for i in 0..iterations + seeds.len() {
         let input = if i < seeds.len() {
@@ -141,23 +183,7 @@ fn fuzz_txn_requests_decode_check_and_apply() {
             let base = rng.below(seeds.len());
             mutate(&mut rng, &seeds[base], &seeds)
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let Ok(req) = PbTxnRequest::decode(input.as_slice()) else { return false };
-            if check_txn(&req).is_err() {
-                return false;
-            }
-            let _ = auth.check_all(Some("u"), &crate::auth_service::txn_needs(&req));
-            let mut w = Writer::new(&db, WriteBatch::default()).expect("a writer");
-            let ok = w.txn(&req).is_ok();
-            w.end_command(ok);
-            let (batch, _) = w.finish();
-            db.write(batch).expect("the batch is written");
-            // Everything written reads back.
-            let all = PbRangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
-            View::new(&db).range(&all).expect("a full range");
-            ok
-        }));
-        match outcome {
+        match catch_unwind(AssertUnwindSafe(|| target.run(&input))) {
             Ok(true) => applied += 1,
             Ok(false) => refused += 1,
             Err(_) => {

@@ -31,8 +31,8 @@ pub mod state_machine;
 pub mod types;
 pub mod watch;
 
-#[cfg(test)]
-mod fuzz;
+#[doc(hidden)]
+pub mod fuzz;
 
 pub use config::{ClusterState, MemberConfig};
 pub use member::{start, Member};
