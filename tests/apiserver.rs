@@ -1423,6 +1423,17 @@ fn a_node_reaches_only_what_its_own_pods_use() {
     let sim = api.dir.path().join("api/simulated-nodes.kubeconfig");
     let o = kubectl_as(&sim, &["get", "secret", "other"]);
     assert!(o.status.success(), "{}", text(&o));
+
+    // A node name that could not be one (an empty one would make an identity the Node
+    // authorizer does not hold) stops the server with the reason.
+    let o = Command::new(skiff_bin())
+        .args(["apiserver", "--store-endpoints", &api.store.endpoints(), "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(api.dir.path().join("api2"))
+        .args(["--node-name", ""])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains(r#"--node-name "" is not a valid node name"#), "{}", text(&o));
 }
 
 /// Secrets encrypted at rest with an EncryptionConfiguration: the store holds only

@@ -192,6 +192,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             anyhow::bail!("--insecure-bind must be a loopback address, not {a}: plain HTTP has no authentication");
         }
     }
+    if let Some(n) = cfg.node_name.as_deref().filter(|n| !object::is_dns_subdomain(n)) {
+        anyhow::bail!(
+            "--node-name {n:?} is not a valid node name: lowercase letters, digits, '-' and '.', at most 253, starting and ending with a letter or digit"
+        );
+    }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     if let Some(p) = &cfg.encryption_provider_config {
         encryption::install(encryption::Encryption::load(p)?);
