@@ -107,22 +107,11 @@ impl Api {
     /// kubectl `bin` with extra environment variables (`KUBE_EDITOR`, ...).
     pub(crate) fn kubectl_env(&self, bin: &str, env: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> Output {
         let cache = self.dir.path().join(format!("cache-{}", Path::new(bin).file_name().unwrap().to_string_lossy()));
-        let mut child = Command::new(bin)
-            // kubectl edit leaves its temporary files behind: in the test's directory.
-            .env("TMPDIR", self.dir.path())
-            .envs(env.iter().copied())
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .arg("--cache-dir")
-            .arg(cache)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        let mut c = Command::new(bin);
+        // kubectl edit leaves its temporary files behind: in the test's directory.
+        c.env("TMPDIR", self.dir.path()).envs(env.iter().copied());
+        c.arg("--kubeconfig").arg(self.kubeconfig()).arg("--cache-dir").arg(cache).args(args);
+        output_with_input(c, stdin)
     }
 
     /// kubectl 1.32; panics with its output unless it succeeds.
@@ -1068,17 +1057,14 @@ pub(crate) fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> Output {
 
 /// kubectl 1.32 as the user of `kubeconfig`, with `stdin` as its input.
 pub(crate) fn kubectl_as_in(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(KUBECTL_132)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--cache-dir")
-        .arg(kubeconfig.with_extension("cache"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut c = Command::new(KUBECTL_132);
+    c.arg("--kubeconfig").arg(kubeconfig).arg("--cache-dir").arg(kubeconfig.with_extension("cache")).args(args);
+    output_with_input(c, stdin)
+}
+
+/// Runs `c` with `stdin` (or nothing) as its input; its whole output.
+fn output_with_input(mut c: Command, stdin: Option<&str>) -> Output {
+    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }

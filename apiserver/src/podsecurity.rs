@@ -64,12 +64,13 @@ fn containers(spec: &Value) -> Vec<(&str, &Value)> {
 
 /// `container "a"` or `containers "a", "b"`.
 fn named(what: &str, names: &[&str]) -> String {
-    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-    if names.len() == 1 {
-        format!("{what} {}", quoted[0])
-    } else {
-        format!("{what}s {}", quoted.join(", "))
-    }
+    let plural = if names.len() == 1 { "" } else { "s" };
+    format!("{what}{plural} {}", quoted(names))
+}
+
+/// `"a", "b"`: each item in double quotes, as Kubernetes lists values.
+fn quoted(items: &[&str]) -> String {
+    items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ")
 }
 
 /// The capabilities a baseline pod may add (the container runtime's defaults).
@@ -111,11 +112,6 @@ const RESTRICTED_VOLUMES: [&str; 8] =
 
 fn added_caps(c: &Value) -> Vec<&str> {
     c["securityContext"]["capabilities"]["add"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
-}
-
-/// `"a", "b"`: each item in double quotes, as Kubernetes lists values.
-fn quoted(items: &[&str]) -> String {
-    items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ")
 }
 
 /// The AppArmor beta annotation prefix (one annotation per container).
@@ -262,11 +258,10 @@ pub fn check(level: Level, pod: &Value) -> Vec<String> {
             let parts: Vec<String> = bad
                 .iter()
                 .map(|(n, caps)| {
-                    let caps: Vec<String> = caps.iter().map(|c| format!("\"{c}\"")).collect();
                     format!(
                         "{} must not include {} in securityContext.capabilities.add",
                         named("container", &[n]),
-                        caps.join(", ")
+                        quoted(caps)
                     )
                 })
                 .collect();
@@ -328,11 +323,10 @@ pub fn check(level: Level, pod: &Value) -> Vec<String> {
         let mut kinds: Vec<&str> = unmasked.iter().map(|(_, p)| *p).collect();
         kinds.sort();
         kinds.dedup();
-        let kinds: Vec<String> = kinds.iter().map(|k| format!("\"{k}\"")).collect();
         out.push(format!(
             "procMount ({} must not set securityContext.procMount to {})",
             named("container", &names),
-            kinds.join(", ")
+            quoted(&kinds)
         ));
     }
     // seLinuxOptions
@@ -400,16 +394,12 @@ pub fn check(level: Level, pod: &Value) -> Vec<String> {
                 .push(format!("{} must set securityContext.capabilities.drop=[\"ALL\"]", named("container", &no_drop)));
         }
         for (n, c) in &cs {
-            let extra: Vec<String> = added_caps(c)
-                .into_iter()
-                .filter(|cap| *cap != "NET_BIND_SERVICE")
-                .map(|c| format!("\"{c}\""))
-                .collect();
+            let extra: Vec<&str> = added_caps(c).into_iter().filter(|cap| *cap != "NET_BIND_SERVICE").collect();
             if !extra.is_empty() {
                 parts.push(format!(
                     "{} must not include {} in securityContext.capabilities.add",
                     named("container", &[n]),
-                    extra.join(", ")
+                    quoted(&extra)
                 ));
             }
         }
@@ -431,13 +421,12 @@ pub fn check(level: Level, pod: &Value) -> Vec<String> {
             let names: Vec<&str> = bad.iter().map(|(n, _)| *n).collect();
             let mut kinds: Vec<&str> = bad.iter().map(|(_, k)| *k).collect();
             kinds.dedup();
-            let kinds: Vec<String> = kinds.iter().map(|k| format!("\"{k}\"")).collect();
             let (verb, noun) = if names.len() == 1 { ("uses", "type") } else { ("use", "type") };
             let noun = if kinds.len() > 1 { "types" } else { noun };
             out.push(format!(
                 "restricted volume types ({} {verb} restricted volume {noun} {})",
                 named("volume", &names),
-                kinds.join(", ")
+                quoted(&kinds)
             ));
         }
     }
