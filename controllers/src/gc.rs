@@ -7,7 +7,7 @@
 //! and sweeps its caches when something changes; an owner missing from the cache is
 //! looked up before anything is deleted, so a slow watch cannot cause a deletion.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +48,13 @@ pub const KINDS: &[(&str, &str, &str, &str, bool)] = &[
     ("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true),
     ("metrics.k8s.io", "v1beta1", "PodMetrics", "pods", true),
 ];
+
+/// Every object of `all`, with its kind.
+fn each<'a>(
+    all: &'a [(&'a Kind, Vec<Arc<DynamicObject>>)],
+) -> impl Iterator<Item = (&'a Kind, &'a Arc<DynamicObject>)> + 'a {
+    all.iter().flat_map(|(k, objs)| objs.iter().map(move |o| (*k, o)))
+}
 
 pub fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     let api_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
@@ -102,11 +109,15 @@ impl Gc {
             let _ = k.store.wait_until_ready().await;
         }
         loop {
+            let started = std::time::Instant::now();
             if let Err(e) = self.sweep().await {
                 tracing::warn!("garbage collection: {e}");
             }
+            // With many objects a sweep takes a while: rest at least twice as long, so
+            // the collector keeps to a third of a core however busy the cluster is.
+            let rest = Duration::from_millis(50).max(started.elapsed() * 2);
             tokio::select! {
-                _ = self.changed.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ = self.changed.notified() => tokio::time::sleep(rest).await,
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
@@ -134,70 +145,76 @@ impl Gc {
         Ok(self.api(k, ns).get_opt(&r.name).await?.is_some_and(|o| o.metadata.uid.as_deref() == Some(r.uid.as_str())))
     }
 
+    /// One pass over every cached object. Cheap when nothing needs doing: one set of
+    /// uids, and a scan of owner references against it; dependents are gathered only
+    /// for owners being deleted with the orphan or foreground policy, which are rare.
     async fn sweep(&self) -> kube::Result<()> {
-        let mut all: Vec<(&Kind, Arc<DynamicObject>)> = Vec::new();
-        for k in &self.kinds {
-            all.extend(k.store.state().into_iter().map(|o| (k, o)));
-        }
-        let uids: HashMap<&str, ()> =
-            all.iter().filter_map(|(_, o)| o.metadata.uid.as_deref()).map(|u| (u, ())).collect();
-        let mut dependents: HashMap<String, Vec<(&Kind, Arc<DynamicObject>)>> = HashMap::new();
-        for (k, o) in &all {
-            for r in o.metadata.owner_references.iter().flatten() {
-                dependents.entry(r.uid.clone()).or_default().push((k, o.clone()));
-            }
-        }
+        let all: Vec<(&Kind, Vec<Arc<DynamicObject>>)> = self.kinds.iter().map(|k| (k, k.store.state())).collect();
+        let uids: HashSet<&str> = each(&all).filter_map(|(_, o)| o.metadata.uid.as_deref()).collect();
 
         // Owners deleted with the orphan or foreground policy.
-        for (k, o) in &all {
-            if o.metadata.deletion_timestamp.is_none() {
-                continue;
-            }
-            let fins = o.metadata.finalizers.clone().unwrap_or_default();
-            let uid = o.metadata.uid.clone().unwrap_or_default();
-            let deps = dependents.get(&uid).cloned().unwrap_or_default();
-            if fins.iter().any(|f| f == "orphan") {
-                for (dk, d) in &deps {
-                    let refs: Vec<_> =
-                        d.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).cloned().collect();
-                    let p =
-                        json!({"metadata": {"ownerReferences": refs, "resourceVersion": d.metadata.resource_version}});
-                    let _ = self
-                        .api(dk, d.metadata.namespace.as_deref())
-                        .patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(&p))
-                        .await;
-                }
-                if deps.is_empty() {
-                    // One object the collector may not change must not stop the sweep.
-                    if let Err(e) = self.drop_finalizer(k, o, "orphan").await {
-                        tracing::warn!("garbage collector: {}: {e}", o.name_any());
+        let finalizing: HashMap<&str, (&Kind, &Arc<DynamicObject>)> = each(&all)
+            .filter(|(_, o)| {
+                o.metadata.deletion_timestamp.is_some()
+                    && o.metadata.finalizers.iter().flatten().any(|f| f == "orphan" || f == "foregroundDeletion")
+            })
+            .filter_map(|(k, o)| Some((o.metadata.uid.as_deref()?, (k, o))))
+            .collect();
+        if !finalizing.is_empty() {
+            let mut dependents: HashMap<&str, Vec<(&Kind, &Arc<DynamicObject>)>> = HashMap::new();
+            for (k, o) in each(&all) {
+                for r in o.metadata.owner_references.iter().flatten() {
+                    if let Some((uid, _)) = finalizing.get_key_value(r.uid.as_str()) {
+                        dependents.entry(uid).or_default().push((k, o));
                     }
                 }
-            } else if fins.iter().any(|f| f == "foregroundDeletion") {
-                for (dk, d) in &deps {
-                    if d.metadata.deletion_timestamp.is_none() {
-                        if let Err(e) = self.delete(dk, d, PropagationPolicy::Foreground).await {
-                            tracing::warn!("garbage collector: {}: {e}", d.name_any());
+            }
+            for (uid, (k, o)) in &finalizing {
+                let deps = dependents.get(uid).map(Vec::as_slice).unwrap_or_default();
+                if o.metadata.finalizers.iter().flatten().any(|f| f == "orphan") {
+                    for (dk, d) in deps {
+                        let refs: Vec<_> =
+                            d.metadata.owner_references.iter().flatten().filter(|r| r.uid != *uid).cloned().collect();
+                        let p = json!({"metadata": {"ownerReferences": refs, "resourceVersion": d.metadata.resource_version}});
+                        let _ = self
+                            .api(dk, d.metadata.namespace.as_deref())
+                            .patch(&d.name_any(), &PatchParams::default(), &Patch::Merge(&p))
+                            .await;
+                    }
+                    if deps.is_empty() {
+                        // One object the collector may not change must not stop the sweep.
+                        if let Err(e) = self.drop_finalizer(k, o, "orphan").await {
+                            tracing::warn!("garbage collector: {}: {e}", o.name_any());
+                        }
+                    }
+                } else {
+                    for (dk, d) in deps {
+                        if d.metadata.deletion_timestamp.is_none() {
+                            if let Err(e) = self.delete(dk, d, PropagationPolicy::Foreground).await {
+                                tracing::warn!("garbage collector: {}: {e}", d.name_any());
+                            }
+                        }
+                    }
+                    if deps.is_empty() {
+                        if let Err(e) = self.drop_finalizer(k, o, "foregroundDeletion").await {
+                            tracing::warn!("garbage collector: {}: {e}", o.name_any());
                         }
                     }
                 }
-                if deps.is_empty() {
-                    if let Err(e) = self.drop_finalizer(k, o, "foregroundDeletion").await {
-                        tracing::warn!("garbage collector: {}: {e}", o.name_any());
-                    }
-                }
             }
         }
 
-        // Dependents whose owners are gone.
-        for (k, o) in &all {
-            let refs = o.metadata.owner_references.clone().unwrap_or_default();
-            if refs.is_empty() || o.metadata.deletion_timestamp.is_some() {
+        // Dependents whose owners are gone: deleted 20 at a time (Kubernetes'
+        // --concurrent-gc-syncs), since a cascade can take thousands.
+        let mut doomed = Vec::new();
+        for (k, o) in each(&all) {
+            let refs = o.metadata.owner_references.as_deref().unwrap_or_default();
+            if o.metadata.deletion_timestamp.is_some() || refs.iter().all(|r| uids.contains(r.uid.as_str())) {
                 continue;
             }
             let mut missing = Vec::new();
-            for r in &refs {
-                if !uids.contains_key(r.uid.as_str()) && !self.owner_exists(r, o.metadata.namespace.as_deref()).await? {
+            for r in refs {
+                if !uids.contains(r.uid.as_str()) && !self.owner_exists(r, o.metadata.namespace.as_deref()).await? {
                     missing.push(r.uid.clone());
                 }
             }
@@ -205,7 +222,7 @@ impl Gc {
                 continue;
             }
             if missing.len() == refs.len() {
-                self.delete(k, o, PropagationPolicy::Background).await?;
+                doomed.push((k, o));
             } else {
                 let keep: Vec<_> = refs.iter().filter(|r| !missing.contains(&r.uid)).cloned().collect();
                 let p = json!({"metadata": {"ownerReferences": keep, "resourceVersion": o.metadata.resource_version}});
@@ -215,7 +232,12 @@ impl Gc {
                     .await;
             }
         }
-        Ok(())
+        let mut deletes = Vec::new();
+        for (k, o) in doomed {
+            deletes.push(self.delete(k, o, PropagationPolicy::Background));
+        }
+        let results: Vec<kube::Result<()>> = futures::stream::iter(deletes).buffer_unordered(20).collect().await;
+        results.into_iter().collect()
     }
 
     async fn delete(&self, k: &Kind, o: &DynamicObject, policy: PropagationPolicy) -> kube::Result<()> {

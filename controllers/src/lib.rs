@@ -71,6 +71,8 @@ impl From<kube::Error> for Error {
 pub struct Ctx {
     pub client: kube::Client,
     pub pods: Store<Pod>,
+    /// The pods of `pods` by their controller.
+    pub pods_by_controller: informer::ByController,
     pub replicasets: Store<ReplicaSet>,
     pub nodes: Store<Node>,
     pub recorder: events::Recorder,
@@ -128,6 +130,7 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pods: pods.store(),
+        pods_by_controller: pods.by_controller(),
         replicasets: rss.store(),
         nodes: nodes.store(),
         recorder: events::Recorder::new(client.clone(), "controller-manager"),

@@ -75,23 +75,52 @@ pub fn eviction_time(pod: &Pod, taints: &[Taint]) -> Option<i64> {
 pub async fn run(ctx: Arc<Ctx>, nodes: Store<Node>, leases: Store<Lease>, settings: Settings) {
     let _ = nodes.wait_until_ready().await;
     let _ = leases.wait_until_ready().await;
-    let mut first_seen = HashMap::new();
+    let mut health = HashMap::new();
     loop {
-        if let Err(e) = pass(&ctx, &nodes, &leases, &settings, &mut first_seen).await {
+        if let Err(e) = pass(&ctx, &nodes, &leases, &settings, &mut health).await {
             tracing::warn!("node lifecycle: {e}");
         }
         tokio::time::sleep(settings.period).await;
     }
 }
 
-/// `first_seen`: when this controller first saw each node; a node that has not
-/// reported anything yet gets the grace period from then.
+/// What the controller last saw of a node's heartbeats (its Lease's renewTime and its
+/// Ready condition's lastHeartbeatTime) and, by its own clock, when it last saw either
+/// move forward. A node is overdue when that was longer ago than the grace period, as
+/// in Kubernetes' node lifecycle controller: a watch running late delays every
+/// renewal alike and so cannot make a live node look dead, and the agents' clocks do
+/// not matter. A node gets the grace period from when the controller first sees it.
+#[derive(Debug)]
+struct Health {
+    renewed: Option<Timestamp>,
+    heartbeat: Option<Timestamp>,
+    probed: Timestamp,
+}
+
+impl Health {
+    /// Takes in the node's latest heartbeats; true when the node is overdue at `now`.
+    fn observe(
+        &mut self,
+        renewed: Option<Timestamp>,
+        heartbeat: Option<Timestamp>,
+        now: Timestamp,
+        grace: Duration,
+    ) -> bool {
+        if renewed > self.renewed || heartbeat > self.heartbeat {
+            self.renewed = self.renewed.max(renewed);
+            self.heartbeat = self.heartbeat.max(heartbeat);
+            self.probed = now;
+        }
+        now.duration_since(self.probed).as_secs_f64() > grace.as_secs_f64()
+    }
+}
+
 async fn pass(
     ctx: &Ctx,
     nodes: &Store<Node>,
     leases: &Store<Lease>,
     s: &Settings,
-    first_seen: &mut HashMap<String, Timestamp>,
+    health: &mut HashMap<String, Health>,
 ) -> kube::Result<()> {
     let node_api: Api<Node> = Api::all(ctx.client.clone());
     let now = Timestamp::now();
@@ -104,24 +133,20 @@ async fn pass(
     let mut taints_of: HashMap<String, Vec<Taint>> = HashMap::new();
     let present: std::collections::HashSet<String> =
         nodes.state().iter().map(|n| pods::name(&n.metadata).to_string()).collect();
-    first_seen.retain(|n, _| present.contains(n));
+    health.retain(|n, _| present.contains(n));
     for n in nodes.state() {
         let name = pods::name(&n.metadata).to_string();
         let ready = ready_condition(&n);
-        let seen = *first_seen.entry(name.clone()).or_insert(now);
-        let beat =
-            [renewals.get(&name).copied(), ready.and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0), Some(seen)]
-                .into_iter()
-                .flatten()
-                .max()
-                .unwrap_or(seen);
-        let stale = now.duration_since(beat).as_secs_f64() > s.grace.as_secs_f64();
+        let h = health.entry(name.clone()).or_insert(Health { renewed: None, heartbeat: None, probed: now });
+        let heartbeat = ready.and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0);
+        let stale = h.observe(renewals.get(&name).copied(), heartbeat, now, s.grace);
         let status = ready.map(|c| c.status.as_str()).unwrap_or("Unknown");
         if stale && status != "Unknown" {
             tracing::warn!(
-                "node {name} stopped renewing its lease (lease renewed {:?}, last heartbeat {:?}, first seen {seen}, now {now})",
-                renewals.get(&name),
-                ready.and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0)
+                "node {name} stopped renewing its lease: no renewal seen since {} (lease renewed {:?}, last heartbeat {:?})",
+                h.probed,
+                h.renewed,
+                h.heartbeat
             );
             let conds: Vec<NodeCondition> = n
                 .status
@@ -226,6 +251,24 @@ mod tests {
             value: None,
             time_added: Some(Time(Timestamp::from_second(added).unwrap())),
         }
+    }
+
+    #[test]
+    fn a_node_is_overdue_by_when_its_renewals_were_seen_not_by_their_stamps() {
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        let grace = Duration::from_secs(40);
+        let mut h = Health { renewed: None, heartbeat: None, probed: at(1000) };
+        // Renewals stamped long ago (a late watch, or a clock behind) still count when they arrive.
+        assert!(!h.observe(Some(at(900)), None, at(1000), grace));
+        assert!(!h.observe(Some(at(910)), None, at(1035), grace));
+        assert!(!h.observe(Some(at(920)), None, at(1070), grace), "each renewal seen resets the clock");
+        assert!(!h.observe(Some(at(920)), None, at(1110), grace), "40 s without one is still within grace");
+        assert!(h.observe(Some(at(920)), None, at(1111), grace), "over 40 s: overdue");
+        assert!(h.observe(Some(at(915)), None, at(1112), grace), "an older renewal is no news");
+        assert!(!h.observe(Some(at(920)), Some(at(1100)), at(1113), grace), "a status heartbeat counts too");
+        let mut fresh = Health { renewed: None, heartbeat: None, probed: at(2000) };
+        assert!(!fresh.observe(None, None, at(2040), grace), "a silent node gets the grace period from first sight");
+        assert!(fresh.observe(None, None, at(2041), grace));
     }
 
     #[test]

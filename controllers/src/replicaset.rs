@@ -35,17 +35,22 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
 
     // Claim: adopt matching orphans, release owned pods that no longer match.
     let mut owned: Vec<Arc<Pod>> = Vec::new();
-    for p in crate::informer::in_namespace(&ctx.pods, ns) {
-        let matches = labels::matches(selector, p.metadata.labels.as_ref());
+    // Only our pods and the namespace's orphans are looked at (from the index): a
+    // namespace with many ReplicaSets holds mostly pods that are not ours.
+    let matches = |p: &Pod| labels::matches(selector, p.metadata.labels.as_ref());
+    let ours = ctx.pods_by_controller.controlled_by(uid).into_iter().chain(ctx.pods_by_controller.orphans(ns));
+    let candidates =
+        ours.filter(|(n, _)| n == ns).filter_map(|(n, name)| ctx.pods.get(&ObjectRef::new(&name).within(&n)));
+    for p in candidates {
         match pods::controller_of(&p.metadata) {
             Some(r) if r.uid == uid => {
-                if matches {
+                if matches(&p) {
                     owned.push(p);
                 } else {
                     release(&pod_api, &p.metadata, uid).await?;
                 }
             }
-            None if matches && pods::is_active(&p) && adopt(&pod_api, &p.metadata, &owner).await? => owned.push(p),
+            None if pods::is_active(&p) && matches(&p) && adopt(&pod_api, &p.metadata, &owner).await? => owned.push(p),
             _ => {}
         }
     }
@@ -61,46 +66,49 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
     if met && active.len() < want {
         let template = spec.template.clone().unwrap_or_default();
         let n = (want - active.len()).min(BURST);
+        // Each pod's event is written in the same turn as its create: written one by one
+        // afterwards, 500 events held the ReplicaSet up for seconds under load.
         let creates = (0..n).map(|_| {
             let mut pod = pods::from_template(&template, ns, owner.clone());
             pod.metadata.generate_name = Some(format!("{name}-"));
-            let api = pod_api.clone();
-            async move { api.create(&PostParams::default(), &pod).await }
-        });
-        for r in join_all(creates).await {
-            match r {
-                Ok(p) => {
-                    let pname = pods::name(&p.metadata).to_string();
-                    ctx.expectations.created(uid, pname.clone());
-                    ctx.recorder
-                        .record(rs.as_ref(), "Normal", "SuccessfulCreate", format!("Created pod: {pname}"))
-                        .await;
-                }
-                Err(e) => {
-                    ctx.recorder.record(rs.as_ref(), "Warning", "FailedCreate", format!("Error creating: {e}")).await;
-                    return Err(e.into());
-                }
+            let (api, ctx, rs) = (pod_api.clone(), &ctx, &rs);
+            async move {
+                let p = api.create(&PostParams::default(), &pod).await?;
+                let pname = pods::name(&p.metadata).to_string();
+                ctx.expectations.created(uid, pname.clone());
+                ctx.recorder.record(rs.as_ref(), "Normal", "SuccessfulCreate", format!("Created pod: {pname}")).await;
+                Ok::<_, kube::Error>(())
             }
+        });
+        if let Some(e) = join_all(creates).await.into_iter().find_map(Result::err) {
+            ctx.recorder.record(rs.as_ref(), "Warning", "FailedCreate", format!("Error creating: {e}")).await;
+            return Err(e.into());
         }
     } else if met && active.len() > want {
         active.sort_by(|a, b| pods::deletion_order(a, b));
         let doomed: Vec<Arc<Pod>> = active.drain(..(active.len() - want).min(BURST)).collect();
-        for p in doomed {
+        let deletes = doomed.iter().map(|p| {
             let pname = pods::name(&p.metadata).to_string();
             ctx.expectations.deleted(uid, pname.clone());
             let dp = DeleteParams {
                 preconditions: Some(Preconditions { uid: p.metadata.uid.clone(), resource_version: None }),
                 ..Default::default()
             };
-            match pod_api.delete(&pname, &dp).await {
-                Ok(_) => {
-                    ctx.recorder
-                        .record(rs.as_ref(), "Normal", "SuccessfulDelete", format!("Deleted pod: {pname}"))
-                        .await
+            let (api, ctx, rs) = (&pod_api, &ctx, &rs);
+            async move {
+                match api.delete(&pname, &dp).await {
+                    Ok(_) => {
+                        let msg = format!("Deleted pod: {pname}");
+                        ctx.recorder.record(rs.as_ref(), "Normal", "SuccessfulDelete", msg).await;
+                        Ok(())
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    Err(e) => Err(e),
                 }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
             }
+        });
+        if let Some(e) = join_all(deletes).await.into_iter().find_map(Result::err) {
+            return Err(e.into());
         }
     }
 

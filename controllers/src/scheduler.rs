@@ -457,6 +457,7 @@ impl Scheduler {
 
     /// One scheduling pass over every pending pod; returns how many were placed.
     async fn pass(&self, turn: usize) -> usize {
+        let started = std::time::Instant::now();
         let all_pods = self.pods.state();
         let mut nodes: Vec<NodeInfo> = self.nodes.state().iter().map(|n| NodeInfo::from_node(n)).collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -547,7 +548,9 @@ impl Scheduler {
             // Bind as we go, so a long queue starts running before the whole pass is done.
             if binds.len() >= 256 {
                 placed += binds.len();
+                let t = std::time::Instant::now();
                 self.bind_all(std::mem::take(&mut binds)).await;
+                tracing::debug!("bound 256 pods in {:?} ({placed} placed so far, {k} of the queue)", t.elapsed());
             }
             let vols = match self.volumes.for_pod(&p) {
                 Ok(v) => v,
@@ -583,23 +586,27 @@ impl Scheduler {
         }
         placed += binds.len();
         self.bind_all(binds).await;
+        let unschedulable = failures.len();
         for (p, msg) in failures {
             self.unschedulable(&p, msg).await;
+        }
+        if placed + unschedulable > 0 {
+            tracing::debug!(
+                "scheduling pass: {placed} placed, {unschedulable} unschedulable, of {} pods on {} nodes, in {:?}",
+                all_pods.len(),
+                nodes.len(),
+                started.elapsed()
+            );
         }
         placed
     }
 
-    /// Binds pods to their chosen nodes (64 at a time), with a Scheduled event each.
+    /// Binds pods to their chosen nodes, 64 at a time, each followed by its Scheduled
+    /// event (in the same turn: written one by one after the binds, the events alone
+    /// took seconds per 256 pods under load).
     async fn bind_all(&self, binds: Vec<(Arc<Pod>, String)>) {
-        let results: Vec<_> = futures::stream::iter(binds.into_iter().map(|(p, node)| async move {
-            let r = self.bind(&p, &node).await;
-            (p, node, r)
-        }))
-        .buffer_unordered(64)
-        .collect()
-        .await;
-        for (p, node, r) in results {
-            match r {
+        let one = |(p, node): (Arc<Pod>, String)| async move {
+            match self.bind(&p, &node).await {
                 Ok(()) => {
                     crate::metrics::schedule_attempt("scheduled");
                     if let Some(t) = self.queued.lock().expect("not poisoned").remove(pods::uid(&p.metadata)) {
@@ -619,7 +626,8 @@ impl Scheduler {
                     self.assumed.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
                 }
             }
-        }
+        };
+        futures::stream::iter(binds.into_iter().map(one)).buffer_unordered(64).collect::<Vec<()>>().await;
     }
 
     async fn bind(&self, p: &Pod, node: &str) -> kube::Result<()> {
