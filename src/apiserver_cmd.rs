@@ -65,6 +65,16 @@ pub struct ApiServerArgs {
     /// Requests one user may make at once before --max-requests-per-user applies.
     #[arg(long, default_value_t = 200)]
     max_request_burst_per_user: u32,
+    /// Read-only requests (GET, list) served at once, from all users; more wait their
+    /// turn, up to 60 s, then get 429 (0: no limit). Watches, Leases, Nodes, logs,
+    /// exec, proxy and health probes are not counted.
+    #[arg(long, default_value_t = 400)]
+    max_requests_inflight: usize,
+    /// Writes (create, update, patch, delete) served at once, from all users; more wait
+    /// their turn, up to 60 s, then get 429 (0: no limit). Writes to Leases and Nodes are
+    /// not counted, so node heartbeats and leader election go ahead of a flood of writes.
+    #[arg(long, default_value_t = 200)]
+    max_mutating_requests_inflight: usize,
     /// How often every ResourceQuota's status.used is counted again from the objects
     /// (writes through this server recount their namespace at once), e.g. 10s, 1m.
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
@@ -97,6 +107,7 @@ pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
         encryption_provider_config: args.encryption_provider_config,
         max_watches_per_user: args.max_watches_per_user,
         requests_per_user: (args.max_requests_per_user, args.max_request_burst_per_user),
+        max_inflight: (args.max_requests_inflight, args.max_mutating_requests_inflight),
         resource_quota_sync_period: args.resource_quota_sync_period,
         node_name: args.node_name,
     })

@@ -10,9 +10,14 @@ fn is_hpa_v1(r: &Resource) -> bool {
     r.group == "autoscaling" && r.version == "v1"
 }
 
+/// Does the resource's version show `obj` (in its stored form) differently?
+pub fn needs_view(r: &Resource, obj: &Value) -> bool {
+    is_hpa_v1(r) && obj["apiVersion"] == "autoscaling/v2"
+}
+
 /// The object as the resource's version shows it (from the stored form).
 pub fn to_view(r: &Resource, mut obj: Value) -> Value {
-    if !is_hpa_v1(r) || obj["apiVersion"] != "autoscaling/v2" {
+    if !needs_view(r, &obj) {
         return obj;
     }
     obj["apiVersion"] = json!("autoscaling/v1");

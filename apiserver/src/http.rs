@@ -38,6 +38,7 @@ pub struct App {
     pub sa_signer: Arc<crate::satoken::Signer>,
     pub watch_limits: Arc<crate::limits::WatchLimits>,
     pub request_rates: crate::limits::RequestRates,
+    pub inflight: crate::limits::Inflight,
     pub quotas: Arc<crate::quota::Quotas>,
     pub signer: Arc<crate::csr::Signer>,
 }
@@ -234,8 +235,13 @@ pub async fn handle(
                 },
                 _ => Ok(None),
             };
-            match permit {
-                Ok(permit) => {
+            let class = crate::limits::classify(req.method(), req.uri().path(), watch);
+            let turn = match permit {
+                Ok(permit) => app.inflight.enter(class).await.map(|turn| (permit, turn)),
+                Err(e) => Err(e),
+            };
+            match turn {
+                Ok((permit, _turn)) => {
                     let resp = route(app, user, req).await.unwrap_or_else(|e| error_response(&e));
                     match permit {
                         Some(p) => {
@@ -1720,36 +1726,43 @@ impl Handler<'_> {
                     }
                     Next::End => return,
                 };
-                let (kind, obj) = match event {
+                let line = match event {
                     watchcache::Event::Progress(rev) => {
                         if bookmarks && tx.send(out.line("BOOKMARK", &bookmark(r, rev, false))).await.is_err() {
                             return;
                         }
                         continue;
                     }
-                    watchcache::Event::Change { key, rev, obj, prev } => {
+                    watchcache::Event::Change { key, rev, obj, prev, encoded } => {
                         // The cache may still be delivering changes the client's list
                         // already had; only later ones are news.
                         if !key.starts_with(&prefix) || rev <= start {
                             continue;
                         }
-                        let matches =
-                            |o: &Option<Value>| o.as_ref().is_some_and(|o| labels.matches(o) && fields.matches(o));
-                        match (matches(&prev), matches(&obj)) {
+                        let matches = |o: &Option<std::sync::Arc<Value>>| {
+                            o.as_deref().is_some_and(|o| labels.matches(o) && fields.matches(o))
+                        };
+                        let (kind, obj) = match (matches(&prev), matches(&obj)) {
                             (false, true) => ("ADDED", obj.expect("matched")),
                             (true, true) => ("MODIFIED", obj.expect("matched")),
                             (true, false) => {
                                 // Deleted, or changed out of the selection: the last state
                                 // that matched, at the revision of the change.
-                                let mut o = prev.expect("matched");
+                                let mut o = Value::clone(&prev.expect("matched"));
                                 o["metadata"]["resourceVersion"] = json!(rev.to_string());
-                                ("DELETED", o)
+                                ("DELETED", std::sync::Arc::new(o))
                             }
                             (false, false) => continue,
+                        };
+                        // Tables carry per-watch state (column headers on the first);
+                        // everything else is the same bytes for every watcher.
+                        match out.table {
+                            true => out.line(kind, &obj),
+                            false => encoded.get_or_make(r, kind, || out.line(kind, &obj)),
                         }
                     }
                 };
-                if tx.send(out.line(kind, &obj)).await.is_err() {
+                if tx.send(line).await.is_err() {
                     return;
                 }
             }
@@ -1787,23 +1800,30 @@ struct Lines {
 
 impl Lines {
     fn line(&mut self, kind: &str, obj: &Value) -> Bytes {
+        let event = kind != "ERROR" && kind != "BOOKMARK";
         let converted;
-        let obj = if kind == "ERROR" || kind == "BOOKMARK" {
-            obj
-        } else {
+        let obj = if event && convert::needs_view(self.r, obj) {
             converted = convert::to_view(self.r, obj.clone());
             &converted
-        };
-        let obj = if self.table && kind != "ERROR" && kind != "BOOKMARK" {
-            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
-            let t = table::table(self.r, std::slice::from_ref(obj), rv, None, self.headers, self.include.as_deref());
-            self.headers = false;
-            t
         } else {
-            obj.clone()
+            obj
         };
-        let mut b = serde_json::to_vec(&json!({"type": kind, "object": obj})).expect("JSON values serialize");
-        b.push(b'\n');
+        let tabled;
+        let obj = if self.table && event {
+            let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+            tabled = table::table(self.r, std::slice::from_ref(obj), rv, None, self.headers, self.include.as_deref());
+            self.headers = false;
+            &tabled
+        } else {
+            obj
+        };
+        // {"type":...,"object":...} written straight out, without building a Value of it.
+        let mut b = Vec::with_capacity(1024);
+        b.extend_from_slice(b"{\"type\":");
+        serde_json::to_writer(&mut b, kind).expect("JSON strings serialize");
+        b.extend_from_slice(b",\"object\":");
+        serde_json::to_writer(&mut b, obj).expect("JSON values serialize");
+        b.extend_from_slice(b"}\n");
         Bytes::from(b)
     }
 }

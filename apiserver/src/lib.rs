@@ -66,6 +66,8 @@ pub struct Config {
     pub max_watches_per_user: usize,
     /// Requests per second one user may make, sustained and in a burst (0: no limit).
     pub requests_per_user: (u32, u32),
+    /// Read-only and mutating requests served at once (0: no limit); more wait their turn.
+    pub max_inflight: (usize, usize),
     /// How often every ResourceQuota is counted again (writes through this server
     /// recount their namespace at once).
     pub resource_quota_sync_period: std::time::Duration,
@@ -249,6 +251,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         sa_signer,
         watch_limits: Arc::new(limits::WatchLimits::new(cfg.max_watches_per_user)),
         request_rates: limits::RequestRates::new(cfg.requests_per_user.0, cfg.requests_per_user.1),
+        inflight: limits::Inflight::new(cfg.max_inflight.0, cfg.max_inflight.1),
         quotas: Default::default(),
         signer: Arc::new(csr::Signer::new(pki.issuer()?)),
     });

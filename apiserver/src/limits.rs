@@ -1,6 +1,8 @@
 //! Limits that keep one user from starving the others: watches open at once, and
 //! requests per second. Members of `system:masters` (the components) are exempt; the
-//! caller decides who is limited.
+//! caller decides who is limited. And one limit for everyone: requests being served at
+//! once (`Inflight`), which keeps the heartbeats that hold the cluster together ahead
+//! of a flood of ordinary work.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -107,6 +109,88 @@ impl RequestRates {
     }
 }
 
+/// Requests served at once, as kube-apiserver's `--max-requests-inflight` and
+/// `--max-mutating-requests-inflight`: a request over the limit waits its turn (first
+/// come, first served) for up to `QUEUE_WAIT`, then gets 429. A burst of thousands of
+/// writes (a ReplicaSet creating 500 pods, twenty at once) then queues here rather than
+/// in the store, where it would hold up everything.
+///
+/// Not limited, as Kubernetes' exempt, node-high and leader-election priority levels
+/// are served ahead of the workload: Leases and Nodes (node heartbeats, node status,
+/// leader election), watches and other long-running requests (exec, attach,
+/// port-forward, logs, proxy), and health probes.
+pub struct Inflight {
+    reading: Option<Arc<tokio::sync::Semaphore>>,
+    mutating: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// How long a request waits for a turn before it gets 429.
+pub const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Which limit a request counts against.
+#[derive(Debug, PartialEq)]
+pub enum Class {
+    Exempt,
+    Reading,
+    Mutating,
+}
+
+/// The class of a request: `path` is the URL path, `watch` whether it is a watch.
+pub fn classify(method: &hyper::Method, path: &str, watch: bool) -> Class {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // The resource and subresource of /api/v1/[namespaces/<ns>/]<resource>[/<name>[/<sub>]]
+    // and /apis/<group>/<version>/...
+    let rest: &[&str] = match segs.as_slice() {
+        ["api", _, rest @ ..] => rest,
+        ["apis", _, _, rest @ ..] => rest,
+        [first, ..] if matches!(*first, "healthz" | "livez" | "readyz") => return Class::Exempt,
+        _ => &[],
+    };
+    let rest = match rest {
+        ["namespaces", _, r @ ..] if !r.is_empty() => r,
+        r => r,
+    };
+    let (resource, sub) = (rest.first().copied(), rest.get(2).copied());
+    let long_running = matches!(sub, Some("exec" | "attach" | "portforward" | "log" | "proxy"))
+        || matches!(rest.get(1).copied(), Some("proxy"));
+    if watch || long_running || matches!(resource, Some("leases" | "nodes")) {
+        return Class::Exempt;
+    }
+    match *method {
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS => Class::Reading,
+        _ => Class::Mutating,
+    }
+}
+
+/// A turn being served; the next waiting request goes when it is dropped.
+pub type Turn = Option<tokio::sync::OwnedSemaphorePermit>;
+
+impl Inflight {
+    /// `reading` and `mutating` requests at once (0: no limit).
+    pub fn new(reading: usize, mutating: usize) -> Inflight {
+        let pool = |n: usize| (n > 0).then(|| Arc::new(tokio::sync::Semaphore::new(n)));
+        Inflight { reading: pool(reading), mutating: pool(mutating) }
+    }
+
+    /// Waits for a turn for a request of class `class`.
+    pub async fn enter(&self, class: Class) -> ApiResult<Turn> {
+        let pool = match class {
+            Class::Exempt => None,
+            Class::Reading => self.reading.as_ref(),
+            Class::Mutating => self.mutating.as_ref(),
+        };
+        let Some(pool) = pool else { return Ok(None) };
+        match tokio::time::timeout(QUEUE_WAIT, pool.clone().acquire_owned()).await {
+            Ok(Ok(turn)) => Ok(Some(turn)),
+            _ => {
+                let mut e = ApiError::new(429, "TooManyRequests", "Too many requests, please try again later.");
+                e.details = Some(serde_json::json!({"retryAfterSeconds": 1}));
+                Err(e)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +218,43 @@ mod tests {
             r.take_at("alice", t2).unwrap();
         }
         assert!(r.take_at("alice", t2).is_err());
+    }
+
+    #[test]
+    fn heartbeats_watches_and_long_running_requests_are_not_held_up() {
+        use hyper::Method;
+        let c = |m: &Method, p: &str, w: bool| classify(m, p, w);
+        assert_eq!(
+            c(&Method::PUT, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1", false),
+            Class::Exempt
+        );
+        assert_eq!(c(&Method::PATCH, "/api/v1/nodes/n1/status", false), Class::Exempt);
+        assert_eq!(c(&Method::GET, "/api/v1/pods", true), Class::Exempt);
+        assert_eq!(c(&Method::GET, "/api/v1/namespaces/d/pods/p/log", false), Class::Exempt);
+        assert_eq!(c(&Method::POST, "/api/v1/namespaces/d/pods/p/exec", false), Class::Exempt);
+        assert_eq!(c(&Method::GET, "/api/v1/namespaces/d/services/s/proxy/x", false), Class::Exempt);
+        assert_eq!(c(&Method::GET, "/readyz", false), Class::Exempt);
+        assert_eq!(c(&Method::POST, "/api/v1/namespaces/d/pods", false), Class::Mutating);
+        assert_eq!(c(&Method::POST, "/api/v1/namespaces/d/pods/p/binding", false), Class::Mutating);
+        assert_eq!(c(&Method::DELETE, "/apis/apps/v1/namespaces/d/deployments/x", false), Class::Mutating);
+        assert_eq!(c(&Method::GET, "/api/v1/pods", false), Class::Reading);
+        assert_eq!(c(&Method::GET, "/api/v1/namespaces", false), Class::Reading);
+        assert_eq!(c(&Method::GET, "/version", false), Class::Reading);
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_limit_wait_for_a_turn() {
+        let f = Inflight::new(1, 2);
+        let a = f.enter(Class::Mutating).await.unwrap();
+        let _b = f.enter(Class::Mutating).await.unwrap();
+        let _r = f.enter(Class::Reading).await.unwrap();
+        assert!(f.enter(Class::Exempt).await.unwrap().is_none(), "exempt requests hold no turn");
+        let third = f.enter(Class::Mutating);
+        tokio::pin!(third);
+        assert!(futures::poll!(third.as_mut()).is_pending(), "a third write waits");
+        drop(a);
+        assert!(third.await.unwrap().is_some(), "and goes when one finishes");
+        assert!(Inflight::new(0, 0).enter(Class::Mutating).await.unwrap().is_none(), "0: no limit");
     }
 
     #[test]

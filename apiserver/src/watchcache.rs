@@ -17,9 +17,36 @@ const WINDOW: usize = 10_000;
 #[derive(Clone, Debug)]
 pub enum Event {
     /// A change at revision `rev`: the object after it (None: deleted) and before it.
-    Change { rev: i64, key: String, obj: Option<Value>, prev: Option<Value> },
+    /// Shared by every client watch it goes to, with the lines already encoded for them.
+    Change { rev: i64, key: String, obj: Option<Arc<Value>>, prev: Option<Arc<Value>>, encoded: Encoded },
     /// Every change up to `rev` has been sent.
     Progress(i64),
+}
+
+/// The watch lines made of one change so far, by the resource (version) they were made
+/// for and event type: clients watching the same resource get the same bytes, so a
+/// change is encoded once, not once per watcher.
+#[derive(Clone, Debug, Default)]
+pub struct Encoded(Arc<Mutex<Vec<(usize, &'static str, bytes::Bytes)>>>);
+
+impl Encoded {
+    /// The line for (`resource`, `kind`), made by `make` the first time it is asked for.
+    pub fn get_or_make(
+        &self,
+        resource: &'static crate::registry::Resource,
+        kind: &'static str,
+        make: impl FnOnce() -> bytes::Bytes,
+    ) -> bytes::Bytes {
+        let id = resource as *const _ as usize;
+        if let Some((_, _, b)) =
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(r, k, _)| *r == id && *k == kind)
+        {
+            return b.clone();
+        }
+        let b = make();
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((id, kind, b.clone()));
+        b
+    }
 }
 
 struct Cache {
@@ -91,12 +118,16 @@ pub fn events_of(resp: &etcd_client::WatchResponse) -> Vec<Event> {
     for ev in resp.events() {
         let Some(kv) = ev.kv() else { continue };
         let rev = kv.mod_revision();
-        let prev = ev.prev_kv().and_then(|p| storage::decode(p.key(), p.value(), p.mod_revision()).ok()).map(|s| s.obj);
+        let prev = ev
+            .prev_kv()
+            .and_then(|p| storage::decode(p.key(), p.value(), p.mod_revision()).ok())
+            .map(|s| Arc::new(s.obj));
         let obj = match ev.event_type() {
-            etcd_client::EventType::Put => storage::decode(kv.key(), kv.value(), rev).ok().map(|s| s.obj),
+            etcd_client::EventType::Put => storage::decode(kv.key(), kv.value(), rev).ok().map(|s| Arc::new(s.obj)),
             etcd_client::EventType::Delete => None,
         };
-        events.push(Event::Change { rev, key: String::from_utf8_lossy(kv.key()).into_owned(), obj, prev });
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        events.push(Event::Change { rev, key, obj, prev, encoded: Encoded::default() });
     }
     events
 }
