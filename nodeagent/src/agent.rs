@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -273,6 +273,7 @@ impl<R: Runtime> Agent<R> {
                             ..Default::default()
                         }),
                     };
+                    let sent = std::time::Instant::now();
                     let r = match rv {
                         Some(_) => api.replace(&s.name, &PostParams::default(), &lease).await,
                         None => match api.create(&PostParams::default(), &lease).await {
@@ -290,6 +291,9 @@ impl<R: Runtime> Agent<R> {
                             other => other,
                         },
                     };
+                    if sent.elapsed() > self.cfg.renew {
+                        tracing::warn!("the API server took {:?} to renew the lease of {}", sent.elapsed(), s.name);
+                    }
                     match r {
                         Ok(l) => {
                             rvs.lock()
@@ -316,7 +320,11 @@ impl<R: Runtime> Agent<R> {
                                 &Patch::Merge(json!({"status": self.node_status(s)})),
                             )
                             .await;
-                    } else if node.is_none() && nodes.wait_until_ready().await.is_ok() {
+                    } else if node.is_none() && nodes.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()) {
+                        // Deleted behind our back: registered again. Not before the node
+                        // cache has loaded (a node missing from it then is no news), and
+                        // without waiting for it: a renewal round that waited held up
+                        // the leases of every node behind it.
                         let _ = self.register(s).await;
                     }
                 };
@@ -487,8 +495,12 @@ impl<R: Runtime> Agent<R> {
                 gone.metadata.deletion_grace_period_seconds = Some(0);
                 this.stop_pod(Arc::new(gone));
             }
+            // 32 pods at a time per node, as if each node had its own agent, up to 256:
+            // one agent holding a thousand simulated nodes would otherwise report their
+            // pods no faster than one real node does.
+            let parallel = this.slots.len().saturating_mul(32).min(256);
             futures::stream::iter(mine.iter().cloned().map(|p| this.sync_pod(p)))
-                .buffer_unordered(32)
+                .buffer_unordered(parallel)
                 .collect::<Vec<()>>()
                 .await;
             this.report_usage(&mine).await;
