@@ -48,12 +48,18 @@ pub struct ClusterBenchArgs {
     /// Write the results as JSON to this file too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Log filter of the components (their logs are in --dir, kept with --keep), e.g.
+    /// `warn,skiff_controllers::scheduler=debug`.
+    #[arg(long, default_value = "warn")]
+    component_log: String,
 }
 
 /// The child processes; all killed (and the directory removed) when dropped.
 pub(crate) struct Plane {
     dir: PathBuf,
     keep: bool,
+    /// The components' log filter.
+    log: String,
     procs: Vec<(String, Child)>,
 }
 
@@ -78,7 +84,7 @@ impl Plane {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
         let child = Command::new(std::env::current_exe()?)
             .args(args)
-            .env("SKIFF_LOG", "warn")
+            .env("SKIFF_LOG", &self.log)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -137,15 +143,20 @@ struct PodTimes {
     gone: usize,
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<Duration> {
+/// Waits until `done` answers None; until then it says how far things are.
+async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> Option<String>,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let mut last_report = Instant::now();
-    while !ok() {
+    while let Some(progress) = done() {
         if start.elapsed() > timeout {
-            anyhow::bail!("timed out after {:?} waiting for {what}", timeout);
+            anyhow::bail!("timed out after {:?} waiting for {what} ({progress})", timeout);
         }
         if last_report.elapsed() > Duration::from_secs(5) {
-            eprintln!("  ... waiting for {what} ({:.0} s)", start.elapsed().as_secs_f64());
+            eprintln!("  ... waiting for {what}: {progress} ({:.0} s)", start.elapsed().as_secs_f64());
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -207,8 +218,12 @@ fn deployment(name: &str, replicas: usize) -> Deployment {
 
 /// A one-member store, the API server, controller-manager and scheduler under `dir`
 /// (no nodes); the Plane and the admin kubeconfig.
-pub(crate) async fn start_control_plane(dir: &std::path::Path, keep: bool) -> anyhow::Result<(Plane, PathBuf)> {
-    let mut plane = Plane { dir: dir.to_path_buf(), keep, procs: Vec::new() };
+pub(crate) async fn start_control_plane(
+    dir: &std::path::Path,
+    keep: bool,
+    log: &str,
+) -> anyhow::Result<(Plane, PathBuf)> {
+    let mut plane = Plane { dir: dir.to_path_buf(), keep, log: log.to_string(), procs: Vec::new() };
     let s = |x: &str| x.to_string();
     let (client_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
     let store_dir = dir.join("store");
@@ -278,7 +293,7 @@ pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} is not empty; give an empty or new --dir", dir.display());
     }
     std::fs::create_dir_all(&dir)?;
-    let (mut plane, kubeconfig) = start_control_plane(&dir, a.keep).await?;
+    let (mut plane, kubeconfig) = start_control_plane(&dir, a.keep, &a.component_log).await?;
     let s = |x: &str| x.to_string();
     let kc = kubeconfig.display().to_string();
     plane.spawn(
@@ -371,7 +386,8 @@ pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
                 if r.is_ok() {
                     lat.add("PATCH (apply) configmap", t.elapsed());
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Once a second: the sampler measures the cluster's load, it should not add to it.
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
     };
@@ -386,10 +402,14 @@ pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
         deploys.create(&PostParams::default(), &deployment(&format!("bench-{d}"), per)).await?;
         lat.add("POST deployment", t.elapsed());
     }
-    let running = |times: &Arc<Mutex<PodTimes>>| times.lock().expect("not poisoned").running.len();
+    let progress = |times: &Arc<Mutex<PodTimes>>| {
+        let t = times.lock().expect("not poisoned");
+        (t.running.len() < total)
+            .then(|| format!("{} created, {} bound, {} Running", t.seen.len(), t.bound.len(), t.running.len()))
+    };
     phases.push((
         "create: all pods Running".into(),
-        wait_until("all pods Running", a.phase_timeout, || running(&times) >= total).await?,
+        wait_until("all pods Running", a.phase_timeout, || progress(&times)).await?,
     ));
     let create_total = t0.elapsed();
     let (sched_rate, start_p50, start_p99) = {

@@ -95,7 +95,7 @@ async fn bench(
     image: &std::path::Path,
     node_flags: &[String],
 ) -> anyhow::Result<()> {
-    let (mut plane, kubeconfig) = start_control_plane(dir, true).await?;
+    let (mut plane, kubeconfig) = start_control_plane(dir, true, "warn").await?;
     let mut args: Vec<String> = ["agent", "--runtime", "containerd", "--node-name", "bench", "--node-ip", "127.0.0.1"]
         .iter()
         .map(|s| s.to_string())
