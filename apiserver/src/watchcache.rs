@@ -27,7 +27,10 @@ pub enum Event {
 /// for and event type: clients watching the same resource get the same bytes, so a
 /// change is encoded once, not once per watcher.
 #[derive(Clone, Debug, Default)]
-pub struct Encoded(Arc<Mutex<Vec<(usize, &'static str, bytes::Bytes)>>>);
+pub struct Encoded(Arc<Mutex<Vec<Line>>>);
+
+/// One encoded line: (the resource's address, event type, the bytes).
+type Line = (usize, &'static str, bytes::Bytes);
 
 impl Encoded {
     /// The line for (`resource`, `kind`), made by `make` the first time it is asked for.

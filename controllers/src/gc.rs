@@ -109,13 +109,14 @@ impl Gc {
             let _ = k.store.wait_until_ready().await;
         }
         loop {
-            let started = std::time::Instant::now();
-            if let Err(e) = self.sweep().await {
+            let scan = self.sweep().await.unwrap_or_else(|e| {
                 tracing::warn!("garbage collection: {e}");
-            }
-            // With many objects a sweep takes a while: rest at least twice as long, so
-            // the collector keeps to a third of a core however busy the cluster is.
-            let rest = Duration::from_millis(50).max(started.elapsed() * 2);
+                Duration::ZERO
+            });
+            // With many objects the scan of the caches takes a while: rest at least
+            // twice as long, so the collector keeps to a third of a core however many
+            // objects there are (the requests it makes do not count).
+            let rest = Duration::from_millis(50).max(scan * 2);
             tokio::select! {
                 _ = self.changed.notified() => tokio::time::sleep(rest).await,
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -148,7 +149,9 @@ impl Gc {
     /// One pass over every cached object. Cheap when nothing needs doing: one set of
     /// uids, and a scan of owner references against it; dependents are gathered only
     /// for owners being deleted with the orphan or foreground policy, which are rare.
-    async fn sweep(&self) -> kube::Result<()> {
+    /// Returns how long the scan of the caches took.
+    async fn sweep(&self) -> kube::Result<Duration> {
+        let started = std::time::Instant::now();
         let all: Vec<(&Kind, Vec<Arc<DynamicObject>>)> = self.kinds.iter().map(|k| (k, k.store.state())).collect();
         let uids: HashSet<&str> = each(&all).filter_map(|(_, o)| o.metadata.uid.as_deref()).collect();
 
@@ -160,6 +163,14 @@ impl Gc {
             })
             .filter_map(|(k, o)| Some((o.metadata.uid.as_deref()?, (k, o))))
             .collect();
+        // Objects with an owner the caches do not hold.
+        let suspects: Vec<(&Kind, &Arc<DynamicObject>)> = each(&all)
+            .filter(|(_, o)| {
+                o.metadata.deletion_timestamp.is_none()
+                    && !o.metadata.owner_references.iter().flatten().all(|r| uids.contains(r.uid.as_str()))
+            })
+            .collect();
+        let scan = started.elapsed();
         if !finalizing.is_empty() {
             let mut dependents: HashMap<&str, Vec<(&Kind, &Arc<DynamicObject>)>> = HashMap::new();
             for (k, o) in each(&all) {
@@ -207,11 +218,8 @@ impl Gc {
         // Dependents whose owners are gone: deleted 20 at a time (Kubernetes'
         // --concurrent-gc-syncs), since a cascade can take thousands.
         let mut doomed = Vec::new();
-        for (k, o) in each(&all) {
+        for (k, o) in suspects {
             let refs = o.metadata.owner_references.as_deref().unwrap_or_default();
-            if o.metadata.deletion_timestamp.is_some() || refs.iter().all(|r| uids.contains(r.uid.as_str())) {
-                continue;
-            }
             let mut missing = Vec::new();
             for r in refs {
                 if !uids.contains(r.uid.as_str()) && !self.owner_exists(r, o.metadata.namespace.as_deref()).await? {
@@ -237,7 +245,8 @@ impl Gc {
             deletes.push(self.delete(k, o, PropagationPolicy::Background));
         }
         let results: Vec<kube::Result<()>> = futures::stream::iter(deletes).buffer_unordered(20).collect().await;
-        results.into_iter().collect()
+        results.into_iter().collect::<kube::Result<()>>()?;
+        Ok(scan)
     }
 
     async fn delete(&self, k: &Kind, o: &DynamicObject, policy: PropagationPolicy) -> kube::Result<()> {
