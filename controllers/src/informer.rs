@@ -2,7 +2,8 @@
 //! reads (`store`), and each controller that reacts to changes takes a subscription
 //! (`subscribe`, before `run`), a stream of every object that changed — deleted ones
 //! included, which kube-rs's own shared streams leave out and a StatefulSet waiting
-//! for a pod to be gone depends on.
+//! for a pod to be gone depends on. On request it also keeps an index of the cache by
+//! controller (`by_controller`), from the same events.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
