@@ -100,13 +100,19 @@ impl RequestRates {
         b.at = now;
         if b.tokens < 1.0 {
             let wait = ((1.0 - b.tokens) / self.per_second).ceil().max(1.0) as u64;
-            let mut e = ApiError::new(429, "TooManyRequests", "Too many requests, please try again later.");
-            e.details = Some(serde_json::json!({"retryAfterSeconds": wait}));
-            return Err(e);
+            return Err(too_many_requests(wait));
         }
         b.tokens -= 1.0;
         Ok(())
     }
+}
+
+/// kube-apiserver's 429 for a request it will not serve now, with when to try again
+/// (which client-go and kubectl wait out).
+fn too_many_requests(retry_after_seconds: u64) -> ApiError {
+    let mut e = ApiError::new(429, "TooManyRequests", "Too many requests, please try again later.");
+    e.details = Some(serde_json::json!({"retryAfterSeconds": retry_after_seconds}));
+    e
 }
 
 /// Requests served at once, as kube-apiserver's `--max-requests-inflight` and
@@ -182,11 +188,7 @@ impl Inflight {
         let Some(pool) = pool else { return Ok(None) };
         match tokio::time::timeout(QUEUE_WAIT, pool.clone().acquire_owned()).await {
             Ok(Ok(turn)) => Ok(Some(turn)),
-            _ => {
-                let mut e = ApiError::new(429, "TooManyRequests", "Too many requests, please try again later.");
-                e.details = Some(serde_json::json!({"retryAfterSeconds": 1}));
-                Err(e)
-            }
+            _ => Err(too_many_requests(1)),
         }
     }
 }

@@ -547,10 +547,10 @@ impl Scheduler {
         for (k, p) in pending.into_iter().enumerate() {
             // Bind as we go, so a long queue starts running before the whole pass is done.
             if binds.len() >= 256 {
-                placed += binds.len();
-                let t = std::time::Instant::now();
+                let (n, t) = (binds.len(), std::time::Instant::now());
+                placed += n;
                 self.bind_all(std::mem::take(&mut binds)).await;
-                tracing::debug!("bound 256 pods in {:?} ({placed} placed so far, {k} of the queue)", t.elapsed());
+                tracing::debug!("bound {n} pods in {:?} ({placed} placed so far, {k} of the queue)", t.elapsed());
             }
             let vols = match self.volumes.for_pod(&p) {
                 Ok(v) => v,
