@@ -321,3 +321,49 @@ fn a_member_far_behind_catches_up_from_a_snapshot() {
     ok(&ep, &["put", "after-snapshot", "1"]);
     assert_eq!(ok(&c.endpoints(), &["get", "after-snapshot", "--print-value-only"]), "1\n");
 }
+
+/// `--snapshot-count` counts requests, as etcd's does: concurrent writes the batcher
+/// groups into a few log entries still bring the snapshot on once enough have applied.
+#[test]
+fn snapshot_count_counts_requests_not_log_entries() {
+    let mut c = Cluster::start_with(1, &["--snapshot-count", "500"]);
+    c.wait_ready();
+    let snaps = || -> Vec<String> {
+        let dir = c.members[0].data_dir.join("member/snap");
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.retain(|n| n.ends_with(".snap"));
+        names
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let entries_before = rt.block_on(async {
+        let cl = etcd_client::Client::connect([c.members[0].endpoint()], None).await.unwrap();
+        let index = |s: etcd_client::StatusResponse| s.raft_index();
+        let before = index(cl.maintenance_client().status().await.unwrap());
+        // 600 writes, 100 in flight at a time.
+        for round in 0..6 {
+            let puts = (0..100).map(|i| {
+                let mut kv = cl.kv_client();
+                async move { kv.put(format!("batched/{round}/{i:03}"), "v", None).await.unwrap() }
+            });
+            futures::future::join_all(puts).await;
+        }
+        let after = index(cl.maintenance_client().status().await.unwrap());
+        after - before
+    });
+    assert!(
+        entries_before < 500,
+        "600 concurrent writes took {entries_before} log entries; the test needs fewer than 500"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while snaps().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no snapshot after 600 requests with --snapshot-count 500");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A restart from the snapshot and what the log kept after it serves all 600 keys.
+    c.kill(0);
+    c.start_member(0);
+    c.wait_ready();
+    assert_eq!(json(&c.endpoints(), &["get", "batched/", "--prefix", "--limit=1"])["count"], 600);
+}

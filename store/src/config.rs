@@ -154,7 +154,7 @@ impl MemberConfig {
             max_request_bytes: 1572864,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
-            snapshot_count: 10000,
+            snapshot_count: 100_000,
             watch_progress_notify_interval: Duration::from_secs(600),
             quota_backend_bytes: 0,
             listen_metrics_urls: Vec::new(),
