@@ -24,7 +24,6 @@ use crate::localpath::LocalPath;
 use crate::metrics::Reporter;
 use crate::podstatus::{self, Placement};
 use crate::runtime::Runtime;
-use crate::statusq::{Pending, StatusQueue};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -151,8 +150,6 @@ pub struct Agent<R: Runtime> {
     local_path: LocalPath,
     /// Pods being stopped (uids), each by its own task.
     stopping: Mutex<HashSet<String>>,
-    /// Pod statuses waiting to be written, the newest per pod.
-    statuses: StatusQueue,
 }
 
 fn seconds(t: Timestamp) -> Timestamp {
@@ -201,7 +198,6 @@ impl<R: Runtime> Agent<R> {
             metrics,
             local_path,
             stopping: Mutex::new(HashSet::new()),
-            statuses: StatusQueue::default(),
         }
     }
 
@@ -392,6 +388,8 @@ impl<R: Runtime> Agent<R> {
         let Some(slot) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|n| self.slots.get(n)) else {
             return;
         };
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
         let name = pod.metadata.name.clone().unwrap_or_default();
         if pod.metadata.deletion_timestamp.is_some() {
             self.stop_pod(pod);
@@ -415,24 +413,12 @@ impl<R: Runtime> Agent<R> {
         let at = Placement { host_ip: &slot.host_ip, pod_ip: ip.as_deref() };
         let status = podstatus::compute(&pod, containers.as_deref(), &at, seconds(Timestamp::now()));
         if pod.status.as_ref() != Some(&status) {
-            self.statuses.offer(pod, status);
-        }
-    }
-
-    /// Writes one status the queue handed out; false if it did not land (the pod changed
-    /// or is gone: the next pass computes it again from the newer pod).
-    async fn write_status(&self, p: &Pending) -> bool {
-        let name = p.pod.metadata.name.clone().unwrap_or_default();
-        let api: Api<Pod> =
-            Api::namespaced(self.client.clone(), p.pod.metadata.namespace.as_deref().unwrap_or("default"));
-        let mut next = (*p.pod).clone();
-        next.status = Some(p.status.clone());
-        match api.replace_status(&name, &PostParams::default(), &next).await {
-            Ok(_) => true,
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => false,
-            Err(e) => {
-                tracing::warn!("reporting the status of {name}: {e}");
-                false
+            let mut next = (*pod).clone();
+            next.status = Some(status);
+            match api.replace_status(&name, &PostParams::default(), &next).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+                Err(e) => tracing::warn!("reporting the status of {name}: {e}"),
             }
         }
     }
@@ -493,20 +479,6 @@ impl<R: Runtime> Agent<R> {
             });
         }
         let _ = pods.wait_until_ready().await;
-        // 32 pods at a time per node, as if each node had its own agent, up to 256:
-        // one agent holding a thousand simulated nodes would otherwise report their pods
-        // no faster than one real node does.
-        let parallel = this.slots.len().saturating_mul(32).min(256);
-        for _ in 0..parallel {
-            let this = this.clone();
-            tokio::spawn(async move {
-                loop {
-                    let p = this.statuses.next().await;
-                    let written = this.write_status(&p).await;
-                    this.statuses.done(&p, written);
-                }
-            });
-        }
         loop {
             let mine: Vec<Arc<Pod>> = pods
                 .state()
@@ -517,13 +489,16 @@ impl<R: Runtime> Agent<R> {
                 .collect();
             // Pods removed behind our back (force-deleted) are stopped too.
             let live: HashSet<String> = mine.iter().filter_map(|p| p.metadata.uid.clone()).collect();
-            this.statuses.retain(&live);
             for uid in this.rt.pods().into_iter().filter(|u| !live.contains(u)) {
                 let mut gone = Pod::default();
                 gone.metadata.uid = Some(uid);
                 gone.metadata.deletion_grace_period_seconds = Some(0);
                 this.stop_pod(Arc::new(gone));
             }
+            // 32 pods at a time per node, as if each node had its own agent, up to 256:
+            // one agent holding a thousand simulated nodes would otherwise report their
+            // pods no faster than one real node does.
+            let parallel = this.slots.len().saturating_mul(32).min(256);
             futures::stream::iter(mine.iter().cloned().map(|p| this.sync_pod(p)))
                 .buffer_unordered(parallel)
                 .collect::<Vec<()>>()

@@ -10,7 +10,6 @@ pub mod localpath;
 pub mod metrics;
 pub mod podstatus;
 pub mod runtime;
-pub mod statusq;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
