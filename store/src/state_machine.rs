@@ -455,8 +455,8 @@ fn build_snapshot_file(shared: &Shared) -> std::io::Result<PathBuf> {
 
 /// A file written in bulk beside the raft log, synced every few megabytes as it is
 /// written. One sync of a whole snapshot (tens of megabytes) at its end queues the log's
-/// group fsync behind it for hundreds of milliseconds, and every member snapshots at the
-/// same log index; small syncs along the way keep each wait short.
+/// group fsync behind it for hundreds of milliseconds, and the members of a cluster
+/// snapshot at about the same time; small syncs along the way keep each wait short.
 struct SyncedAsWritten {
     file: std::fs::File,
     unsynced: usize,
