@@ -328,16 +328,13 @@ fn a_member_far_behind_catches_up_from_a_snapshot() {
 fn snapshot_count_counts_requests_not_log_entries() {
     let mut c = Cluster::start_with(1, &["--snapshot-count", "500"]);
     c.wait_ready();
-    let snaps = || -> Vec<String> {
-        let dir = c.members[0].data_dir.join("member/snap");
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        names.retain(|n| n.ends_with(".snap"));
-        names
+    let snap_dir = c.members[0].data_dir.join("member/snap");
+    let has_snapshot = || {
+        std::fs::read_dir(&snap_dir)
+            .is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".snap")))
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let entries_before = rt.block_on(async {
+    let entries = rt.block_on(async {
         let cl = etcd_client::Client::connect([c.members[0].endpoint()], None).await.unwrap();
         let index = |s: etcd_client::StatusResponse| s.raft_index();
         let before = index(cl.maintenance_client().status().await.unwrap());
@@ -352,12 +349,9 @@ fn snapshot_count_counts_requests_not_log_entries() {
         let after = index(cl.maintenance_client().status().await.unwrap());
         after - before
     });
-    assert!(
-        entries_before < 500,
-        "600 concurrent writes took {entries_before} log entries; the test needs fewer than 500"
-    );
+    assert!(entries < 500, "600 concurrent writes took {entries} log entries; the test needs fewer than 500");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while snaps().is_empty() {
+    while !has_snapshot() {
         assert!(std::time::Instant::now() < deadline, "no snapshot after 600 requests with --snapshot-count 500");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
