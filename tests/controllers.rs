@@ -1000,6 +1000,31 @@ fn scaling_mid_rollout_is_proportional() {
     assert_eq!(sizes(&p), want(15, 10), "and it stays so");
 }
 
+/// Events are limited per object as client-go's recorder limits them: a ReplicaSet
+/// that creates 30 pods has 25 SuccessfulCreate events (the first 25), while each pod
+/// still gets its own Scheduled event.
+#[test]
+fn events_about_one_object_are_limited_to_25_at_once() {
+    let p = Plane::start(2);
+    let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "many"},
+        "spec": {"replicas": 30, "selector": {"matchLabels": {"app": "many"}},
+            "template": {"metadata": {"labels": {"app": "many"}},
+                "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}}}});
+    p.api.k_in(&["apply", "-f", "-"], &rs.to_string());
+    let count = |p: &Plane, selector: &str| {
+        p.json(&["get", "events", "--field-selector", selector])["items"].as_array().map_or(0, Vec::len)
+    };
+    let created = "involvedObject.name=many,reason=SuccessfulCreate";
+    p.wait_for("30 pods, each scheduled", Duration::from_secs(60), |p| {
+        p.live_pods("app=many").len() == 30 && count(p, "reason=Scheduled") == 30
+    });
+    p.wait_for("25 SuccessfulCreate events", Duration::from_secs(10), |p| count(p, created) >= 25);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&p, created), 25, "{}", p.k(&["describe", "rs", "many"]));
+    let described = p.k(&["describe", "rs", "many"]);
+    assert!(described.contains("SuccessfulCreate") && described.contains("Created pod: many-"), "{described}");
+}
+
 /// `skiff join` with a bootstrap token: the joining machine checks the CA against the
 /// hash, gets a certificate as `system:node:<name>` through a CertificateSigningRequest
 /// approved for the token, and runs its agent with it; pods then run on the new node. A

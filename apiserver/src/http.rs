@@ -873,6 +873,15 @@ async fn resource(
     Ok(resp)
 }
 
+/// What admitting a create reads from the store (`Handler::admission_reads`).
+#[derive(Default)]
+struct AdmissionReads {
+    namespace: Option<Stored>,
+    quotas: Vec<Stored>,
+    account: Option<Stored>,
+    limit_ranges: Vec<Value>,
+}
+
 #[derive(Clone, Copy)]
 struct Handler<'a> {
     store: &'a Store,
@@ -1027,10 +1036,44 @@ impl Handler<'_> {
         Ok(json_response(200, &list, self.fmt))
     }
 
-    async fn ensure_namespace(&self) -> ApiResult<()> {
+    /// What admitting a new object reads from the store, in one round trip: its
+    /// namespace and the namespace's ResourceQuotas and, for a pod, its service account
+    /// and the namespace's LimitRanges. Nothing for an object outside namespaces.
+    async fn admission_reads(&self, obj: &Value) -> ApiResult<AdmissionReads> {
+        let Some(ns) = self.ns.filter(|_| self.r.namespaced) else { return Ok(AdmissionReads::default()) };
+        let found = |g: &str, p: &str| registry::find(g, "v1", p).expect("registered");
+        let ns_key = storage::key(found("", "namespaces"), None, ns);
+        let quotas = storage::prefix(found("", "resourcequotas"), Some(ns));
+        let pod = self.is("", "pods").then(|| {
+            let account = obj["spec"]["serviceAccountName"]
+                .as_str()
+                .or(obj["spec"]["serviceAccount"].as_str())
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default");
+            (
+                storage::key(found("", "serviceaccounts"), Some(ns), account),
+                storage::prefix(found("", "limitranges"), Some(ns)),
+            )
+        });
+        let mut reads = vec![storage::Read::Key(&ns_key), storage::Read::Prefix(&quotas)];
+        if let Some((account, ranges)) = &pod {
+            reads.extend([storage::Read::Key(account), storage::Read::Prefix(ranges)]);
+        }
+        let mut found = self.store.read_all(&reads).await?.into_iter();
+        let mut next = || found.next().unwrap_or_default();
+        let namespace = next().pop();
+        let quotas = next();
+        let (account, limit_ranges) = match pod {
+            Some(_) => (next().pop(), next().into_iter().map(|s| s.obj).collect()),
+            None => (None, Vec::new()),
+        };
+        Ok(AdmissionReads { namespace, quotas, account, limit_ranges })
+    }
+
+    /// A new object's namespace must exist and not be terminating.
+    fn ensure_namespace(&self, namespace: Option<&Stored>) -> ApiResult<()> {
         let Some(ns) = self.ns.filter(|_| self.r.namespaced) else { return Ok(()) };
-        let nsr = registry::find("", "v1", "namespaces").expect("namespaces are registered");
-        match self.store.get(&storage::key(nsr, None, ns)).await? {
+        match namespace {
             None => Err(ApiError::not_found("namespaces", "", ns)),
             Some(s) if s.obj["metadata"]["deletionTimestamp"].is_string() => Err(ApiError::new(
                 403,
@@ -1082,27 +1125,11 @@ impl Handler<'_> {
             })?;
         }
         defaults::apply(self.r, &mut obj);
+        let reads = self.admission_reads(&obj).await?;
         if self.is("", "pods") {
             admission::default_tolerations(&mut obj, self.tolerations);
-            let account = obj["spec"]["serviceAccountName"]
-                .as_str()
-                .or(obj["spec"]["serviceAccount"].as_str())
-                .filter(|n| !n.is_empty())
-                .unwrap_or("default")
-                .to_string();
-            let sa_res = registry::find("", "v1", "serviceaccounts").expect("registered");
-            let sa = self.store.get(&storage::key(sa_res, self.ns, &account)).await?;
-            admission::service_account(&mut obj, sa.as_ref().map(|s| &s.obj), &object::name_suffix());
-            let lr_res = registry::find("", "v1", "limitranges").expect("registered");
-            let ranges: Vec<Value> = self
-                .store
-                .list(&storage::prefix(lr_res, self.ns), None, 0, 0)
-                .await?
-                .items
-                .into_iter()
-                .map(|s| s.obj)
-                .collect();
-            if let Err(problems) = admission::limit_ranger(&mut obj, &ranges) {
+            admission::service_account(&mut obj, reads.account.as_ref().map(|s| &s.obj), &object::name_suffix());
+            if let Err(problems) = admission::limit_ranger(&mut obj, &reads.limit_ranges) {
                 let name = obj["metadata"]["name"].as_str().unwrap_or_default();
                 // One reason alone, several in brackets (Kubernetes' aggregate error).
                 let why = match problems.as_slice() {
@@ -1125,24 +1152,24 @@ impl Handler<'_> {
             admission::default_storage_class(&mut obj, &classes);
             admission::pvc_protection(&mut obj);
         }
-        self.ensure_namespace().await?;
+        self.ensure_namespace(reads.namespace.as_ref())?;
         self.no_escalation(&obj)?;
         if self.is("", "pods") {
-            self.pod_security(&obj).await?;
+            self.pod_security(&obj, reads.namespace.as_ref())?;
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         if self.q.dry_run() {
             if self.store.get(&self.key(&name)).await?.is_some() {
                 return Err(ApiError::already_exists(self.r.plural, self.r.group, &name));
             }
-            self.quota_charges(&name, &obj).await?;
+            self.charges(&name, &obj, reads.quotas)?;
             return Ok(self.reply(201, &obj));
         }
         let taken = match self.is("", "services") {
             true => Some(alloc::allocate(self.store, self.ranges, &mut obj, None).await?),
             false => None,
         };
-        let created = self.create_charged(&name, &obj).await;
+        let created = self.create_charged(&name, &obj, reads.quotas).await;
         match created {
             Ok(Some(rev)) => {
                 obj["metadata"]["resourceVersion"] = json!(rev.to_string());
@@ -1191,11 +1218,9 @@ impl Handler<'_> {
 
     /// The namespace's ResourceQuotas that `obj` counts against, each with the charge
     /// added (key, new quota, the revision it was read at); or Kubernetes' refusal.
-    async fn quota_charges(&self, name: &str, obj: &Value) -> ApiResult<Vec<(String, Value, i64)>> {
-        let Some(ns) = self.ns.filter(|_| self.r.namespaced) else { return Ok(Vec::new()) };
-        let qr = registry::find("", "v1", "resourcequotas").expect("resource quotas are registered");
+    fn charges(&self, name: &str, obj: &Value, quotas: Vec<Stored>) -> ApiResult<Vec<(String, Value, i64)>> {
         let mut charges = Vec::new();
-        for q in self.store.list(&storage::prefix(qr, Some(ns)), None, 0, 0).await?.items {
+        for q in quotas {
             match crate::quota::charge(&q.obj, self.r, obj) {
                 Ok(Some(charged)) => charges.push((q.key, charged, q.rev)),
                 Ok(None) => {}
@@ -1209,13 +1234,22 @@ impl Handler<'_> {
     }
 
     /// Stores a new object, charged to the quotas it counts against in the same
-    /// transaction: the new resourceVersion, or None if the name is taken.
-    async fn create_charged(&self, name: &str, obj: &Value) -> ApiResult<Option<i64>> {
+    /// transaction: the new resourceVersion, or None if the name is taken. `quotas` are
+    /// the namespace's as admission read them.
+    async fn create_charged(&self, name: &str, obj: &Value, quotas: Vec<Stored>) -> ApiResult<Option<i64>> {
         let (key, stored) = (self.key(name), convert::to_storage(self.r, obj));
+        let mut quotas = Some(quotas);
         // A quota changed between reading and writing (another create charged it, or a
         // recount): read again and decide again.
         for _ in 0..32 {
-            let charges = self.quota_charges(name, obj).await?;
+            let quotas = match quotas.take() {
+                Some(q) => q,
+                None => {
+                    let qr = registry::find("", "v1", "resourcequotas").expect("resource quotas are registered");
+                    self.store.list(&storage::prefix(qr, self.ns), None, 0, 0).await?.items
+                }
+            };
+            let charges = self.charges(name, obj, quotas)?;
             if charges.is_empty() {
                 return self.store.create(&key, &stored).await;
             }
@@ -1275,10 +1309,8 @@ impl Handler<'_> {
 
     /// Pod Security admission: refuses a pod its namespace's `enforce` level forbids,
     /// warns about what its `warn` level would.
-    async fn pod_security(&self, pod: &Value) -> ApiResult<()> {
-        let Some(ns) = self.ns else { return Ok(()) };
-        let ns_res = registry::find("", "v1", "namespaces").expect("registered");
-        let Some(namespace) = self.store.get(&storage::key(ns_res, None, ns)).await? else { return Ok(()) };
+    fn pod_security(&self, pod: &Value, namespace: Option<&Stored>) -> ApiResult<()> {
+        let Some(namespace) = namespace else { return Ok(()) };
         if let Some((level, version)) = crate::podsecurity::policy(&namespace.obj, "enforce") {
             let v = crate::podsecurity::check(level, pod);
             if !v.is_empty() {
@@ -1302,6 +1334,12 @@ impl Handler<'_> {
     async fn write(&self, name: &str, mut new: Value, cur: &Stored) -> ApiResult<Value> {
         self.check_fields(&mut new)?;
         self.check_decodes(&mut new)?;
+        self.write_built(name, new, cur).await
+    }
+
+    /// `write` for an object the server built from the stored one (a binding): it has
+    /// no fields a client sent, so the schema checks are skipped.
+    async fn write_built(&self, name: &str, mut new: Value, cur: &Stored) -> ApiResult<Value> {
         object::prepare_update(self.r, &mut new, &cur.obj)?;
         if self.is("", "nodes") {
             object::keep_pod_cidrs(&new, &cur.obj)?;
@@ -1653,7 +1691,7 @@ impl Handler<'_> {
             conds.retain(|c| c["type"] != "PodScheduled");
             conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": object::now_rfc3339()}));
             o["status"]["conditions"] = json!(conds);
-            match self.write(name, o, &cur).await {
+            match self.write_built(name, o, &cur).await {
                 Ok(_) => return Ok(json_response(201, &success(201), self.fmt)),
                 Err(e) if e.reason == "Conflict" => continue,
                 Err(e) => return Err(e),

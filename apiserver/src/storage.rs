@@ -117,6 +117,14 @@ impl StoreTls {
     }
 }
 
+/// One read of `Store::read_all`.
+pub enum Read<'a> {
+    /// The object at this key, if any.
+    Key(&'a str),
+    /// Every object under this prefix.
+    Prefix(&'a str),
+}
+
 pub struct Page {
     pub items: Vec<Stored>,
     /// The store revision the page was read at.
@@ -248,6 +256,33 @@ impl Store {
         let items =
             r.kvs().iter().map(|kv| decode(kv.key(), kv.value(), kv.mod_revision())).collect::<ApiResult<Vec<_>>>()?;
         Ok(Page { items, revision: r.header().map(|h| h.revision()).unwrap_or_default(), more: r.more() })
+    }
+
+    /// Reads several keys and whole prefixes at one revision, in one round trip (a
+    /// read-only transaction): for each read, the objects found, in key order.
+    pub async fn read_all(&self, reads: &[Read<'_>]) -> ApiResult<Vec<Vec<Stored>>> {
+        let ops: Vec<TxnOp> = reads
+            .iter()
+            .map(|r| match r {
+                Read::Key(k) => TxnOp::get(*k, None),
+                Read::Prefix(p) => TxnOp::get(*p, Some(GetOptions::new().with_range(prefix_end(p)))),
+            })
+            .collect();
+        let r = self.client.kv_client().txn(Txn::new().and_then(ops)).await?;
+        let found: Vec<Vec<Stored>> = r
+            .op_responses()
+            .iter()
+            .filter_map(|op| match op {
+                TxnOpResponse::Get(g) => Some(
+                    g.kvs().iter().map(|kv| decode(kv.key(), kv.value(), kv.mod_revision())).collect::<ApiResult<_>>(),
+                ),
+                _ => None,
+            })
+            .collect::<ApiResult<_>>()?;
+        if found.len() != reads.len() {
+            return Err(ApiError::internal(format!("the store answered {} of {} reads", found.len(), reads.len())));
+        }
+        Ok(found)
     }
 
     /// Watches `prefix` from revision `from` (inclusive), with previous values.

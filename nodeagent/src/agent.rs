@@ -449,6 +449,14 @@ impl<R: Runtime> Agent<R> {
         self.metrics.nodes(totals).await;
     }
 
+    /// The pods bound to the nodes this agent holds.
+    fn mine(&self, pods: &Store<Pod>) -> Vec<Arc<Pod>> {
+        pods.state()
+            .into_iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| self.slots.contains_key(n)))
+            .collect()
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         let this = Arc::new(self);
         futures::stream::iter(this.slots.values().map(|s| this.register(s)))
@@ -479,14 +487,19 @@ impl<R: Runtime> Agent<R> {
             });
         }
         let _ = pods.wait_until_ready().await;
+        {
+            // Usage is reported on its own schedule: a sync pass waiting for hundreds of
+            // PodMetrics writes would hold back the status of every pod behind it.
+            let (this, pods) = (this.clone(), pods.clone());
+            tokio::spawn(async move {
+                loop {
+                    this.report_usage(&this.mine(&pods)).await;
+                    tokio::time::sleep(this.cfg.sync_period).await;
+                }
+            });
+        }
         loop {
-            let mine: Vec<Arc<Pod>> = pods
-                .state()
-                .into_iter()
-                .filter(|p| {
-                    p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| this.slots.contains_key(n))
-                })
-                .collect();
+            let mine = this.mine(&pods);
             // Pods removed behind our back (force-deleted) are stopped too.
             let live: HashSet<String> = mine.iter().filter_map(|p| p.metadata.uid.clone()).collect();
             for uid in this.rt.pods().into_iter().filter(|u| !live.contains(u)) {
@@ -503,7 +516,6 @@ impl<R: Runtime> Agent<R> {
                 .buffer_unordered(parallel)
                 .collect::<Vec<()>>()
                 .await;
-            this.report_usage(&mine).await;
             this.local_path.sync(&claims, &volumes).await;
             let runtime_changed = async {
                 match this.rt.changes() {
