@@ -79,6 +79,12 @@ pub struct ApiServerArgs {
     /// (writes through this server recount their namespace at once), e.g. 10s, 1m.
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     resource_quota_sync_period: std::time::Duration,
+    /// How often the store's history is compacted, as kube-apiserver's flag of the same
+    /// name: each time to the revision the store had one interval before, so watches
+    /// can resume from up to one interval back. 0 turns compaction off (the store then
+    /// keeps every version of every object).
+    #[arg(long, default_value = "5m", value_parser = crate::duration::parse)]
+    etcd_compaction_interval: std::time::Duration,
     /// The node whose agent runs on this machine: `node.kubeconfig` in --data-dir is
     /// written for `system:node:<name>`, which the Node authorizer holds to that node's
     /// own objects. Default: the host name.
@@ -109,6 +115,7 @@ pub async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
         requests_per_user: (args.max_requests_per_user, args.max_request_burst_per_user),
         max_inflight: (args.max_requests_inflight, args.max_mutating_requests_inflight),
         resource_quota_sync_period: args.resource_quota_sync_period,
+        etcd_compaction_interval: args.etcd_compaction_interval,
         node_name: args.node_name,
     })
     .await?;

@@ -777,6 +777,37 @@ fn kube_rs_reflector_survives_restart_and_410() {
     task.abort();
 }
 
+/// The API server compacts the store's history as kube-apiserver does: every
+/// `--etcd-compaction-interval`, up to the revision of one interval before. Old versions
+/// of an object go; the object itself and its history since then stay.
+#[test]
+fn the_store_history_is_compacted_one_interval_behind() {
+    let api = Api::start_with(&["--etcd-compaction-interval", "1s"]);
+    let ep = api.store.endpoints();
+    let cm = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"v": v}});
+    api.k_in(&["apply", "-f", "-"], &cm("1").to_string());
+    let first: i64 = api.k_json(&["get", "cm", "c"])["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let old = |rev: i64| etcdctl(&ep, &["get", "/registry/configmaps/default/c", "--rev", &rev.to_string()]);
+    assert!(old(first).status.success(), "the first version is there before any compaction");
+    api.k_in(&["apply", "-f", "-"], &cm("2").to_string());
+    // Turns come every second and each compacts to what the turn before recorded: within
+    // a few seconds the first version is gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = old(first);
+        if !o.status.success() {
+            assert!(text(&o).contains("required revision has been compacted"), "{}", text(&o));
+            break;
+        }
+        let log = || std::fs::read_to_string(api.dir.path().join("apiserver.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "the history was not compacted:\n{}", log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(api.k_json(&["get", "cm", "c"])["data"]["v"], "2", "the object itself stays");
+    let marker = etcdctl(&ep, &["get", "compact_rev_key", "-w", "json"]);
+    assert!(marker.status.success() && text(&marker).contains("\"version\""), "{}", text(&marker));
+}
+
 #[test]
 fn the_course_examples_apply_and_read_back() {
     let api = Api::start();

@@ -1728,6 +1728,7 @@ impl Handler<'_> {
         let r = self.r;
         let table = self.fmt.table;
         let include = self.q.get("includeObject").map(String::from);
+        let everything = labels.is_empty() && fields.is_empty();
         tokio::spawn(async move {
             let mut out = Lines { r, table, headers: true, include };
             for s in &initial {
@@ -1780,13 +1781,21 @@ impl Handler<'_> {
                         let matches = |o: &Option<std::sync::Arc<Value>>| {
                             o.as_deref().is_some_and(|o| labels.matches(o) && fields.matches(o))
                         };
-                        let (kind, obj) = match (matches(&prev), matches(&obj)) {
+                        // Without a selector, whether there was an object before is all
+                        // that tells ADDED from MODIFIED: it is not decoded for that.
+                        let prev_matched = match &prev {
+                            None => false,
+                            Some(_) if everything => true,
+                            Some(p) => matches(&p.get()),
+                        };
+                        let (kind, obj) = match (prev_matched, matches(&obj)) {
                             (false, true) => ("ADDED", obj.expect("matched")),
                             (true, true) => ("MODIFIED", obj.expect("matched")),
                             (true, false) => {
                                 // Deleted, or changed out of the selection: the last state
                                 // that matched, at the revision of the change.
-                                let mut o = Value::clone(&prev.expect("matched"));
+                                let Some(before) = prev.and_then(|p| p.get()) else { continue };
+                                let mut o = Value::clone(&before);
                                 o["metadata"]["resourceVersion"] = json!(rev.to_string());
                                 ("DELETED", std::sync::Arc::new(o))
                             }

@@ -71,6 +71,8 @@ pub struct Config {
     /// How often every ResourceQuota is counted again (writes through this server
     /// recount their namespace at once).
     pub resource_quota_sync_period: std::time::Duration,
+    /// How often the store's history is compacted (`storage::compact_history`; zero: never).
+    pub etcd_compaction_interval: std::time::Duration,
     /// The node whose agent runs beside this server: `node.kubeconfig` is written for
     /// `system:node:<name>` (None: the host name).
     pub node_name: Option<String>,
@@ -259,6 +261,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     {
         let (quotas, store) = (app.quotas.clone(), app.store.clone());
         tokio::spawn(async move { quotas.run(store, cfg.resource_quota_sync_period).await });
+        if !cfg.etcd_compaction_interval.is_zero() {
+            let store = app.store.clone();
+            tokio::spawn(async move { storage::compact_history(store, cfg.etcd_compaction_interval).await });
+        }
         let (signer, store, rbac) = (app.signer.clone(), app.store.clone(), app.rbac.clone());
         tokio::spawn(async move { signer.run(store, rbac, std::time::Duration::from_secs(10)).await });
     }

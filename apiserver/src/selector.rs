@@ -38,6 +38,11 @@ fn split_top(s: &str) -> Vec<&str> {
 }
 
 impl LabelSelector {
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(s: &str) -> ApiResult<LabelSelector> {
         let bad = |why: &str| ApiError::bad_request(format!("unable to parse requirement: {why}: {s:?}"));
         let mut reqs = Vec::new();
@@ -88,6 +93,11 @@ impl LabelSelector {
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(s: &str) -> ApiResult<FieldSelector> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {

@@ -329,3 +329,51 @@ impl Store {
         Ok(())
     }
 }
+
+/// The key API servers take turns on to compact the store's history (kube-apiserver's).
+const COMPACTION_MARKER: &str = "compact_rev_key";
+
+/// Compacts the store's history every `every`, as kube-apiserver does: each turn
+/// records the store's revision in `COMPACTION_MARKER` and compacts at the revision the
+/// previous turn recorded, so history reaches back at least one interval. Several API
+/// servers share the work through the marker's version: a turn is taken only by the
+/// server that saw the marker last, and the others wait for the next interval.
+pub async fn compact_history(store: Store, every: std::time::Duration) {
+    // The marker's version this server expects, and the revision its last turn recorded.
+    let (mut version, mut recorded) = (0i64, 0i64);
+    loop {
+        tokio::time::sleep(every).await;
+        match store.compaction_turn(version, recorded).await {
+            Ok((v, r)) => (version, recorded) = (v, r),
+            Err(e) => tracing::warn!("compacting the store's history: {}", e.message),
+        }
+    }
+}
+
+impl Store {
+    /// One turn of `compact_history`: the marker's new version and the revision recorded
+    /// (0 when another server took the turn).
+    async fn compaction_turn(&self, version: i64, recorded: i64) -> ApiResult<(i64, i64)> {
+        let txn = Txn::new()
+            .when([Compare::version(COMPACTION_MARKER, CompareOp::Equal, version)])
+            .and_then([TxnOp::put(COMPACTION_MARKER, "", None)])
+            .or_else([TxnOp::get(COMPACTION_MARKER, None)]);
+        let r = self.client.kv_client().txn(txn).await?;
+        if !r.succeeded() {
+            let now = r.op_responses().iter().find_map(|op| match op {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.version()),
+                _ => None,
+            });
+            return Ok((now.unwrap_or(0), 0));
+        }
+        if recorded > 0 {
+            match self.client.kv_client().compact(recorded, None).await {
+                Ok(_) => tracing::info!("compacted the store's history up to revision {recorded}"),
+                // Already compacted there (by hand, or by another server's turn).
+                Err(e) if e.to_string().contains("required revision has been compacted") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((version + 1, r.header().map(|h| h.revision()).unwrap_or_default()))
+    }
+}

@@ -18,7 +18,7 @@ const WINDOW: usize = 10_000;
 pub enum Event {
     /// A change at revision `rev`: the object after it (None: deleted) and before it.
     /// Shared by every client watch it goes to, with the lines already encoded for them.
-    Change { rev: i64, key: String, obj: Option<Arc<Value>>, prev: Option<Arc<Value>>, encoded: Encoded },
+    Change { rev: i64, key: String, obj: Option<Arc<Value>>, prev: Option<Prev>, encoded: Encoded },
     /// Every change up to `rev` has been sent.
     Progress(i64),
 }
@@ -49,6 +49,32 @@ impl Encoded {
         let b = make();
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push((id, kind, b.clone()));
         b
+    }
+}
+
+/// The object as it was before a change, kept as stored and decoded the first time a
+/// watch needs it: only watches with a selector, and deletions, look inside, so most
+/// changes never pay for decoding it, and the window holds the compact stored bytes.
+#[derive(Clone, Debug)]
+pub struct Prev(Arc<PrevInner>);
+
+#[derive(Debug)]
+struct PrevInner {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    rev: i64,
+    decoded: std::sync::OnceLock<Option<Arc<Value>>>,
+}
+
+impl Prev {
+    pub fn new(key: &[u8], value: &[u8], rev: i64) -> Prev {
+        Prev(Arc::new(PrevInner { key: key.to_vec(), value: value.to_vec(), rev, decoded: Default::default() }))
+    }
+
+    /// The object, or None if what was stored does not decode.
+    pub fn get(&self) -> Option<Arc<Value>> {
+        let p = &self.0;
+        p.decoded.get_or_init(|| storage::decode(&p.key, &p.value, p.rev).ok().map(|s| Arc::new(s.obj))).clone()
     }
 }
 
@@ -121,10 +147,7 @@ pub fn events_of(resp: &etcd_client::WatchResponse) -> Vec<Event> {
     for ev in resp.events() {
         let Some(kv) = ev.kv() else { continue };
         let rev = kv.mod_revision();
-        let prev = ev
-            .prev_kv()
-            .and_then(|p| storage::decode(p.key(), p.value(), p.mod_revision()).ok())
-            .map(|s| Arc::new(s.obj));
+        let prev = ev.prev_kv().map(|p| Prev::new(p.key(), p.value(), p.mod_revision()));
         let obj = match ev.event_type() {
             etcd_client::EventType::Put => storage::decode(kv.key(), kv.value(), rev).ok().map(|s| Arc::new(s.obj)),
             etcd_client::EventType::Delete => None,

@@ -93,9 +93,10 @@ impl Runtime for Fake {
             annotation(pod, "fake.skiff.io/run-seconds").and_then(|s| s.parse().ok()).filter(|s| *s > 0);
         let code: i32 = annotation(pod, "fake.skiff.io/exit-code").and_then(|s| s.parse().ok()).unwrap_or(0);
         let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
-        let spec = pod.spec.clone().unwrap_or_default();
-        let list = spec
-            .containers
+        let list = pod
+            .spec
+            .as_ref()
+            .map_or(&[][..], |s| s.containers.as_slice())
             .iter()
             .map(|c| {
                 let id = format!("fake://{}-{}", uid(pod), c.name);

@@ -97,8 +97,25 @@ impl Record {
         })
     }
 
+    /// Whether an encoded record is a tombstone, without decoding it (None: not a record).
+    fn is_tombstone(b: &[u8]) -> Option<bool> {
+        (b.len() >= 25).then(|| b[0] & 1 == 1)
+    }
+
     fn tombstone() -> Record {
         Record { tombstone: true, create_rev: 0, version: 0, lease: 0, value: Vec::new() }
+    }
+
+    /// `to_kv` without copying the value.
+    fn into_kv(self, key: &[u8], mod_rev: i64, keys_only: bool) -> PbKeyValue {
+        PbKeyValue {
+            key: key.to_vec(),
+            create_revision: self.create_rev,
+            mod_revision: mod_rev,
+            version: self.version,
+            value: if keys_only { Vec::new() } else { self.value },
+            lease: self.lease,
+        }
     }
 
     fn to_kv(&self, key: &[u8], mod_rev: i64, keys_only: bool) -> PbKeyValue {
@@ -218,7 +235,7 @@ impl<'a> View<'a> {
     /// The live value of `key` at `rev` as etcd shows it, if the key exists then.
     pub fn get(&self, key: &[u8], rev: i64) -> EtcdResult<Option<PbKeyValue>> {
         Ok(match self.version_at(key, rev)? {
-            Some((r, rec)) if !rec.tombstone => Some(rec.to_kv(key, r, false)),
+            Some((r, rec)) if !rec.tombstone => Some(rec.into_kv(key, r, false)),
             _ => None,
         })
     }
@@ -267,12 +284,14 @@ impl<'a> View<'a> {
                 it.seek(target);
                 continue;
             }
-            let rec = Record::decode(it.value().unwrap()).ok_or_else(|| EtcdError::internal("bad record"))?;
-            if !rec.tombstone {
+            let raw = it.value().unwrap();
+            if !Record::is_tombstone(raw).ok_or_else(|| EtcdError::internal("bad record"))? {
                 count += 1;
+                // Past the limit only the count is wanted: the value is not copied.
                 if !count_only && (limit == 0 || kvs.len() < limit) {
+                    let rec = Record::decode(raw).ok_or_else(|| EtcdError::internal("bad record"))?;
                     let (user, _) = keys::unescape(&esc).ok_or_else(|| EtcdError::internal("bad key"))?;
-                    kvs.push(rec.to_kv(&user, r, keys_only));
+                    kvs.push(rec.into_kv(&user, r, keys_only));
                 }
             }
             // Skip the older versions of this key: usually there are none and `next`
