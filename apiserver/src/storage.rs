@@ -334,8 +334,8 @@ impl Store {
 const COMPACTION_MARKER: &str = "compact_rev_key";
 
 /// Compacts the store's history every `every`, as kube-apiserver does: each turn
-/// records the store's revision in `COMPACTION_MARKER` and compacts at the revision the
-/// previous turn recorded, so history reaches back at least one interval. Several API
+/// writes `COMPACTION_MARKER` (the write's revision is the turn's) and compacts at the
+/// revision of the previous turn, so history reaches back at least one interval. Several API
 /// servers share the work through the marker's version: a turn is taken only by the
 /// server that saw the marker last, and the others wait for the next interval.
 pub async fn compact_history(store: Store, every: std::time::Duration) {

@@ -41,6 +41,8 @@ impl SpamFilter {
     fn allow(&mut self, object: &str, now: Instant) -> bool {
         if self.buckets.len() >= SPAM_OBJECTS && !self.buckets.contains_key(object) {
             // Objects back at a full allowance are as good as unseen; drop them first.
+            // If none is, start afresh (client-go evicts the least recently used; a
+            // reset can only let more events through, never fewer).
             self.buckets.retain(|_, b| Self::tokens_at(b, now) < SPAM_BURST);
             if self.buckets.len() >= SPAM_OBJECTS {
                 self.buckets.clear();
