@@ -165,8 +165,23 @@ pub(crate) fn raw_http(port: u16, method: &str, path: &str, body: Option<(&str, 
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let chunked = head.lines().any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    (code, if chunked { dechunk(body) } else { body.to_string() })
+}
+
+/// A chunked HTTP/1.1 body's data (large lists are sent in chunks).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
 }
 
 const DEPLOYMENT: &str = "apiVersion: apps/v1
@@ -593,6 +608,87 @@ fn list_pages_selectors_and_watch_with_410() {
     assert_eq!(ev["type"], "ERROR");
     assert_eq!(ev["object"]["code"], 410);
     assert_eq!(ev["object"]["reason"], "Expired");
+}
+
+/// Lists come from the API server's watch cache: a paged list shows the objects as they
+/// were at its first page while they change underneath it, a list right after a write
+/// shows the write, and `resourceVersion`/`resourceVersionMatch` mean what they mean in
+/// Kubernetes.
+#[test]
+fn a_paged_list_shows_one_revision_while_objects_change() {
+    let api = Api::start();
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let names = |l: &Value| -> Vec<String> {
+        l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| format!("{}={}", i["metadata"]["name"].as_str().unwrap(), i["data"]["v"].as_str().unwrap()))
+            .collect()
+    };
+    for i in 0..7 {
+        let body = json!({"metadata": {"name": format!("cm{i}")}, "data": {"v": "1"}}).to_string();
+        assert_eq!(api.raw("POST", cms, Some(("application/json", &body))).0, 201);
+        // Each create shows in the list that follows it: lists are consistent reads.
+        let (_, l) = api.raw_json("GET", cms, None);
+        assert_eq!(l["items"].as_array().unwrap().len(), i + 1, "{l}");
+    }
+    let (code, first) = api.raw_json("GET", &format!("{cms}?limit=3"), None);
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(names(&first), ["cm0=1", "cm1=1", "cm2=1"]);
+    let rv = first["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    // Changes after the first page: one already listed, some ahead, one new in between.
+    let set = |name: &str, v: &str| {
+        let patch = json!({"data": {"v": v}}).to_string();
+        assert_eq!(api.raw("PATCH", &format!("{cms}/{name}"), Some(("application/merge-patch+json", &patch))).0, 200);
+    };
+    assert_eq!(api.raw("DELETE", &format!("{cms}/cm1"), None).0, 200);
+    assert_eq!(api.raw("DELETE", &format!("{cms}/cm4"), None).0, 200);
+    set("cm5", "2");
+    let body = json!({"metadata": {"name": "cm3a"}, "data": {"v": "1"}}).to_string();
+    assert_eq!(api.raw("POST", cms, Some(("application/json", &body))).0, 201);
+    let mut pages = vec![names(&first)];
+    let mut cont = first["metadata"]["continue"].as_str().unwrap().to_string();
+    loop {
+        let (code, l) = api.raw_json("GET", &format!("{cms}?limit=3&continue={cont}"), None);
+        assert_eq!(code, 200, "{l}");
+        assert_eq!(l["metadata"]["resourceVersion"], rv.as_str());
+        pages.push(names(&l));
+        match l["metadata"]["continue"].as_str() {
+            Some(c) => cont = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, [vec!["cm0=1", "cm1=1", "cm2=1"], vec!["cm3=1", "cm4=1", "cm5=1"], vec!["cm6=1"]]);
+    // The same revision, asked for by number; and now.
+    let (_, then) = api.raw_json("GET", &format!("{cms}?resourceVersion={rv}&resourceVersionMatch=Exact"), None);
+    assert_eq!(names(&then).len(), 7, "{then}");
+    assert_eq!(then["metadata"]["resourceVersion"], rv.as_str());
+    let (_, now) = api.raw_json("GET", cms, None);
+    assert_eq!(names(&now), ["cm0=1", "cm2=1", "cm3=1", "cm3a=1", "cm5=2", "cm6=1"]);
+    let (_, any) = api.raw_json("GET", &format!("{cms}?resourceVersion=0"), None);
+    assert_eq!(names(&any), names(&now));
+    // Kubernetes' checks of the list options.
+    for (q, msg) in [
+        ("resourceVersionMatch=Exact", "resourceVersionMatch is forbidden unless resourceVersion is provided"),
+        (
+            "resourceVersion=0&resourceVersionMatch=Exact",
+            "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+        ),
+        ("resourceVersion=1&resourceVersionMatch=Newest", "Unsupported value: \"Newest\""),
+    ] {
+        let (code, s) = api.raw_json("GET", &format!("{cms}?{q}"), None);
+        assert_eq!((code, s["reason"].as_str()), (422, Some("Invalid")), "{q}: {s}");
+        assert!(s["message"].as_str().unwrap().contains(msg), "{q}: {s}");
+    }
+    // Every list above came from the cache; none fell back to the store.
+    let (_, metrics) = api.raw("GET", "/metrics", None);
+    let series = |name: &str| -> u64 {
+        let line = format!("{name}{{resource_prefix=\"/registry/configmaps/\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |n| n.parse().unwrap())
+    };
+    assert!(series("apiserver_cache_list_total") >= 13, "{metrics}");
+    assert_eq!(series("skiff_apiserver_cache_list_fallback_total"), 0, "{metrics}");
 }
 
 /// Starts a raw watch on a thread; returns the events once the server ends it.

@@ -19,7 +19,9 @@ use crate::registry::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
 use crate::storage::{self, Store, Stored};
-use crate::{admission, alloc, convert, defaults, discovery, lifecycle, object, openapi, patch, table, watchcache};
+use crate::{
+    admission, alloc, convert, defaults, discovery, lifecycle, listbody, object, openapi, patch, table, watchcache,
+};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -687,7 +689,11 @@ async fn route(app: Arc<App>, user: Option<crate::authn::User>, req: Request<Inc
         ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"] if method == Method::POST => {
             Ok(json_response(201, &self_subject_review(user.as_ref()), fmt))
         }
-        ["metrics"] => Ok(respond(200, "text/plain; version=0.0.4; charset=utf-8", app.metrics.render())),
+        ["metrics"] => Ok(respond(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            app.metrics.render() + &app.caches.render_metrics(),
+        )),
         ["healthz" | "livez" | "readyz", ..] => match app.store.revision().await {
             Ok(_) => Ok(respond(200, "text/plain; charset=utf-8", "ok")),
             Err(e) => Ok(respond(500, "text/plain; charset=utf-8", format!("[-]etcd failed: {}\n", e.message))),
@@ -973,25 +979,102 @@ impl Handler<'_> {
         ))
     }
 
+    /// Which revision a list must show: its `resourceVersion` and `resourceVersionMatch`
+    /// read as kube-apiserver reads them (none: the latest; "0": any; otherwise not
+    /// older than it, or exactly it).
+    fn list_at(&self) -> ApiResult<watchcache::At> {
+        use watchcache::At;
+        let invalid = |msg: String| {
+            ApiError::invalid("ListOptions", "meta.k8s.io", "", vec![("resourceVersionMatch".into(), msg)])
+        };
+        let rv = self.q.get("resourceVersion").filter(|s| !s.is_empty());
+        let exact = match self.q.get("resourceVersionMatch").filter(|s| !s.is_empty()) {
+            None | Some("NotOlderThan") => false,
+            Some("Exact") => true,
+            Some(m) => {
+                return Err(invalid(format!("Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\"")))
+            }
+        };
+        let rv = match rv {
+            None if self.q.get("resourceVersionMatch").is_some_and(|m| !m.is_empty()) => {
+                return Err(invalid(
+                    "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+                ))
+            }
+            None => return Ok(At::Latest),
+            Some("0") if exact => {
+                return Err(invalid(
+                    "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"".into(),
+                ))
+            }
+            Some("0") => return Ok(At::Any),
+            Some(v) => v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
+        };
+        Ok(if exact { At::Exact(rv) } else { At::NotOlderThan(rv) })
+    }
+
+    /// A list, from the watch cache when it can show the revision asked for (it holds
+    /// every object of the resource), else from the store. The body is encoded as it
+    /// is sent.
     async fn list(&self) -> ApiResult<Response<Body>> {
         let (labels, fields) = self.selectors()?;
         let limit = self.q.int("limit")?.unwrap_or(0).max(0);
         let prefix = storage::prefix(self.r, self.ns);
-        let (mut rev, mut after) = match self.q.get("continue").filter(|c| !c.is_empty()) {
+        let (at, after) = match self.q.get("continue").filter(|c| !c.is_empty()) {
             Some(c) => {
                 let (rev, start) = decode_continue(c)?;
                 // A token names a key of the list it came from, never another.
                 if !start.starts_with(&prefix) {
                     return Err(ApiError::bad_request("continue key is not valid: it belongs to another list"));
                 }
-                (rev, Some(start))
+                (watchcache::At::Exact(rev), Some(start))
             }
-            None => (0, None),
+            None => (self.list_at()?, None),
         };
+        let keep = |o: &Value| labels.matches(o) && fields.matches(o);
+        let q =
+            watchcache::ListQuery { range: &prefix, after: after.as_deref(), at, limit: limit as usize, keep: &keep };
+        let (rev, items, cont) = match self.caches.list(self.store, &storage::prefix(self.r, None), &q).await? {
+            Some(l) => (l.rev, l.items, l.more_after.map(|k| encode_continue(l.rev, &k))),
+            None => self.list_from_store(&q).await?,
+        };
+        let rv = rev.to_string();
+        let form = match (self.fmt.table, self.fmt.partial) {
+            (true, _) => listbody::Form::Row { include: self.q.get("includeObject").map(String::from) },
+            (false, true) => listbody::Form::Partial,
+            (false, false) => listbody::Form::Object,
+        };
+        if self.fmt.yaml && matches!(form, listbody::Form::Object) {
+            let items: Vec<Value> = items.iter().map(|o| convert::to_view(self.r, Value::clone(o))).collect();
+            let mut meta = json!({"resourceVersion": rv});
+            if let Some(c) = &cont {
+                meta["continue"] = json!(c);
+            }
+            let list = json!({"kind": format!("{}List", self.r.kind), "apiVersion": self.r.api_version(), "metadata": meta, "items": items});
+            return Ok(json_response(200, &list, self.fmt));
+        }
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("Content-Type", "application/json")
+            .header("Cache-Control", "no-cache, private")
+            .body(listbody::ListBody::body(self.r, form, items, &rv, cont.as_deref()))
+            .expect("a valid response"))
+    }
+
+    /// A list read from the store, in pages, at one revision (0: the latest).
+    async fn list_from_store(
+        &self,
+        q: &watchcache::ListQuery<'_>,
+    ) -> ApiResult<(i64, Vec<Arc<Value>>, Option<String>)> {
+        let mut rev = match q.at {
+            watchcache::At::Exact(rev) => rev,
+            _ => 0,
+        };
+        let limit = q.limit as i64;
+        let mut after = q.after.map(String::from);
         let mut items = Vec::new();
-        let mut cont = None;
         loop {
-            let page = match self.store.list(&prefix, after.as_deref(), limit, rev).await {
+            let page = match self.store.list(q.range, after.as_deref(), limit, rev).await {
                 Err(e) if e.code == 410 => {
                     return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."))
                 }
@@ -1001,39 +1084,15 @@ impl Handler<'_> {
                 rev = page.revision;
             }
             let last_key = page.items.last().map(|s| s.key.clone());
-            for s in page.items {
-                if labels.matches(&s.obj) && fields.matches(&s.obj) {
-                    items.push(convert::to_view(self.r, s.obj));
-                }
-            }
+            items.extend(page.items.into_iter().filter(|s| (q.keep)(&s.obj)).map(|s| Arc::new(s.obj)));
             if !page.more {
-                break;
+                return Ok((rev, items, None));
             }
             after = last_key;
             if limit > 0 && items.len() as i64 >= limit {
-                cont = after.as_ref().map(|k| encode_continue(rev, k));
-                break;
+                return Ok((rev, items, after.map(|k| encode_continue(rev, &k))));
             }
         }
-        let rv = rev.to_string();
-        if self.fmt.table {
-            return Ok(json_response(
-                200,
-                &table::table(self.r, &items, &rv, cont.as_deref(), true, self.q.get("includeObject")),
-                Format::default(),
-            ));
-        }
-        let mut meta = json!({"resourceVersion": rv});
-        if let Some(c) = &cont {
-            meta["continue"] = json!(c);
-        }
-        if self.fmt.partial {
-            let items: Vec<Value> = items.iter().map(table::partial_metadata).collect();
-            let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
-            return Ok(json_response(200, &list, Format::default()));
-        }
-        let list = json!({"kind": format!("{}List", self.r.kind), "apiVersion": self.r.api_version(), "metadata": meta, "items": items});
-        Ok(json_response(200, &list, self.fmt))
     }
 
     /// What admitting a new object reads from the store, in one round trip: its
@@ -1717,9 +1776,15 @@ impl Handler<'_> {
         // The initial state, when asked for (or when no revision was given).
         let mut initial = Vec::new();
         let start = if send_initial && from == 0 {
-            let page = self.store.list(&prefix, None, 0, 0).await?;
-            initial = page.items.into_iter().filter(|s| labels.matches(&s.obj) && fields.matches(&s.obj)).collect();
-            page.revision
+            let keep = |o: &Value| labels.matches(o) && fields.matches(o);
+            let at = if rv == Some("0") { watchcache::At::Any } else { watchcache::At::Latest };
+            let q = watchcache::ListQuery { range: &prefix, after: None, at, limit: 0, keep: &keep };
+            let rev;
+            (rev, initial) = match self.caches.list(self.store, &storage::prefix(self.r, None), &q).await? {
+                Some(l) => (l.rev, l.items),
+                None => self.list_from_store(&q).await.map(|(rev, items, _)| (rev, items))?,
+            };
+            rev
         } else {
             from
         };
@@ -1731,8 +1796,8 @@ impl Handler<'_> {
         let everything = labels.is_empty() && fields.is_empty();
         tokio::spawn(async move {
             let mut out = Lines { r, table, headers: true, include };
-            for s in &initial {
-                if tx.send(out.line("ADDED", &s.obj)).await.is_err() {
+            for o in &initial {
+                if tx.send(out.line("ADDED", o)).await.is_err() {
                     return;
                 }
             }

@@ -18,6 +18,7 @@ pub mod fuzz;
 pub mod http;
 pub mod lifecycle;
 pub mod limits;
+pub mod listbody;
 pub mod metrics;
 pub mod nodeauthz;
 pub mod nodeproxy;

@@ -635,6 +635,20 @@ pub fn partial_metadata(o: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]})
 }
 
+/// The Table row of `o`, carrying what `include` (`includeObject`) asks for.
+pub fn row(r: &Resource, o: &Value, include: Option<&str>) -> Value {
+    match include {
+        Some("Object") => json!({"cells": cells(r, o), "object": o}),
+        Some("None") => json!({"cells": cells(r, o)}),
+        _ => json!({"cells": cells(r, o), "object": partial_metadata(o)}),
+    }
+}
+
+/// A Table's column definitions for `r`.
+pub fn column_definitions(r: &Resource) -> Value {
+    Value::Array(columns(r))
+}
+
 /// A Table of `items`; `headers` false leaves out the column definitions (watch
 /// events after the first, as kube-apiserver does). `include` is the request's
 /// `includeObject`: each row carries the whole object (`Object`, what `kubectl get
@@ -647,14 +661,7 @@ pub fn table(
     headers: bool,
     include: Option<&str>,
 ) -> Value {
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|o| match include {
-            Some("Object") => json!({"cells": cells(r, o), "object": o}),
-            Some("None") => json!({"cells": cells(r, o)}),
-            _ => json!({"cells": cells(r, o), "object": partial_metadata(o)}),
-        })
-        .collect();
+    let rows: Vec<Value> = items.iter().map(|o| row(r, o, include)).collect();
     let mut meta = json!({"resourceVersion": resource_version});
     if let Some(c) = cont {
         meta["continue"] = json!(c);
