@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint,
+    Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, PodSpec, Taint,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -168,15 +168,39 @@ fn term_selects(term: &PodAffinityTerm, owner_ns: &str, p: &Pod) -> bool {
 
 /// Why `pod` cannot go to `n`, if it cannot.
 pub fn filter(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> Result<(), String> {
-    filter_with(pod, n, all, all.iter().any(|o| o.anti_pods > 0))
+    filter_with(&Wants::of(pod), n, all, all.iter().any(|o| o.anti_pods > 0))
+}
+
+/// What filtering and scoring need of the pod itself, worked out once per placement
+/// instead of once per node (its requests are parsed from quantity strings).
+struct Wants<'a> {
+    pod: &'a Pod,
+    spec: &'a PodSpec,
+    ns: &'a str,
+    /// CPU (millicores) and memory (bytes) requested.
+    requests: (i64, i64),
+    host_ports: Vec<(String, i32)>,
+}
+
+static NO_SPEC: std::sync::LazyLock<PodSpec> = std::sync::LazyLock::new(PodSpec::default);
+
+impl<'a> Wants<'a> {
+    fn of(pod: &'a Pod) -> Wants<'a> {
+        let spec = pod.spec.as_ref().unwrap_or(&NO_SPEC);
+        Wants {
+            pod,
+            spec,
+            ns: pods::namespace(&pod.metadata),
+            requests: quantity::pod_requests(spec),
+            host_ports: host_ports(spec),
+        }
+    }
 }
 
 /// `filter`, told whether any placed pod has required anti-affinity (so the check of
 /// existing pods' rules can be skipped, as it usually can, without a scan per node).
-fn filter_with(pod: &Pod, n: &NodeInfo, all: &[NodeInfo], existing_anti: bool) -> Result<(), String> {
-    let default = k8s_openapi::api::core::v1::PodSpec::default();
-    let spec = pod.spec.as_ref().unwrap_or(&default);
-    let ns = pods::namespace(&pod.metadata);
+fn filter_with(w: &Wants, n: &NodeInfo, all: &[NodeInfo], existing_anti: bool) -> Result<(), String> {
+    let (pod, spec, ns) = (w.pod, w.spec, w.ns);
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
     for t in n.taints.iter().filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute") {
         if !tolerations.iter().any(|tol| tolerates(tol, t)) {
@@ -189,7 +213,7 @@ fn filter_with(pod: &Pod, n: &NodeInfo, all: &[NodeInfo], existing_anti: bool) -
     if !node_affinity_ok(pod, n) {
         return Err("node(s) didn't match Pod's node affinity/selector".into());
     }
-    let (cpu, mem) = quantity::pod_requests(spec);
+    let (cpu, mem) = w.requests;
     if n.used.2 + 1 > n.alloc.2 {
         return Err("Too many pods".into());
     }
@@ -199,7 +223,7 @@ fn filter_with(pod: &Pod, n: &NodeInfo, all: &[NodeInfo], existing_anti: bool) -
     if mem > 0 && n.used.1 + mem > n.alloc.1 {
         return Err("Insufficient memory".into());
     }
-    if host_ports(spec).iter().any(|p| n.ports.contains(p)) {
+    if w.host_ports.iter().any(|p| n.ports.contains(p)) {
         return Err("node(s) didn't have free ports for the requested pod ports".into());
     }
     let domain = |node: &NodeInfo, key: &str| node.labels.get(key).cloned();
@@ -293,9 +317,12 @@ fn spread_counts(
 
 /// Higher is better: resources left, balance, preferences.
 pub fn score(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> i64 {
-    let default = k8s_openapi::api::core::v1::PodSpec::default();
-    let spec = pod.spec.as_ref().unwrap_or(&default);
-    let (cpu, mem) = quantity::pod_requests(spec);
+    score_with(&Wants::of(pod), n, all)
+}
+
+fn score_with(w: &Wants, n: &NodeInfo, all: &[NodeInfo]) -> i64 {
+    let (pod, spec) = (w.pod, w.spec);
+    let (cpu, mem) = w.requests;
     // The scheduler's defaults for pods that request nothing: 100m and 200Mi.
     let (cpu, mem) = (if cpu == 0 { 100 } else { cpu }, if mem == 0 { 200 << 20 } else { mem });
     let frac = |used: i64, alloc: i64| if alloc <= 0 { 1.0 } else { ((used as f64) / (alloc as f64)).min(1.0) };
@@ -314,20 +341,20 @@ pub fn score(pod: &Pod, n: &NodeInfo, all: &[NodeInfo]) -> i64 {
             s += p.weight as f64;
         }
     }
-    let ns = pods::namespace(&pod.metadata);
-    for w in affinity
+    let ns = w.ns;
+    for pref in affinity
         .pod_anti_affinity
         .iter()
         .flat_map(|a| a.preferred_during_scheduling_ignored_during_execution.iter().flatten())
     {
-        let t = &w.pod_affinity_term;
+        let t = &pref.pod_affinity_term;
         if let Some(d) = n.labels.get(&t.topology_key) {
             if all
                 .iter()
                 .filter(|o| o.labels.get(&t.topology_key) == Some(d))
                 .any(|o| o.pods.iter().any(|p| term_selects(t, ns, p)))
             {
-                s -= w.weight as f64;
+                s -= pref.weight as f64;
             }
         }
     }
@@ -368,6 +395,7 @@ pub fn choose_with(
     let mut reasons = Vec::new();
     let mut best: Vec<(i64, usize)> = Vec::new();
     let existing_anti = nodes.iter().any(|o| o.anti_pods > 0);
+    let wants = Wants::of(pod);
     // Like Kubernetes (percentageOfNodesToScore), stop once enough nodes fit: all of
     // them up to 100 nodes, then a share falling from 50 % (at least 100 nodes), starting
     // where the last search left off so every node gets its turn.
@@ -379,8 +407,8 @@ pub fn choose_with(
     for k in 0..nodes.len() {
         let i = (start + k) % nodes.len();
         let n = &nodes[i];
-        match filter_with(pod, n, nodes, existing_anti).and_then(|()| extra(n)) {
-            Ok(()) => best.push((score(pod, n, nodes), i)),
+        match filter_with(&wants, n, nodes, existing_anti).and_then(|()| extra(n)) {
+            Ok(()) => best.push((score_with(&wants, n, nodes), i)),
             Err(r) => reasons.push(r),
         }
         if best.len() >= enough {
@@ -391,6 +419,9 @@ pub fn choose_with(
     let tied: Vec<usize> = best.iter().filter(|(s, _)| *s == top).map(|(_, i)| *i).collect();
     Ok(tied[turn % tied.len()])
 }
+
+/// Bindings (each with its event) in flight at once.
+const BINDS_IN_FLIGHT: usize = 64;
 
 pub struct Scheduler {
     pub client: kube::Client,
@@ -437,11 +468,22 @@ impl Scheduler {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
         self.volumes.wait_until_ready().await;
+        // Bindings go out while the pass goes on choosing, as Kubernetes' binding cycle
+        // runs apart from its scheduling cycle: up to BINDS_IN_FLIGHT at once, and a
+        // pass waits only when four times as many are queued.
+        let me = Arc::new(self);
+        let (binder, mut queue) = tokio::sync::mpsc::channel::<(Arc<Pod>, String)>(4 * BINDS_IN_FLIGHT);
+        let bindings = me.clone();
+        tokio::spawn(async move {
+            futures::stream::poll_fn(|cx| queue.poll_recv(cx))
+                .for_each_concurrent(BINDS_IN_FLIGHT, |(p, node)| bindings.bind_one(p, node))
+                .await
+        });
         let mut turn = 0usize;
         loop {
-            turn = turn.wrapping_add(self.pass(turn).await);
+            turn = turn.wrapping_add(me.pass(turn, &binder).await);
             tokio::select! {
-                _ = self.changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ = me.changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
         }
@@ -455,8 +497,10 @@ impl Scheduler {
             && pods::phase(p) == "Pending"
     }
 
-    /// One scheduling pass over every pending pod; returns how many were placed.
-    async fn pass(&self, turn: usize) -> usize {
+    /// One scheduling pass over every pending pod; returns how many were placed. The
+    /// placed pods are queued on `binder`, and count as placed (`assumed`) until their
+    /// binding shows in the watch or fails.
+    async fn pass(&self, turn: usize, binder: &tokio::sync::mpsc::Sender<(Arc<Pod>, String)>) -> usize {
         let started = std::time::Instant::now();
         let all_pods = self.pods.state();
         let mut nodes: Vec<NodeInfo> = self.nodes.state().iter().map(|n| NodeInfo::from_node(n)).collect();
@@ -546,11 +590,9 @@ impl Scheduler {
         let mut placed = 0;
         for (k, p) in pending.into_iter().enumerate() {
             // Bind as we go, so a long queue starts running before the whole pass is done.
-            if binds.len() >= 256 {
-                let (n, t) = (binds.len(), std::time::Instant::now());
-                placed += n;
-                self.bind_all(std::mem::take(&mut binds)).await;
-                tracing::debug!("bound {n} pods in {:?} ({placed} placed so far, {k} of the queue)", t.elapsed());
+            for b in binds.drain(..) {
+                placed += 1;
+                let _ = binder.send(b).await;
             }
             let vols = match self.volumes.for_pod(&p) {
                 Ok(v) => v,
@@ -584,8 +626,10 @@ impl Scheduler {
                 }
             }
         }
-        placed += binds.len();
-        self.bind_all(binds).await;
+        for b in binds {
+            placed += 1;
+            let _ = binder.send(b).await;
+        }
         let unschedulable = failures.len();
         for (p, msg) in failures {
             self.unschedulable(&p, msg).await;
@@ -601,33 +645,30 @@ impl Scheduler {
         placed
     }
 
-    /// Binds pods to their chosen nodes, 64 at a time, each followed by its Scheduled
-    /// event (in the same turn: written one by one after the binds, the events alone
-    /// took seconds per 256 pods under load).
-    async fn bind_all(&self, binds: Vec<(Arc<Pod>, String)>) {
-        let one = |(p, node): (Arc<Pod>, String)| async move {
-            match self.bind(&p, &node).await {
-                Ok(()) => {
-                    crate::metrics::schedule_attempt("scheduled");
-                    if let Some(t) = self.queued.lock().expect("not poisoned").remove(pods::uid(&p.metadata)) {
-                        crate::metrics::pod_scheduled(t.elapsed());
-                    }
-                    self.reported.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
-                    let msg = format!(
-                        "Successfully assigned {}/{} to {node}",
-                        pods::namespace(&p.metadata),
-                        pods::name(&p.metadata)
-                    );
-                    self.recorder.record(p.as_ref(), "Normal", "Scheduled", msg).await;
+    /// Binds a pod to its chosen node, then records its Scheduled event (in the same
+    /// turn: written one by one after a batch of binds, the events alone took seconds
+    /// per 256 pods under load).
+    async fn bind_one(&self, p: Arc<Pod>, node: String) {
+        match self.bind(&p, &node).await {
+            Ok(()) => {
+                crate::metrics::schedule_attempt("scheduled");
+                if let Some(t) = self.queued.lock().expect("not poisoned").remove(pods::uid(&p.metadata)) {
+                    crate::metrics::pod_scheduled(t.elapsed());
                 }
-                Err(e) => {
-                    crate::metrics::schedule_attempt("error");
-                    tracing::warn!("binding {} to {node}: {e}", pods::name(&p.metadata));
-                    self.assumed.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
-                }
+                self.reported.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
+                let msg = format!(
+                    "Successfully assigned {}/{} to {node}",
+                    pods::namespace(&p.metadata),
+                    pods::name(&p.metadata)
+                );
+                self.recorder.record(p.as_ref(), "Normal", "Scheduled", msg).await;
             }
-        };
-        futures::stream::iter(binds.into_iter().map(one)).buffer_unordered(64).collect::<Vec<()>>().await;
+            Err(e) => {
+                crate::metrics::schedule_attempt("error");
+                tracing::warn!("binding {} to {node}: {e}", pods::name(&p.metadata));
+                self.assumed.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
+            }
+        }
     }
 
     async fn bind(&self, p: &Pod, node: &str) -> kube::Result<()> {
