@@ -4,7 +4,7 @@
 //! propagation policies — orphaning drops the owner reference from every dependent,
 //! foreground deletes the dependents (in foreground too) and lets the owner go once
 //! none is left. It watches every kind that can own or be owned (the `KINDS` table)
-//! and sweeps its caches when something changes; an owner missing from the cache is
+//! and sweeps its caches when a change can have left garbage (and every 5 s); an owner missing from the cache is
 //! looked up before anything is deleted, so a slow watch cannot cause a deletion.
 
 use std::collections::{HashMap, HashSet};
@@ -92,7 +92,17 @@ impl Gc {
                 stream
                     .for_each(|e| {
                         match e {
-                            Ok(_) => notify.notify_one(),
+                            // Only a change that can leave garbage wakes the collector:
+                            // an object gone (its dependents may be orphans), one being
+                            // deleted (a policy to carry out), or a relist. Pods changing
+                            // status, most of the changes in a busy cluster, cannot; a
+                            // dependent created after its owner went is found by the sweep
+                            // every 5 s.
+                            Ok(watcher::Event::Delete(_) | watcher::Event::InitDone) => notify.notify_one(),
+                            Ok(watcher::Event::Apply(o)) if o.metadata.deletion_timestamp.is_some() => {
+                                notify.notify_one()
+                            }
+                            Ok(_) => {}
                             Err(e) => tracing::warn!("gc watch: {e}"),
                         }
                         futures::future::ready(())

@@ -114,6 +114,10 @@ async fn lead(name: &str, client: &kube::Client, e: &Election) -> futures::futur
 }
 
 /// Runs the controller-manager until it is stopped or loses its leadership.
+/// How long the controllers that every pod change wakes (ReplicaSet, Endpoints) wait
+/// between two reconciles of one object, merging the pod changes in between.
+const POD_BATCH: Duration = Duration::from_millis(500);
+
 pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let client = client::from_kubeconfig(&cfg.kubeconfig).await?;
     // Served before leading, so a standby answers too (with no reconciles).
@@ -144,7 +148,7 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let mut daemonsets = Informer::new(Api::<DaemonSet>::all(client.clone()));
     let mut services = Informer::new(Api::<Service>::all(client.clone()));
     let mut namespaces = Informer::new(Api::<Namespace>::all(client.clone()));
-    let rs_ctrl = Queue::new("replicaset", rss.subscribe(), rss.store()).owns(pods.subscribe()).run(
+    let rs_ctrl = Queue::new("replicaset", rss.subscribe(), rss.store()).owns(pods.subscribe()).spaced(POD_BATCH).run(
         replicaset::reconcile,
         retry,
         ctx.clone(),
@@ -172,6 +176,7 @@ pub async fn run_controller_manager(cfg: ManagerConfig) -> anyhow::Result<()> {
     let svc_store = services.store();
     let ep_ctrl = Queue::new("endpoints", services.subscribe(), services.store())
         .watches(pods.subscribe(), move |p: Pod| endpoints::services_of(&p, &svc_store))
+        .spaced(POD_BATCH)
         .run(endpoints::reconcile, retry, ctx.clone());
     let ns_ctrl = Queue::new("namespace", namespaces.subscribe(), namespaces.store()).run(
         namespace::reconcile,

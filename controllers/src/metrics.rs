@@ -156,7 +156,7 @@ pub fn schedule_attempt(result: &'static str) {
 pub fn timed<K, C, F, Fut>(
     controller: &'static str,
     reconcile: F,
-) -> impl FnMut(Arc<K>, Arc<C>) -> BoxFuture<'static, Result<Action, Error>>
+) -> impl Fn(Arc<K>, Arc<C>) -> BoxFuture<'static, Result<Action, Error>> + Send + Sync
 where
     F: Fn(Arc<K>, Arc<C>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,

@@ -10,8 +10,10 @@
 //! Retries an earlier reconcile asked for (`Action::requeue`) are not counted until they
 //! are due, like client-go's delaying queue.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -31,6 +33,8 @@ pub struct Queue<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
     triggers: Vec<Requests<K>>,
     config: controller::Config,
+    /// The least time between two reconciles of one object (`spaced`).
+    gap: Option<Duration>,
 }
 
 impl<K> Queue<K>
@@ -44,7 +48,7 @@ where
         store: Store<K>,
     ) -> Queue<K> {
         metrics::queue_created(name);
-        Queue { name, store, triggers: vec![trigger_self(changes, ()).boxed()], config: Default::default() }
+        Queue { name, store, triggers: vec![trigger_self(changes, ()).boxed()], config: Default::default(), gap: None }
     }
 
     /// Also reconcile an object when one of the children it controls changes.
@@ -71,6 +75,16 @@ where
         self
     }
 
+    /// Reconciles each object at most once per `gap`: the changes that come during the
+    /// gap are taken in one reconcile after it, of the object as it is then. For
+    /// controllers every pod change wakes (the ReplicaSet's status counts its pods), so
+    /// that a burst of pod changes costs one walk over the pods, not one per change;
+    /// Kubernetes' Job controller batches pod updates the same way (1 s).
+    pub fn spaced(mut self, gap: Duration) -> Queue<K> {
+        self.gap = Some(gap);
+        self
+    }
+
     /// At most `n` reconciles at once (0, the default, is no limit).
     #[cfg(test)]
     fn concurrency(mut self, n: u16) -> Queue<K> {
@@ -94,11 +108,38 @@ where
         let name = self.name;
         let requests = futures::stream::select_all(self.triggers)
             .inspect_ok(move |r| metrics::queue_add(name, key(&r.obj_ref.namespace, &r.obj_ref.name)));
-        let mut timed = metrics::timed(name, reconcile);
+        let timed = Arc::new(metrics::timed(name, reconcile));
+        let (gap, store) = (self.gap, self.store.clone());
+        let last_start: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let start = move |obj: Arc<K>, ctx: Arc<C>| -> BoxFuture<'static, Result<Action, Error>> {
             let meta = obj.meta();
-            metrics::queue_take(name, key(&meta.namespace, meta.name.as_deref().unwrap_or_default()));
-            let task = tokio::spawn(timed(obj, ctx));
+            let k = key(&meta.namespace, meta.name.as_deref().unwrap_or_default());
+            metrics::queue_take(name, k.clone());
+            let (timed, store, last_start) = (timed.clone(), store.clone(), last_start.clone());
+            let task = tokio::spawn(async move {
+                let Some(gap) = gap else { return timed(obj, ctx).await };
+                let due = last_start.lock().unwrap_or_else(|e| e.into_inner()).get(&k).map(|t| *t + gap);
+                let obj = match due.filter(|d| *d > Instant::now()) {
+                    Some(d) => {
+                        tokio::time::sleep_until(d.into()).await;
+                        // Changes during the wait are merged into this reconcile.
+                        match store.get(&ObjectRef::from_obj(obj.as_ref())) {
+                            Some(o) => o,
+                            None => return Ok(Action::await_change()),
+                        }
+                    }
+                    None => obj,
+                };
+                {
+                    let mut starts = last_start.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = Instant::now();
+                    if starts.len() > 10_000 {
+                        starts.retain(|_, t| now.duration_since(*t) < gap);
+                    }
+                    starts.insert(k, now);
+                }
+                timed(obj, ctx).await
+            });
             async move {
                 match task.await {
                     Ok(r) => r,
@@ -207,6 +248,50 @@ mod tests {
         until(|| sample("workqueue_depth") == 0.0).await;
         assert_eq!(sample("workqueue_adds_total"), 4.0);
         assert_eq!(sample("workqueue_queue_duration_seconds_count"), 4.0);
+        driver.abort();
+    }
+    /// A spaced queue reconciles an object at most once per gap, and the changes made
+    /// during the gap reach one reconcile after it, which sees the object as it is then.
+    #[tokio::test]
+    async fn a_spaced_queue_merges_the_changes_of_its_gap() {
+        let (store, mut writer) = reflector::store();
+        let with = |v: usize| ConfigMap { data: Some([("v".to_string(), v.to_string())].into()), ..cm("a") };
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(with(0)));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<ConfigMap, watcher::Error>>();
+        let (seen_tx, mut seen) = mpsc::unbounded_channel::<(String, Instant)>();
+        let reconcile = |obj: Arc<ConfigMap>, ctx: Arc<mpsc::UnboundedSender<(String, Instant)>>| async move {
+            let _ = ctx.send((obj.data.as_ref().unwrap()["v"].clone(), Instant::now()));
+            Ok(Action::await_change())
+        };
+        let on_error =
+            |_: Arc<ConfigMap>, _: &Error, _: Arc<mpsc::UnboundedSender<(String, Instant)>>| Action::await_change();
+        let gap = Duration::from_millis(300);
+        let run = Queue::new("q-spaced", rx, store).spaced(gap).run(reconcile, on_error, Arc::new(seen_tx));
+        let driver = tokio::spawn(run.collect::<Vec<()>>());
+        tx.unbounded_send(Ok(with(0))).unwrap();
+        let (v, first) = seen.recv().await.unwrap();
+        assert_eq!(v, "0");
+        for i in 1..=5 {
+            writer.apply_watcher_event(&watcher::Event::Apply(with(i)));
+            tx.unbounded_send(Ok(with(i))).unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(gap * 4).await;
+        let mut later = Vec::new();
+        while let Ok(r) = seen.try_recv() {
+            later.push(r);
+        }
+        // Five changes: one reconcile after the gap, which sees the latest object, and
+        // at most one more for the changes that came while it waited.
+        assert!(matches!(later.len(), 1 | 2), "{later:?}");
+        assert!(later.iter().all(|(v, _)| v == "5"), "{later:?}");
+        let mut prev = first;
+        for (_, t) in &later {
+            assert!(t.duration_since(prev) >= gap, "{later:?}");
+            prev = *t;
+        }
         driver.abort();
     }
 }
