@@ -111,9 +111,12 @@ struct Shared {
     progress: Notify,
 }
 
+/// A resource's cache once started (the cell lets one request start it while others wait).
+type Slot = Arc<OnceCell<Arc<Shared>>>;
+
 #[derive(Clone, Default)]
 pub struct WatchCaches {
-    caches: Arc<Mutex<HashMap<String, Arc<OnceCell<Arc<Shared>>>>>>,
+    caches: Arc<Mutex<HashMap<String, Slot>>>,
     /// Lists by resource prefix: [served from the cache, left to the store].
     lists: Arc<Mutex<BTreeMap<String, [u64; 2]>>>,
 }
@@ -224,12 +227,7 @@ impl WatchCaches {
     }
 
     /// Loads the resource's objects from the store and follows its changes from there.
-    async fn start(
-        &self,
-        store: &Store,
-        prefix: &str,
-        cell: Arc<OnceCell<Arc<Shared>>>,
-    ) -> crate::status::ApiResult<Arc<Shared>> {
+    async fn start(&self, store: &Store, prefix: &str, cell: Slot) -> crate::status::ApiResult<Arc<Shared>> {
         let page = store.list(prefix, None, 0, 0).await?;
         let rev = page.revision;
         let stream = store.watch(prefix, rev + 1).await?;
@@ -350,7 +348,7 @@ pub fn events_of(resp: &etcd_client::WatchResponse) -> Vec<Event> {
 async fn feed(
     caches: WatchCaches,
     prefix: String,
-    cell: Arc<OnceCell<Arc<Shared>>>,
+    cell: Slot,
     shared: Arc<Shared>,
     mut stream: etcd_client::WatchStream,
 ) {
