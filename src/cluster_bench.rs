@@ -9,6 +9,9 @@
 //! * pod creation -> Running latency (p50/p99, as seen by one watch),
 //! * API call latency per verb and resource (p50/p99) from a sampler running
 //!   throughout, and the time of a full list of all pods,
+//! * watch event delay: from the response to each of the sampler's ConfigMap writes to
+//!   the event carrying its resourceVersion on a watch of ConfigMaps (0 when the event
+//!   arrived first, so it does not include the write itself),
 //! * each phase's duration, and each component's peak RSS and CPU seconds.
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
@@ -358,14 +361,32 @@ pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
             }
         })
     };
+    // Watch event delay: a watch on ConfigMaps notes when each version arrives, by
+    // resourceVersion; the sampler's writes below note when their responses came.
+    let cm_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let written: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let cm_watch = {
+        let cm_seen = cm_seen.clone();
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        tokio::spawn(async move {
+            let mut events = watcher(cms, watcher::Config::default()).boxed();
+            while let Some(e) = events.next().await {
+                if let Ok(watcher::Event::Apply(cm)) = e {
+                    if let Some(rv) = cm.metadata.resource_version {
+                        cm_seen.lock().expect("not poisoned").insert(rv, Instant::now());
+                    }
+                }
+            }
+        })
+    };
     // The sampler: single-object reads and writes and paged lists, throughout.
     let lat = Arc::new(Latencies::default());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let (lat, stop, pods, deploys) = (lat.clone(), stop.clone(), pods.clone(), deploys.clone());
+        let written = written.clone();
         tokio::spawn(async move {
-            let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
-                Api::namespaced(deploys.clone().into_client(), "default");
+            let cms: Api<ConfigMap> = Api::namespaced(deploys.clone().into_client(), "default");
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
@@ -383,8 +404,11 @@ pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
                 let r = cms
                     .patch(&format!("sample-{}", i % 10), &PatchParams::apply("bench").force(), &Patch::Apply(&cm))
                     .await;
-                if r.is_ok() {
+                if let Ok(cm) = r {
                     lat.add("PATCH (apply) configmap", t.elapsed());
+                    if let Some(rv) = cm.metadata.resource_version {
+                        written.lock().expect("not poisoned").push((rv, Instant::now()));
+                    }
                 }
                 // Once a second: the sampler measures the cluster's load, it should not add to it.
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -478,8 +502,24 @@ pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
     phases.push(("delete: all pods gone".into(), t.elapsed()));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sampler.await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // the last write's event
     pod_watch.abort();
+    cm_watch.abort();
     let usage = plane.usage();
+    // From a write's response to its watch event (0 when the event came first); writes
+    // whose event never came are counted apart.
+    let (watch_delay, unseen) = {
+        let seen = cm_seen.lock().expect("not poisoned");
+        let written = written.lock().expect("not poisoned");
+        let delays: Vec<f64> = written
+            .iter()
+            .filter_map(|(rv, at)| Some(seen.get(rv)?.saturating_duration_since(*at).as_secs_f64() * 1000.0))
+            .collect();
+        let unseen = written.len() - delays.len();
+        (delays, unseen)
+    };
+    let mut delays = watch_delay;
+    let (watch_p50, watch_p99) = (percentile(&mut delays, 0.5), percentile(&mut delays, 0.99));
 
     // Report.
     println!("\nskiff bench-cluster: {} nodes, {} Deployments, {total} pods\n", a.nodes, a.deployments);
@@ -492,6 +532,10 @@ pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
     println!("| pod created -> Running p50 / p99 (ms) | {start_p50:.0} / {start_p99:.0} |");
     println!("| {total} pods created -> all Running (s) | {:.1} |", create_total.as_secs_f64());
     println!("| LIST all {} pods (ms) | {:.0} |", all.items.len(), full_list.as_secs_f64() * 1000.0);
+    println!(
+        "| watch event delay after the write's response, p50 / p99 (ms; {} writes, {unseen} events missing) | {watch_p50:.1} / {watch_p99:.1} |",
+        delays.len() + unseen
+    );
     println!("\n| API call | n | p50 ms | p99 ms |\n|---|---:|---:|---:|");
     let mut json_lat = serde_json::Map::new();
     for (what, v) in lat.0.lock().expect("not poisoned").iter_mut() {
@@ -509,6 +553,7 @@ pub async fn run(a: ClusterBenchArgs) -> anyhow::Result<()> {
             "phases_s": phases.iter().map(|(p, d)| (p.clone(), json!(d.as_secs_f64()))).collect::<serde_json::Map<_, _>>(),
             "scheduler_pods_per_s": sched_rate, "start_p50_ms": start_p50, "start_p99_ms": start_p99,
             "list_all_pods_ms": full_list.as_secs_f64() * 1000.0, "api": json_lat,
+            "watch_delay": {"n": delays.len(), "missing": unseen, "p50_ms": watch_p50, "p99_ms": watch_p99},
             "components": usage.iter().map(|(n, r, c)| (n.clone(), json!({"peak_rss_mib": r, "cpu_s": c}))).collect::<serde_json::Map<_, _>>(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
