@@ -130,7 +130,10 @@ where
                 .for_each(|e| {
                     match e {
                         Ok(ev) => {
-                            writer.apply_watcher_event(&ev);
+                            // The index first: a ReplicaSet counts its pods from the
+                            // index once its expectations see the pods it created in the
+                            // cache; a pod in the cache but not yet in the index was
+                            // counted as missing, and created again.
                             if let Some(index) = &index {
                                 let mut live = index.0.lock().unwrap_or_else(|e| e.into_inner());
                                 match &ev {
@@ -150,6 +153,7 @@ where
                                     }
                                 }
                             }
+                            writer.apply_watcher_event(&ev);
                             if let watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) =
                                 ev
                             {

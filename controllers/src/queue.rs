@@ -76,7 +76,10 @@ where
     }
 
     /// Reconciles each object at most once per `gap`: the changes that come during the
-    /// gap are taken in one reconcile after it, of the object as it is then. For
+    /// gap are taken in one reconcile after it, of the object as it is then. A new
+    /// generation of the object (its spec changed) is reconciled at once: a ReplicaSet
+    /// scaled down by a rolling update must delete its pod before the new ReplicaSet's
+    /// surge pod counts, or the Deployment briefly has more pods than maxSurge allows. For
     /// controllers every pod change wakes (the ReplicaSet's status counts its pods), so
     /// that a burst of pod changes costs one walk over the pods, not one per change;
     /// Kubernetes' Job controller batches pod updates the same way (1 s).
@@ -110,7 +113,8 @@ where
             .inspect_ok(move |r| metrics::queue_add(name, key(&r.obj_ref.namespace, &r.obj_ref.name)));
         let timed = Arc::new(metrics::timed(name, reconcile));
         let (gap, store) = (self.gap, self.store.clone());
-        let last_start: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        // When each object's last reconcile started, and the generation it saw.
+        let last_start: Arc<Mutex<HashMap<String, (Instant, Option<i64>)>>> = Arc::default();
         let start = move |obj: Arc<K>, ctx: Arc<C>| -> BoxFuture<'static, Result<Action, Error>> {
             let meta = obj.meta();
             let k = key(&meta.namespace, meta.name.as_deref().unwrap_or_default());
@@ -118,7 +122,15 @@ where
             let (timed, store, last_start) = (timed.clone(), store.clone(), last_start.clone());
             let task = tokio::spawn(async move {
                 let Some(gap) = gap else { return timed(obj, ctx).await };
-                let due = last_start.lock().unwrap_or_else(|e| e.into_inner()).get(&k).map(|t| *t + gap);
+                // A changed spec (a new generation: a ReplicaSet scaled) is acted on at
+                // once; the gap is for the changes of its pods.
+                let generation = obj.meta().generation;
+                let due = last_start
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&k)
+                    .filter(|(_, g)| *g == generation)
+                    .map(|(t, _)| *t + gap);
                 let obj = match due.filter(|d| *d > Instant::now()) {
                     Some(d) => {
                         tokio::time::sleep_until(d.into()).await;
@@ -134,9 +146,9 @@ where
                     let mut starts = last_start.lock().unwrap_or_else(|e| e.into_inner());
                     let now = Instant::now();
                     if starts.len() > 10_000 {
-                        starts.retain(|_, t| now.duration_since(*t) < gap);
+                        starts.retain(|_, (t, _)| now.duration_since(*t) < gap);
                     }
-                    starts.insert(k, now);
+                    starts.insert(k, (now, obj.meta().generation));
                 }
                 timed(obj, ctx).await
             });
