@@ -27,6 +27,9 @@ use crate::{metrics, Error};
 
 type Requests<K> = BoxStream<'static, Result<ReconcileRequest<K>, watcher::Error>>;
 
+/// When each object's last reconcile started (by namespace/name), and the generation it saw.
+type Starts = HashMap<String, (Instant, Option<i64>)>;
+
 /// One controller's inputs, named for its metrics.
 pub struct Queue<K: Resource<DynamicType = ()> + 'static> {
     name: &'static str,
@@ -113,8 +116,7 @@ where
             .inspect_ok(move |r| metrics::queue_add(name, key(&r.obj_ref.namespace, &r.obj_ref.name)));
         let timed = Arc::new(metrics::timed(name, reconcile));
         let (gap, store) = (self.gap, self.store.clone());
-        // When each object's last reconcile started, and the generation it saw.
-        let last_start: Arc<Mutex<HashMap<String, (Instant, Option<i64>)>>> = Arc::default();
+        let last_start: Arc<Mutex<Starts>> = Arc::default();
         let start = move |obj: Arc<K>, ctx: Arc<C>| -> BoxFuture<'static, Result<Action, Error>> {
             let meta = obj.meta();
             let k = key(&meta.namespace, meta.name.as_deref().unwrap_or_default());
