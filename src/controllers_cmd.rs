@@ -225,8 +225,10 @@ pub struct AgentArgs {
     /// How often node Leases are renewed.
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
     node_lease_renew_interval: Duration,
-    /// How often every pod's status is recomputed.
-    #[arg(long, default_value = "1s", value_parser = duration::parse)]
+    /// How often every pod's status is recomputed and its usage reported (PodMetrics,
+    /// NodeMetrics) even if nothing changed. A pod whose object or containers change is
+    /// synced at once, whatever this period (as the kubelet's --sync-frequency).
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
     sync_period: Duration,
     /// Where the local-path provisioner makes the directories of volumes for claims of
     /// the default StorageClass (`<root>/<node>/<volume>_<namespace>_<claim>`).

@@ -45,8 +45,13 @@ const MANAGER: &[&str] = &[
 impl Plane {
     /// API server, controller-manager, scheduler, and one agent with `nodes` nodes named `a-N`.
     fn start(nodes: usize) -> Plane {
+        Plane::start_with(nodes, &[])
+    }
+
+    /// The same, with more flags for the agent.
+    fn start_with(nodes: usize, agent_flags: &[&str]) -> Plane {
         let mut p = Plane::control_plane();
-        p.agent("a", nodes, &[]);
+        p.agent("a", nodes, agent_flags);
         p.wait_for("the nodes to be Ready", Duration::from_secs(20), |p| p.ready_nodes() >= nodes);
         p
     }
@@ -105,7 +110,13 @@ impl Plane {
     fn agent(&mut self, prefix: &str, nodes: usize, extra: &[&str]) {
         let n = nodes.to_string();
         let mut args = vec!["agent", "--runtime", "fake", "--nodes", &n, "--node-name-prefix", prefix];
-        args.extend(["--start-delay", "300ms", "--node-lease-renew-interval", "500ms", "--sync-period", "300ms"]);
+        args.extend(["--start-delay", "300ms", "--node-lease-renew-interval", "500ms"]);
+        // The agent syncs a pod when its object or containers change; its periodic pass
+        // over all pods is a safety net. An hour here makes every test fail that waits
+        // for the safety net instead (usage reports, which are periodic, need less).
+        if !extra.contains(&"--sync-period") {
+            args.extend(["--sync-period", "1h"]);
+        }
         let root = self.api.dir.path().join("local-path").to_string_lossy().into_owned();
         args.extend(["--local-path-root", &root]);
         args.extend(extra);
@@ -787,7 +798,8 @@ spec:
 
 #[test]
 fn autoscaler_follows_reported_usage_and_top_shows_it() {
-    let p = Plane::start(3);
+    // Usage is reported every sync period.
+    let p = Plane::start_with(3, &["--sync-period", "300ms"]);
     p.api.k_in(&["apply", "-f", "-"], APP1RS);
     let rs_replicas = |p: &Plane| p.json(&["get", "rs", "app1rs"])["spec"]["replicas"].as_i64().unwrap_or(0);
     // The course's command; min 2 lifts the ReplicaSet from 1 at once.

@@ -6,9 +6,9 @@
 //! `fake.skiff.io/memory-usage` (quantities, default 0) are what each running
 //! container reports using.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -32,10 +32,33 @@ pub trait Runtime: Send + Sync + 'static {
     fn pod_ip(&self, _pod: &Pod) -> Option<Option<String>> {
         None
     }
-    /// Woken when a container changes state on its own (started, exited, became ready),
-    /// so the agent reports it at once instead of at its next periodic sync.
-    fn changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
-        None
+    /// The pods whose containers changed on their own (started, exited, became ready,
+    /// got an address), so the agent reports them at once instead of at its next
+    /// periodic sync.
+    fn changes(&self) -> Arc<Changes>;
+}
+
+/// Pod uids marked as changed, and a wake-up for whoever reports them.
+#[derive(Default)]
+pub struct Changes {
+    uids: Mutex<HashSet<String>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Changes {
+    pub fn mark(&self, uid: &str) {
+        self.uids.lock().expect("not poisoned").insert(uid.to_string());
+        self.wake.notify_one();
+    }
+
+    /// The uids marked since the last call.
+    pub fn take(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.uids.lock().expect("not poisoned"))
+    }
+
+    /// Returns once a uid has been marked (at once if one was marked since the last wait).
+    pub async fn wait(&self) {
+        self.wake.notified().await
     }
 }
 
@@ -54,14 +77,20 @@ struct FakePod {
 pub struct Fake {
     /// How long containers take to start.
     pub start_delay: Duration,
-    pods: Mutex<HashMap<String, FakePod>>,
+    pods: Arc<Mutex<HashMap<String, FakePod>>>,
+    changes: Arc<Changes>,
 }
 
 impl Fake {
     pub fn new(start_delay: Duration) -> Fake {
-        Fake { start_delay, pods: Mutex::new(HashMap::new()) }
+        Fake { start_delay, pods: Default::default(), changes: Default::default() }
     }
 }
+
+/// A timer's slack past the moment a simulated container changes, so that the change
+/// is visible (the timer runs on the monotonic clock, states are read from the wall
+/// clock).
+const FAKE_SLACK: Duration = Duration::from_millis(10);
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
     pod.metadata.annotations.as_ref()?.get(key).map(String::as_str)
@@ -71,9 +100,56 @@ fn uid(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
 
+/// How long the containers run before they exit (`fake.skiff.io/run-seconds`); None: until stopped.
+fn run_seconds(pod: &Pod) -> Option<i64> {
+    annotation(pod, "fake.skiff.io/run-seconds").and_then(|s| s.parse().ok()).filter(|s| *s > 0)
+}
+
+fn exit_code(pod: &Pod) -> i32 {
+    annotation(pod, "fake.skiff.io/exit-code").and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Whether exited containers are started again, by the pod's restart policy.
+fn restarts_allowed(pod: &Pod) -> bool {
+    match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always") {
+        "Always" => true,
+        "OnFailure" => exit_code(pod) != 0,
+        _ => false,
+    }
+}
+
 impl Runtime for Fake {
     async fn start(&self, pod: &Pod, _pod_ip: &str) -> anyhow::Result<()> {
-        self.pods.lock().expect("not poisoned").entry(uid(pod)).or_insert(FakePod { started: Timestamp::now() });
+        let uid = uid(pod);
+        {
+            let mut pods = self.pods.lock().expect("not poisoned");
+            if pods.contains_key(&uid) {
+                return Ok(());
+            }
+            pods.insert(uid.clone(), FakePod { started: Timestamp::now() });
+        }
+        // Marks the pod changed each time its containers change on their own: when they
+        // are up, and then, with run-seconds, each time they exit (and restart).
+        let run = run_seconds(pod).map(|s| Duration::from_secs(s.unsigned_abs()));
+        let restarts = restarts_allowed(pod);
+        let (pods, changes, delay) = (self.pods.clone(), self.changes.clone(), self.start_delay);
+        tokio::spawn(async move {
+            let mut next = tokio::time::Instant::now() + delay + FAKE_SLACK;
+            let mut first = true;
+            loop {
+                tokio::time::sleep_until(next).await;
+                if !pods.lock().expect("not poisoned").contains_key(&uid) {
+                    return;
+                }
+                changes.mark(&uid);
+                match run {
+                    // Up, or exited and restarted at once: it exits (again) after `run`.
+                    Some(run) if first || restarts => next += run,
+                    _ => return,
+                }
+                first = false;
+            }
+        });
         Ok(())
     }
 
@@ -89,10 +165,9 @@ impl Runtime for Fake {
         let delay = SignedDuration::try_from(self.start_delay).unwrap_or_default();
         let up = started.checked_add(delay).unwrap_or(started);
         let ready_wanted = annotation(pod, "fake.skiff.io/ready") != Some("false");
-        let run: Option<i64> =
-            annotation(pod, "fake.skiff.io/run-seconds").and_then(|s| s.parse().ok()).filter(|s| *s > 0);
-        let code: i32 = annotation(pod, "fake.skiff.io/exit-code").and_then(|s| s.parse().ok()).unwrap_or(0);
-        let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+        let run = run_seconds(pod);
+        let code = exit_code(pod);
+        let restarts_allowed = restarts_allowed(pod);
         let list = pod
             .spec
             .as_ref()
@@ -118,7 +193,6 @@ impl Runtime for Fake {
                 }
                 let Some(run) = run else { return mk(State::Running { since: up }, ready_wanted, 0) };
                 let alive = now.duration_since(up).as_secs();
-                let restarts_allowed = policy == "Always" || (policy == "OnFailure" && code != 0);
                 if alive < run {
                     return mk(State::Running { since: up }, ready_wanted, 0);
                 }
@@ -140,6 +214,10 @@ impl Runtime for Fake {
         Some(list)
     }
 
+    fn changes(&self) -> Arc<Changes> {
+        self.changes.clone()
+    }
+
     fn pods(&self) -> Vec<String> {
         self.pods.lock().expect("not poisoned").keys().cloned().collect()
     }
@@ -156,5 +234,62 @@ impl Runtime for Fake {
             .collect();
         // A pod with nothing running has no metrics (not zero usage).
         (!running.is_empty()).then_some(running)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(uid: &str, policy: &str, run_seconds: Option<&str>) -> Pod {
+        let mut annotations = std::collections::BTreeMap::new();
+        if let Some(s) = run_seconds {
+            annotations.insert("fake.skiff.io/run-seconds".to_string(), s.to_string());
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": uid, "uid": uid, "annotations": annotations},
+            "spec": {"restartPolicy": policy, "containers": [{"name": "c", "image": "i"}]},
+        }))
+        .unwrap()
+    }
+
+    /// Waits for the runtime to report changed pods, and returns them. (A wake-up can
+    /// find them taken already, by the previous call.)
+    async fn next_changes(rt: &Fake) -> HashSet<String> {
+        loop {
+            tokio::time::timeout(Duration::from_secs(10), rt.changes().wait()).await.expect("a change within 10 s");
+            let changed = rt.changes().take();
+            if !changed.is_empty() {
+                return changed;
+            }
+        }
+    }
+
+    fn state(rt: &Fake, p: &Pod) -> State {
+        rt.containers(p).unwrap()[0].state.clone()
+    }
+
+    #[tokio::test]
+    async fn simulated_containers_report_when_they_start_and_exit() {
+        let rt = Fake::new(Duration::from_millis(100));
+        let (job, web) = (pod("job", "Never", Some("1")), pod("web", "Always", None));
+        rt.start(&job, "").await.unwrap();
+        rt.start(&web, "").await.unwrap();
+        assert!(matches!(state(&rt, &web), State::Waiting { .. }));
+        // Both come up after the start delay, and are reported changed when they do.
+        let mut up = HashSet::new();
+        while up.len() < 2 {
+            up.extend(next_changes(&rt).await);
+        }
+        assert_eq!(up, HashSet::from(["job".to_string(), "web".to_string()]));
+        assert!(matches!(state(&rt, &web), State::Running { .. }));
+        assert!(matches!(state(&rt, &job), State::Running { .. }));
+        // The job exits a second later: reported, and seen terminated when it is.
+        assert_eq!(next_changes(&rt).await, HashSet::from(["job".to_string()]));
+        assert!(matches!(state(&rt, &job), State::Terminated { exit_code: 0, .. }), "{:?}", state(&rt, &job));
+        // Nothing changes after that, and a stopped pod is not reported.
+        rt.stop(&web, Duration::ZERO).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(rt.changes().take(), HashSet::new());
     }
 }

@@ -54,7 +54,7 @@ use tokio::sync::watch;
 
 use self::image::SNAPSHOTTER;
 use crate::podstatus::{Container as Status, State};
-use crate::runtime::{Runtime, Usage};
+use crate::runtime::{Changes, Runtime, Usage};
 
 const LABEL_UID: &str = "skiff.io/pod-uid";
 const LABEL_NAME: &str = "skiff.io/container-name";
@@ -227,8 +227,8 @@ struct Inner {
     node_memory: i64,
     daemon: tokio::sync::Mutex<Option<daemon::Daemon>>,
     version: String,
-    /// Woken on every container state change (see `Runtime::changes`).
-    changes: Arc<tokio::sync::Notify>,
+    /// Pods whose containers changed state or got an address (see `Runtime::changes`).
+    changes: Arc<Changes>,
     registry: registry::Registry,
     /// One pull at a time, like the kubelet's default (serializeImagePulls).
     pulling: tokio::sync::Mutex<()>,
@@ -309,7 +309,7 @@ impl Containerd {
             node_memory: node_memory_bytes(),
             daemon: tokio::sync::Mutex::new(daemon),
             version,
-            changes: Arc::new(tokio::sync::Notify::new()),
+            changes: Default::default(),
             registry: registry::Registry::new(s_insecure, &s_mirrors)?,
             pulling: tokio::sync::Mutex::new(()),
             started: Default::default(),
@@ -370,7 +370,7 @@ impl Containerd {
         {
             f(r)
         }
-        self.inner.changes.notify_one();
+        self.inner.changes.mark(uid);
     }
 
     fn set_waiting(&self, uid: &str, i: usize, reason: &str, message: Option<String>) {
@@ -424,6 +424,7 @@ impl Containerd {
         if let Some(p) = self.inner.pods.lock().expect("not poisoned").get_mut(&uid) {
             p.ip = Some(ip.clone());
         }
+        self.inner.changes.mark(&uid);
         if let Err(e) = self.write_etc(&pod, &dir, &ip) {
             tracing::warn!("writing /etc files of pod {}: {e:#}", pod_name(&pod));
         }
@@ -1387,8 +1388,8 @@ impl Runtime for Containerd {
         (!out.is_empty()).then_some(out)
     }
 
-    fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
-        Some(self.inner.changes.clone())
+    fn changes(&self) -> Arc<Changes> {
+        self.inner.changes.clone()
     }
 
     fn pod_ip(&self, pod: &Pod) -> Option<Option<String>> {
