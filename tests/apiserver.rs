@@ -610,6 +610,76 @@ fn list_pages_selectors_and_watch_with_410() {
     assert_eq!(ev["object"]["reason"], "Expired");
 }
 
+/// Writes start from the watch cache's copy of an object when it has one (no store
+/// read): concurrent patches still lose nothing, a stale resourceVersion still gets
+/// 409, and a pod is still bound only once.
+#[test]
+fn writes_that_start_from_the_watch_cache_lose_no_update() {
+    let api = Api::start();
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let body = json!({"metadata": {"name": "shared"}, "data": {}}).to_string();
+    assert_eq!(api.raw("POST", cms, Some(("application/json", &body))).0, 201);
+    // A list starts the configmaps' watch cache.
+    assert_eq!(api.raw("GET", cms, None).0, 200);
+    let port = api.http_port();
+    let writers: Vec<_> = (0..6)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..8 {
+                    let patch = json!({"data": {format!("w{t}-{i}"): "1"}}).to_string();
+                    let path = "/api/v1/namespaces/default/configmaps/shared";
+                    // A 409 (every attempt lost its race) is sent again, as clients do.
+                    let sent = (0..20).any(|_| {
+                        let (code, out) = raw_http(port, "PATCH", path, Some(("application/merge-patch+json", &patch)));
+                        assert!(code == 200 || code == 409, "{code} {out}");
+                        code == 200
+                    });
+                    assert!(sent, "patch {t}-{i} never went through");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let (_, cm) = api.raw_json("GET", &format!("{cms}/shared"), None);
+    let keys = cm["data"].as_object().unwrap().len();
+    assert_eq!(keys, 48, "{cm}");
+    // A PUT naming a revision that is no longer current, also once the cache has it.
+    let mut stale = cm.clone();
+    stale["data"] = json!({"v": "1"});
+    assert_eq!(api.raw("PUT", &format!("{cms}/shared"), Some(("application/json", &stale.to_string()))).0, 200);
+    let (_, now) = api.raw_json("GET", &format!("{cms}/shared"), None);
+    assert_eq!(now["data"], json!({"v": "1"}));
+    stale["data"] = json!({"v": "2"});
+    let (code, s) = api.raw_json("PUT", &format!("{cms}/shared"), Some(("application/json", &stale.to_string())));
+    assert_eq!((code, s["reason"].as_str()), (409, Some("Conflict")), "{s}");
+    // The same with a status write naming its revision, and a binding.
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    assert_eq!(api.raw("POST", pods, Some(("application/json", &pod.to_string()))).0, 201);
+    assert_eq!(api.raw("GET", pods, None).0, 200);
+    let (_, p) = api.raw_json("GET", &format!("{pods}/p"), None);
+    let mut st = p.clone();
+    st["status"]["phase"] = json!("Running");
+    let (code, out) = api.raw_json("PUT", &format!("{pods}/p/status"), Some(("application/json", &st.to_string())));
+    assert_eq!((code, out["status"]["phase"].as_str()), (200, Some("Running")), "{out}");
+    st["status"]["phase"] = json!("Failed");
+    let (code, s) = api.raw_json("PUT", &format!("{pods}/p/status"), Some(("application/json", &st.to_string())));
+    assert_eq!((code, s["reason"].as_str()), (409, Some("Conflict")), "{s}");
+    let binding = |node: &str| {
+        json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": node}})
+            .to_string()
+    };
+    let (code, _) = api.raw("POST", &format!("{pods}/p/binding"), Some(("application/json", &binding("n1"))));
+    assert_eq!(code, 201);
+    let (code, s) = api.raw_json("POST", &format!("{pods}/p/binding"), Some(("application/json", &binding("n2"))));
+    assert_eq!(code, 409, "{s}");
+    assert!(s["message"].as_str().unwrap().contains("is already assigned to node \"n1\""), "{s}");
+    let (_, p) = api.raw_json("GET", &format!("{pods}/p"), None);
+    assert_eq!((p["spec"]["nodeName"].as_str(), p["status"]["phase"].as_str()), (Some("n1"), Some("Running")), "{p}");
+}
+
 /// Lists come from the API server's watch cache: a paged list shows the objects as they
 /// were at its first page while they change underneath it, a list right after a write
 /// shows the write, and `resourceVersion`/`resourceVersionMatch` mean what they mean in

@@ -2,6 +2,8 @@
 //! their autoscaling/v2 form and converted for autoscaling/v1 on the way in and out:
 //! v1's `targetCPUUtilizationPercentage` is v2's CPU `Utilization` resource metric.
 
+use std::borrow::Cow;
+
 use serde_json::{json, Value};
 
 use crate::registry::Resource;
@@ -46,11 +48,11 @@ pub fn to_view(r: &Resource, mut obj: Value) -> Value {
 }
 
 /// The stored form of an object written through the resource's version.
-pub fn to_storage(r: &Resource, obj: &Value) -> Value {
-    let mut obj = obj.clone();
+pub fn to_storage<'a>(r: &Resource, obj: &'a Value) -> Cow<'a, Value> {
     if !is_hpa_v1(r) {
-        return obj;
+        return Cow::Borrowed(obj);
     }
+    let mut obj = obj.clone();
     obj["apiVersion"] = json!("autoscaling/v2");
     if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
         if let Some(p) = spec.remove("targetCPUUtilizationPercentage") {
@@ -68,7 +70,7 @@ pub fn to_storage(r: &Resource, obj: &Value) -> Value {
             );
         }
     }
-    obj
+    Cow::Owned(obj)
 }
 
 #[cfg(test)]
@@ -85,8 +87,8 @@ mod tests {
         assert_eq!(stored["apiVersion"], "autoscaling/v2");
         assert_eq!(stored["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80);
         assert!(stored["spec"].get("targetCPUUtilizationPercentage").is_none());
-        assert_eq!(to_view(v1, stored), obj);
+        assert_eq!(to_view(v1, stored.into_owned()), obj);
         let v2 = crate::registry::find("autoscaling", "v2", "horizontalpodautoscalers").unwrap();
-        assert_eq!(to_storage(v2, &obj), obj, "other resources pass through");
+        assert_eq!(*to_storage(v2, &obj), obj, "other resources pass through");
     }
 }

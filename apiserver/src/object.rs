@@ -274,7 +274,7 @@ pub fn prepare_update(r: &Resource, new: &mut Value, old: &Value) -> ApiResult<(
     new["kind"] = json!(r.kind);
     if has_generation(r) {
         let gen = old["metadata"]["generation"].as_i64().unwrap_or(1);
-        let changed = strip(new) != strip(old);
+        let changed = !same_spec(new, old);
         new["metadata"]["generation"] = json!(if changed { gen + 1 } else { gen });
     }
     validate_meta(r, new)
@@ -299,16 +299,13 @@ pub fn keep_pod_cidrs(new: &Value, old: &Value) -> ApiResult<()> {
     Err(ApiError::invalid("Node", "", name, vec![("spec.podCIDRs".into(), msg.into())]))
 }
 
-/// The object without metadata and status: what generation tracks.
-fn strip(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(m) = v.as_object_mut() {
-        m.remove("metadata");
-        m.remove("status");
-        m.remove("apiVersion");
-        m.remove("kind");
-    }
-    v
+/// Whether two objects are the same but for metadata and status (what generation
+/// tracks). Compared in place: pods and their templates are big, and every update asks.
+fn same_spec(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
+    let tracked = |k: &String| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind");
+    a.keys().filter(|k| tracked(k)).count() == b.keys().filter(|k| tracked(k)).count()
+        && a.iter().filter(|(k, _)| tracked(k)).all(|(k, v)| b.get(k) == Some(v))
 }
 
 #[cfg(test)]

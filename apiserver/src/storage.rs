@@ -49,11 +49,29 @@ pub fn decode(key: &[u8], value: &[u8], mod_rev: i64) -> ApiResult<Stored> {
 /// The bytes stored for `obj` at `key`: JSON without the resourceVersion, encrypted if
 /// the encryption configuration says so for its resource.
 fn encode(key: &str, obj: &Value) -> Vec<u8> {
-    let mut obj = obj.clone();
-    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
+    let json = serde_json::to_vec(&WithoutVersion(obj, true)).expect("JSON values serialize");
+    crate::encryption::seal(key.as_bytes(), json)
+}
+
+/// Serializes an object as it is stored: without `metadata.resourceVersion` (the
+/// store's revision says it), and without copying the object to take it out. The flag
+/// says whether this level is the object itself (its `metadata` is the one).
+struct WithoutVersion<'a>(&'a Value, bool);
+
+impl serde::Serialize for WithoutVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(m) = self.0 else { return self.0.serialize(s) };
+        let skip = |k: &str| !self.1 && k == "resourceVersion";
+        let mut map = s.serialize_map(Some(m.keys().filter(|k| !skip(k)).count()))?;
+        for (k, v) in m.iter().filter(|(k, _)| !skip(k)) {
+            match self.1 && k == "metadata" {
+                true => map.serialize_entry(k, &WithoutVersion(v, false))?,
+                false => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
     }
-    crate::encryption::seal(key.as_bytes(), serde_json::to_vec(&obj).expect("JSON values serialize"))
 }
 
 /// The end of the range of keys starting with `prefix`.
@@ -375,5 +393,29 @@ impl Store {
             }
         }
         Ok((version + 1, r.header().map(|h| h.revision()).unwrap_or_default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn objects_are_stored_without_their_resource_version_only() {
+        let obj = json!({
+            "kind": "Event",
+            "metadata": {"name": "e", "resourceVersion": "42", "labels": {"resourceVersion": "kept"}},
+            "involvedObject": {"kind": "Pod", "resourceVersion": "7"},
+        });
+        let key = "/registry/events/default/e";
+        let stored: Value = serde_json::from_slice(&encode(key, &obj)).unwrap();
+        let mut want = obj.clone();
+        want["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+        assert_eq!(stored, want);
+        // Read back, the revision is the store's.
+        let read = decode(key.as_bytes(), &encode(key, &obj), 50).unwrap();
+        assert_eq!(read.obj["metadata"]["resourceVersion"], "50");
+        assert_eq!(read.obj["involvedObject"]["resourceVersion"], "7");
     }
 }

@@ -204,6 +204,17 @@ impl WatchCaches {
         Ok(listed)
     }
 
+    /// The object at `key` and its revision, if the cache of the resource `prefix` is
+    /// running and holds it. Never starts a cache, never waits: a first guess, which a
+    /// write's compare-and-swap then checks against the store.
+    pub fn peek(&self, prefix: &str, key: &str) -> Option<(Arc<Value>, i64)> {
+        let slot = self.caches.lock().unwrap_or_else(|e| e.into_inner()).get(prefix)?.clone();
+        let shared = slot.get()?;
+        let obj = shared.cache.lock().unwrap_or_else(|e| e.into_inner()).objects.get(key)?.clone();
+        let rev = obj["metadata"]["resourceVersion"].as_str()?.parse().ok()?;
+        Some((obj, rev))
+    }
+
     /// The list counters in Prometheus' text format: `apiserver_cache_list_total`
     /// (kube-apiserver's name) and `skiff_apiserver_cache_list_fallback_total`, lists
     /// the cache could not serve, which went to the store.
