@@ -585,15 +585,13 @@ impl Scheduler {
                 "running PreBind plugin \"VolumeBinding\": binding volumes: context deadline exceeded".to_string();
             self.unschedulable(&p, msg).await;
         }
+        let mut placed = binds.len();
+        for b in binds {
+            let _ = binder.send(b).await;
+        }
         let mut failures = Vec::new();
         let mut provisions = Vec::new();
-        let mut placed = 0;
         for (k, p) in pending.into_iter().enumerate() {
-            // Bind as we go, so a long queue starts running before the whole pass is done.
-            for b in binds.drain(..) {
-                placed += 1;
-                let _ = binder.send(b).await;
-            }
             let vols = match self.volumes.for_pod(&p) {
                 Ok(v) => v,
                 Err(msg) => {
@@ -606,8 +604,13 @@ impl Scheduler {
                     let node = nodes[i].name.clone();
                     nodes[i].add(p.clone());
                     self.assumed.lock().expect("not poisoned").insert(pods::uid(&p.metadata).into(), node.clone());
+                    // Bound as we go (by the binder's tasks), so a long queue starts
+                    // running before the whole pass is done.
                     match vols.to_provision.is_empty() {
-                        true => binds.push((p, node)),
+                        true => {
+                            placed += 1;
+                            let _ = binder.send((p, node)).await;
+                        }
                         false => provisions.push((p, node, vols.to_provision)),
                     }
                 }
@@ -625,10 +628,6 @@ impl Scheduler {
                     self.assumed.lock().expect("not poisoned").remove(pods::uid(&p.metadata));
                 }
             }
-        }
-        for b in binds {
-            placed += 1;
-            let _ = binder.send(b).await;
         }
         let unschedulable = failures.len();
         for (p, msg) in failures {
