@@ -595,6 +595,10 @@ impl<R: Runtime> Agent<R> {
                 }
             }
             if !gone.is_empty() {
+                let mut known = self.known.lock().expect("not poisoned");
+                for uid in &gone {
+                    known.remove(uid);
+                }
                 let held: HashSet<String> = self.rt.pods().into_iter().collect();
                 gone.retain(|u| held.contains(u));
             }
