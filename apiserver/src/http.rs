@@ -1661,6 +1661,7 @@ impl Handler<'_> {
         for attempt in 0..5 {
             let rv = p["metadata"]["resourceVersion"].as_str();
             let cached = if attempt == 0 { self.cached(name, rv) } else { None };
+            let from_cache = cached.is_some();
             let found = match cached {
                 Some(c) => Some(c),
                 None => self.store.get(&self.key(name)).await?.map(|mut c| {
@@ -1686,21 +1687,26 @@ impl Handler<'_> {
                     return Err(ApiError::conflict(self.r.plural, self.r.group, name));
                 }
             }
-            let base = match sub {
-                Some("scale") => scale_of(&cur.obj),
-                _ => cur.obj.clone(),
+            let written = async {
+                let mut patched = match sub {
+                    Some("scale") => scale_of(&cur.obj),
+                    _ => cur.obj.clone(),
+                };
+                match media.as_str() {
+                    "application/json-patch+json" => patch::json_patch(&mut patched, &p)?,
+                    "application/strategic-merge-patch+json" => patch::strategic_merge_patch(&mut patched, &p)?,
+                    _ => patch::merge_patch(&mut patched, &p),
+                }
+                let new = self.guard_csr(sub, &cur.obj, Self::apply_sub(sub, &cur.obj, patched)?)?;
+                self.write(name, sub, new, &cur).await
             };
-            let mut patched = base;
-            match media.as_str() {
-                "application/json-patch+json" => patch::json_patch(&mut patched, &p)?,
-                "application/strategic-merge-patch+json" => patch::strategic_merge_patch(&mut patched, &p)?,
-                _ => patch::merge_patch(&mut patched, &p),
-            }
-            let new = self.guard_csr(sub, &cur.obj, Self::apply_sub(sub, &cur.obj, patched)?)?;
-            match self.write(name, sub, new, &cur).await {
+            match written.await {
+                Ok(out) => return Ok(self.reply_written(sub, &out)),
+                // The cache's copy may be stale (a JSON patch's `test`, say, failed on
+                // it): whatever went wrong, the store's copy decides.
+                Err(_) if from_cache => continue,
                 Err(e) if e.reason == "Conflict" && p["metadata"]["resourceVersion"].is_null() => continue,
                 Err(e) => return Err(e),
-                Ok(out) => return Ok(self.reply_written(sub, &out)),
             }
         }
         Err(ApiError::conflict(self.r.plural, self.r.group, name))
