@@ -987,6 +987,15 @@ impl Handler<'_> {
         Some(Stored { key, obj: convert::to_view(self.r, Value::clone(&obj)), rev })
     }
 
+    /// The object a write starts from: the cached copy (at `rv`, if given) when
+    /// `try_cache`, else the store's.
+    async fn current(&self, name: &str, rv: Option<&str>, try_cache: bool) -> ApiResult<Stored> {
+        match try_cache.then(|| self.cached(name, rv)).flatten() {
+            Some(c) => Ok(c),
+            None => self.get(name).await,
+        }
+    }
+
     fn selectors(&self) -> ApiResult<(LabelSelector, FieldSelector)> {
         Ok((
             LabelSelector::parse(self.q.get("labelSelector").unwrap_or_default())?,
@@ -1600,11 +1609,8 @@ impl Handler<'_> {
         // A write naming its revision starts from the cached object at that revision:
         // if the store has moved on, the write gets 409 either way.
         let rv = body["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty());
-        let cur = match rv.and_then(|rv| self.cached(name, Some(rv))) {
-            Some(c) => c,
-            None => self.get(name).await?,
-        };
-        if let Some(rv) = body["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()) {
+        let cur = self.current(name, rv, rv.is_some()).await?;
+        if let Some(rv) = rv {
             if rv != cur.rev.to_string() {
                 return Err(ApiError::conflict(self.r.plural, self.r.group, name));
             }
@@ -1786,11 +1792,7 @@ impl Handler<'_> {
             ApiError::invalid("Binding", "", name, vec![("target.name".into(), "Required value".into())])
         })?;
         for attempt in 0..5 {
-            let cached = if attempt == 0 { self.cached(name, None) } else { None };
-            let cur = match cached {
-                Some(c) => c,
-                None => self.get(name).await?,
-            };
+            let cur = self.current(name, None, attempt == 0).await?;
             let conflict = |why: String| {
                 ApiError::new(
                     409,

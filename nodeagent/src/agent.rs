@@ -571,7 +571,8 @@ impl<R: Runtime> Agent<R> {
     /// runtime's pods whose object is gone. Returns whether it was a pass over all pods.
     async fn sync_pass(self: &Arc<Self>, pods: &Store<Pod>, changed: &HashSet<String>) -> bool {
         let Pending { all, pods: marked } = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
-        let (batch, gone): (Vec<Arc<Pod>>, Vec<String>) = if all {
+        // The pods to sync, and the uids of pods whose object is gone.
+        let (batch, mut gone): (Vec<Arc<Pod>>, Vec<String>) = if all {
             let mine = self.mine(pods);
             let live: HashSet<&str> = mine.iter().filter_map(|p| p.metadata.uid.as_deref()).collect();
             let gone = self.rt.pods().into_iter().filter(|u| !live.contains(u.as_str())).collect();
@@ -594,19 +595,21 @@ impl<R: Runtime> Agent<R> {
                     _ => gone.push(uid),
                 }
             }
-            if !gone.is_empty() {
-                let mut known = self.known.lock().expect("not poisoned");
-                for uid in &gone {
-                    known.remove(uid);
-                }
+            (batch, gone)
+        };
+        if !gone.is_empty() {
+            let mut known = self.known.lock().expect("not poisoned");
+            for uid in &gone {
+                known.remove(uid);
+            }
+            drop(known);
+            if !all {
                 let held: HashSet<String> = self.rt.pods().into_iter().collect();
                 gone.retain(|u| held.contains(u));
             }
-            (batch, gone)
-        };
+        }
         // Pods removed behind our back (force-deleted) are stopped too.
         for uid in gone {
-            self.known.lock().expect("not poisoned").remove(&uid);
             let mut pod = Pod::default();
             pod.metadata.uid = Some(uid);
             pod.metadata.deletion_grace_period_seconds = Some(0);
